@@ -83,3 +83,31 @@ def names_no_model(request: Mapping[str, Any]) -> bool:
     ``ollama`` client's to refuse, and it says so."""
     model = request.get("model")
     return not model.strip() if isinstance(model, str) else not model
+
+
+_A_MESSAGE = "{'role': 'user', 'content': 'hi'}"
+
+
+def malformed(request: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """What is wrong with a request the ``ollama`` client would refuse in its own words, said
+    as the gateway says it, and whether the client raised a TypeError for it (a drop-in's
+    ``except TypeError`` still catches it); None for one it may build.
+
+    No model (:func:`names_no_model`); ``messages`` that are no list of messages: the client
+    read ``"hi"`` as a list of one-letter messages, and said "dictionary update sequence
+    element #0 has length 1; 2 is required"."""
+    if names_no_model(request):
+        return "no model given; name one, e.g. model='llama3.1:8b'", False
+    messages = request.get("messages")
+    if not messages:  # the client sends no messages
+        return None
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
+        kind = type(messages).__name__
+        said = f"messages must be a list of messages, e.g. [{_A_MESSAGE}], not {kind}"
+        return said, isinstance(messages, bytes) or not isinstance(messages, Iterable)
+    for place, message in enumerate(messages, 1):
+        if not (isinstance(message, Mapping) or hasattr(type(message), "model_fields")):
+            kind = type(message).__name__
+            said = f"message {place} must be a message such as {_A_MESSAGE}, not {kind}"
+            return said, not isinstance(message, Iterable)  # dict(message) raises which
+    return None

@@ -36,7 +36,7 @@ from ollama_meter._arguments import (
     NOT_NONE,
     WHO,
     check_settings,
-    names_no_model,
+    malformed,
     read_once,
     tags_of,
 )
@@ -44,7 +44,7 @@ from ollama_meter._hooks import Hook, Hooks, check_hook
 from ollama_meter._managing import AsyncModelCalls, ModelCalls, Plain
 from ollama_meter._raised import raised_as_ollamas
 from ollama_meter.config import load_settings
-from ollama_meter.errors import ClientClosed, InvalidRequest
+from ollama_meter.errors import ClientClosed, InvalidRequest, InvalidRequestType
 from ollama_meter.meter import Attribution, Meter, Run
 
 _Chat = TypeVar("_Chat")
@@ -198,17 +198,18 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
         }
         return self.meter.run(operation, request, attribution=who, stream=stream)
 
-    def _unnamed(self, run: Run) -> InvalidRequest:
-        """The refusal of a call that names no model (:func:`_names_no_model`), recorded: the
-        ``ollama`` client refuses ``model=None`` before sending, as it does ``model=5``, and
-        the gateway records a request without a model."""
-        refusal = InvalidRequest(
-            "the request is malformed, so it was not sent to Ollama: no model given; "
-            "name one, e.g. model='llama3.1:8b'"
+    def _malformed(self, run: Run, problem: tuple[str, bool]) -> InvalidRequest:
+        """The refusal of a call :func:`malformed` says is one, recorded: the ``ollama``
+        client refuses ``model=None`` before sending, as it does ``model=5``, and the gateway
+        records a request without a model, or with ``messages`` of another shape."""
+        said, typed = problem
+        refusal = (InvalidRequestType if typed else InvalidRequest)(
+            f"the request is malformed, so it was not sent to Ollama: {said}"
         )
+        model = run.request.get("model")
         self.meter.refuse(
             operation=run.operation,
-            model="",
+            model=model.strip() if isinstance(model, str) else "",
             attribution=run.attribution,
             error_type=refusal.error_type,
             message=str(refusal),
@@ -248,8 +249,8 @@ class MeteredClient(
     def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
         run = make()
-        if names_no_model(run.request):
-            raise self._unnamed(run)
+        if (problem := malformed(run.request)) is not None:
+            raise self._malformed(run, problem)
         if run.stream:
             return self._streamed(run)
         with raised_as_ollamas():
@@ -352,8 +353,8 @@ class AsyncMeteredClient(
     async def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
         run = make()
-        if names_no_model(run.request):
-            raise await asyncio.to_thread(self._unnamed, run)
+        if (problem := malformed(run.request)) is not None:
+            raise await asyncio.to_thread(self._malformed, run, problem)
         if run.stream:
             return _Chunks(self, run)
         with raised_as_ollamas():

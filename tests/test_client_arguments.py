@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+import ollama
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter import (
     AsyncMeteredClient,
     BudgetExceeded,
+    InvalidRequest,
     MeteredClient,
     UpstreamBadRequest,
     UpstreamError,
@@ -229,3 +231,39 @@ def test_a_model_named_in_bytes_is_metered_under_the_name_sent(
         (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert reply.meter is not None and not reply.meter.unpriced and reply.meter.cost > 0
     assert span.request_model == "llama3.1:8b"
+
+
+@pytest.mark.parametrize(
+    ("messages", "said"),
+    [
+        (
+            "hi",
+            "messages must be a list of messages, e.g. [{'role': 'user', 'content': 'hi'}], not str",
+        ),
+        (
+            {"role": "user", "content": "hi"},
+            "messages must be a list of messages, e.g. [{'role': 'user', 'content': 'hi'}], not dict",
+        ),
+        (["hi"], "message 1 must be a message such as {'role': 'user', 'content': 'hi'}, not str"),
+        (
+            [{"role": "user", "content": "a"}, 5],
+            "message 2 must be a message such as {'role': 'user', 'content': 'hi'}, not int",
+        ),
+    ],
+)
+def test_messages_of_another_shape_are_said_in_the_callers_terms(
+    sqlite_url: str, emulator: OllamaEmulator, messages: object, said: str
+) -> None:
+    """``chat(messages="hi")`` raised the ``ollama`` client's own words, "dictionary update
+    sequence element #0 has length 1; 2 is required", which name neither the argument nor
+    what it takes. It is refused, recorded and said as the gateway says it."""
+    with pytest.raises(Exception) as official:  # whatever the ollama client raises
+        ollama.Client(host=emulator.url).chat(model="llama3.1:8b", messages=messages)  # type: ignore[arg-type]
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(InvalidRequest) as refused:
+            client.chat(model="llama3.1:8b", messages=messages)  # type: ignore[arg-type]
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert str(refused.value) == f"the request is malformed, so it was not sent to Ollama: {said}"
+    # still caught as the ollama client's own refusal was
+    assert isinstance(refused.value, TypeError) == isinstance(official.value, TypeError)
+    assert (span.status, span.error_type, span.http_status) == ("error", "bad_request", 400)

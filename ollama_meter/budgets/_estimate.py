@@ -93,6 +93,9 @@ class Estimate:
     or not (a cold model takes that long before it works). A call still running then is cut
     (:class:`~ollama_meter.errors.OverCap`): a server slower than its history cannot spend
     past the bound."""
+    replies: bool = True
+    """Whether the bound holds reply tokens: a refusal names a smaller reply cap only then (an
+    embedding, or a call capped at 0, can only send less)."""
 
 
 def _slowest(values: Sequence[int], default: int) -> int:
@@ -154,7 +157,7 @@ def bound_cost(
     if book.cost(model, when, replace(untimed, eval_ns=_HOUR_NS)) == book.cost(
         model, when, untimed
     ):
-        return Estimate(cost.total, cost.currency)  # time costs nothing: no time cap
+        return Estimate(cost.total, cost.currency, replies=outputs > 0)  # no time cap
     # A call cut short is charged its wall time as busy time (no load apart), at most the
     # time the bound pays for (load included only if priced).
     priced_load = book.cost(model, when, replace(untimed, load_ns=_HOUR_NS)) != book.cost(
@@ -164,7 +167,8 @@ def bound_cost(
     # The first pass may take as long as the second's work again (its prompt, its thinking):
     # the call's wall time holds that, its price only the thinking.
     unreported = (bound.passes - 1) * usage.busy_ns(charge_load=False)
-    return Estimate(cost.total, cost.currency, paid, usage.busy_ns(charge_load=True) + unreported)
+    waits = usage.busy_ns(charge_load=True) + unreported
+    return Estimate(cost.total, cost.currency, paid, waits, replies=outputs > 0)
 
 
 _HOUR_NS = 3_600 * 10**9

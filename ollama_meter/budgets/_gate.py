@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -57,9 +58,9 @@ from ollama_meter.budgets._leases import (
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
-from ollama_meter.errors import BudgetExceeded
+from ollama_meter.errors import BudgetExceeded, LedgerError
 from ollama_meter.periods import current_period
-from ollama_meter.records import Alert, Budget, LeaseKey
+from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
@@ -73,6 +74,25 @@ def close_gates(*, give_back: bool = True) -> None:
     database it dropped). ``give_back=False`` leaves the leases' rows to expire."""
     for gate in list(KEEPING):
         gate.close(give_back=give_back)
+
+
+@dataclass(frozen=True)
+class Known:
+    """The budgets as read: those in force, and the rows edited by hand in SQL that cannot
+    be read. Such a row binds the callers it may be meant for (its scope as stored), who are
+    refused with its words; it spoils no other budget (every read of all of them failed: a
+    server started before kept what it had, so a hard budget set later never bound it)."""
+
+    budgets: list[Budget]
+    unreadable: list[UnreadableBudget]
+
+    def unreadable_for(self, tenant: str, department: str) -> UnreadableBudget | None:
+        return next((u for u in self.unreadable if u.covers(tenant, department)), None)
+
+    def covering(self, tenant: str, department: str) -> list[Budget]:
+        if (broken := self.unreadable_for(tenant, department)) is not None:
+            raise LedgerError(broken.problem)
+        return [b for b in self.budgets if b.covers(tenant, department)]
 
 
 class BudgetGate(ThresholdAlerts, LeaseKeeper):
@@ -117,11 +137,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets")
         renew_after_fork(self)
 
-    def _load_budgets(self) -> list[Budget]:
+    def _load_budgets(self) -> Known:
         """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
         if self._zone is not None:
             self.tz = self._zone()
-        return self.ledger.budgets()
+        return Known(*self.ledger.readable_budgets())
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
@@ -133,20 +153,24 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self._closing = threading.Event()
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
-        """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds."""
-        return [b for b in self._budgets.get() if b.covers(tenant, department)]
+        """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds;
+        LedgerError when a row that may cover it cannot be read."""
+        return self._budgets.get().covering(tenant, department)
 
     def cached_budgets_for(self, tenant: str, department: str) -> list[Budget] | None:
-        """What :meth:`budgets_for` would say, without touching the ledger; None when stale."""
+        """What :meth:`budgets_for` would say, without touching the ledger; None when stale
+        (or when only its LedgerError would say it)."""
         known = self._budgets.peek()
-        return None if known is None else [b for b in known if b.covers(tenant, department)]
+        if known is None or known.unreadable_for(tenant, department):
+            return None
+        return known.covering(tenant, department)
 
     def reload_soon(self) -> None:
         """Read the budgets again on the next call (after this process changed them)."""
         self._budgets.expire()
 
     @property
-    def cache(self) -> Reloaded[list[Budget]]:
+    def cache(self) -> Reloaded[Known]:
         """The budgets as loaded from the ledger (a server refreshes them in the background)."""
         return self._budgets
 
@@ -190,7 +214,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         if blocking:
             covering = self.budgets_for(tenant, department)
         else:
-            covering = [b for b in self._budgets.snapshot() if b.covers(tenant, department)]
+            covering = self._budgets.snapshot().covering(tenant, department)
         hard = [b for b in covering if b.hard]
         if not hard:
             return None
@@ -204,7 +228,9 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         holder = holder_of(alone or call_id, department, model) if own else ""  # rows of its own
         if blocking and adopt is None:  # a refusal read a moment ago is said again, no lock
             try:
-                self._refused.again(hard, tenant, estimate.amount, now, self.tz, said)
+                self._refused.again(
+                    hard, tenant, estimate.amount, now, self.tz, said, estimate.replies
+                )
             except BudgetExceeded:
                 self._alert_refused(tenant, department, now, said)
                 raise
@@ -224,9 +250,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 try:  # one read while this thread waited for the lock: not read again
                     if adopt is None:  # (the client's hold may be the room a refusal lacked)
                         again = [le.budget for le in short]
-                        self._refused.again(again, tenant, estimate.amount, now, self.tz, said)
+                        self._refused.again(
+                            again, tenant, estimate.amount, now, self.tz, said, estimate.replies
+                        )
                     adopted = None if adopt is None else holder_of(adopt, department, model)
-                    self._renew(short, estimate.amount, now, said, adopted)
+                    self._renew(short, estimate.amount, now, said, adopted, estimate.replies)
                 except BaseException:
                     self._forget_empty(leases)
                     raise
@@ -278,6 +306,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         now: datetime,
         refused: list[Alert],
         adopt: str | None = None,
+        replies: bool = True,
     ) -> None:
         """Read spend and others' holds, and take new slices, for ``leases`` in one transaction
         (first taking over the per-call holds named by ``adopt``, the call's client's).
@@ -304,7 +333,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 over = spent >= budget.limit or spent + need > budget.limit
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
-                    refusals.append(refusal(lease, spent, held, need, now, self.tz))
+                    refusals.append(refusal(lease, spent, held, need, now, self.tz, replies))
                     refused += refused_alerts(lease, spent, held, need)
                     self._refused.note(lease, spent, held, need, now)
                     continue

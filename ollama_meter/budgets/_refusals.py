@@ -32,8 +32,21 @@ def _seconds_until(end: datetime, now: datetime) -> int:
     return max(1, -((now - end) // timedelta(seconds=1)))
 
 
+REPLY_HINT = (
+    "; set a smaller reply cap (num_predict, max_tokens, max_output_tokens) or a shorter prompt "
+    "to fit"
+)
+INPUT_HINT = "; send less input (a shorter prompt, fewer or shorter texts) to fit"
+
+
 def refusal(
-    lease: Lease, spent: int, held: int, need: int, now: datetime, tz: ZoneInfo
+    lease: Lease,
+    spent: int,
+    held: int,
+    need: int,
+    now: datetime,
+    tz: ZoneInfo,
+    replies: bool = True,
 ) -> BudgetExceeded:
     """Why the call does not fit ``lease``'s budget; ``held`` > 0 means only calls in flight
     are in the way.
@@ -64,12 +77,9 @@ def refusal(
             else None,
         )
     resumes = window.end.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
-    hint = (
-        "; set a smaller reply cap (num_predict, max_tokens, max_output_tokens) or a shorter "
-        "prompt to fit"
-        if need and spent < budget.limit
-        else ""
-    )
+    hint = ""
+    if need and spent < budget.limit:  # what the call can change: a call with no reply its input
+        hint = REPLY_HINT if replies else INPUT_HINT
     tail = (
         f"{needs}{hint}; the next period starts {resumes}"
         if need
@@ -184,6 +194,7 @@ class Refusals:
         now: datetime,
         tz: ZoneInfo,
         alerts: list[Alert],
+        replies: bool = True,
     ) -> None:
         """Raise the refusal of a call of ``tenant`` and bound ``need`` in ``budgets`` from
         memory, with its alerts added to ``alerts`` (as :meth:`BudgetGate._renew` does);
@@ -202,7 +213,7 @@ class Refusals:
             ):
                 continue
             lease = Lease(budget, tenant, window)  # what the refusal names
-            refusals.append(refusal(lease, known.spent, known.held, need, now, tz))
+            refusals.append(refusal(lease, known.spent, known.held, need, now, tz, replies))
             alerts += refused_alerts(lease, known.spent, known.held, need)
         if refusals:  # the budget that frees up last, as the ledger's refusal says
             raise max(refusals, key=lambda r: r.retry_after)

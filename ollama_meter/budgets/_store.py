@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
-from ollama_meter.records import Alert, Budget, LeaseKey
+from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 
 
 class BudgetReads(Protocol):
@@ -107,6 +107,8 @@ class BudgetStore(AlertLog, Protocol):
     """Its owner closed it (shutdown): nothing in the background opens it again."""
 
     def budgets(self) -> list[Budget]: ...
+
+    def readable_budgets(self) -> tuple[list[Budget], list[UnreadableBudget]]: ...
 
     def budget_transaction(self) -> AbstractContextManager[BudgetWrites]: ...
 

@@ -103,12 +103,15 @@ def note_uncounted_spend(
 
 
 def note_unbound_limits(ledger: Ledger, saved: Limit) -> None:
-    """After ``limit set``: on stderr, a department's caps that can never bind because its
+    """After ``limit set``: on stderr, each limit row the ledger cannot read, then a
+    department's caps that can never bind because its
     tenant's limit on all departments together is as low or lower (or, the tenant's just set,
     the departments' caps that no longer can)."""
     from ollama_meter.cli._console import err
 
-    limits = ledger.limits()
+    limits, unreadable = ledger.limits_in_force()
+    for _, problem in unreadable:  # edited by hand in SQL: the save worked, the notes go on
+        err.print(f"note: {problem}")
     nested = [
         (own, wide)
         for own in limits

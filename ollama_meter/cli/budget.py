@@ -18,7 +18,7 @@ from ollama_meter.cli._common import (
     table,
     utc_now,
 )
-from ollama_meter.cli._console import out, shown, write_data
+from ollama_meter.cli._console import err, out, shown, write_data
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import (
     DEFAULT_THRESHOLDS,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ollama_meter.budgets import Alert, BudgetStatus
+    from ollama_meter.ledger import Ledger
 
 app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
 
@@ -126,11 +127,20 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
     }
 
 
+def _readable(ledger: "Ledger") -> list[Budget]:
+    """The budgets the ledger can read; each row it cannot (edited by hand in SQL) a note on
+    stderr, so one such row hides no other budget."""
+    budgets, unreadable = ledger.readable_budgets()
+    for row in unreadable:
+        err.print(f"note: {row.problem}")
+    return budgets
+
+
 @app.command("list")
 def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every budget, with its limit, kind and thresholds."""
     ledger = ledger_at(db)
-    budgets = ledger.budgets()
+    budgets = _readable(ledger)
     if as_json:
         write_data(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
         return
@@ -232,7 +242,8 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
     cfg = settings(db_url=db)
     ledger = ledger_for(cfg, existing=True)
-    rows = budget_status(ledger, tz=ledger_zone(ledger, cfg), now=utc_now())
+    budgets = _readable(ledger)
+    rows = budget_status(ledger, tz=ledger_zone(ledger, cfg), now=utc_now(), budgets=budgets)
     undelivered = ledger.alerts(undelivered_only=True)
     if as_json:
         dicts = [status_to_dict(r, undelivered) for r in rows]

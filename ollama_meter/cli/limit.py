@@ -2,14 +2,17 @@
 
 import json
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_at, settings, table
-from ollama_meter.cli._console import out, write_data
+from ollama_meter.cli._console import err, out, write_data
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Limit, values_of
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
 
 app = typer.Typer(
     help="Limits per department: calls and tokens per minute, concurrency, share of slots.",
@@ -81,10 +84,19 @@ def remove_limit(
     out.print(f"removed the limits of {scope.scope() if key is None else f'key {key}'}")
 
 
+def _readable(ledger: "Ledger") -> list[Limit]:
+    """The limits the ledger can read; each row it cannot (edited by hand in SQL) a note on
+    stderr, so one such row hides no other limit."""
+    limits, unreadable = ledger.limits_in_force()
+    for _, problem in unreadable:
+        err.print(f"note: {problem}")
+    return limits
+
+
 @app.command("list")
 def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every limit, per tenant, department and key."""
-    limits = ledger_at(db).limits()
+    limits = _readable(ledger_at(db))
     if as_json:
         rows = [
             values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)

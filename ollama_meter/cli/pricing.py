@@ -139,7 +139,10 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Show every price rule."""
     from ollama_meter.pricing import sort_rules
 
-    rules = sort_rules(ledger_at(db).price_rules())
+    readable, unreadable = ledger_at(db).readable_price_rules()
+    for broken in unreadable:  # edited by hand in SQL: named, and no other rule hidden
+        err.print(f"note: {broken.problem}")
+    rules = sort_rules(readable)
     if as_json:
         write_data(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
         return

@@ -31,7 +31,7 @@ def _live_rules(conn: Connection, now: datetime | None) -> list[PriceRule]:
     today = _today(conn, now)
     return [
         r
-        for r in _prices.list_rules(conn)
+        for r in _prices.readable_rules(conn)[0]  # a broken row binds calls of its own models
         if r.effective_until is None or r.effective_until > today
     ]
 
@@ -63,7 +63,7 @@ def check_rules(
 ) -> None:
     """Raise :class:`PricingError` if a budget could not count calls ``rules`` price."""
     today = _today(conn, now)
-    budgets = _budgets.list_budgets(conn)
+    budgets = _budgets.readable_budgets(conn)[0]  # a broken row refuses calls of its own scope
     for rule in rules:
         if rule.effective_until is not None and rule.effective_until <= today:
             continue

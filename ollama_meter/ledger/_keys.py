@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Table, insert, select, update
 
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.errors import LedgerError, ValidationError
-from ollama_meter.ledger._stored import read_records
+from ollama_meter.ledger._stored import read_records, readable_records
 from ollama_meter.ledger.models import API_KEYS
 
 _KEYS: Table = API_KEYS
@@ -152,6 +152,15 @@ def create_key(
 
 def list_keys(conn: Connection) -> list[ApiKey]:
     return _read(conn)
+
+
+def readable_keys(conn: Connection) -> tuple[list[ApiKey], list[str]]:
+    """Every key whose row can be read, and the ledger's words on each row that cannot."""
+    query = select(_KEYS).order_by(_KEYS.c.id)
+    keys, broken = readable_records(
+        conn, _KEYS, query, _to_key, what=lambda row: f"key {row.id}", fix=lambda row: _FIX
+    )
+    return keys, [why for _, why in broken]
 
 
 def key_with_id(conn: Connection, key_id: int) -> ApiKey | None:

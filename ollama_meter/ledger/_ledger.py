@@ -30,6 +30,7 @@ from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
 from ollama_meter.ledger._named import Named
+from ollama_meter.ledger._readable import Readable
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
@@ -37,7 +38,6 @@ from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, Span
 if TYPE_CHECKING:
     from ollama_meter.ledger import _aggregate, _currencies, _keys, _limits, _timings
     from ollama_meter.ledger._keys import ApiKey
-    from ollama_meter.records import UnreadableBudget
 else:  # loaded when first used: a command that reads spans needs none of them
     lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _currencies _keys _limits _timings")
 
@@ -50,7 +50,7 @@ def _row_id(value: int) -> bool:
     return 1 <= value <= MAX_ROW_ID
 
 
-class Ledger(DurableLedger, Named):
+class Ledger(DurableLedger, Named, Readable):
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
 
     def __init__(
@@ -137,8 +137,7 @@ class Ledger(DurableLedger, Named):
         return None if horizon is None else from_us(horizon)
 
     def names(self, column: str) -> list[str]:
-        """Every tenant, department, user or model some span has, sorted: read from the
-        month rollups (a row per month and combination), whatever the ledger's size."""
+        """Every tenant, department, user or model some span has, sorted (month rollups)."""
         from ollama_meter.ledger._cells import ANYONE, Grain
         from ollama_meter.ledger.models import ROLLUPS
 
@@ -232,7 +231,7 @@ class Ledger(DurableLedger, Named):
         Refused as a whole if a rule would leave a budget unable to count its calls.
         """
         with self.write() as conn:
-            existing = _prices.RuleIndex(_prices.list_rules(conn))
+            existing = _prices.RuleIndex(_prices.readable_rules(conn)[0])
             result: list[tuple[PriceRule, bool]] = []
             for rule in rules:
                 same = existing.in_force_as(rule)
@@ -281,11 +280,6 @@ class Ledger(DurableLedger, Named):
     def budgets(self) -> list[Budget]:
         with self.read() as conn:
             return _budgets.list_budgets(conn)
-
-    def readable_budgets(self) -> tuple[list[Budget], list[UnreadableBudget]]:
-        """Every budget that can be read, and each row that cannot (for the dashboard)."""
-        with self.read() as conn:
-            return _budgets.readable_budgets(conn)
 
     def save_budget(self, budget: Budget) -> Budget:
         """Insert or replace a budget; refused if it could not count calls (currency)."""

@@ -9,13 +9,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, Table, Text, cast, delete, func, insert, select, update
 
-from ollama_meter.ledger._stored import read_records
+from ollama_meter.ledger._stored import read_records, readable_records
 from ollama_meter.ledger.models import PRICE_RULES
 from ollama_meter.records import (
     RULE_FIELDS,
     PriceRule,
+    UnreadableRule,
     pattern_key,
     record_from,
     storable_text,
@@ -66,15 +67,27 @@ def list_rules(conn: Connection) -> list[PriceRule]:
     return _read(conn, select(PRICE_RULES).order_by(PRICE_RULES.c.id))
 
 
+_NAMED: dict[str, Any] = {
+    "what": lambda row: f"price rule {row.id}",
+    "fix": lambda row: f"fix the row in SQL, or remove it with `ometer pricing rm {row.id}`",
+}
+
+
 def _read(conn: Connection, query: Select[Any]) -> list[PriceRule]:
-    return read_records(
-        conn,
-        _TABLE,
-        query,
-        _to_rule,
-        what=lambda row: f"price rule {row.id}",
-        fix=lambda row: f"fix the row in SQL, or remove it with `ometer pricing rm {row.id}`",
-    )
+    return read_records(conn, _TABLE, query, _to_rule, **_NAMED)
+
+
+def readable_rules(conn: Connection) -> tuple[list[PriceRule], list[UnreadableRule]]:
+    """Every rule that can be read, and each row that cannot: its pattern as stored, and why."""
+    query = select(PRICE_RULES).order_by(PRICE_RULES.c.id)
+    rules, broken = readable_records(conn, _TABLE, query, _to_rule, **_NAMED)
+    pattern = select(cast(PRICE_RULES.c.pattern, Text))
+    return rules, [
+        UnreadableRule(
+            key.id, conn.execute(pattern.where(PRICE_RULES.c.id == key.id)).scalar() or "", why
+        )
+        for key, why in broken
+    ]
 
 
 def add_rules(

@@ -151,6 +151,7 @@ class Meter:
         elif self.ledger.held:
             raise WouldBlock("spans wait for the database")
         prices = self.prices() if blocking else self.prices.cache.snapshot()
+        prices.check(model)  # a rule row broken in SQL that may price it: its words, a 503
         facts = opening.facts or RequestFacts(prompt_text="", prompt_bytes=0)
         span = self._new_span(
             opening.operation, model, opening.stream, opening.attribution, prices.currency
@@ -311,8 +312,7 @@ class Meter:
         prices = self.prices()
         span = self._new_span(operation, model[:255], stream, attribution, prices.currency)
         span.fail(error_type, message, status=status, http_status=http_status, instant=True)
-        # Priced as every span is (at 0: Ollama was not asked), so a reprice under the same
-        # rules finds nothing to move: it found these unpriced, in the default currency.
+        # Priced as every span is (at 0: Ollama was not asked): a reprice finds nothing to move.
         span.apply_cost(prices.cost_of(span))
         self._record(span)
         return span

@@ -32,9 +32,9 @@ class PriceSource:
         """The book of the ledger's rules as they are now, read from it (no snapshot)."""
         ledger, settings = self.ledger, self.settings
         self._version = ledger.price_rules_version()  # read first: a change after it is seen
-        return PriceBook(
-            ledger.price_rules(), tz=ledger_zone(ledger, settings), currency=settings.currency
-        )
+        rules, unreadable = ledger.readable_price_rules()
+        zone, currency = ledger_zone(ledger, settings), settings.currency
+        return PriceBook(rules, tz=zone, currency=currency, unreadable=unreadable)
 
     def _changed(self) -> bool:
         return self.ledger.price_rules_version() != self._version

@@ -52,6 +52,7 @@ def reprice(
     changed since ``book`` was read is priced again under the new ones, so a reprice begun
     before a rule change never undoes one run after it.
     """
+    book.check_all()  # a rule that cannot be read: no span is priced without it
     summary = RepriceSummary()
     horizon = ledger.pruned_before()
     if horizon is not None and since < horizon:
@@ -73,6 +74,7 @@ def reprice(
         except RulesChanged:
             assert reload is not None
             book = reload()
+            book.check_all()
             continue  # the same page, read again
         # Counted from the spans as the write found them, not as the page read them: what a
         # second reprice (or a prune) did in between, this one did not move.

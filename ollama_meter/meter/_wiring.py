@@ -141,7 +141,7 @@ def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:
         return
     seeded = parse_department_budgets(settings.department_budgets, currency=settings.currency)
     if ledger.sync_budgets("env", seeded):  # said once, when what it brings in changes
-        budgets = ledger.budgets()
+        budgets, _ = ledger.readable_budgets()  # a row broken in SQL: named where it binds
         for note in unreached_notes(budgets, {b.id for b in budgets if b.source == "env"}):
             log.warning("note: %s (DEPARTMENT_BUDGETS)", note)
 

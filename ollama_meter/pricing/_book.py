@@ -7,20 +7,39 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from ollama_meter._names import model_cache_key
+from ollama_meter.errors import LedgerError
 from ollama_meter.periods import day_of
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule
-from ollama_meter.records import Cost, PriceRule, SpanRecord, Status, Usage
+from ollama_meter.records import Cost, PriceRule, SpanRecord, Status, UnreadableRule, Usage
 
 
 class PriceBook:
-    """Rules plus the zone that effective dates are read in; caches rule choice per model and day."""
+    """Rules plus the zone that effective dates are read in; caches rule choice per model and day.
 
-    def __init__(self, rules: Sequence[PriceRule], *, tz: ZoneInfo, currency: str) -> None:
+    ``unreadable``: rule rows edited by hand in SQL that cannot be read. A call to a model
+    one of them may price is refused (:meth:`check`); every other model is priced as usual
+    (one broken row refused every call, of every model, with a 503 or a traceback)."""
+
+    def __init__(
+        self,
+        rules: Sequence[PriceRule],
+        *,
+        tz: ZoneInfo,
+        currency: str,
+        unreadable: Sequence[UnreadableRule] = (),
+    ) -> None:
         self.rules = tuple(rules)
+        self.unreadable = tuple(unreadable)
         self.tz = tz
         self.currency = currency
         self._choice: dict[tuple[str | bytes, object], PriceRule | None] = {}
+
+    def check(self, model: str) -> None:
+        """Raise LedgerError, with the row's own words, when a broken row may price ``model``."""
+        for broken in self.unreadable:
+            if broken.covers(model):
+                raise LedgerError(broken.problem)
 
     def rule_for(self, model: str, when: datetime) -> PriceRule | None:
         # The day reports and `reprice --since` cut, not the clock's date: where a clock went
@@ -39,11 +58,23 @@ class PriceBook:
     def cost_of(self, span: SpanRecord) -> Cost:
         """What ``span`` costs: priced by the model Ollama answered with, or, when no rule
         prices that one, by the model the caller asked for, so a server that names a model
-        no rule knows (an alias, or a lie) cannot make a priced call free."""
+        no rule knows (an alias, or a lie) cannot make a priced call free.
+
+        Unpriced when a rule row that cannot be read may price either model (a call that got
+        past :meth:`check`: one recovered, an answer naming another model): not charged by
+        a rule less specific than its own, but flagged, and priced by a reprice once the row
+        is fixed."""
+        if any(b.covers(m) for b in self.unreadable for m in {span.model, span.request_model}):
+            return compute_cost(None, usage_of(span), currency=self.currency)
         rule = self.rule_for(span.model, span.started_at)
         if rule is None and span.request_model != span.model:
             rule = self.rule_for(span.request_model, span.started_at)
         return compute_cost(rule, usage_of(span), currency=self.currency)
+
+    def check_all(self) -> None:
+        """Raise LedgerError, with its words, when any rule row cannot be read (a reprice)."""
+        if self.unreadable:
+            raise LedgerError(self.unreadable[0].problem)
 
 
 def usage_of(span: SpanRecord) -> Usage:

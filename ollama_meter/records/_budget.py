@@ -101,6 +101,15 @@ class UnreadableBudget:
     def scope(self) -> str:
         return f"{self.tenant}/{self.department}" if self.department else self.tenant
 
+    def covers(self, tenant: str, department: str) -> bool:
+        """Whether the row may be meant for this caller, by its scope as stored: a tenant no
+        caller can have may be anyone's, a department none can have any in its tenant's."""
+        if self.tenant != EACH_TENANT and name_problem(self.tenant):
+            return True
+        if self.tenant not in (tenant, EACH_TENANT):
+            return False
+        return self.department in (None, department) or bool(name_problem(self.department))
+
 
 MOST_SPANNED = {
     ("day", "day"): 1, ("day", "week"): 1, ("day", "month"): 1,

@@ -102,6 +102,22 @@ class PriceRule:
         return fnmatchcase(_qualified(model_key(model)), full)
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableRule:
+    """A price rule row edited by hand in SQL to what no :class:`PriceRule` can be (a price
+    of ``'abc'``): its id, its pattern's stored text, and the ledger's words on what to do."""
+
+    id: int
+    pattern: str
+    problem: str
+
+    def covers(self, model: str) -> bool:
+        """Whether the row may price ``model``: its pattern matches it, or is no pattern."""
+        if not _PATTERN_OK.fullmatch(self.pattern):
+            return True
+        return PriceRule(self.pattern, "USD", per_request=Decimal(0)).matches(model)
+
+
 RULE_FIELDS = tuple(f.name for f in fields(PriceRule))
 _IDENTITY_FIELDS = tuple(name for name in RULE_FIELDS if name not in ("id", "source"))
 

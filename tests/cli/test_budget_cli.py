@@ -225,3 +225,29 @@ def test_budget_set_beside_a_row_edited_by_hand_saves_and_names_that_row(cli, db
     assert "budget 2: acme/support monthly limit 3.000000 USD" in saved.stdout
     assert "error:" not in saved.stderr
     assert "note: budget 1 in the ledger cannot be read: a budget's limit must be" in saved.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [("status",), ("status", "--json"), ("list",), ("list", "--json")]
+)
+def test_budget_status_and_list_show_every_budget_beside_a_row_edited_by_hand(  # type: ignore[no-untyped-def]
+    cli, db: str, command: tuple[str, ...]
+) -> None:
+    """One row edited to a limit of 0 hid every other budget: `ometer budget status` (a cron
+    job's look at the month) and `list` were that row's `error:` line and exit 1, as the
+    dashboard was a 503. Each now shows the others, and names the row on stderr."""
+    import sqlalchemy as sa
+
+    assert cli("budget", "set", "sales", "--tenant", "acme", "--daily", "5").code == 0
+    assert cli("budget", "set", "support", "--tenant", "acme", "--monthly", "3").code == 0
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE budgets SET limit_micros = 0 WHERE id = 1")
+    engine.dispose()
+    shown = cli("budget", *command)
+    assert shown.code == 0, shown.stderr
+    if "--json" in command:
+        assert [row["id"] for row in json.loads(shown.stdout)] == [2]
+    else:
+        assert "acme/support" in shown.stdout and "acme/sales" not in shown.stdout
+    assert shown.stderr.startswith("note: budget 1 in the ledger cannot be read: a budget's limit")
