@@ -18,7 +18,7 @@ from ollama_meter.cli._common import (
     table,
     utc_now,
 )
-from ollama_meter.cli._console import out, shown, write_data
+from ollama_meter.cli._console import err, out, shown, write_data
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import (
     DEFAULT_THRESHOLDS,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ollama_meter.budgets import Alert, BudgetStatus
+    from ollama_meter.records import UnreadableBudget
 
 app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
 
@@ -126,16 +127,31 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
     }
 
 
+def _said_unreadable(unreadable: "Sequence[UnreadableBudget]") -> None:
+    """After what ``list`` or ``status`` could show: an ``error:`` line for each budget row the
+    ledger cannot read (edited by hand in SQL), its scope as stored and what to do, then exit
+    1. The readable budgets were shown in full (the JSON is a list of them alone): a script
+    gets them and notices the rest; one such row hid every budget."""
+    if not unreadable:
+        return
+    for row in unreadable:
+        err.print(shown("error:", "red"), shown(f"{row.scope()}: {row.problem}"))
+    raise typer.Exit(1)
+
+
 @app.command("list")
 def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every budget, with its limit, kind and thresholds."""
     ledger = ledger_at(db)
-    budgets = ledger.budgets()
+    budgets, unreadable = ledger.readable_budgets()
     if as_json:
         write_data(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
+        _said_unreadable(unreadable)
         return
     if not budgets:
-        out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
+        if not unreadable:
+            out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
+        _said_unreadable(unreadable)
         return
     columns = [
         Column("id", numeric=True),
@@ -159,6 +175,7 @@ def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
         for b in budgets
     ]
     out.print(table("budgets", columns, rows))
+    _said_unreadable(unreadable)
 
 
 def alert_to_dict(alert: "Alert") -> dict[str, Any]:
@@ -232,14 +249,18 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
     cfg = settings(db_url=db)
     ledger = ledger_for(cfg, existing=True)
-    rows = budget_status(ledger, tz=ledger_zone(ledger, cfg), now=utc_now())
+    budgets, unreadable = ledger.readable_budgets()
+    rows = budget_status(ledger, tz=ledger_zone(ledger, cfg), now=utc_now(), budgets=budgets)
     undelivered = ledger.alerts(undelivered_only=True)
     if as_json:
         dicts = [status_to_dict(r, undelivered) for r in rows]
         write_data(json.dumps(dicts, indent=2) + "\n")
+        _said_unreadable(unreadable)
         return
     if not rows:
-        out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
+        if not unreadable:
+            out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
+        _said_unreadable(unreadable)
         return
     currencies = {row.budget.currency for row in rows}
     heading = f" {next(iter(currencies))}" if len(currencies) == 1 else ""
@@ -275,6 +296,7 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
         out.print(shown(note, "yellow"))
     for alert in undelivered:  # an admin sees what no channel got
         out.print(shown(_undelivered_line(alert), "yellow"))
+    _said_unreadable(unreadable)
 
 
 @app.command("rm")

@@ -394,7 +394,7 @@ def dashboard_report(
         for name in ("tenant", "department", "model")
     }
     # A row edited by hand to what no budget can be is its own gauge saying what to fix,
-    # not a 503 for the whole dashboard (``ometer budget status`` names it and stops).
+    # not a 503 for the whole dashboard (``ometer budget status`` names it beside the rest).
     readable, unreadable = ledger.readable_budgets()
     budgets = [
         status
