@@ -24,6 +24,7 @@ from ollama_meter.reports import DashQuery, dashboard_report
 from ollama_meter.reports._dashboard import dash_window
 from ollama_meter.reports._dashboard_json import dashboard_json
 from tests.factories import OFFICE_NOW, make_span
+from tests.reports.test_dashboard_json_bounds import Call, call_spans
 
 UTC_ZONE = ZoneInfo("UTC")
 ALL = 10**6
@@ -168,28 +169,13 @@ def _shown(data: dict[str, Any]) -> dict[str, dict[tuple[str, ...], Any]]:
 @given(calls=_calls, queries=st.lists(_queries, min_size=1, max_size=3))
 def test_every_list_of_the_dashboard_is_the_spans_sums(
     new_url: Callable[[], str],
-    calls: list[tuple[str, str, str, str, str, int, int, bool]],
+    calls: list[Call],
     queries: list[DashQuery],
 ) -> None:
     """Departments with their models, users and days, models, users and the series per
     department and day, for any filter: each row the exact sums of its spans."""
     ledger = Ledger(new_url())
-    start = datetime(2026, 10, 15, tzinfo=UTC)
-    spans = [
-        make_span(
-            started_at=start + timedelta(minutes=minute),
-            tenant=tenant,
-            department=dept,
-            user=user or None,
-            request_model=model,
-            currency=currency,
-            cost_total=cost,
-            unpriced=False,
-            status="error" if failed else "ok",
-            error_type="timeout" if failed else None,
-        )
-        for currency, tenant, dept, user, model, cost, minute, failed in calls
-    ]
+    spans = call_spans(calls, datetime(2026, 10, 15, tzinfo=UTC), timedelta(minutes=1))
     ledger.record(spans)
     for query in queries:
         dash = dashboard_report(ledger, query, tz=UTC_ZONE, now=OFFICE_NOW)
