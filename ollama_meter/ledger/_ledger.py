@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from ollama_meter._lazy import lazy_modules
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import BudgetError, LedgerError, PricingError, ValidationError
-from ollama_meter.ledger import _budgets, _meta, _prices, _rebuild, _spans
+from ollama_meter.ledger import _alert_rows, _budgets, _meta, _prices, _rebuild, _spans
 from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
@@ -281,7 +281,7 @@ class Ledger(DurableLedger, Named, Aggregates):
         self, *, undelivered_only: bool = False, max_attempts: int | None = None
     ) -> list[Alert]:
         with self.read() as conn:
-            return _budgets.alerts(
+            return _alert_rows.alerts(
                 conn, undelivered_only=undelivered_only, max_attempts=max_attempts
             )
 
@@ -290,14 +290,14 @@ class Ledger(DurableLedger, Named, Aggregates):
         return it as it stands; None when it is delivered or another process is delivering it."""
         now = datetime.now(UTC)
         with self.write() as conn:
-            return _budgets.claim_attempt(conn, alert_id, now, now + timedelta(seconds=seconds))
+            return _alert_rows.claim_attempt(conn, alert_id, now, now + timedelta(seconds=seconds))
 
     def record_alert_delivery(
         self, alert_id: int, deliveries: dict[str, str], delivered: bool, *, final: bool = True
     ) -> None:
         """What the channels took so far; ``final`` (the attempt is over) ends the claim."""
         with self.write() as conn:
-            _budgets.record_delivery(conn, alert_id, deliveries, delivered, final=final)
+            _alert_rows.record_delivery(conn, alert_id, deliveries, delivered, final=final)
 
     # -- gateway keys ---------------------------------------------------------------------
 
