@@ -375,7 +375,7 @@ def dashboard_report(
     names = ["tenant", "department", "model"]
     # Summed by the database at the grains the page and the JSON read: by department and
     # model, and by department and time. By all four at once, 1,000 departments of a month
-    # were 100,000 rows to build and sum again here (12 s for the first /api/dash).
+    # were 100,000 rows to build and sum again here (7 to 12 s for the first /api/dash).
     # One snapshot: a department's models, days and users add up to it.
     spend, by_time, users = spend_reports(
         ledger,
