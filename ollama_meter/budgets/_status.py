@@ -113,11 +113,14 @@ def budget_status(
     with ledger.budget_snapshot() as store:
         at = store.clock(now)  # leases live by the ledger's clock, not this host's
         refused = store.refusals(starts) if starts else {}
+        held = store.held_all(starts, at) if starts else {}
+        scopes: dict[str, dict[tuple[str, str | None], list[tuple[str, str, int]]]] = {}
         for budget in budgets:
             assert budget.id is not None
             window = current_period(budget.period, tz=tz, now=now)
             if budget.period not in spend:
                 spend[budget.period] = store.spend_by_scope(window.start, window.end)
+                scopes[budget.period] = _by_scope(spend[budget.period])
             sums = spend[budget.period]
             tenants = [budget.tenant]
             if budget.tenant == EACH_TENANT:
@@ -137,15 +140,15 @@ def budget_status(
             capped_keys: frozenset[tuple[str, str, str]] = getattr(sums, "capped", frozenset())
             for tenant in tenants:
                 spent, uncounted, capped = 0, Counter[str](), False
-                for (t, department, currency), cost in sums.items():
-                    if t == tenant and budget.department in (None, department):
-                        if currency == budget.currency:
-                            spent += cost
-                            capped = capped or (t, department, currency) in capped_keys
-                        elif cost:
-                            uncounted[currency] += cost
+                for department, currency, cost in scopes[budget.period].get(
+                    (tenant, budget.department), ()
+                ):
+                    if currency == budget.currency:
+                        spent += cost
+                        capped = capped or (tenant, department, currency) in capped_keys
+                    elif cost:
+                        uncounted[currency] += cost
                 key = LeaseKey(budget.id, tenant, window.start)
-                held = store.held(key, at)
                 projected = project(spent, window, now)
                 others = tuple(sorted(uncounted.items()))
                 rows.append(
@@ -154,7 +157,7 @@ def budget_status(
                         tenant,
                         window,
                         spent,
-                        held,
+                        held.get(key, 0),
                         projected,
                         refused.get(key),
                         others,
@@ -162,3 +165,16 @@ def budget_status(
                     )
                 )
     return rows
+
+
+def _by_scope(
+    sums: dict[tuple[str, str, str], int],
+) -> dict[tuple[str, str | None], list[tuple[str, str, int]]]:
+    """``sums`` per (tenant, department) and per (tenant, None): a budget's scope, each entry
+    (department, currency, cost). 1,000 department budgets each looked through every
+    department's sums: a million steps."""
+    found: dict[tuple[str, str | None], list[tuple[str, str, int]]] = {}
+    for (tenant, department, currency), cost in sums.items():
+        for scope in ((tenant, department), (tenant, None)):
+            found.setdefault(scope, []).append((department, currency, cost))
+    return found

@@ -38,6 +38,12 @@ class BudgetReads(Protocol):
         ``exclude``)."""
         ...
 
+    def held_all(self, starts: Collection[datetime], now: datetime) -> dict[LeaseKey, int]:
+        """:meth:`held` for every key of the periods that begin at ``starts`` with a live
+        lease (a key with none is not there), in one query: a status of 1,000 budgets asked
+        1,000 times."""
+        ...
+
     def lease_rows(self, lease_ids: Collection[str]) -> set[str]:
         """Which of the lease rows ``lease_ids`` are in the ledger, live or expired (a client's
         per-call row not there was taken over by a gateway, or given back)."""

@@ -132,7 +132,7 @@ def _readable(ledger: "Ledger") -> list[Budget]:
     stderr, so one such row hides no other budget."""
     budgets, unreadable = ledger.readable_budgets()
     for row in unreadable:
-        err.print(f"note: {row.problem}")
+        err.print(f"note: {row.scope()}: {row.problem}")
     return budgets
 
 

@@ -1,4 +1,5 @@
-"""Budgets, leases and alerts in the ledger. Portable SQL; callers own the transaction.
+"""Budgets and leases in the ledger (alerts' rows: :mod:`._alert_rows`). Portable SQL;
+callers own the transaction.
 
 :class:`BudgetTables` is what the budget gate works with inside one transaction
 (see :meth:`Ledger.budget_transaction`): it answers the questions admission and
@@ -201,71 +202,6 @@ def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.expires_at <= now)).rowcount
 
 
-def claim_attempt(conn: Connection, alert_id: int, now: datetime, until: datetime) -> Alert | None:
-    """Count an attempt at ``alert_id``, claim it until ``until`` and return it as it now
-    stands; None (and nothing changed) when it is delivered or another process's claim runs.
-
-    One conditional UPDATE: of processes racing for the alert, exactly one changes the row.
-    The row is read back under that claim, so what it says the channels took is what the
-    claimer goes on from, never an earlier read. ``now`` and ``until`` are by the caller's
-    clock; the claim is judged and written by the ledger's (:func:`ledger_now`).
-    """
-    at = ledger_now(conn, now)
-    now, until = at, at + (until - now)
-    a = _ALERTS.c
-    claimed = conn.execute(
-        update(_ALERTS)
-        .where(
-            a.id == alert_id,
-            a.delivered == False,  # noqa: E712
-            (a.claimed_until == None) | (a.claimed_until <= now),  # noqa: E711
-        )
-        .values(attempts=a.attempts + 1, claimed_until=until)
-    )
-    if claimed.rowcount != 1:
-        return None
-    return _to_alert(
-        conn.execute(select(BUDGET_ALERTS).where(BUDGET_ALERTS.c.id == alert_id)).one()
-    )
-
-
-def record_delivery(
-    conn: Connection, alert_id: int, deliveries: dict[str, str], delivered: bool, *, final: bool
-) -> None:
-    """Write what the channels took; ``final`` ends the claim. An alert recorded as delivered
-    stays so: a claimer that outlived its claim (a suspended machine) cannot undo it."""
-    values: dict[str, Any] = {"deliveries": deliveries, "delivered": delivered}
-    if final:
-        values["claimed_until"] = None
-    conn.execute(
-        update(_ALERTS)
-        .where(_ALERTS.c.id == alert_id, _ALERTS.c.delivered == False)  # noqa: E712
-        .values(**values)
-    )
-
-
-def alerts(
-    conn: Connection, *, undelivered_only: bool = False, max_attempts: int | None = None
-) -> list[Alert]:
-    query = select(BUDGET_ALERTS).order_by(BUDGET_ALERTS.c.id)
-    if undelivered_only:
-        query = query.where(BUDGET_ALERTS.c.delivered == False)  # noqa: E712
-    if max_attempts is not None:
-        query = query.where(BUDGET_ALERTS.c.attempts < max_attempts)
-    return [_to_alert(row) for row in conn.execute(query)]
-
-
-def _to_alert(row: Any) -> Alert:
-    return record_from(
-        Alert,
-        row,
-        spent=row.spent_micros,
-        limit=row.limit_micros,
-        deliveries=dict(row.deliveries or {}),
-        call_bound=row.call_bound_micros,
-    )
-
-
 def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
     return values_of(
         alert,
@@ -336,6 +272,15 @@ class BudgetTables:
         if exclude:
             query = query.where(BUDGET_RESERVATIONS.c.id.not_in(sorted(exclude)))
         return int(self._conn.execute(query).scalar_one())
+
+    def held_all(self, starts: Collection[datetime], now: datetime) -> dict[LeaseKey, int]:
+        r = _RESERVATIONS.c
+        query = (
+            select(r.budget_id, r.tenant, r.period_start, func.sum(r.amount_micros))
+            .where(r.period_start.in_(sorted(set(starts))), r.expires_at > now)
+            .group_by(r.budget_id, r.tenant, r.period_start)
+        )
+        return {LeaseKey(b, t, s): int(n or 0) for b, t, s, n in self._conn.execute(query)}
 
     def lease_rows(self, lease_ids: Collection[str]) -> set[str]:
         found: set[str] = set()

@@ -1,7 +1,7 @@
 """The ledger: one object per database, shared by every entry point of a process.
 
 Owns first-use migration and every query the rest of the package asks, as named
-methods: spans (latest, paging, costs), aggregates for reports and budgets,
+methods: spans (latest, paging, costs), aggregates for reports and budgets (:mod:`._reads`),
 price rules, budgets and their transactions, alerts, gateway keys and rate limits. Writes go
 through :meth:`~ollama_meter.ledger._durable.DurableLedger.record`, one
 transaction per batch; the meter's group-commit writer batches concurrent
@@ -24,22 +24,23 @@ from sqlalchemy import func, select
 from ollama_meter._lazy import lazy_modules
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import BudgetError, LedgerError, PricingError, ValidationError
-from ollama_meter.ledger import _budgets, _meta, _prices, _rebuild, _spans
+from ollama_meter.ledger import _alert_rows, _budgets, _meta, _prices, _rebuild, _spans
 from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
 from ollama_meter.ledger._named import Named
 from ollama_meter.ledger._readable import Readable
+from ollama_meter.ledger._reads import Aggregates
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
 
 if TYPE_CHECKING:
-    from ollama_meter.ledger import _aggregate, _currencies, _keys, _limits, _timings
+    from ollama_meter.ledger import _currencies, _keys, _limits
     from ollama_meter.ledger._keys import ApiKey
 else:  # loaded when first used: a command that reads spans needs none of them
-    lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _currencies _keys _limits _timings")
+    lazy_modules(globals(), "ollama_meter.ledger", "_currencies _keys _limits")
 
 MAX_ROW_ID = 2**31 - 1
 """Rules, budgets and keys have 32-bit ids (PostgreSQL's INTEGER): a larger number names none."""
@@ -50,7 +51,7 @@ def _row_id(value: int) -> bool:
     return 1 <= value <= MAX_ROW_ID
 
 
-class Ledger(DurableLedger, Named, Readable):
+class Ledger(DurableLedger, Named, Readable, Aggregates):
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
 
     def __init__(
@@ -160,54 +161,6 @@ class Ledger(DurableLedger, Named, Readable):
         the spans that moved, as they were stored (see :func:`_spans.update_costs`)."""
         with self.write() as conn:
             return _spans.update_costs(conn, spans, rules)
-
-    # -- aggregates: what reports, budgets and the dashboard read -----------------------
-
-    def spend(
-        self,
-        where: _spans.SpanFilter,
-        by: Sequence[str] = (),
-        buckets: Sequence[tuple[datetime, datetime]] = (),
-    ) -> list[_aggregate.SpendSums]:
-        """Sums per (``by`` groups, time bucket, currency) over ``where``'s window; buckets
-        are (start, end), in order, with gaps where there were no calls (see :meth:`days_with_calls`)."""
-        with self.read() as conn:
-            return _aggregate.aggregate_spend(conn, where, by, buckets)
-
-    def timings(
-        self,
-        where: _spans.SpanFilter,
-        by: Sequence[str] = (),
-        buckets: Sequence[tuple[datetime, datetime]] = (),
-    ) -> tuple[list[_aggregate.SpendSums], _timings.HistogramResult]:
-        """Sums and latency/TTFT/queue/speed histograms per group, read as one snapshot."""
-        with self.read() as conn:
-            sums = _aggregate.aggregate_spend(conn, where, by, buckets)
-            return sums, _timings.aggregate_histograms(conn, where, by, buckets)
-
-    def days_with_calls(
-        self, since: datetime, until: datetime, *, months: bool = False
-    ) -> list[tuple[datetime, datetime]]:
-        """The runs of the ledger's days (months) in which calls started, from ``since`` to
-        ``until``: one lookup for each day that holds calls, however long the window."""
-        with self.read() as conn:
-            return _aggregate.held_stretches(conn, since, until, months=months)
-
-    def failures(self, where: _spans.SpanFilter) -> list[_aggregate.FailureCount]:
-        """Calls that did not end ``ok``, counted per (status, error type)."""
-        with self.read() as conn:
-            return _aggregate.aggregate_failures(conn, where)
-
-    def spend_and_busy(
-        self, where: _spans.SpanFilter, by: Sequence[str], since: datetime, until: datetime
-    ) -> tuple[list[_aggregate.SpendSums], int, int]:
-        """:meth:`spend`, and the busy ns summed over upstream hosts and the number of hosts in
-        [since, until), read as one snapshot: chargeback splits the one by the other, and a
-        call recorded between two reads was in the busy time and in nobody's usage."""
-        with self.read() as conn:
-            sums = _aggregate.aggregate_spend(conn, where, by, ())
-            busy, hosts = _timings.busy_union(conn, since, until)
-        return sums, busy, hosts
 
     # -- price rules -----------------------------------------------------------------
 
@@ -322,7 +275,7 @@ class Ledger(DurableLedger, Named, Readable):
         self, *, undelivered_only: bool = False, max_attempts: int | None = None
     ) -> list[Alert]:
         with self.read() as conn:
-            return _budgets.alerts(
+            return _alert_rows.alerts(
                 conn, undelivered_only=undelivered_only, max_attempts=max_attempts
             )
 
@@ -331,14 +284,14 @@ class Ledger(DurableLedger, Named, Readable):
         return it as it stands; None when it is delivered or another process is delivering it."""
         now = datetime.now(UTC)
         with self.write() as conn:
-            return _budgets.claim_attempt(conn, alert_id, now, now + timedelta(seconds=seconds))
+            return _alert_rows.claim_attempt(conn, alert_id, now, now + timedelta(seconds=seconds))
 
     def record_alert_delivery(
         self, alert_id: int, deliveries: dict[str, str], delivered: bool, *, final: bool = True
     ) -> None:
         """What the channels took so far; ``final`` (the attempt is over) ends the claim."""
         with self.write() as conn:
-            _budgets.record_delivery(conn, alert_id, deliveries, delivered, final=final)
+            _alert_rows.record_delivery(conn, alert_id, deliveries, delivered, final=final)
 
     # -- gateway keys ---------------------------------------------------------------------
 

@@ -207,9 +207,10 @@ def _series(d: Dashboard, currency: str, listed: int) -> list[dict[str, object]]
     ``departments`` lists), then the others' sum in each bucket."""
     keys = ["tenant", "department", d.unit]
     kept = {(dept.tenant, dept.name) for dept in d.departments(currency)[:listed]}
-    rows = d.in_currency(d.spend.rollup(keys), currency)
-    mine = [r for r in rows if (r.label("tenant"), r.label("department")) in kept]
-    rest = [r for r in rows if (r.label("tenant"), r.label("department")) not in kept]
+    mine: list[SpendRow] = []
+    rest: list[SpendRow] = []
+    for row in d.in_currency(d.spend.rollup(keys), currency):
+        (mine if (row.label("tenant"), row.label("department")) in kept else rest).append(row)
     return _money_rows(mine, keys) + _by_bucket(d, rest, ["tenant", "department", d.unit])
 
 

@@ -9,7 +9,7 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import GROUPS, Ledger, SpanFilter, capped_note
+from ollama_meter.ledger import GROUPS, Ledger, SpanFilter, SpendSums, capped_note
 from ollama_meter.periods import TIME_UNITS, Bucket, Window, buckets_over, walk_buckets
 from ollama_meter.records import Micros
 from ollama_meter.reports._choices import BY_CHOICES
@@ -105,7 +105,8 @@ class SpendReport:
         return capped_note(f"the spend of {', '.join(capped)}", "its cost")
 
     def rollup(self, by: Sequence[str]) -> list[SpendRow]:
-        """The rows summed down to ``by`` (some of this report's columns), per currency.
+        """The rows summed down to ``by`` (some of this report's columns, or of a report
+        :meth:`beside` it), per currency.
 
         Ordered by the ``by`` values, then currency; a subtotal never mixes currencies.
         """
@@ -115,8 +116,21 @@ class SpendReport:
             # Sums are exact and add up in any order: start from the fewest rows that have
             # every column asked (a rollup already made, else the report's own rows).
             finer = [rows for done, rows in self._rollups.items() if set(key) <= set(done)]
-            cached = self._rollups[key] = _rolled_up(min(finer, key=len, default=self.rows), key)
+            if set(key) <= set(self.by):
+                finer.append(self.rows)
+            if not finer:
+                raise KeyError(f"no rows of this report are by {', '.join(key)}")
+            cached = self._rollups[key] = _rolled_up(min(finer, key=len), key)
         return cached
+
+    def beside(self, other: SpendReport) -> SpendReport:
+        """This report, its rollups also drawn from ``other``'s rows (the same window and
+        filters, other columns): two reads the database summed, in place of one finer read
+        summed here (by department and model, and by department and day, are 26,000 rows
+        for 1,000 departments, where by all three are 100,000)."""
+        assert other.window == self.window
+        self._rollups.setdefault(tuple(other.by), other.rows)
+        return self
 
 
 def _rolled_up(rows: list[SpendRow], by: tuple[str, ...]) -> list[SpendRow]:
@@ -177,34 +191,81 @@ def spend_report(
     model: str | None = None,
 ) -> SpendReport:
     """Rows ordered by the ``by`` columns (time in order), then currency. ``cost`` is micro-units."""
-    group = [name for name in by if name in GROUPS]
-    unit = next((name for name in by if name in TIME_UNITS), None)
-    bounds = held_buckets(ledger, window, unit, tz) if unit else []
+    where = {"tenant": tenant, "department": department, "model": model}
+    return spend_reports(ledger, window, [by], tz=tz, **where)[0]
+
+
+def spend_reports(
+    ledger: Ledger,
+    window: Window,
+    bys: Sequence[Sequence[str]],
+    *,
+    tz: ZoneInfo,
+    tenant: str | None = None,
+    department: str | None = None,
+    model: str | None = None,
+) -> list[SpendReport]:
+    """A :func:`spend_report` by each of ``bys``, read from one snapshot of the ledger, so
+    that they add up alike (a call recorded meanwhile is in each or in none)."""
+    units = {unit: None for by in bys for unit in by if unit in TIME_UNITS}
+    bounds = {unit: held_buckets(ledger, window, unit, tz) for unit in units}
     where = SpanFilter(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
-    aggregates = ledger.spend(where, group, [(start, end) for start, end, _ in bounds])
-    report = SpendReport(window=window, by=list(by), buckets=bounds)
-    sortable = []
-    for agg in aggregates:
-        values = dict(zip(group, agg.keys, strict=True))
-        if unit:
-            values[unit] = bounds[agg.bucket][2]
-        row = SpendRow(
-            tuple((name, values[name]) for name in by),
-            requests=agg.requests,
-            errors=agg.errors,
-            input_tokens=agg.input_tokens,
-            output_tokens=agg.output_tokens,
-            gpu_seconds=gpu_seconds(agg.gpu_ns),
-            cost=Micros(agg.cost),
-            currency=agg.currency,
-            unpriced_requests=agg.unpriced_requests,
-            capped=agg.capped,
+    plans = [(list(by), next((u for u in by if u in TIME_UNITS), None)) for by in bys]
+    found = ledger.spends(
+        where,
+        [
+            (
+                [name for name in by if name in GROUPS],
+                [(start, end) for start, end, _ in bounds[unit]] if unit else [],
+            )
+            for by, unit in plans
+        ],
+    )
+    return [
+        _report(window, by, unit, bounds[unit] if unit else [], aggregates)
+        for (by, unit), aggregates in zip(plans, found, strict=True)
+    ]
+
+
+def _report(
+    window: Window,
+    by: list[str],
+    unit: str | None,
+    bounds: list[Bucket],
+    aggregates: Sequence[SpendSums],
+) -> SpendReport:
+    report = SpendReport(window=window, by=by, buckets=bounds)
+    group = [name for name in by if name in GROUPS]
+    # Where each column of ``by`` is in a sum's keys; the time unit: -1.
+    at = [-1 if name == unit else group.index(name) for name in by]
+    named = list(zip(by, at, strict=True))
+
+    def order(agg: SpendSums) -> tuple[object, ...]:
+        keys = agg.keys
+        return (*(agg.bucket if i < 0 else keys[i] for i in at), agg.currency)
+
+    # Sorted before the rows are made: each row's sort key lives only as long as the sort.
+    # Fewer objects alive, less for the garbage collector to walk: it took about half of the
+    # 10 µs a row cost (45,000 rows for the dashboard of 1,000 departments).
+    rows = []
+    for agg in sorted(aggregates, key=order):
+        keys = agg.keys
+        rows.append(
+            SpendRow(
+                tuple((name, bounds[agg.bucket][2] if i < 0 else keys[i]) for name, i in named),
+                requests=agg.requests,
+                errors=agg.errors,
+                input_tokens=agg.input_tokens,
+                output_tokens=agg.output_tokens,
+                gpu_seconds=gpu_seconds(agg.gpu_ns),
+                cost=Micros(agg.cost),
+                currency=agg.currency,
+                unpriced_requests=agg.unpriced_requests,
+                capped=agg.capped,
+            )
         )
         report.unpriced_requests += agg.unpriced_requests
-        order = tuple(agg.bucket if name == unit else values[name] for name in by)
-        sortable.append(((order, agg.currency), row))
-    sortable.sort(key=lambda item: item[0])
-    report.rows = [row for _, row in sortable]
+    report.rows = rows
     return report

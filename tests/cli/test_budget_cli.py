@@ -250,4 +250,55 @@ def test_budget_status_and_list_show_every_budget_beside_a_row_edited_by_hand(  
         assert [row["id"] for row in json.loads(shown.stdout)] == [2]
     else:
         assert "acme/support" in shown.stdout and "acme/sales" not in shown.stdout
-    assert shown.stderr.startswith("note: budget 1 in the ledger cannot be read: a budget's limit")
+    assert shown.stderr.startswith(
+        "note: acme/sales: budget 1 in the ledger cannot be read: a budget's limit"
+    )
+
+
+HAND_EDITS = [
+    ("limit_micros", 0),
+    ("limit_micros", -5_000_000),
+    ("currency", "XX"),
+    ("period", "hourly"),
+]
+"""Budget rows edited by hand in SQL to what no budget can be: budgets 1 to 4."""
+
+
+def test_budget_status_and_list_show_the_readable_budgets_and_name_each_unreadable_row(  # type: ignore[no-untyped-def]
+    cli, db: str
+) -> None:
+    """One row edited by hand made both commands an `error:` line naming it, exit 1, and
+    nothing more: no other budget was shown, nor any other row it could not read. Each
+    readable budget is shown (the table, or the JSON list of them on stdout) and each other
+    row is a `note:` on stderr with its scope and what to do; exit 0, as for every list."""
+    import sqlalchemy as sa
+
+    for dept in ("sales", "legal", "ops", "hr", "it"):
+        assert cli("budget", "set", dept, "--tenant", "acme", "--monthly", "7").code == 0
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        for budget_id, (column, value) in enumerate(HAND_EDITS, 1):
+            conn.execute(
+                sa.text(f"UPDATE budgets SET {column} = :value WHERE id = :id"),
+                {"value": value, "id": budget_id},
+            )
+    engine.dispose()
+    for command in ("list", "status"):
+        for args in ((), ("--json",)):
+            result = cli("budget", command, *args)
+            assert result.code == 0, (command, args, result.stderr)
+            said = " ".join(result.stderr.split())
+            for budget_id, dept in enumerate(("sales", "legal", "ops", "hr"), 1):
+                assert (
+                    f"note: acme/{dept}: budget {budget_id} in the ledger cannot be read:" in said
+                ), said
+                assert f"remove it with `ometer budget rm {budget_id}`" in said
+            assert said.count("note:") == len(HAND_EDITS)
+            if args:
+                shown = json.loads(result.stdout)
+                assert [(b["id"], b["department"], b["limit"]) for b in shown] == [
+                    (5, "it", "7.000000")
+                ]
+            else:
+                assert "acme/it" in result.stdout and "7.00" in result.stdout
+                assert "acme/sales" not in result.stdout and "no budgets" not in result.stdout

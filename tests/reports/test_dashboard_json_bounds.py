@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger
+from ollama_meter.records import SpanRecord
 from ollama_meter.reports import DashQuery, dashboard_report
 from ollama_meter.reports._dashboard import LISTED, TOP
 from ollama_meter.reports._dashboard_json import dashboard_json
@@ -84,6 +85,29 @@ def assert_lists_add_up(data: dict[str, Any], listed: int, top: int) -> None:
     assert len([r for r in timing if not r.get("others")]) <= listed
 
 
+Call = tuple[str, str, str, str, str, int, int, bool]
+"""A generated call: currency, tenant, department, user, model, cost, when, failed."""
+
+
+def call_spans(calls: list[Call], start: datetime, step: timedelta) -> list[SpanRecord]:
+    """``calls`` as spans, each ``when`` steps after ``start``."""
+    return [
+        make_span(
+            started_at=start + step * when,
+            tenant=tenant,
+            department=dept,
+            user=user or None,
+            request_model=model,
+            currency=currency,
+            cost_total=cost,
+            unpriced=False,
+            status="error" if failed else "ok",
+            error_type="timeout" if failed else None,
+        )
+        for currency, tenant, dept, user, model, cost, when, failed in calls
+    ]
+
+
 _calls = st.lists(
     st.tuples(
         st.sampled_from(["USD", "EUR", "JPY"]),
@@ -106,30 +130,14 @@ _calls = st.lists(
 @given(calls=_calls, listed=st.integers(0, 4), top=st.integers(0, 3))
 def test_every_list_adds_up_to_the_spend_whatever_is_folded(
     new_url: Callable[[], str],
-    calls: list[tuple[str, str, str, str, str, int, int, bool]],
+    calls: list[Call],
     listed: int,
     top: int,
 ) -> None:
     """Names that differ by case or by Unicode normalisation, direction marks, zero-width
     characters, markup, 300 characters: each name its own row, each list adding up."""
     ledger = Ledger(new_url())
-    ledger.record(
-        [
-            make_span(
-                started_at=datetime(2026, 11, 1, 8, tzinfo=UTC) + timedelta(days=day),
-                tenant=tenant,
-                department=dept,
-                user=user or None,
-                request_model=model,
-                currency=currency,
-                cost_total=cost,
-                unpriced=False,
-                status="error" if failed else "ok",
-                error_type="timeout" if failed else None,
-            )
-            for currency, tenant, dept, user, model, cost, day, failed in calls
-        ]
-    )
+    ledger.record(call_spans(calls, datetime(2026, 11, 1, 8, tzinfo=UTC), timedelta(days=1)))
     dash = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW)
     assert_lists_add_up(dashboard_json(dash, listed=listed, top=top), listed, top)
 
