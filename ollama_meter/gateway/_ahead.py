@@ -226,6 +226,8 @@ class ReadAhead:
     async def next(self) -> Batch:
         """The next batch; raises StopAsyncIteration at the end, or what broke the read."""
         while not self._ready:
+            if isinstance(self._end, StopAsyncIteration):
+                raise StopAsyncIteration  # a new one: raised, this one would hold our frame
             if self._end is not None:
                 raise self._end
             self._wanted = asyncio.get_running_loop().create_future()
@@ -315,7 +317,11 @@ class ReadAhead:
             if self._end is None:
                 self._end = asyncio.CancelledError()
             raise
-        except Exception as exc:  # the answer's end, or what broke it: Ollama is done
+        except StopAsyncIteration:  # the answer's end: noted with no traceback, whose frames
+            # hold this reader (a reference cycle each stream, for the cyclic collector)
+            self._end = StopAsyncIteration()
+            self._ended()
+        except Exception as exc:  # what broke it: Ollama is done
             self._end = exc
             self._ended()
         finally:

@@ -84,12 +84,15 @@ def is_local_host(host: str) -> bool:
     if not host.strip():
         return True
     name = _name_of(host.strip()).lower().rstrip(".")
-    if name and name in ("localhost", socket.gethostname().lower()):
+    if name == "localhost":
         return True
     ip = _ip(name)
-    if ip is not None:
-        return ip.is_loopback or ip.is_private or ip.is_unspecified
-    return name.endswith(_LOCAL_SUFFIXES)
+    if (ip is not None and (ip.is_loopback or ip.is_private or ip.is_unspecified)) or (
+        ip is None and name.endswith(_LOCAL_SUFFIXES)
+    ):
+        return True
+    # Last: the machine's name is a system call (uname) each time, and may change.
+    return bool(name) and name == socket.gethostname().lower()
 
 
 def is_plain_path(path: str) -> bool:

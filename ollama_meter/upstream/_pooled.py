@@ -234,7 +234,8 @@ class PooledUpstream(Resilient):
         try:
             return await attempts.arun(attempt)
         except UpstreamError as error:
-            if id(error) in refusals:
+            if id(error) in refusals:  # answered, not raised: its frames hold the refusal
+                error.__traceback__ = None  # (a reference cycle each refused call)
                 return refusals[id(error)]
             raise
 
