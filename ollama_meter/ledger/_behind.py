@@ -110,7 +110,7 @@ class WriteBehind:
         """Count the batch in flight once it is written; raise its failure."""
         if self.running is None:
             return
-        (done, size), self.running = self.running, None
+        done, size = self.running
         summary = self.summary
         try:
             inserted = done.result()
@@ -119,6 +119,9 @@ class WriteBehind:
                 f"{exc}; the {summary.read:,} span(s) before this batch are recorded: run "
                 "the same import again once it answers (spans already there are skipped)"
             ) from exc
+        finally:
+            if done.done():  # (Ctrl-C while it is written: the batch is waited for again)
+                self.running = None
         summary.added += len(inserted.added)
         summary.pruned += len(inserted.early)
         summary.horizon = inserted.horizon or summary.horizon

@@ -3,10 +3,16 @@ makes a batch's rows before its transaction, in the zone the ledger had at the l
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from ollama_meter.ledger import Ledger, import_lines
 from ollama_meter.ledger._jsonl import export_line
@@ -55,3 +61,35 @@ def test_rows_made_in_another_zone_are_made_again_in_the_ledgers(tmp_path: Path)
         written.append(_tables(ledger))
         ledger.dispose()
     assert written[1] == written[0] and written[2] == written[0]
+
+
+def test_ctrl_c_while_a_batch_is_written_counts_it_once_it_is(tmp_path: Path) -> None:
+    """Ctrl-C while the reading thread waits for the batch being written: the import ends once
+    that batch is (committed whole), and counts it, so the CLI's "the first N span(s) are
+    recorded" is what the ledger holds, not a batch short."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}", wait=10)
+    ledger.count()
+    spans = _spans(4)
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    recorded = [0]
+
+    def interrupt() -> None:
+        time.sleep(0.5)  # the reading thread waits for the first batch by then
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        blocker.execute("ROLLBACK")
+
+    def lines() -> Iterator[bytes]:
+        blocker.execute("BEGIN IMMEDIATE")  # the first batch's write waits for it
+        yield from map(export_line, spans[:3])
+        threading.Thread(target=interrupt).start()
+        yield export_line(spans[3])  # the second batch: sent once the first is written
+
+    with pytest.raises(KeyboardInterrupt):
+        import_lines(
+            ledger, lines(), batch=2, progress=lambda n: recorded.__setitem__(0, recorded[0] + n)
+        )
+    assert recorded == [ledger.count()] == [2]
+    blocker.close()
+    ledger.dispose()
