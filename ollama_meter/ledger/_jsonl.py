@@ -197,8 +197,9 @@ speed that stood out: an import's time is in Python, per span."""
 
 BATCH_BYTES = 32 * 2**20
 """Lines one import batch (and one line more), or about one export fetch, holds: 20,000 spans
-of captured calls with a million-character prompt each would be 20 GB in memory. Spans
-without content (a kilobyte or so a line) fill a batch by its count first."""
+of captured calls with a million-character prompt each would be 20 GB in memory (an import
+holds two batches: one being written, one read). Spans without content (a kilobyte or so a
+line) fill a batch by its count first."""
 
 
 @bulk

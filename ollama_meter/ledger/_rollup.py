@@ -315,7 +315,7 @@ def _write_busy(
                 grown[(start, host)] = grew
                 had += grew
             rows.append((seconds, host, intervals, had, calls.get((start, host), 0)))
-        run(conn, statements.busy_whole.sql, rows)
+        run_rows(conn, statements.busy_whole, rows)
     else:
         _merge_busy(conn, statements, busy, calls, keys, grown)
     # Summed per quarter hour first: a day or month is a run of whole quarter hours.

@@ -49,9 +49,10 @@ BUSY_READS = (2, 16, 250)
 # -- statements compiled once per dialect ------------------------------------------------
 
 
-def run(conn: Connection, sql: str, params: Any) -> list[Any]:
+def run(conn: Connection, sql: str, params: Any, *, grouped: bool = False) -> list[Any]:
     """Driver SQL ``sql`` with ``params`` (a row's tuple; a list of them runs it per row), in the
-    caller's transaction: the rows it returns.
+    caller's transaction: the rows it returns. ``grouped``: an upsert whose rows go many a
+    statement on SQLite (:func:`_in_groups`).
 
     On SQLite straight on the driver's connection: a call's write is a dozen statements, and
     SQLAlchemy's work around each (its result object, its events) took a quarter of the
@@ -64,7 +65,7 @@ def run(conn: Connection, sql: str, params: Any) -> list[Any]:
     many = isinstance(params, list)
     driver: Any = conn.connection.driver_connection
     try:
-        if many and len(params) >= _GROUPS[-1] and ") ON CONFLICT " in sql:
+        if grouped and len(params) >= _GROUPS[-1] and ") ON CONFLICT " in sql:
             return _in_groups(driver, sql, params)
         return list((driver.executemany if many else driver.execute)(sql, params))
     except error as exc:
@@ -136,13 +137,13 @@ class DriverSQL:
 
 
 def run_rows(conn: Connection, statement: DriverSQL, rows: list[tuple[Any, ...]]) -> None:
-    """``statement`` for each of ``rows``, in the caller's transaction.
+    """``statement`` (an upsert) for each of ``rows``, in the caller's transaction.
 
     On PostgreSQL in one statement, each parameter an array of the rows' values (``unnest``),
     rows taken in the order given: a row a statement cost a round of parse, plan and
     execution in the server, most of an import's time (200,000 upserts for 20,000 spans)."""
     if statement.rows is None or not rows:
-        run(conn, statement.sql, rows)
+        run(conn, statement.sql, rows, grouped=True)
         return
     run_arrays(conn, statement, list(map(array, zip(*rows, strict=True), statement.text)))
 
