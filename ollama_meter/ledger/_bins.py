@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ollama_meter.ledger._cells import ANYONE, SLOTS, Grain, floor_cell
-from ollama_meter.ledger._upserts import Statements, array, run, run_arrays, run_rows
+from ollama_meter.ledger._upserts import Statements, array, run, run_arrays
 
 EVERYONE = (ANYONE, ANYONE, ANYONE)
 """The (tenant, department, model) of histogram rows for all calls together."""
@@ -193,7 +193,7 @@ def write_bins(conn: Connection, statements: Statements, counted: Sequence[Count
                 several.append(lead + row + tuple(bins))
     if several:
         several.sort()
-        run_rows(conn, statements.histogram, several)
+        run(conn, statements.histogram.sql, several)
     for index, values in sorted(single.items()):
         values.sort()
         run(conn, statements.one_bin(conn.dialect, index).sql, values)

@@ -26,12 +26,11 @@ import msgspec
 
 from ollama_meter._kinds import SQLITE, WAL_MAGIC, packed
 from ollama_meter._text import json_bytes
-from ollama_meter.errors import ValidationError
-from ollama_meter.ledger._behind import WriteBehind
+from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import CutShort, span_from_line
 from ollama_meter.ledger._span_rows import row_to_span
-from ollama_meter.ledger._spans import SpanFilter, select_spans
+from ollama_meter.ledger._spans import SpanFilter, insert_spans, select_spans
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import (
     LABEL_FIELDS,
@@ -197,9 +196,8 @@ speed that stood out: an import's time is in Python, per span."""
 
 BATCH_BYTES = 32 * 2**20
 """Lines one import batch (and one line more), or about one export fetch, holds: 20,000 spans
-of captured calls with a million-character prompt each would be 20 GB in memory (an import
-holds two batches: one being written, one read). Spans without content (a kilobyte or so a
-line) fill a batch by its count first."""
+of captured calls with a million-character prompt each would be 20 GB in memory. Spans
+without content (a kilobyte or so a line) fill a batch by its count first."""
 
 
 @bulk
@@ -278,57 +276,61 @@ def _import(
     summary = ImportSummary()
     pending: list[SpanRecord] = []
     held = 0  # bytes of the lines in pending
-    behind = WriteBehind(summary, progress, pruned_too)
 
-    def flush(*, wait: bool = False) -> None:
-        nonlocal held, ledger, pending
+    def flush() -> None:
+        nonlocal held, ledger
         held = 0
         if pending:
             if callable(ledger):
                 ledger = ledger()
-            behind.write(ledger, pending)
-            pending = []
-        if wait:
-            behind.wait()
-
-    with behind:
-        for number, raw in enumerate(_without_bom(lines, name), start=1):
-            # exports saved with a BOM and concatenated (cat a.jsonl b.jsonl): one mid-file
-            line = raw.removeprefix(b"\xef\xbb\xbf")
-            if not line.strip():
-                continue
             try:
-                pending.append(span_from_line(line))
-                held += len(line)
-            except ValueError as exc:
-                flush(wait=True)
-                raise _refused(number, raw, line, exc, summary.read, name) from None
-            if len(pending) >= batch or held >= BATCH_BYTES:
-                flush()
-        flush(wait=True)
+                with ledger.write() as conn:
+                    # Spans before the prune horizon the ledger does not hold are left out,
+                    # as every write leaves them (insert_spans): counted, not kept.
+                    done = insert_spans(conn, pending, pruned_too=pruned_too)
+                summary.added += len(done.added)
+                summary.pruned += len(done.early)
+                summary.horizon = done.horizon or summary.horizon
+            except LedgerError as exc:  # the batch is rolled back whole: running again is safe
+                raise LedgerError(
+                    f"{exc}; the {summary.read:,} span(s) before this batch are recorded: run "
+                    "the same import again once it answers (spans already there are skipped)"
+                ) from exc
+            summary.read += len(pending)
+            if progress is not None:
+                progress(len(pending))
+            pending.clear()
+
+    for number, raw in enumerate(_without_bom(lines, name), start=1):
+        # exports saved with a BOM and concatenated (cat a.jsonl b.jsonl): one mid-file
+        line = raw.removeprefix(b"\xef\xbb\xbf")
+        if not line.strip():
+            continue
+        try:
+            pending.append(span_from_line(line))
+            held += len(line)
+        except ValueError as exc:
+            flush()
+            if isinstance(exc, CutShort) and not raw.endswith(b"\n"):  # the file's last line
+                raise ValidationError(
+                    f"line {number}: the file ends part way through this span (an export cut "
+                    "short: a full disk, a stopped export, a copy still being written); the "
+                    f"{summary.read} span(s) before it are recorded: import a whole export "
+                    "(spans already there are skipped)"
+                ) from None
+            if spread := _spread(line, exc, name):
+                raise ValidationError(
+                    f"line {number}: {spread}; the {summary.read} span(s) before it are "
+                    "recorded: import the spans one a line (spans already there are skipped)"
+                ) from None
+            raise ValidationError(
+                f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
+                "fix the line and import again (spans already there are skipped)"
+            ) from None
+        if len(pending) >= batch or held >= BATCH_BYTES:
+            flush()
+    flush()
     return summary
-
-
-def _refused(
-    number: int, raw: bytes, line: bytes, exc: ValueError, recorded: int, name: str
-) -> ValidationError:
-    """What a bad line's import says: the line, what is wrong, what is recorded, what to do."""
-    if isinstance(exc, CutShort) and not raw.endswith(b"\n"):  # the file's last line
-        return ValidationError(
-            f"line {number}: the file ends part way through this span (an export cut "
-            "short: a full disk, a stopped export, a copy still being written); the "
-            f"{recorded} span(s) before it are recorded: import a whole export "
-            "(spans already there are skipped)"
-        )
-    if spread := _spread(line, exc, name):
-        return ValidationError(
-            f"line {number}: {spread}; the {recorded} span(s) before it are "
-            "recorded: import the spans one a line (spans already there are skipped)"
-        )
-    return ValidationError(
-        f"line {number}: {exc}; the {recorded} span(s) before it are recorded, "
-        "fix the line and import again (spans already there are skipped)"
-    )
 
 
 def _spread(line: bytes, exc: ValueError, name: str) -> str | None:

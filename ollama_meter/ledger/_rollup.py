@@ -38,7 +38,6 @@ from __future__ import annotations
 import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
@@ -48,7 +47,6 @@ from ollama_meter.ledger._bins import (
     EACH_MODEL,
     EVERYONE,
     BinEntries,
-    Counted,
     histogram_rows as _histogram_rows,
     write_bins,
 )
@@ -190,48 +188,24 @@ class RollupDelta:
         """
         return _histogram_rows(self.histograms.count(grains, zone))
 
-    def rows(self, zone: tzinfo | None) -> DeltaRows:
-        """The rows this delta writes in ``zone``'s cells, made before its transaction."""
-        cube = self.cube_rows(tuple(Grain), zone)
-        keys = sorted(cube)
-        return DeltaRows(
-            zone,
-            _with_values(keys, cube, fits=self._fits()) if cube else [],
-            [key for key in keys if cube[key][_REQUESTS] < 0] if self.taken else [],
-            self.histograms.count(tuple(Grain), zone) if self.histograms else [],
-        )
-
-    def write(self, conn: Connection, rows: DeltaRows | None = None) -> None:
-        """Add this delta to the rollups, in the caller's transaction; ``rows``: its rows
-        made already (:meth:`rows`), used if they are in the ledger's zone.
+    def write(self, conn: Connection) -> None:
+        """Add this delta to the rollups, in the caller's transaction.
 
         Keys are written in sorted order, so concurrent writers on PostgreSQL take
         row locks in one order and never deadlock each other.
         """
         statements = statements_for(conn.dialect)
         zone = ledger_zone(conn)
-        if rows is None or rows.zone != zone:
-            rows = self.rows(zone)
-        if rows.cube:
-            run_rows(conn, statements.cube, rows.cube)
-        _drop_emptied(conn, rows.emptied)
-        if rows.counted:
-            write_bins(conn, statements, rows.counted)
+        cube = self.cube_rows(tuple(Grain), zone)
+        if cube:
+            keys = sorted(cube)
+            run_rows(conn, statements.cube, _with_values(keys, cube, fits=self._fits()))
+            if self.taken:
+                _drop_emptied(conn, [key for key in keys if cube[key][_REQUESTS] < 0])
+        if self.histograms:
+            write_bins(conn, statements, self.histograms.count(tuple(Grain), zone))
         if self.busy:
             _write_busy(conn, statements, self.busy, self.calls, zone)
-
-
-@dataclass(frozen=True, slots=True)
-class DeltaRows:
-    """A delta's rows in the cells of ``zone``: what :meth:`RollupDelta.write` writes."""
-
-    zone: tzinfo | None
-    cube: list[tuple[Any, ...]]
-    """Each cube row's key and values, in key order."""
-    emptied: list[tuple[Any, ...]]
-    """The keys of cube rows the delta takes calls out of (to drop if none is left)."""
-    counted: list[Counted]
-    """The histogram bins, counted per cell."""
 
 
 _REQUESTS = MEASURES.index("requests")
@@ -315,7 +289,7 @@ def _write_busy(
                 grown[(start, host)] = grew
                 had += grew
             rows.append((seconds, host, intervals, had, calls.get((start, host), 0)))
-        run_rows(conn, statements.busy_whole, rows)
+        run(conn, statements.busy_whole.sql, rows)
     else:
         _merge_busy(conn, statements, busy, calls, keys, grown)
     # Summed per quarter hour first: a day or month is a run of whole quarter hours.

@@ -6,20 +6,17 @@ import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null, select, update
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta, _prices, _rollup
 from ollama_meter.ledger._span_rows import read_as_stored, row_to_span
-from ollama_meter.ledger._types import from_us, per_driver, to_us
+from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import TEXT_LIMITS, PastCall, PriceRule, SpanRecord, storable_text
-
-if TYPE_CHECKING:
-    from ollama_meter.ledger._behind import Ready
 
 _TABLE: Table = SPANS
 _COST_COLUMNS = (
@@ -104,12 +101,9 @@ class _SpanInsert:
             text = self._sql[rows] = self.head + body + self.tail
         return text
 
-    def run(
-        self, conn: Connection, spans: Sequence[SpanRecord], values: Sequence[Any] | None = None
-    ) -> list[Any]:
-        """Insert one chunk (``values``: its parameters, if made already); the ids of the
-        rows added (with RETURNING), else none."""
-        sql, values = self.sql(len(spans)), tuple(self.values(spans) if values is None else values)
+    def run(self, conn: Connection, spans: Sequence[SpanRecord]) -> list[Any]:
+        """Insert one chunk; the ids of the rows added (with RETURNING), else none."""
+        sql, values = self.sql(len(spans)), tuple(self.values(spans))
         if conn.dialect.name == "sqlite":
             return [row[0] for row in run(conn, sql, values)]
         if not self.numbered:
@@ -135,18 +129,8 @@ class _SpanInsert:
             out += row
         return out
 
-    def chunks(self, spans: Sequence[SpanRecord]) -> list[list[Any]]:
-        """The parameters of each statement :meth:`insert` runs for all of ``spans``."""
-        return [self.values(spans[at : at + self.CHUNK]) for at in range(0, len(spans), self.CHUNK)]
-
-    def insert(
-        self,
-        conn: Connection,
-        spans: Sequence[SpanRecord],
-        chunks: Sequence[Sequence[Any]] | None = None,
-    ) -> list[SpanRecord]:
-        """Insert ``spans`` (distinct ids); the ones that were not there yet. ``chunks``:
-        the statements' parameters (:meth:`chunks`), if made already."""
+    def insert(self, conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+        """Insert ``spans`` (distinct ids); the ones that were not there yet."""
         if not self.returning:
             known = set(
                 conn.execute(
@@ -160,9 +144,7 @@ class _SpanInsert:
         added: list[SpanRecord] = []
         for start in range(0, len(spans), self.CHUNK):
             chunk = spans[start : start + self.CHUNK]
-            ids = set(
-                self.run(conn, chunk, None if chunks is None else chunks[start // self.CHUNK])
-            )
+            ids = set(self.run(conn, chunk))
             added.extend(span for span in chunk if span.id in ids)
         return added
 
@@ -174,10 +156,6 @@ def _skip_empty(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 _INSERTS: dict[tuple[str, str, str], _SpanInsert] = {}
 _BY_ID = operator.attrgetter("id")
-
-
-def span_insert(dialect: Dialect) -> _SpanInsert:
-    return per_driver(_INSERTS, dialect, _SpanInsert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,20 +171,10 @@ class Inserted:
     """The prune horizon the spans were held to (None: the ledger was never pruned)."""
 
 
-def unique_spans(spans: Sequence[SpanRecord]) -> list[SpanRecord]:
-    """``spans`` in id order, each id once (the last span given with it)."""
-    return sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
-
-
 def insert_spans(
-    conn: Connection,
-    spans: Sequence[SpanRecord],
-    *,
-    pruned_too: bool = False,
-    ready: Ready | None = None,
+    conn: Connection, spans: Sequence[SpanRecord], *, pruned_too: bool = False
 ) -> Inserted:
-    """Record ``spans`` and add the new ones to the rollups, in the caller's transaction;
-    ``ready``: ``spans`` made ready before it (``_behind``), in place of ``spans``.
+    """Record ``spans`` and add the new ones to the rollups, in the caller's transaction.
 
     Spans go in id order (ULIDs: start time), so concurrent writers on PostgreSQL
     lock ids in one order; an id given twice is recorded once.
@@ -222,20 +190,21 @@ def insert_spans(
     rollups' lock, which a prune holds alone to record it: a prune landing meanwhile
     waits for this transaction, and removes the spans it adds.
     """
-    unique = unique_spans(spans) if ready is None else ready.unique
-    if not unique:
+    if not spans:
         return Inserted([])
+    dialect = conn.dialect
+    key = driver_key(dialect)
+    statement = _INSERTS.get(key)
+    if statement is None:
+        statement = _INSERTS[key] = _SpanInsert(dialect)
+    unique = sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
     _rollup.lock_cells(conn)
     horizon = None if pruned_too else _meta.pruned_before(conn)
     early: list[SpanRecord] = []
     if horizon is not None:
         unique, early = _before(conn, unique, horizon)
-    made = ready if ready is not None and unique is ready.unique else None
-    added = span_insert(conn.dialect).insert(conn, unique, None if made is None else made.chunks)
-    if made is not None and len(added) == len(unique):
-        made.delta.write(conn, made.rows)
-    else:
-        _rollup.apply(conn, added)
+    added = statement.insert(conn, unique)
+    _rollup.apply(conn, added)
     return Inserted(added, early, None if horizon is None else from_us(horizon))
 
 

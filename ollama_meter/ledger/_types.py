@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Dialect, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -13,7 +12,6 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from ollama_meter.errors import LedgerError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-T = TypeVar("T")
 
 
 def driver_key(dialect: Dialect) -> tuple[str, str, str]:
@@ -23,17 +21,6 @@ def driver_key(dialect: Dialect) -> tuple[str, str, str]:
     differently, so statements compiled once are kept per key, not per database name.
     """
     return (dialect.name, dialect.driver, dialect.paramstyle)
-
-
-def per_driver(
-    made: dict[tuple[str, str, str], T], dialect: Dialect, make: Callable[[Dialect], T]
-) -> T:
-    """What ``make`` compiles for ``dialect``, once per :func:`driver_key` (kept in ``made``)."""
-    key = driver_key(dialect)
-    found = made.get(key)
-    if found is None:
-        found = made[key] = make(dialect)
-    return found
 
 
 _US = timedelta(microseconds=1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from itertools import chain
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from ollama_meter.ledger._cells import BIN_COLUMNS, DIMENSIONS, HISTOGRAM_KEY, MEASURES
-from ollama_meter.ledger._types import per_driver
+from ollama_meter.ledger._types import driver_key
 from ollama_meter.ledger.models import (
     ROLLUP_BUSY,
     ROLLUP_BUSY_CELLS,
@@ -49,10 +48,9 @@ BUSY_READS = (2, 16, 250)
 # -- statements compiled once per dialect ------------------------------------------------
 
 
-def run(conn: Connection, sql: str, params: Any, *, grouped: bool = False) -> list[Any]:
+def run(conn: Connection, sql: str, params: Any) -> list[Any]:
     """Driver SQL ``sql`` with ``params`` (a row's tuple; a list of them runs it per row), in the
-    caller's transaction: the rows it returns. ``grouped``: an upsert whose rows go many a
-    statement on SQLite (:func:`_in_groups`).
+    caller's transaction: the rows it returns.
 
     On SQLite straight on the driver's connection: a call's write is a dozen statements, and
     SQLAlchemy's work around each (its result object, its events) took a quarter of the
@@ -65,43 +63,11 @@ def run(conn: Connection, sql: str, params: Any, *, grouped: bool = False) -> li
     many = isinstance(params, list)
     driver: Any = conn.connection.driver_connection
     try:
-        if grouped and len(params) >= _GROUPS[-1] and ") ON CONFLICT " in sql:
-            return _in_groups(driver, sql, params)
         return list((driver.executemany if many else driver.execute)(sql, params))
     except error as exc:
         raise DBAPIError.instance(
             sql, params, exc, error, dialect=conn.dialect, ismulti=many
         ) from exc
-
-
-_GROUPS = (200, 25)
-"""Rows one SQLite upsert takes at most, largest first (the rest go a statement a row)."""
-_PARAMETERS = 32_766
-"""The most parameters a SQLite statement takes (since 3.32)."""
-_GROUPED: dict[tuple[str, int], str] = {}
-
-
-def _in_groups(driver: Any, sql: str, rows: list[Any]) -> list[Any]:
-    """The upsert ``sql`` (one row's VALUES) for each of ``rows``, many rows a statement.
-
-    ``executemany`` runs a statement a row and takes the interpreter's lock back after each:
-    an import writing in a thread of its own (``_jsonl``) waited for it that often, while its
-    reading thread ran (20,000 rows beside a busy thread took 2 to 3 times as long so)."""
-    at = 0
-    for most in _GROUPS:
-        size = min(most, _PARAMETERS // len(rows[0]))
-        while len(rows) - at >= size:
-            text = _GROUPED.get((sql, size))
-            if text is None:
-                head, rest = sql.split(" VALUES (", 1)
-                one, tail = rest.split(") ON CONFLICT ", 1)
-                many = ", ".join([f"({one})"] * size)
-                text = _GROUPED[(sql, size)] = f"{head} VALUES {many} ON CONFLICT {tail}"
-            driver.execute(text, tuple(chain.from_iterable(rows[at : at + size])))
-            at += size
-    if at < len(rows):
-        driver.executemany(sql, rows[at:])
-    return []
 
 
 def positional(statement: Any, dialect: Dialect, names: Sequence[str]) -> str:
@@ -137,13 +103,13 @@ class DriverSQL:
 
 
 def run_rows(conn: Connection, statement: DriverSQL, rows: list[tuple[Any, ...]]) -> None:
-    """``statement`` (an upsert) for each of ``rows``, in the caller's transaction.
+    """``statement`` for each of ``rows``, in the caller's transaction.
 
     On PostgreSQL in one statement, each parameter an array of the rows' values (``unnest``),
     rows taken in the order given: a row a statement cost a round of parse, plan and
     execution in the server, most of an import's time (200,000 upserts for 20,000 spans)."""
     if statement.rows is None or not rows:
-        run(conn, statement.sql, rows, grouped=True)
+        run(conn, statement.sql, rows)
         return
     run_arrays(conn, statement, list(map(array, zip(*rows, strict=True), statement.text)))
 
@@ -325,4 +291,8 @@ _STATEMENTS: dict[tuple[str, str, str], Statements] = {}
 
 def statements_for(dialect: Dialect) -> Statements:
     """The statements compiled for ``dialect``'s SQL, driver and parameter style, once."""
-    return per_driver(_STATEMENTS, dialect, Statements)
+    key = driver_key(dialect)
+    statements = _STATEMENTS.get(key)
+    if statements is None:
+        statements = _STATEMENTS[key] = Statements(dialect)
+    return statements
