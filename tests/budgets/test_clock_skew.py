@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
 from ollama_meter.budgets._leases import RESERVATION_TTL
 from ollama_meter.errors import BudgetExceeded
-from ollama_meter.ledger import Ledger, _budgets as tables
+from ollama_meter.ledger import Ledger, _alert_rows as tables
 from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert
