@@ -61,6 +61,12 @@ class LedgerError(OmeterError):
     """The ledger cannot be opened, migrated or written."""
 
 
+class UnreadableRow(LedgerError):
+    """A row of the ledger (a budget, a price rule, a limit, a key) edited by hand in SQL into
+    what ometer cannot read: the ledger answers, and the row must be fixed or removed (its
+    message says how); retrying changes nothing until then."""
+
+
 class PricingError(OmeterError):
     """A price rule is invalid or does not exist."""
 

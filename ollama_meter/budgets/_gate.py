@@ -58,7 +58,7 @@ from ollama_meter.budgets._leases import (
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
-from ollama_meter.errors import BudgetExceeded, LedgerError
+from ollama_meter.errors import BudgetExceeded, UnreadableRow
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 
@@ -91,7 +91,7 @@ class Known:
 
     def covering(self, tenant: str, department: str) -> list[Budget]:
         if (broken := self.unreadable_for(tenant, department)) is not None:
-            raise LedgerError(broken.problem)
+            raise UnreadableRow(broken.problem)
         return [b for b in self.budgets if b.covers(tenant, department)]
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Select, Table, Text, cast, select
 
-from ollama_meter.errors import LedgerError
+from ollama_meter.errors import LedgerError, UnreadableRow
 
 R = TypeVar("R")
 UNREADABLE = (ValueError, TypeError, ArithmeticError)
@@ -102,5 +102,5 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _error(what: str, reason: str, fix: str) -> LedgerError:
-    return LedgerError(f"{what} in the ledger cannot be read: {reason}; {fix}")
+def _error(what: str, reason: str, fix: str) -> UnreadableRow:
+    return UnreadableRow(f"{what} in the ledger cannot be read: {reason}; {fix}")

@@ -14,18 +14,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import BudgetGate, HiddenPrompts, ShownPrompts, bound_cost, unbounded
-from ollama_meter.errors import BudgetExceeded, LedgerError, ValidationError
+from ollama_meter.budgets import BudgetGate, HiddenPrompts, ShownPrompts
+from ollama_meter.errors import (
+    LedgerError,
+    UnreadableRow,
+    ValidationError,
+)
+from ollama_meter.meter._admit import Admitting
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._elsewhere import holding, leave_to_gateway, leaves_to_gateway
+from ollama_meter.meter._elsewhere import leave_to_gateway, leaves_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
@@ -33,7 +37,6 @@ from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
 from ollama_meter.meter._usage import RecentCalls
 from ollama_meter.meter._writer import GroupCommitWriter, once_more
-from ollama_meter.pricing import PriceBook
 from ollama_meter.records import (
     NO_HOST,
     Source,
@@ -70,7 +73,7 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Meter:
+class Meter(Admitting):
     """Runs the metering sequence. One per process and upstream; thread-safe."""
 
     def __init__(
@@ -151,11 +154,16 @@ class Meter:
         elif self.ledger.held:
             raise WouldBlock("spans wait for the database")
         prices = self.prices() if blocking else self.prices.cache.snapshot()
-        prices.check(model)  # a rule row broken in SQL that may price it: its words, a 503
         facts = opening.facts or RequestFacts(prompt_text="", prompt_bytes=0)
         span = self._new_span(
             opening.operation, model, opening.stream, opening.attribution, prices.currency
         )
+        try:
+            prices.check(model)  # a rule row broken in SQL that may price it: its words, a 503
+        except UnreadableRow as broken:
+            self._refused(
+                span, prices, broken, "ledger_unavailable", http_status=503, blocking=blocking
+            )
         keep_reply = self.capture_content or not opening.stream  # a whole reply: estimated
         call = MeteredCall(
             span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates,
@@ -201,99 +209,6 @@ class Meter:
             stream=stream,
             currency=currency,
         )
-
-    def _admit(
-        self,
-        gate: BudgetGate,
-        call: MeteredCall,
-        facts: RequestFacts,
-        prices: PriceBook,
-        *,
-        blocking: bool,
-    ) -> None:
-        """Reserve the call's bound in every hard budget; a refusal is a ``rejected`` span, then raised.
-
-        A call under a hard budget is sent with the reply cap it was admitted on (:attr:`reply_cap`
-        if the caller set none) in the field Ollama honours, whatever field the caller used.
-        """
-        span, admitting = call.span, time.perf_counter_ns()
-        if blocking:
-            covering = gate.budgets_for(span.tenant, span.department)
-        else:
-            known = gate.cached_budgets_for(span.tenant, span.department)
-            if known is None:
-                raise WouldBlock("the budgets must be read from the ledger first")
-            covering = known
-        if not any(b.hard for b in covering):
-            return
-        model = span.request_model
-        if facts.passes > 1 and not self.shown.thinks(model, blocking=blocking):
-            facts = replace(facts, passes=1)  # its servers say it does not think: one pass
-        shape = facts.shape  # what its template writes of the call
-        shown = None if facts.embedding else self.shown.tokens(model, shape, blocking=blocking)
-        limits = self._hidden.added(model, facts.bound(self.reply_cap, blocking=blocking), shown)
-        call.bound = limits
-        if not facts.embedding:
-            call.output_cap = limits.output_tokens
-        try:
-            if facts.unbounded:  # whatever the budgets have left
-                raise unbounded(covering, span.tenant, facts.unbounded, span.started_at, gate.tz)
-            bound = bound_cost(
-                prices,
-                span.request_model,
-                span.started_at,
-                limits,
-                self._recent.of(span.request_model, blocking=blocking),
-            )
-            call.time_cap_ns, call.paid_ns = bound.wait_ns, bound.busy_ns
-            call.reservation = gate.admit(
-                call_id=span.id,
-                tenant=span.tenant,
-                department=span.department,
-                estimate=bound,
-                now=span.started_at,
-                blocking=blocking,
-                model=model,
-                **holding(self, span),
-            )
-            # The admission (a busy ledger, Ollama asked for the model's prompt) came before the
-            # call is sent: queue time, as a slot's wait is; not Ollama's, priced or capped.
-            span.queue_ns = (span.queue_ns or 0) + time.perf_counter_ns() - admitting
-        except LedgerError as exc:
-            # A hard budget that cannot be checked is not waved through.
-            unchecked = LedgerError(
-                f"the budget for {span.tenant}/{span.department} cannot be checked, so the "
-                f"call was not made: {exc}. Retry when the database is back"
-            )
-            span.fail("ledger_unavailable", str(unchecked), http_status=503, instant=True)
-            span.apply_cost(prices.cost_of(span))
-            self._record(span, away=unchecked)  # spooled: the check has waited for it already
-            unchecked.span_id = span.id
-            raise unchecked from exc
-        except BudgetExceeded as refusal:
-            if not blocking:
-                raise WouldBlock("a refusal is written to the ledger") from refusal
-            span.fail(
-                refusal.error_type,
-                str(refusal),
-                status=Status.REJECTED,
-                http_status=429,
-                instant=True,
-            )
-            span.apply_cost(prices.cost_of(span))
-            self._record(span)
-            refusal.span_id = span.id
-            raise
-        except WouldBlock:
-            raise
-        except Exception as exc:
-            # A bug, not the caller's: the call is not made, and still leaves its span.
-            if not blocking:
-                raise WouldBlock("a failed budget check is written to the ledger") from exc
-            span.fail(type(exc).__name__, f"the budget check failed: {exc}", instant=True)
-            span.apply_cost(prices.cost_of(span))
-            self._record(span)
-            raise
 
     def refuse(
         self,

@@ -7,7 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from ollama_meter._names import model_cache_key
-from ollama_meter.errors import LedgerError
+from ollama_meter.errors import UnreadableRow
 from ollama_meter.periods import day_of
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule
@@ -39,7 +39,7 @@ class PriceBook:
         """Raise LedgerError, with the row's own words, when a broken row may price ``model``."""
         for broken in self.unreadable:
             if broken.covers(model):
-                raise LedgerError(broken.problem)
+                raise UnreadableRow(broken.problem)
 
     def rule_for(self, model: str, when: datetime) -> PriceRule | None:
         # The day reports and `reprice --since` cut, not the clock's date: where a clock went
@@ -74,7 +74,7 @@ class PriceBook:
     def check_all(self) -> None:
         """Raise LedgerError, with its words, when any rule row cannot be read (a reprice)."""
         if self.unreadable:
-            raise LedgerError(self.unreadable[0].problem)
+            raise UnreadableRow(self.unreadable[0].problem)
 
 
 def usage_of(span: SpanRecord) -> Usage:

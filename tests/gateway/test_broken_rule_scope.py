@@ -50,8 +50,21 @@ def test_a_broken_rule_refuses_only_the_models_it_may_price(
     malformed = gw.client.post("/api/chat", content=b"[1]")
     assert malformed.status_code == 400, malformed.text
     gw.settle()
-    costs = {s.model: s.cost_total for s in gw.ledger.latest(SpanFilter(), 10) if s.status == "ok"}
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    costs = {s.model: s.cost_total for s in spans if s.status == "ok"}
     assert costs == {"llama3.1:8b": 1_000_000}
+    # the refusal is a span too (it had none), unpriced: the rule that may price it is unread
+    (qwen,) = [s for s in spans if s.request_model == "qwen2.5:7b"]
+    assert (qwen.error_type, qwen.http_status, qwen.error_message) == (
+        "ledger_unavailable",
+        503,
+        ABC,
+    )
+    assert (qwen.cost_total, qwen.unpriced, refused.headers["X-Ometer-Span-Id"]) == (
+        0,
+        True,
+        qwen.id,
+    )
 
 
 def test_a_rule_whose_pattern_cannot_be_read_may_price_any_model(
@@ -114,3 +127,35 @@ def test_reprice_refuses_while_a_rule_cannot_be_read(  # type: ignore[no-untyped
     _priced_then_broken(sqlite_url, "per_request = 'abc'")
     done = cli("reprice", "--since", "2026-01-01")
     assert (done.code, done.stderr.strip()) == (1, f"error: {ABC}")
+
+
+def test_a_call_a_broken_budget_row_refuses_says_what_to_do_not_to_wait_for_the_database(
+    app_on: Callable[..., Any], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """A call a hand-edited budget row may cover was refused with the row's words and left no
+    span: a refusal nobody could see in the ledger. It is a span, with the answer's words (the
+    row's, and what to do; not "retry when the database is back": the ledger answered)."""
+    from ollama_meter.budgets import Budget
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(sqlite_url)
+    ledger.save_budget(Budget("default", "sales", "day", 5_000_000, "USD"))
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE budgets SET period = 'fortnight' WHERE id = 1")
+    engine.dispose()
+    gw = app_on(emulator.url, sqlite_url)
+    sales = {"X-Ometer-Department": "sales"}
+    refused = gw.client.post("/api/chat", json={"model": "llama3.1:8b", **HI}, headers=sales)
+    said = refused.json()["error"]
+    assert refused.status_code == 503, said
+    fortnight = (
+        "budget 1 in the ledger cannot be read: period 'fortnight' is not one of day, week, "
+        "month; fix the row in SQL, or remove it with `ometer budget rm 1`"
+    )
+    assert said == fortnight
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.http_status) == ("error", "ledger_unavailable", 503)
+    assert span.error_message == fortnight
+    assert refused.headers["X-Ometer-Span-Id"] == span.id
