@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import sqlalchemy as sa
 
 ABC = (
@@ -28,12 +27,6 @@ LIMIT_NOTE = (
     "note: the limits of default/sales in the ledger cannot be read: --rpm must be between 1 "
     "and 1,000,000, not -5; fix or delete the row in SQL (`ometer limit set` sets it right)"
 )
-
-
-@pytest.fixture
-def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OMETER_DB_URL", db_url)
-    return db_url
 
 
 def _edit(url: str, sql: str) -> None:

@@ -11,12 +11,6 @@ from hypothesis import given, strategies as st
 from ollama_meter.testing import OllamaEmulator
 
 
-@pytest.fixture
-def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OMETER_DB_URL", db_url)
-    return db_url
-
-
 def test_budget_commands(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
     assert "no budgets" in cli("budget", "list").stdout
     assert "no budgets" in cli("budget", "status").stdout

@@ -16,12 +16,6 @@ from ollama_meter.testing import Fault, OllamaEmulator, expected_reply, unreacha
 PRICE_LLAMA = ("pricing", "set", "llama3.1:*", "--input-per-1m", "1000", "--output-per-1m", "2000")
 
 
-@pytest.fixture
-def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OMETER_DB_URL", db_url)
-    return db_url
-
-
 def test_chat_streams_reply_and_prints_footer(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
     assert cli(*PRICE_LLAMA).code == 0
     result = cli(

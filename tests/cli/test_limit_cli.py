@@ -11,12 +11,6 @@ from ollama_meter.ledger import Ledger
 from ollama_meter.records import Limit
 
 
-@pytest.fixture
-def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OMETER_DB_URL", db_url)
-    return db_url
-
-
 def test_limit_commands(cli, db: str) -> None:  # type: ignore[no-untyped-def]
     assert "no limits" in cli("limit", "list").stdout
     done = cli("limit", "set", "sales", "--tenant", "acme", "--rpm", "60", "--tpm", "20000")

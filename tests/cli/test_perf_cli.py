@@ -26,12 +26,6 @@ HEADER = (
 )
 
 
-@pytest.fixture
-def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OMETER_DB_URL", db_url)
-    return db_url
-
-
 COLD_LOAD_NS = 120_000_000
 
 
