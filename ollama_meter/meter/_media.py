@@ -5,7 +5,8 @@ Ollama hands every item of a request's ``images`` (and OpenAI's ``image_url`` da
 Anthropic's base64 sources) to the model as bytes; models that hear (Gemma 4, Nemotron-H
 omni) take a WAV file there as sound, whose tokens grow with its length: Gemma 4 cuts it
 into pieces of 20 to 28 s and counts up to 750 tokens a piece. A picture's tokens are
-bounded whatever its size (``IMAGE_TOKENS``), a sound's are not: a 24 MB WAV of 16 kHz is
+bounded whatever its size (``IMAGE_TOKENS``, or more for a thin one:
+:func:`stretched_tokens`), a sound's are not: a 24 MB WAV of 16 kHz is
 25 minutes, about 40,000 tokens, bounded as one picture. The bound of a WAV is read from its
 header: its samples at 16 kHz (as Ollama resamples them), a piece per 20 s started.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -143,12 +145,26 @@ def wav_tokens(head: bytes, size: int) -> int:
     )
 
 
-def moving_tokens(body: object) -> int:
-    """0 when every item Ollama reads as a picture in ``body`` is a still picture or a WAV
-    (whose sound :func:`audio_tokens` bounds); else :class:`NoBound` (:func:`moving`)."""
-    for _ in _stills(body):
-        pass
-    return 0
+def stretched_tokens(body: object, allowance: int) -> int:
+    """What the still pictures in ``body`` may count past ``allowance`` tokens each, for their
+    shape; :class:`NoBound` at the first item that moves (:func:`moving`).
+
+    A model that scales a picture to fill a budget of squares, each side at least one square
+    (Gemma 4 in Ollama: 280 tokens of 48-pixel squares, whatever the shape), counts a picture
+    ``r`` times longer than wide at about ``sqrt(budget * r)``: 33,466 for one a pixel wide and
+    four million tall, a 20 KB PNG. With ``allowance`` as the budget, a picture counts at most
+    ``ceil(sqrt(allowance * r))``: ``allowance`` itself unless ``r`` is past it."""
+    extra = 0
+    for data in _stills(body):
+        try:
+            short, long = sorted(abs(side) for side in _dimensions(data))
+        except struct.error:  # cut short: no decoder reads it
+            continue
+        if short:  # (a picture of no pixels: refused)
+            least = -(-allowance * long // short)  # sqrt(allowance * r), rounded up
+            root = math.isqrt(least)
+            extra += max(0, root + (root * root < least) - allowance)
+    return extra
 
 
 def picture_tokens(body: object, pictures: int) -> int:
@@ -213,7 +229,7 @@ def _dimensions(data: bytes) -> tuple[int, int]:
 
 def picture_size(body: object) -> int:
     """Characters (or bytes) of the pictures in ``body`` given as text or bytes: what
-    :func:`moving_tokens` reads of them (decoding 30 MB of them takes some 80 ms)."""
+    :func:`stretched_tokens` reads of them (decoding 30 MB of them takes some 80 ms)."""
     return sum(len(item) for item in picture_items(body) if isinstance(item, str | bytes))
 
 

@@ -38,9 +38,9 @@ from ollama_meter.meter._media import (
     PICTURE_TOKENS,
     NoBound,
     audio_tokens,
-    moving_tokens,
     picture_size,
     picture_tokens,
+    stretched_tokens,
 )
 from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
@@ -188,11 +188,11 @@ class RequestFacts:
 
 
 def _heard(body: object) -> int:
-    """The most tokens the sounds in ``body`` may count; as many as a span holds when a WAV
-    says nothing of its length, or a picture may be a video (a template that cannot be read
-    is bounded so too)."""
+    """The most tokens the sounds in ``body`` may count, and its thin pictures past
+    ``IMAGE_TOKENS``; as many as a span holds when a WAV says nothing of its length, or a
+    picture may be a video (a template that cannot be read is bounded so too)."""
     try:
-        return audio_tokens(body) + moving_tokens(body)
+        return audio_tokens(body) + stretched_tokens(body, IMAGE_TOKENS)
     except NoBound:
         return MAX_TOKENS
 
