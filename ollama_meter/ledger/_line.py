@@ -52,29 +52,24 @@ class _Durations(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=Fal
     queue: int | None = None
 
 
-class _Line(msgspec.Struct, gc=False):
-    """One exported span. Unknown keys are ignored: a newer export still imports."""
+class _Line(msgspec.Struct, kw_only=True, gc=False):
+    """One exported span. Unknown keys are ignored: a newer export still imports. The fields
+    are in the order an export writes them (:func:`_as_written`)."""
 
     id: str
     started_at: str
+    ended_at: str | None = None
     tenant: str
     department: str
-    request_model: str
-    operation: str
-    source: str
-    status: str
-    cost: str
-    cost_parts: _Parts
-    currency: str
-    upstream_host: str
-    trace_id: str
-    otel_span_id: str
-    stream: bool = False
-    ended_at: str | None = None
     user: str | None = None
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     model: str | None = None
+    request_model: str
     response_model: str | None = None
+    operation: str
+    source: str
+    stream: bool = False
+    status: str
     error_type: str | None = None
     error_message: str | None = None
     http_status: int | None = None
@@ -82,15 +77,23 @@ class _Line(msgspec.Struct, gc=False):
     input_tokens: int = 0
     output_tokens: int = 0
     token_source: str = "reported"
+    cost: str
+    cost_parts: _Parts
+    currency: str
     unpriced: bool = False
     price_rule_id: int | None = None
     durations_ns: _Durations = _Durations()
     duration_source: str | None = None
+    upstream_host: str
+    trace_id: str
+    otel_span_id: str
     prompt: str | None = None
     reply: str | None = None
 
 
 _DECODER = msgspec.json.Decoder(_Line)
+_ENCODER = msgspec.json.Encoder()
+_NULL_PROMPT, _NULL_REPLY = b',"prompt":null', b',"reply":null}'
 _LINE_FIELDS = frozenset(_Line.__struct_fields__)
 MAX_LINE_BYTES = 64 * 2**20
 """No export line is longer (prompt and reply hold a million characters each): a longer
@@ -281,9 +284,20 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:  # valid JSON, under a key a newer export may have added
         raise ValueError("nested too deep to read; an export line nests two levels") from None
+    written = _as_written(d)  # before _span, which may fill in response_model and currency
     span = _span(d)  # first: the fields it keeps are within their limits when read again
-    each_key_once(line, _LINE_FIELDS)
+    each_key_once(line, _LINE_FIELDS, written)
     return span
+
+
+def _as_written(d: _Line) -> bytes:
+    """``d`` as an export writes it: ``prompt`` and ``reply`` only when content was kept (a
+    line with a reply and no prompt is not, and is read again to check it)."""
+    written = _ENCODER.encode(d)
+    if d.reply is None:  # the last field, and the prompt before it
+        cut = len(_NULL_REPLY) + (len(_NULL_PROMPT) if d.prompt is None else 0)
+        return written[:-cut] + b"}"
+    return written
 
 
 _ROW_DURATIONS = {

@@ -12,11 +12,14 @@ import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, rebuild, span_from_line, span_to_dict
+from ollama_meter.ledger._jsonl import export_line
+from ollama_meter.ledger._members import each_key_once
 from tests.ledger.test_transfer import _spans, _tables
 
 
@@ -136,6 +139,93 @@ def test_a_key_given_twice_through_an_escape_is_refused_too(cli: Any, sqlite_url
     assert Ledger(sqlite_url).count() == 1
     done = cli("db", "import", "-", "--db", sqlite_url, stdin=f"{first}\n{second}\n{third}\n")
     assert done.code == 0 and Ledger(sqlite_url).count() == 3
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=6) | st.sampled_from(
+    ["", '"', "\\", "é", "\n"]
+)
+_OPTIONAL = ("ended_at", "user", "tags", "model", "stream", "error_type", "unpriced", "queue")
+
+
+def _rendered(value: Any, draw: Any) -> str:
+    """``value`` (objects as lists of pairs) as JSON, each member spaced and escaped its own
+    way: as msgspec writes it, ASCII only, a key's first letter escaped, spaces around."""
+    if not isinstance(value, list):
+        return json.dumps(value, ensure_ascii=draw(st.booleans()), separators=(",", ":"))
+    members = []
+    for key, item in value:
+        written = json.dumps(key, ensure_ascii=draw(st.booleans()))
+        if key and draw(st.integers(0, 5)) == 0:
+            written = f'"\\u{ord(key[0]):04x}' + written[2:] if key[0].isascii() else written
+        colon = draw(st.sampled_from([":", ":", ":", " : "]))
+        members.append(written + colon + _rendered(item, draw))
+    return "{" + draw(st.sampled_from([",", ",", ",", ", "])).join(members) + "}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tags=st.dictionaries(_TEXT, _TEXT, max_size=3),
+    content=st.tuples(st.none() | _TEXT, st.none() | _TEXT, st.none() | _TEXT),
+    data=st.data(),
+)
+def test_a_line_is_refused_or_read_as_reading_it_twice_to_check_its_keys_would(
+    tags: dict[str, str], content: tuple[str | None, ...], data: st.DataObject
+) -> None:
+    """A line as an export writes it is checked by encoding what was read (one reading, not
+    two): one that differs from that in any way (a key twice in any object, spaces, escapes,
+    keys left out or added, content or none) gives the span, or the refusal, that reading the
+    line a second time to check every key gave."""
+    message, prompt, reply = content
+    span = replace(_spans(1)[0], tags=tags, error_message=message, prompt=prompt, reply=reply)
+    line = _pairs(span_to_dict(span))
+    draw = data.draw
+    for key in ("prompt", "reply"):
+        if key not in dict(line) and draw(st.booleans()):
+            line.append((key, None))
+    for key in _OPTIONAL:  # an older or hand-made line leaves some out
+        if draw(st.integers(0, 3)) == 0:
+            for inner in (line, dict(line)["durations_ns"]):
+                inner[:] = [(k, v) for k, v in inner if k != key]
+    if draw(st.booleans()):  # a key a newer export may add, holding anything
+        newer = ("x_newer", [("a", [("b", 1)]), ("c", draw(_TEXT))])
+        line.insert(draw(st.integers(0, len(line))), newer)
+    objects = [line] + [v for k, v in line if k in ("tags", "cost_parts", "durations_ns") and v]
+    inner = draw(st.sampled_from(objects))
+    key, first = draw(st.sampled_from(inner))
+    twice = draw(st.booleans())
+    if twice:
+        inner.insert(draw(st.integers(0, len(inner))), (key, first))
+    written = (draw(st.sampled_from(["", " "])) + _rendered(line, draw)).encode(
+        errors="surrogatepass"
+    ) + draw(st.sampled_from([b"", b"\n", b"\r\n"]))
+
+    def read(line: bytes) -> tuple[Any, ...]:
+        try:
+            return ("span", span_to_dict(span_from_line(line)))
+        except ValueError as exc:
+            return (type(exc), str(exc))
+
+    def read_twice(line: bytes, known: frozenset[str], _: bytes) -> None:
+        each_key_once(line, known, b"")  # the line itself never is b"": read again, always
+
+    with patch("ollama_meter.ledger._line.each_key_once", read_twice):
+        expected = read(written)
+    assert read(written) == expected
+    if twice and expected[0] == "span":
+        pytest.fail(f"a key given twice was taken: {written!r}")
+
+
+def test_a_line_as_an_export_writes_it_is_read_once() -> None:
+    """Checking each key is given once read every line a second time (4 to 5 µs of the 15 a
+    line took): a line that is what was read, encoded again, gives each key once."""
+    content = [("hi", "hello"), ("hi", None), (None, None)]
+    spans = [
+        replace(s, tags={"job": "nightly"}, prompt=p, reply=r)
+        for s, (p, r) in zip(_spans(3), content, strict=True)
+    ]
+    with patch("ollama_meter.ledger._members._MEMBERS", None), patch("json.loads", None):
+        for span in spans:
+            assert span_from_line(export_line(span)) == span
 
 
 def test_spans_spread_over_lines_are_named_for_what_they_are(
