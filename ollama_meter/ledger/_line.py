@@ -17,7 +17,7 @@ from datetime import UTC, datetime, time, timedelta
 import msgspec
 
 from ollama_meter._names import name_problem
-from ollama_meter.ledger._members import each_key_once
+from ollama_meter.ledger._members import each_key_once, whole_json
 from ollama_meter.periods import EARLIEST, FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -265,6 +265,9 @@ def _check_tags(tags: dict[str, str]) -> None:
             raise ValueError(f"tag {key[:80]!r} holds a NUL or a lone surrogate")
 
 
+_LONE_SURROGATE = "a string holds a lone surrogate (\\ud800 to \\udfff), which no backend stores"
+
+
 class CutShort(ValueError):
     """The line's JSON ends before its span does: as a line it is the last of a file that
     was cut short, and no fix of it gives the span back."""
@@ -279,6 +282,8 @@ def span_from_line(line: bytes) -> SpanRecord:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
+        if "surrogate" in str(exc) or whole_json(line):  # "truncated", for one ending the line
+            raise ValueError(_LONE_SURROGATE) from None
         if str(exc).startswith("Input data was truncated"):
             raise CutShort(f"not JSON: {exc}") from None
         raise ValueError(f"not JSON: {exc}") from None

@@ -91,3 +91,13 @@ def _twice(key: str) -> ValueError:
 
 def _quoted(key: str) -> str:
     return repr(key) if len(key) <= 60 else f"{key[:60]!r}... ({len(key):,} characters)"
+
+
+def whole_json(line: bytes) -> bool:
+    """Whether ``line`` is whole JSON to Python's reader, which takes lone surrogate escapes:
+    msgspec said a line whose last string ended in one was cut short."""
+    try:
+        json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return True

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, rebuild, span_from_line, span_to_dict
 from ollama_meter.ledger._jsonl import export_line
+from ollama_meter.ledger._line import CutShort
 from ollama_meter.ledger._members import each_key_once
 from tests.ledger.test_transfer import _spans, _tables
 
@@ -365,3 +366,29 @@ def test_an_import_of_nothing_makes_no_ledger(cli: Any, tmp_path: Path, data: by
         0,
         f"imported 0 span(s) into {target}: {source} holds none\n",
     )
+
+
+@given(
+    field=st.sampled_from(["prompt", "reply", "error_message"]),
+    escape=st.sampled_from(["\\ud800", "\\udbff", "\\udc00", "\\udfff"]),
+    before=st.text(
+        st.characters(min_codepoint=32, max_codepoint=126, exclude_characters='"\\'), max_size=5
+    ),
+    last=st.booleans(),
+)
+@settings(max_examples=40, deadline=None)
+def test_a_lone_surrogate_ending_a_line_is_named_not_taken_for_a_line_cut_short(
+    field: str, escape: str, before: str, last: bool
+) -> None:
+    """A string ending in a lone surrogate escape right before the line's end (its last key's
+    value) made the decoder say "truncated": the import said the file was cut short (its last
+    line) or the span spread over lines, where the same escape mid-line is refused for what it
+    is. Either way the line names the lone surrogate, which no backend stores."""
+    span = span_to_dict(_spans(1)[0])
+    span.pop(field, None)
+    head = json.dumps(span, separators=(",", ":"))[:-1]
+    line = f'{head},"{field}":"{before}{escape}"}}'.encode() + (b"" if last else b"\n")
+    with pytest.raises(ValueError) as caught:
+        span_from_line(line.strip())
+    assert "lone surrogate" in str(caught.value)
+    assert not isinstance(caught.value, CutShort)
