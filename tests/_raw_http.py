@@ -41,12 +41,13 @@ class _Listener:
 class RawServer(_Listener):
     """Reads each request whole (its head, and the body its ``Content-Length`` says), writes
     what ``answer()`` returns as it is (:meth:`reply`, which a subclass may answer by the
-    request), and hangs up; counts the requests in ``calls``. ``threaded``: a thread a
-    connection, so answers may overlap."""
+    request), and hangs up; counts the connections in ``calls``, and keeps each request's
+    first line in ``asked``. ``threaded``: a thread a connection, so answers may overlap."""
 
     def __init__(self, answer: Callable[[], bytes], *, threaded: bool = False) -> None:
         self.answer = answer
         self.calls = 0
+        self.asked: list[bytes] = []
         self.threaded = threaded
         super().__init__()
 
@@ -65,6 +66,7 @@ class RawServer(_Listener):
         with conn:
             if (request := read_request(conn)) is None:
                 return
+            self.asked.append(request[0].partition(b"\r\n")[0])
             with contextlib.suppress(OSError):  # the caller gave up on it
                 conn.sendall(self.reply(*request))
 

@@ -114,9 +114,9 @@ def test_keys_list_names_a_row_it_cannot_read(cli: Any, sqlite_url: str) -> None
         conn.exec_driver_sql("UPDATE api_keys SET created_at = 'garbage'")
     engine.dispose()
     done = cli("keys", "list", "--db", sqlite_url)
-    assert (done.code, done.stderr.strip()) == (
-        1,
-        "error: key 1 in the ledger cannot be read: its created_at 'garbage' is not a value of "
+    assert (done.code, done.stderr.strip()) == (  # the others listed (none here), exit 0
+        0,
+        "note: key 1 in the ledger cannot be read: its created_at 'garbage' is not a value of "
         "the column's type; fix or delete the row in SQL (`ometer keys create` makes a new key)",
     )
 

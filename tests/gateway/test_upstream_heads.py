@@ -115,7 +115,8 @@ def test_a_status_no_answer_has_is_a_502_with_one_span_never_passed_on(
     assert got == 502, body
     error = body["error"]["message"] if path.startswith("/v1/") else body["error"]
     assert f"its status {status} is not an answer's (200 to 599)" in error
-    assert server.calls == 1  # the call was taken: never sent again
+    sent = [line for line in server.asked if not line.startswith(b"GET /api/version ")]
+    assert sent == [f"POST {path} HTTP/1.1".encode()], server.asked  # taken: never sent again
     spans = gw.ledger.latest(SpanFilter(), 10)
     if path == "/api/show":  # passed through: no call to meter
         assert spans == []
