@@ -98,7 +98,7 @@ def parse_amount(
         raise TypeError("money must not be a float; pass a str or Decimal")
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
         raise ValueError(f"{what} must be an amount such as 100 or 12.50, not {text!r}")
-    written = str(text).strip()
+    written = _written(text)
     if not _NUMBER.fullmatch(written):
         raise ValueError(
             f"{what} {_quoted(text)} is not a number; write it with the digits 0-9 and a "
@@ -114,8 +114,18 @@ def parse_amount(
         raise ValueError(f"{what} {_shown(written)} must be more than 0")
     check_amount(value, what=what, limit=limit)
     if places is not None and value != value.quantize(Decimal(1).scaleb(-places)):
-        raise ValueError(f"{what} {text} has more than {places} decimal places")
+        raise ValueError(f"{what} {_shown(written)} has more than {places} decimal places")
     return value.copy_abs()  # '-0' is 0: never listed as a price of -0
+
+
+def _written(value: str | int | Decimal) -> str:
+    """An amount's text; a Decimal (read from JSON or TOML) in plain digits when it has a
+    hundred or fewer: ``Decimal("0.0000001")`` prints as ``1E-7``, a number no user wrote."""
+    if isinstance(value, Decimal) and value.is_finite():
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent >= -100 and value.adjusted() <= 100:
+            return format(value, "f")
+    return str(value).strip()
 
 
 def exact_number(text: str) -> Decimal | str:

@@ -25,7 +25,7 @@ from ollama_meter.pricing import (
     Usage,
     compute_cost,
 )
-from ollama_meter.records import MAX_CALL_COST
+from ollama_meter.records import MAX_CALL_COST, parse_amount, parse_department_budgets
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests.factories import token_prices
 
@@ -444,3 +444,20 @@ def test_usage_of_an_interrupted_span_has_no_fee() -> None:
 
     span = make_span(status="interrupted", input_tokens=10, output_tokens=0)
     assert usage_of(span).answered is False
+
+
+@given(
+    digits=st.integers(min_value=1, max_value=999_999),
+    zeros=st.integers(min_value=6, max_value=30),
+)
+def test_an_amount_with_too_many_places_is_named_as_written(digits: int, zeros: int) -> None:
+    """DEPARTMENT_BUDGETS reads 0.0000001 exactly, as a Decimal that prints as 1E-7: the error
+    named a number the user never wrote."""
+    written = "0." + "0" * zeros + str(digits)
+    for value in (written, Decimal(written)):
+        with pytest.raises(ValueError) as raised:
+            parse_amount(value, what="'sales' daily", places=6, positive=True)
+        assert str(raised.value) == f"'sales' daily {written} has more than 6 decimal places"
+    budgets = f'{{"sales": {{"daily": {written}}}}}'
+    with pytest.raises(ValueError, match=f"'sales' daily {written} has more than 6"):
+        parse_department_budgets(budgets, currency="USD")
