@@ -77,6 +77,9 @@ class CallBound:
     """2: Ollama may run the call twice and report the second pass only (a thinking model's
     chat with a ``format``): the bounds are the second pass's, the call may take as long
     again before it, and its thinking's generation is charged (:func:`bound_cost`)."""
+    media: bool = False
+    """Whether pictures or sounds are in ``input_tokens``: a refusal names them (a picture
+    may count thousands of tokens, more than any prompt or reply cap beside it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,20 @@ class Estimate:
     replies: bool = True
     """Whether the bound holds reply tokens: a refusal names a smaller reply cap only then (an
     embedding, or a call capped at 0, can only send less)."""
+    media: bool = False
+    """Whether the bound holds pictures or sounds (:attr:`CallBound.media`)."""
+
+    @property
+    def hint(self) -> str:
+        """What a refused caller can change to fit: the reply's cap where the bound holds a
+        reply, else its input; its pictures and sounds where it has any."""
+        media = "fewer or smaller pictures or sounds, " if self.media else ""
+        if not self.replies:
+            return f"; send less input ({media}a shorter prompt, fewer or shorter texts) to fit"
+        cap = "set a smaller reply cap (num_predict, max_tokens, max_output_tokens)"
+        if media:
+            return f"; {cap}, send {media}or a shorter prompt to fit"
+        return f"; {cap} or a shorter prompt to fit"
 
 
 def _slowest(values: Sequence[int], default: int) -> int:
@@ -157,7 +174,8 @@ def bound_cost(
     if book.cost(model, when, replace(untimed, eval_ns=_HOUR_NS)) == book.cost(
         model, when, untimed
     ):
-        return Estimate(cost.total, cost.currency, replies=outputs > 0)  # no time cap
+        # no time cap
+        return Estimate(cost.total, cost.currency, replies=outputs > 0, media=bound.media)
     # A call cut short is charged its wall time as busy time (no load apart), at most the
     # time the bound pays for (load included only if priced).
     priced_load = book.cost(model, when, replace(untimed, load_ns=_HOUR_NS)) != book.cost(
@@ -168,7 +186,7 @@ def bound_cost(
     # the call's wall time holds that, its price only the thinking.
     unreported = (bound.passes - 1) * usage.busy_ns(charge_load=False)
     waits = usage.busy_ns(charge_load=True) + unreported
-    return Estimate(cost.total, cost.currency, paid, waits, replies=outputs > 0)
+    return Estimate(cost.total, cost.currency, paid, waits, replies=outputs > 0, media=bound.media)
 
 
 _HOUR_NS = 3_600 * 10**9

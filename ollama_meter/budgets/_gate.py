@@ -229,7 +229,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         if blocking and adopt is None:  # a refusal read a moment ago is said again, no lock
             try:
                 self._refused.again(
-                    hard, tenant, estimate.amount, now, self.tz, said, estimate.replies
+                    hard, tenant, estimate.amount, now, self.tz, said, estimate.hint
                 )
             except BudgetExceeded:
                 self._alert_refused(tenant, department, now, said)
@@ -251,10 +251,10 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                     if adopt is None:  # (the client's hold may be the room a refusal lacked)
                         again = [le.budget for le in short]
                         self._refused.again(
-                            again, tenant, estimate.amount, now, self.tz, said, estimate.replies
+                            again, tenant, estimate.amount, now, self.tz, said, estimate.hint
                         )
                     adopted = None if adopt is None else holder_of(adopt, department, model)
-                    self._renew(short, estimate.amount, now, said, adopted, estimate.replies)
+                    self._renew(short, estimate.amount, now, said, adopted, estimate.hint)
                 except BaseException:
                     self._forget_empty(leases)
                     raise
@@ -306,10 +306,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         now: datetime,
         refused: list[Alert],
         adopt: str | None = None,
-        replies: bool = True,
+        hint: str = "",
     ) -> None:
         """Read spend and others' holds, and take new slices, for ``leases`` in one transaction
-        (first taking over the per-call holds named by ``adopt``, the call's client's).
+        (first taking over the per-call holds named by ``adopt``, the call's client's);
+        ``hint`` says in a refusal what the call can change to fit.
 
         Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them;
         ``refused`` then has an alert per budget whose spend leaves no room for it.
@@ -333,7 +334,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 over = spent >= budget.limit or spent + need > budget.limit
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
-                    refusals.append(refusal(lease, spent, held, need, now, self.tz, replies))
+                    refusals.append(refusal(lease, spent, held, need, now, self.tz, hint))
                     refused += refused_alerts(lease, spent, held, need)
                     self._refused.note(lease, spent, held, need, now)
                     continue

@@ -32,13 +32,6 @@ def _seconds_until(end: datetime, now: datetime) -> int:
     return max(1, -((now - end) // timedelta(seconds=1)))
 
 
-REPLY_HINT = (
-    "; set a smaller reply cap (num_predict, max_tokens, max_output_tokens) or a shorter prompt "
-    "to fit"
-)
-INPUT_HINT = "; send less input (a shorter prompt, fewer or shorter texts) to fit"
-
-
 def refusal(
     lease: Lease,
     spent: int,
@@ -46,10 +39,10 @@ def refusal(
     need: int,
     now: datetime,
     tz: ZoneInfo,
-    replies: bool = True,
+    hint: str = "",
 ) -> BudgetExceeded:
     """Why the call does not fit ``lease``'s budget; ``held`` > 0 means only calls in flight
-    are in the way.
+    are in the way; ``hint`` what the call can change to fit (:attr:`Estimate.hint`).
 
     A budget of no one department (a tenant's, or each tenant's) counts what the tenant's
     other departments spent: its refusal as one department reads it (``narrow``, what a
@@ -77,9 +70,8 @@ def refusal(
             else None,
         )
     resumes = window.end.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
-    hint = ""
-    if need and spent < budget.limit:  # what the call can change: a call with no reply its input
-        hint = REPLY_HINT if replies else INPUT_HINT
+    if not need or spent >= budget.limit:  # no smaller call fits
+        hint = ""
     tail = (
         f"{needs}{hint}; the next period starts {resumes}"
         if need
@@ -194,7 +186,7 @@ class Refusals:
         now: datetime,
         tz: ZoneInfo,
         alerts: list[Alert],
-        replies: bool = True,
+        hint: str = "",
     ) -> None:
         """Raise the refusal of a call of ``tenant`` and bound ``need`` in ``budgets`` from
         memory, with its alerts added to ``alerts`` (as :meth:`BudgetGate._renew` does);
@@ -213,7 +205,7 @@ class Refusals:
             ):
                 continue
             lease = Lease(budget, tenant, window)  # what the refusal names
-            refusals.append(refusal(lease, known.spent, known.held, need, now, tz, replies))
+            refusals.append(refusal(lease, known.spent, known.held, need, now, tz, hint))
             alerts += refused_alerts(lease, known.spent, known.held, need)
         if refusals:  # the budget that frees up last, as the ledger's refusal says
             raise max(refusals, key=lambda r: r.retry_after)

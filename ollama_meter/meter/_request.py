@@ -165,26 +165,26 @@ class RequestFacts:
         large to read there (each is decoded to tell a still picture from a video)."""
         if not blocking and self.images and picture_size(self.media) > PICTURES_IN_PLACE:
             raise WouldBlock("the call's pictures are read off the event loop")
+        media = self.images * IMAGE_TOKENS + _heard(self.media)
         inputs = (
             self.prompt_bytes
             + self.given_tokens
             + self.messages * MESSAGE_TOKENS
-            + self.images * IMAGE_TOKENS
             + TEMPLATE_TOKENS
-            + _heard(self.media)
+            + media
         )
         if self.embedding:
-            return CallBound(inputs, 0)
+            return CallBound(inputs, 0, media=media > 0)
         if self.max_output is not None:  # no span counts more: no larger cap is sent
             outputs = min(self.max_output, MAX_TOKENS)
         else:
             outputs = min(default_output, self.context or default_output)
         if self.passes == 1:
-            return CallBound(inputs, outputs)
+            return CallBound(inputs, outputs, media=media > 0)
         # The first pass thinks up to the cap; its thinking is the second pass's prompt too,
         # in an assistant message of its own (the reply has the cap to itself again).
         second = outputs + MESSAGE_TOKENS + SECOND_PASS_TOKENS
-        return CallBound(inputs + second, outputs, passes=self.passes)
+        return CallBound(inputs + second, outputs, passes=self.passes, media=media > 0)
 
 
 def _heard(body: object) -> int:
