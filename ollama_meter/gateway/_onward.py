@@ -15,6 +15,8 @@ department.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -72,6 +74,12 @@ def heard(meter: Meter, call: MeteredCall, headers: Mapping[str, str] | None) ->
 
 
 _ASKED: weakref.WeakKeyDictionary[Meter, asyncio.Lock] = weakref.WeakKeyDictionary()
+_FAILED: weakref.WeakKeyDictionary[Meter, float] = weakref.WeakKeyDictionary()
+"""When (``time.monotonic``) each gateway's last ask of what is behind it failed."""
+ASK_AGAIN = 5.0
+"""Seconds after a failed ask before a call asks again: a gateway started before the server
+behind it (``ometer run`` before ``ometer serve``) learns what it is once it answers, and a
+server that is down is not asked on every call."""
 
 
 async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None:
@@ -80,7 +88,7 @@ async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None
     Then the gateway holds each call's budget in rows of the call's own, which that gateway
     takes over (``meter._elsewhere.holds_alone``), and looks for that gateway's span of a call
     whose caller left before its answer (``recorded_behind``); with Ollama behind it, it holds
-    calls in its shared leases. Asked once; unasked or unanswered, a call's answer says
+    calls in its shared leases. Asked until answered; unasked or unanswered, a call's answer says
     (``Meter.chained``). Not while no hard budget covers a call: Ollama is not asked what it
     need not be (but for a call its caller left unanswered: :func:`close_asked`)."""
     gate, ours = meter.budgets, meter.ledger.known_identity
@@ -98,17 +106,25 @@ async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None
 
 
 async def _ask(meter: Meter, fleet: Fleet) -> None:
-    """Ask the servers behind the gateway whether one is a metering gateway on its ledger, once
-    (:attr:`Meter.chained`; unanswered, a call's answer says)."""
-    if (asking := _ASKED.get(meter)) is not None:  # asked, or being asked: its answer is waited for
+    """Ask the servers behind the gateway whether one is a metering gateway on its ledger, until
+    one ask is answered (:attr:`Meter.chained`; unanswered, a call's answer says): one ask at
+    a time, and after one that failed (the server behind still starting) none for
+    :data:`ASK_AGAIN` seconds."""
+    asking = _ASKED.get(meter)
+    if asking is None:
+        asking = _ASKED[meter] = asyncio.Lock()
+    if asking.locked():  # being asked: its answer is waited for
         async with asking:
             return
-    async with _ASKED.setdefault(meter, asyncio.Lock()):
+    if meter.chained is not None or time.monotonic() < _FAILED.get(meter, -math.inf) + ASK_AGAIN:
+        return
+    async with asking:
         chained = False
         for server in fleet.servers:
             try:
                 reply = await server.pool.request("GET", "/api/version", timeout=3.0)
             except UpstreamError:
+                _FAILED[meter] = time.monotonic()
                 return
             named = header_of(reply, LEDGER_HEADER.lower().encode())
             server.pool.finish(reply, completed=False)

@@ -119,7 +119,8 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
     """Start gateways on a given ledger URL: ``serve_on(upstream, db, clock, config, **options)``.
 
     ``config`` overrides settings (``upstreams``, ``slots``...); ``server_options`` go to
-    ``server_config`` (``max_connections``); ``options`` are GatewayOptions.
+    ``server_config`` (``max_connections``); ``port`` is the one to listen on (0: any free
+    one); ``options`` are GatewayOptions.
     """
     servers: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
 
@@ -129,10 +130,11 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
         clock: Callable[[], datetime] | None = None,
         config: dict[str, Any] | None = None,
         server_options: dict[str, Any] | None = None,
+        port: int = 0,
         **options: Any,
     ) -> Gateway:
         settings = load_settings(db_url=db, ollama_host=upstream, **(config or {}))
-        sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take it
+        sock = listening_socket("127.0.0.1", port)  # bound here: no other program can take it
         port = int(sock.getsockname()[1])
         meter = Meter.from_settings(settings, source="gateway", clock=clock or utc_now)
         app = create_app(settings, GatewayOptions(**options), meter=meter)

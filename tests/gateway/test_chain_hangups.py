@@ -17,6 +17,7 @@ import pytest
 
 from ollama_meter import MeteredClient
 from ollama_meter.budgets import Budget
+from ollama_meter.gateway import _onward
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.testing import OllamaEmulator
@@ -74,6 +75,46 @@ def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
         ("gateway", "sales", "client_abort")
     ]
     assert len(emulator.requests_to("/api/chat")) == 1  # the outer one's retries not used
+
+
+def test_an_outer_gateway_started_before_the_inner_one_asks_again_once_it_answers(
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ometer run`` started while the ``ometer serve`` behind it was down: its first call
+    under a hard budget asked what is behind it and got no answer, and it never asked again.
+    A later call whose caller hung up before any answer then got the outer gateway's abort
+    beside the inner one's: two spans of one call. It asks again (here at once; by default a
+    few seconds after the failed ask): one span."""
+    monkeypatch.setattr(_onward, "ASK_AGAIN", 0.0)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    outer = serve_on(f"http://127.0.0.1:{port}", sqlite_url)
+    outer.ledger.add_price_rule(token_prices())
+    outer.ledger.save_budget(Budget("default", "sales", "day", 10**9, "USD"))
+    down = outer.client.post("/api/chat", content=BODY, headers={"X-Ometer-Department": "sales"})
+    assert down.status_code == 502
+    inner = serve_on(emulator.url, sqlite_url, port=port)
+    emulator.latency = 3.0
+    try:
+        _hang_up_once_sent(outer.url, {"X-Ometer-Department": "sales"})
+        deadline = time.monotonic() + 10
+        while len(inner.ledger.latest(SpanFilter(), 10)) < 2:
+            assert time.monotonic() < deadline, "the gateways never noticed the caller leave"
+            time.sleep(0.02)
+    finally:
+        emulator.latency = 0.0
+    time.sleep(1.5)  # past any wait for another's span
+    inner.settle()
+    outer.settle()
+    spans = inner.ledger.latest(SpanFilter(), 10)
+    assert [(s.department, s.status, s.http_status) for s in spans] == [
+        ("sales", "client_abort", None),
+        ("sales", "error", 502),
+    ]
 
 
 @pytest.mark.parametrize(
