@@ -146,6 +146,11 @@ class Database:
     def path(self) -> Path | None:
         return sqlite_path(make_url(self.url))
 
+    @property
+    def wait(self) -> float:
+        """Seconds an operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
+        return self._wait
+
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction that sees the ledger at one moment, however many statements.

@@ -35,6 +35,7 @@ from ollama_meter.meter._observers import notify
 from ollama_meter.records import Source, SpanRecord, make_storable
 
 if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
     from ollama_meter.meter._meter import Meter
 
 RECORDED_ELSEWHERE = "on_recorded_elsewhere"
@@ -68,8 +69,16 @@ ledger takes writes: the gateway records it (its caller gone) as soon as it noti
 milliseconds."""
 
 BEHIND_LOCKED = 5.0
-"""Seconds more it looks while writes to the ledger wait for a lock another holds: a gateway's
-span waits as long (``OMETER_LEDGER_WAIT``'s default) before it goes to its spool."""
+"""Seconds more it looks at least while writes to the ledger wait for a lock another holds: a
+gateway's span waits as long (``OMETER_LEDGER_WAIT``'s default) before it goes to its spool."""
+
+
+def behind_locked(ledger: Ledger) -> float:
+    """Seconds more a look for a gateway's span goes on while writes wait for a lock: as long
+    as this process's own writes to ``ledger`` wait (``OMETER_LEDGER_WAIT``, a site's gateways
+    set alike), :data:`BEHIND_LOCKED` at least. A fixed 5 s missed the span of a gateway that
+    waited 10 s for the lock, and the call was counted twice."""
+    return max(BEHIND_LOCKED, ledger.wait)
 
 
 def unanswered(meter: Meter, call: MeteredCall) -> bool:
@@ -96,7 +105,7 @@ def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
             return gateway_span_of(conn, call.span)
 
     try:  # a second of the ledger taking writes, not of the clock (a lock held 1.5 s hid it)
-        return looked_for(meter.ledger.engine, look, BEHIND_WAIT, BEHIND_LOCKED)
+        return looked_for(meter.ledger.engine, look, BEHIND_WAIT, behind_locked(meter.ledger))
     except Exception as exc:  # the ledger is away: recorded here (spooled) as well
         meter.failures.failed("looking for a gateway's span of span %s", exc, call.span.id)
         return None

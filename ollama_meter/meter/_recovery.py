@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ollama_meter.meter._elsewhere import BEHIND_LOCKED
+from ollama_meter.meter._elsewhere import behind_locked
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import SpanRecord, Status, Stored, TokenSource, make_storable
 
@@ -80,7 +80,7 @@ def _recorded_by_gateway(ledger: Ledger, opened: list[SpanRecord]) -> set[str]:
         if not done(found) and writes_wait(ledger.engine):
             # A gateway's span of a call may be waiting behind the lock, as this process's
             # write of the interrupted copy would: its commit, once the lock goes, is looked for.
-            found = looked_for(ledger.engine, look, LATE_GRACE, BEHIND_LOCKED, done)
+            found = looked_for(ledger.engine, look, LATE_GRACE, behind_locked(ledger), done)
         return found
     except Exception as exc:
         log.warning("could not look for gateway spans of calls dead clients left open: %s", exc)
