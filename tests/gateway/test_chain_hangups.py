@@ -20,6 +20,7 @@ from ollama_meter.budgets import Budget
 from ollama_meter.gateway import _onward
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter._recovery import recover_interrupted
+from ollama_meter.records import SpanRecord
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
@@ -30,10 +31,11 @@ from tests.integrity.test_journal_lines import _no_prices
 BODY = b'{"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": false}'
 
 
-def recorded(gw: Gateway) -> None:
-    """Wait until ``gw`` recorded a call (its caller gone, it notices within milliseconds)."""
+def recorded(gw: Gateway, calls: int = 1) -> None:
+    """Wait until ``gw``'s ledger holds ``calls`` spans (a caller gone, the gateway notices
+    within milliseconds)."""
     deadline = time.monotonic() + 10
-    while not gw.ledger.latest(SpanFilter(), 1):
+    while len(gw.ledger.latest(SpanFilter(), calls)) < calls:
         assert time.monotonic() < deadline, "the gateway never noticed its caller leave"
         time.sleep(0.02)
 
@@ -51,6 +53,23 @@ def _hang_up_once_sent(url: str, headers: dict[str, str], after: float = 0.3) ->
         time.sleep(after)  # both gateways have it, Ollama is thinking
 
 
+def _hung_up(
+    emulator: OllamaEmulator, outer: Gateway, inner: Gateway, after: float, calls: int = 1
+) -> list[SpanRecord]:
+    """A sales caller of ``outer`` hangs up ``after`` seconds once it sent a call Ollama takes 3 s
+    over; the spans once both gateways are done (``calls`` at least: the ledger's latest ten)."""
+    emulator.latency = 3.0
+    try:
+        _hang_up_once_sent(outer.url, {"X-Ometer-Department": "sales"}, after)
+        recorded(inner, calls)
+    finally:
+        emulator.latency = 0.0
+    time.sleep(1.5)  # past any wait for another's span
+    inner.settle()
+    outer.settle()
+    return inner.ledger.latest(SpanFilter(), 10)
+
+
 @pytest.mark.parametrize("ending", ["caller gone", "outer timeout"])
 def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
     emulator: OllamaEmulator, db_url: str, serve_on: Callable[..., Gateway], ending: str
@@ -61,16 +80,7 @@ def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
     inner = serve_on(emulator.url, db_url)
     timeout = {"upstream_timeout": 0.5} if ending == "outer timeout" else {}
     outer = serve_on(inner.url, db_url, config=timeout)
-    emulator.latency = 3.0
-    try:
-        _hang_up_once_sent(outer.url, {"X-Ometer-Department": "sales"}, 0.3 + bool(timeout))
-        recorded(inner)
-    finally:
-        emulator.latency = 0.0
-    time.sleep(1.5)  # past any wait for another's span
-    inner.settle()
-    outer.settle()
-    spans = inner.ledger.latest(SpanFilter(), 10)
+    spans = _hung_up(emulator, outer, inner, 0.3 + bool(timeout))
     assert [(s.source, s.department, s.status) for s in spans] == [
         ("gateway", "sales", "client_abort")
     ]
@@ -98,19 +108,7 @@ def test_an_outer_gateway_started_before_the_inner_one_asks_again_once_it_answer
     down = outer.client.post("/api/chat", content=BODY, headers={"X-Ometer-Department": "sales"})
     assert down.status_code == 502
     inner = serve_on(emulator.url, sqlite_url, port=port)
-    emulator.latency = 3.0
-    try:
-        _hang_up_once_sent(outer.url, {"X-Ometer-Department": "sales"})
-        deadline = time.monotonic() + 10
-        while len(inner.ledger.latest(SpanFilter(), 10)) < 2:
-            assert time.monotonic() < deadline, "the gateways never noticed the caller leave"
-            time.sleep(0.02)
-    finally:
-        emulator.latency = 0.0
-    time.sleep(1.5)  # past any wait for another's span
-    inner.settle()
-    outer.settle()
-    spans = inner.ledger.latest(SpanFilter(), 10)
+    spans = _hung_up(emulator, outer, inner, 0.3, calls=2)
     assert [(s.department, s.status, s.http_status) for s in spans] == [
         ("sales", "client_abort", None),
         ("sales", "error", 502),
