@@ -55,10 +55,31 @@ def unwritable(path: Path) -> str:
             )
     if kept := side_file_kept(path):
         return kept
+    if (refused := _refused_new_file(path)) is not None:
+        return (
+            f"no file can be made at {path} ({refused}): give a ledger in a folder on a disk "
+            "this user may write, e.g. /var/lib/ometer/ledger.db"
+        )
     return (
         f"this user may not write the ledger file {path} or its -wal and -shm files: give "
         "them to this user (chown), or run ometer as their owner"
     )
+
+
+def _refused_new_file(path: Path) -> str | None:
+    """Why the folder of ``path``, where no file is yet, takes no new file, in the system's
+    words; None when it does (the file made to find out is removed). Its permissions alone
+    do not tell: /proc and /sys let root in and take no file from anyone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made meanwhile (another process's first call): not this case
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return None
 
 
 def side_file_kept(path: Path) -> str | None:

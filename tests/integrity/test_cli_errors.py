@@ -110,6 +110,15 @@ def test_a_damaged_ledger_file_says_what_to_do(cli: Any, tmp_path: Path) -> None
     assert str(damaged) in line and "ometer db backup" in line and "move it aside" in line
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_ledger_in_a_folder_that_takes_no_files_says_so(cli: Any) -> None:
+    """``sqlite:////proc/ledger.db``: /proc takes no new files (not even root's), and the error
+    said to give the ledger file, which does not exist, to this user with chown."""
+    line = one_error_line(cli("db", "upgrade", "--db", "sqlite:////proc/ledger.db"))
+    assert "no file can be made at /proc/ledger.db" in line, line
+    assert "chown" not in line, line
+
+
 def test_a_folder_given_as_the_ledger_is_named_as_one(cli: Any, tmp_path: Path) -> None:
     """SQLite says only "unable to open database file", which names neither the path nor
     what to do."""
