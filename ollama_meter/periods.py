@@ -71,6 +71,29 @@ def day_of(moment: datetime, tz: tzinfo) -> date:
     return day
 
 
+class Days:
+    """:func:`day_of` in one zone, asked again and again of moments close together (a price
+    book, at every call): the last day's stretch, from its midnight to the next, is kept,
+    and a moment within it is that day without a look at the zone."""
+
+    __slots__ = ("_known", "tz")
+
+    def __init__(self, tz: tzinfo) -> None:
+        self.tz = tz
+        self._known: tuple[datetime, datetime, date] | None = None
+
+    def of(self, moment: datetime) -> date:
+        known = self._known  # one read: another thread may replace it meanwhile
+        if known is not None and known[0] <= moment < known[1]:
+            return known[2]
+        day = day_of(moment, self.tz)
+        if date.min < day < date.max:
+            first, after = local_midnight(day, self.tz), local_midnight(day + timedelta(1), self.tz)
+            if first <= moment < after:  # (the stretch day_of found it in)
+                self._known = (first, after, day)
+        return day
+
+
 def month_start(day: date) -> date:
     return day.replace(day=1)
 

@@ -151,6 +151,15 @@ _KEY_HEADERS = (HEADER_KEY, "x-api-key")
 """Where a key comes as the whole value; ``Authorization`` brings one as its bearer."""
 
 
+_KEY_NAMES = frozenset(name.encode() for name in (*_KEY_HEADERS, "authorization"))
+
+
+def _carries_key(request: Request) -> bool:
+    """Whether the request has a header a key may come in (most calls have none): one pass
+    over its headers, not one a header and use."""
+    return any(name in _KEY_NAMES for name, _ in request.headers.raw)
+
+
 def _only(request: Request, header: str) -> str | None:
     """The header's one value; None when absent or sent twice (a proxy in front of the
     gateway may have checked the other one, so neither is taken)."""
@@ -316,6 +325,8 @@ class Access:
         One of our keys that is not live is :class:`Refused` (401) all the same: its caller
         asked to be charged to it, and a revoked key must not go on working on the defaults.
         """
+        if not _carries_key(request):
+            return None
         try:
             key = await self._key_of(request)
         except LedgerError as exc:

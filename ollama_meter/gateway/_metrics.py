@@ -110,6 +110,8 @@ class _Served:
 class GatewayMetrics:
     """A :class:`~ollama_meter.meter.SpanObserver` that counts every call this process meters."""
 
+    leaves_spans = True  # reads them only (``_observers.may_change_spans``)
+
     def __init__(self, max_series: int = MAX_SERIES) -> None:
         self._who = _Bounded("tenant/department/model", max_series)
         self._genai = _Bounded("operation/model/error type", max_series)

@@ -408,6 +408,8 @@ class RateLimits:
 
     # -- a span observer: tokens count when a call ends --------------------------------------
 
+    leaves_spans = True  # reads them only (``_observers.may_change_spans``)
+
     def on_start(self, span: SpanRecord) -> None:
         pass
 

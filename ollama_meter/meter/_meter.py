@@ -31,7 +31,7 @@ from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._elsewhere import leave_to_gateway, leaves_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
-from ollama_meter.meter._observers import SpanObserver, notify
+from ollama_meter.meter._observers import SpanObserver, may_change_spans, notify
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
@@ -300,7 +300,8 @@ class Meter(Admitting):
         stopped = None
         if self.observers:
             stopped = notify(self.observers, "on_end", span)
-            make_storable(span)
+            if may_change_spans(self.observers):
+                make_storable(span)
         queue = self.behind
         if call is not None and behind and queue is not None and queue.put(span, call, here=here):
             # Whole in the journal, committed once the call has answered: the commit thread

@@ -22,6 +22,13 @@ class SpanObserver(Protocol):
     def on_end(self, span: SpanRecord) -> None: ...
 
 
+def may_change_spans(observers: Sequence[SpanObserver]) -> bool:
+    """Whether any of ``observers`` may change a span it is told of (a hook may add tags): the
+    meter's own that only read one say so with a true ``leaves_spans``, and the span they saw
+    needs no second pass to be storable."""
+    return any(not getattr(observer, "leaves_spans", False) for observer in observers)
+
+
 def notify(observers: Sequence[SpanObserver], hook: str, span: SpanRecord) -> BaseException | None:
     """Tell every observer; a failure is logged, an interrupt (Ctrl-C) handed back to raise.
 

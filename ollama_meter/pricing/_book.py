@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter._names import model_cache_key
 from ollama_meter.errors import UnreadableRow
-from ollama_meter.periods import day_of
+from ollama_meter.periods import Days
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule
 from ollama_meter.records import Cost, PriceRule, SpanRecord, Status, UnreadableRule, Usage
@@ -32,6 +32,7 @@ class PriceBook:
         self.rules = tuple(rules)
         self.unreadable = tuple(unreadable)
         self.tz = tz
+        self.days = Days(tz)
         self.currency = currency
         self._choice: dict[tuple[str | bytes, object], PriceRule | None] = {}
 
@@ -44,7 +45,7 @@ class PriceBook:
     def rule_for(self, model: str, when: datetime) -> PriceRule | None:
         # The day reports and `reprice --since` cut, not the clock's date: where a clock went
         # back across midnight, the hour after it read as the day before, and was priced so.
-        day = day_of(when, self.tz)
+        day = self.days.of(when)
         key = (model_cache_key(model), day)
         if key not in self._choice:
             if len(self._choice) > 10_000:

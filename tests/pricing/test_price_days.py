@@ -34,3 +34,34 @@ def test_a_call_is_priced_by_the_rule_of_the_day_that_holds_it(zone: str, moment
         new if day_of(moment - timedelta(microseconds=1), tz) == day else old
     )
     assert new.effective_from == day and isinstance(day, date)
+
+
+@given(
+    zone=st.sampled_from([*_ZONES, "Pacific/Apia", "Asia/Kolkata"]),
+    start=st.datetimes(datetime(2005, 1, 1), datetime(2012, 1, 1), timezones=st.just(UTC)),
+    steps=st.lists(st.integers(-3 * 86_400_000_000, 3 * 86_400_000_000), max_size=30),
+)
+@example(
+    zone="America/St_Johns",
+    start=datetime(2005, 10, 30, 2, 45, tzinfo=UTC),
+    steps=[-3_600_000_000, 3_599_999_999, 1, -60_000_000, 7_200_000_000],
+)
+@example(  # a day of 23 hours: the next midnight is an hour early by the clock
+    zone="Europe/Berlin", start=datetime(2010, 3, 28, 12, tzinfo=UTC), steps=[37_800_000_000]
+)
+@example(  # Apia skipped 2011-12-30 altogether
+    zone="Pacific/Apia",
+    start=datetime(2011, 12, 29, 9, 59, tzinfo=UTC),
+    steps=[60_000_000, -1, 86_400_000_000, -86_400_000_001],
+)
+def test_the_days_a_price_book_keeps_are_the_days_reports_cut(
+    zone: str, start: datetime, steps: list[int]
+) -> None:
+    """A price book keeps the last day's stretch instead of asking the zone at every call: the
+    day it gives any moment, however the moments come, is :func:`day_of`'s."""
+    tz = ZoneInfo(zone)
+    book = PriceBook([], tz=tz, currency="USD")
+    moment = start
+    for step in [0, *steps]:
+        moment += timedelta(microseconds=step)
+        assert book.days.of(moment) == day_of(moment, tz)
