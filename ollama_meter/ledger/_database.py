@@ -74,7 +74,7 @@ class Database:
         self.engine = create_ledger_engine(url, wait=wait)
         self.disposed = False  # its owner closed it: background work on it stops
         self._sqlite = self.engine.dialect.name == "sqlite"
-        self._wait = wait
+        self.wait = wait  # seconds an operation waits for a busy database (OMETER_LEDGER_WAIT)
         self._retry_delay = retry_delay
         self._file = sqlite_path(make_url(url))
         self._reopening = threading.Lock()
@@ -113,7 +113,7 @@ class Database:
             return  # a server's sessions are per connection: the child opens its own
         self._quiet.acquire()  # held across the fork: no connection is taken meanwhile
         self._forking = True
-        self._quiet.wait_for(lambda: self._in_use == 0, timeout=self._wait)
+        self._quiet.wait_for(lambda: self._in_use == 0, timeout=self.wait)
 
     def _after_fork_in_parent(self) -> None:
         if self._sqlite:
@@ -145,11 +145,6 @@ class Database:
     @property
     def path(self) -> Path | None:
         return sqlite_path(make_url(self.url))
-
-    @property
-    def wait(self) -> float:
-        """Seconds an operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
-        return self._wait
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -240,7 +235,7 @@ class Database:
         except PoolTimeout as exc:
             raise LedgerError(
                 f"the ledger at {self.display_url} failed: every connection of this process "
-                f"to it stayed busy for {self._wait:g} s (OMETER_LEDGER_WAIT); the server is "
+                f"to it stayed busy for {self.wait:g} s (OMETER_LEDGER_WAIT); the server is "
                 "slow to answer or this process is overloaded"
             ) from exc
         finally:
@@ -296,7 +291,7 @@ class Database:
             return f"{text}: {wrong}{meanwhile}"
         if "connection timeout expired" in lowered:  # the driver's connect_timeout
             return (
-                f"{text}: the server did not answer within {connect_seconds(self._wait)} s "
+                f"{text}: the server did not answer within {connect_seconds(self.wait)} s "
                 f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off, or is not a "
                 f"PostgreSQL server (check the port in OMETER_DB_URL){meanwhile}"
             )
@@ -309,7 +304,7 @@ class Database:
         if getattr(exc.orig, "sqlstate", None) == IDLED:  # the timeout ometer sets (_engine)
             return (
                 f"{text}: this process sat silent inside a transaction for over "
-                f"{idle_seconds(self._wait):g} s (stalled: an overloaded machine, a paused "
+                f"{idle_seconds(self.wait):g} s (stalled: an overloaded machine, a paused "
                 f"process or VM); what it had not committed is undone: run it again{meanwhile}"
             )
         if getattr(exc.orig, "sqlstate", None) in ENDED or "closed the connection" in lowered:
@@ -354,7 +349,7 @@ class Database:
         if is_lock_error(exc) and (why := glances()):
             return f"{text}: another process holds it, and this write did not wait for it: {why}"
         if is_lock_error(exc):
-            held = self._wait if self._sqlite else lock_seconds(self._wait)
+            held = self.wait if self._sqlite else lock_seconds(self.wait)
             return (
                 f"{text}: another process held it for longer than {held:g} s "
                 "(OMETER_LEDGER_WAIT); run again once it is done, or wait longer with "
@@ -382,7 +377,7 @@ class Database:
         (``_glance``) retries for as long as it waits. Anything else, or the last try, is
         one LedgerError starting with ``failure``.
         """
-        deadline = time.monotonic() + (GLANCE_S if glances() else self._wait)
+        deadline = time.monotonic() + (GLANCE_S if glances() else self.wait)
         attempt = 0
         while True:
             attempt += 1
