@@ -240,3 +240,67 @@ def test_a_closed_dispatcher_does_not_wait_again_for_a_hung_channel(db_url: str)
         assert dispatcher.flush(60.0) is False
     finally:
         stuck.let_go.set()
+
+
+def _taking_server(quit_answer: bytes | None) -> tuple[int, list[bytes], threading.Event]:
+    """A loopback SMTP server that takes every message (kept in the list it returns) and
+    then answers QUIT with ``quit_answer`` (None: not at all, until the event is set)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    taken: list[bytes] = []
+    stop = threading.Event()
+
+    def session(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 mx ready\r\n")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-mx\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    message = b"".join(iter(lines.readline, b".\r\n"))
+                    taken.append(message)
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+                elif verb == b"QUIT":
+                    if quit_answer is None:
+                        stop.wait(30)
+                    else:
+                        conn.sendall(quit_answer)
+                    return
+                else:
+                    conn.sendall(b"250 OK\r\n")
+
+    def serve() -> None:
+        with listener:
+            while not stop.is_set():
+                conn, _ = listener.accept()
+                threading.Thread(target=session, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], taken, stop
+
+
+@pytest.mark.parametrize(
+    "quit_answer", [b"500 5.5.1 what?\r\n", b"250 OK\r\n", None], ids=["500", "250", "silent"]
+)
+def test_an_email_the_server_took_is_sent_once_however_it_answers_quit(
+    quit_answer: bytes | None,
+) -> None:
+    """The message was the server's once it answered the DATA with 250: a QUIT answered with
+    anything but 221 (or not at all within the timeout) failed the attempt, so the alert was
+    mailed again, three times an attempt, each attempt again until the runs ran out."""
+    from ollama_meter.budgets import EmailChannel, deliver
+
+    port, taken, stop = _taking_server(quit_answer)
+    channel = EmailChannel(
+        "127.0.0.1", port, sender="ometer@example.org", recipients=["it@example.org"], timeout=1.0
+    )
+    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+    try:
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        stop.set()
+    assert (outcome["email"], delivered) == ("sent to it@example.org", True)
+    assert len(taken) == 1 and b"budget at 90%" in taken[0]
