@@ -202,7 +202,7 @@ class EmailChannel:
     def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
         """Send ``message``; the recipients the server refused (all refused raises)."""
         smtp.connect(self.host, self.port)
-        smtp.ehlo()
+        smtp.ehlo_or_helo_if_needed()  # EHLO, else HELO (an RFC 821 server): never neither
         if self.implicit_tls:
             pass  # TLS from the first byte: the login below goes inside it
         elif smtp.has_extn("starttls"):

@@ -242,9 +242,12 @@ def test_a_closed_dispatcher_does_not_wait_again_for_a_hung_channel(db_url: str)
         stuck.let_go.set()
 
 
-def _taking_server(quit_answer: bytes | None) -> tuple[int, list[bytes], threading.Event]:
+def _taking_server(
+    quit_answer: bytes | None = b"221 bye\r\n", *, ehlo: bool = True
+) -> tuple[int, list[bytes], threading.Event]:
     """A loopback SMTP server that takes every message (kept in the list it returns) and
-    then answers QUIT with ``quit_answer`` (None: not at all, until the event is set)."""
+    then answers QUIT with ``quit_answer`` (None: not at all, until the event is set).
+    Without ``ehlo`` it speaks RFC 821 only: HELO, and no mail before it."""
     import socket
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -254,10 +257,16 @@ def _taking_server(quit_answer: bytes | None) -> tuple[int, list[bytes], threadi
     def session(conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as lines:
             conn.sendall(b"220 mx ready\r\n")
+            greeted = False
             for line in lines:
                 verb = line[:4].upper()
-                if verb == b"EHLO":
-                    conn.sendall(b"250-mx\r\n250 8BITMIME\r\n")
+                if verb == b"EHLO" and not ehlo:
+                    conn.sendall(b"502 5.5.2 command not recognized\r\n")
+                elif verb in (b"EHLO", b"HELO"):
+                    greeted = True
+                    conn.sendall(b"250-mx\r\n250 8BITMIME\r\n" if ehlo else b"250 mx\r\n")
+                elif verb == b"MAIL" and not greeted:
+                    conn.sendall(b"503 5.5.1 say HELO first\r\n")
                 elif verb == b"DATA":
                     conn.sendall(b"354 go on\r\n")
                     message = b"".join(iter(lines.readline, b".\r\n"))
@@ -304,3 +313,21 @@ def test_an_email_the_server_took_is_sent_once_however_it_answers_quit(
         stop.set()
     assert (outcome["email"], delivered) == ("sent to it@example.org", True)
     assert len(taken) == 1 and b"budget at 90%" in taken[0]
+
+
+def test_an_smtp_server_that_speaks_only_helo_gets_the_alert() -> None:
+    """The channel greeted with EHLO only: a server of RFC 821 answers it 502, and smtplib
+    (its EHLO answer on record, a failure) never said HELO, so every MAIL was refused."""
+    from ollama_meter.budgets import EmailChannel, deliver
+
+    port, taken, stop = _taking_server(ehlo=False)
+    channel = EmailChannel(
+        "127.0.0.1", port, sender="ometer@example.org", recipients=["it@example.org"], timeout=1.0
+    )
+    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+    try:
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        stop.set()
+    assert (outcome["email"], delivered) == ("sent to it@example.org", True)
+    assert len(taken) == 1
