@@ -167,7 +167,7 @@ class EmailChannel:
         implicit_tls: bool | None = None,
     ) -> None:
         self.host, self.port = host, port
-        self.sender, self.recipients = sender, list(recipients)
+        self.sender, self.recipients = _dns_domain(sender), [_dns_domain(r) for r in recipients]
         self.user, self.password = user, password
         self.timeout = timeout
         # On 465 the server waits for a TLS hello: spoken in clear, each attempt timed out.
@@ -221,3 +221,19 @@ class EmailChannel:
         with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.quit()
         return refused
+
+
+def _dns_domain(address: str) -> str:
+    """``address`` with its domain as DNS writes it: ``it@müller.de`` as ``it@xn--mller-kva.de``,
+    which any server takes (smtplib asks for SMTPUTF8 for the first, which most do not offer,
+    and every delivery failed). A name that IDNA cannot write is left as it is."""
+    import idna  # httpx's reading of such names, as the URL settings use it
+
+    local, at, domain = parseaddr(address)[1].rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        written = idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return address
+    return address.replace(f"{local}@{domain}", f"{local}@{written}")

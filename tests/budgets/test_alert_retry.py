@@ -331,3 +331,24 @@ def test_an_smtp_server_that_speaks_only_helo_gets_the_alert() -> None:
         stop.set()
     assert (outcome["email"], delivered) == ("sent to it@example.org", True)
     assert len(taken) == 1
+
+
+@pytest.mark.parametrize("to", ["it@müller.example", "IT Müller <it@müller.example>"])
+def test_an_address_at_an_international_domain_gets_the_alert_from_any_server(to: str) -> None:
+    """OMETER_ALERT_EMAIL_TO took ``it@müller.example``, and smtplib then asked the server for
+    SMTPUTF8, which most do not offer: every delivery failed, each run again. The domain is
+    sent as DNS writes it (``xn--mller-kva.example``), which needs nothing of the server."""
+    from ollama_meter.budgets import EmailChannel, deliver
+
+    port, taken, stop = _taking_server()
+    channel = EmailChannel(
+        "127.0.0.1", port, sender="ometer@bücher.example", recipients=[to], timeout=1.0
+    )
+    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+    try:
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        stop.set()
+    assert delivered, outcome
+    (message,) = taken
+    assert b"it@xn--mller-kva.example" in message and b"ometer@xn--bcher-kva.example" in message
