@@ -291,6 +291,27 @@ def _taking_server(
     return listener.getsockname()[1], taken, stop
 
 
+def _mailed(
+    quit_answer: bytes | None = b"221 bye\r\n",
+    *,
+    ehlo: bool = True,
+    sender: str = "ometer@example.org",
+    to: str = "it@example.org",
+) -> tuple[str, bool, list[bytes]]:
+    """An alert sent by email to :func:`_taking_server`: its outcome, whether it was
+    delivered, and the messages the server took."""
+    from ollama_meter.budgets import EmailChannel, deliver
+
+    port, taken, stop = _taking_server(quit_answer, ehlo=ehlo)
+    channel = EmailChannel("127.0.0.1", port, sender=sender, recipients=[to], timeout=1.0)
+    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+    try:
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        stop.set()
+    return outcome["email"], delivered, taken
+
+
 @pytest.mark.parametrize(
     "quit_answer", [b"500 5.5.1 what?\r\n", b"250 OK\r\n", None], ids=["500", "250", "silent"]
 )
@@ -300,37 +321,16 @@ def test_an_email_the_server_took_is_sent_once_however_it_answers_quit(
     """The message was the server's once it answered the DATA with 250: a QUIT answered with
     anything but 221 (or not at all within the timeout) failed the attempt, so the alert was
     mailed again, three times an attempt, each attempt again until the runs ran out."""
-    from ollama_meter.budgets import EmailChannel, deliver
-
-    port, taken, stop = _taking_server(quit_answer)
-    channel = EmailChannel(
-        "127.0.0.1", port, sender="ometer@example.org", recipients=["it@example.org"], timeout=1.0
-    )
-    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
-    try:
-        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
-    finally:
-        stop.set()
-    assert (outcome["email"], delivered) == ("sent to it@example.org", True)
+    said, delivered, taken = _mailed(quit_answer)
+    assert (said, delivered) == ("sent to it@example.org", True)
     assert len(taken) == 1 and b"budget at 90%" in taken[0]
 
 
 def test_an_smtp_server_that_speaks_only_helo_gets_the_alert() -> None:
     """The channel greeted with EHLO only: a server of RFC 821 answers it 502, and smtplib
     (its EHLO answer on record, a failure) never said HELO, so every MAIL was refused."""
-    from ollama_meter.budgets import EmailChannel, deliver
-
-    port, taken, stop = _taking_server(ehlo=False)
-    channel = EmailChannel(
-        "127.0.0.1", port, sender="ometer@example.org", recipients=["it@example.org"], timeout=1.0
-    )
-    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
-    try:
-        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
-    finally:
-        stop.set()
-    assert (outcome["email"], delivered) == ("sent to it@example.org", True)
-    assert len(taken) == 1
+    said, delivered, taken = _mailed(ehlo=False)
+    assert (said, delivered, len(taken)) == ("sent to it@example.org", True, 1)
 
 
 @pytest.mark.parametrize("to", ["it@müller.example", "IT Müller <it@müller.example>"])
@@ -338,17 +338,7 @@ def test_an_address_at_an_international_domain_gets_the_alert_from_any_server(to
     """OMETER_ALERT_EMAIL_TO took ``it@müller.example``, and smtplib then asked the server for
     SMTPUTF8, which most do not offer: every delivery failed, each run again. The domain is
     sent as DNS writes it (``xn--mller-kva.example``), which needs nothing of the server."""
-    from ollama_meter.budgets import EmailChannel, deliver
-
-    port, taken, stop = _taking_server()
-    channel = EmailChannel(
-        "127.0.0.1", port, sender="ometer@bücher.example", recipients=[to], timeout=1.0
-    )
-    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
-    try:
-        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
-    finally:
-        stop.set()
-    assert delivered, outcome
+    said, delivered, taken = _mailed(sender="ometer@bücher.example", to=to)
+    assert delivered, said
     (message,) = taken
     assert b"it@xn--mller-kva.example" in message and b"ometer@xn--bcher-kva.example" in message
