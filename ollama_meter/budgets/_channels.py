@@ -172,34 +172,52 @@ class EmailChannel:
         self.timeout = timeout
         # On 465 the server waits for a TLS hello: spoken in clear, each attempt timed out.
         self.implicit_tls = port == SMTPS_PORT if implicit_tls is None else implicit_tls
+        self._have: dict[int, set[str]] = {}
+        """Per alert, the addresses that have it, while some the server deferred do not."""
 
     def send(self, alert: Alert) -> str:
-        message = EmailMessage()
-        message["Subject"] = alert.subject
-        message["From"] = self.sender
-        message["To"] = ", ".join(self.recipients)
-        message.set_content(alert.text() + "\n")
-        smtp = _Session(self.timeout, ssl.create_default_context() if self.implicit_tls else None)
-        # A whole session (about six exchanges) within three reads' timeout.
-        watchdog = threading.Timer(self.timeout * 3, smtp.cut)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            refused = self._send(smtp, message)
-        finally:
-            watchdog.cancel()
-            smtp.close()
-        took = ", ".join(r for r in self.recipients if parseaddr(r)[1] not in refused)
+        have = self._have.get(alert.id, set()) | _sent_before(alert.deliveries.get(self.name))
+        addresses = [parseaddr(r)[1] for r in self.recipients]
+        if owed := [a for a in addresses if a not in have]:
+            message = EmailMessage()
+            message["Subject"] = alert.subject
+            message["From"] = self.sender
+            message["To"] = ", ".join(self.recipients)
+            message.set_content(alert.text() + "\n")
+            tls = ssl.create_default_context() if self.implicit_tls else None
+            smtp = _Session(self.timeout, tls)
+            # A whole session (about six exchanges) within three reads' timeout.
+            watchdog = threading.Timer(self.timeout * 3, smtp.cut)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                refused = self._send(smtp, message, owed)
+            except smtplib.SMTPRecipientsRefused as exc:  # every one: deferred, or failed
+                if not any(400 <= code < 500 for code, _ in exc.recipients.values()):
+                    raise
+                refused = exc.recipients
+            finally:
+                watchdog.cancel()
+                smtp.close()
+            have |= {a for a in owed if a not in refused}
+        else:
+            refused = {}
+        took = ", ".join(a for a in addresses if a in have)
+        # A 4xx is "try later" (a full mailbox): tried again, for those alone. Not the others:
+        # they have it, and would get it again.
+        if deferred := {a: answer for a, answer in refused.items() if 400 <= answer[0] < 500}:
+            self._have[alert.id] = have
+            raise OSError(f"{SENT}{took or 'none'}{DEFERRED}{_answers(deferred)}")
+        self._have.pop(alert.id, None)
         if not refused:
             return f"sent to {took}"
-        # Not a failure to retry: the others have it, and would get it again.
-        said = ", ".join(
-            f"{r} ({code} {reply.decode(errors='replace')})" for r, (code, reply) in refused.items()
-        )
+        said = _answers(refused)
         log.warning("alert email to %s refused by %s: %s", ", ".join(refused), self.host, said)
         return f"sent to {took}; refused by the server: {said}"
 
-    def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
+    def _send(
+        self, smtp: smtplib.SMTP, message: EmailMessage, to: list[str]
+    ) -> dict[str, tuple[int, bytes]]:
         """Send ``message``; the recipients the server refused (all refused raises)."""
         smtp.connect(self.host, self.port)
         smtp.ehlo_or_helo_if_needed()  # EHLO, else HELO (an RFC 821 server): never neither
@@ -215,12 +233,32 @@ class EmailChannel:
             )
         if self.user:
             smtp.login(self.user, self.password or "")
-        refused = smtp.send_message(message)
+        refused = smtp.send_message(message, to_addrs=to)
         # The server has the message since it took its DATA: a QUIT answered with anything
         # but 221 (smtplib's ``with`` raises then) is no failure, or the alert is mailed again.
         with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.quit()
         return refused
+
+
+SENT, DEFERRED = "sent to ", "; deferred by the server (tried again): "
+"""How an attempt that left recipients deferred is on record (``failed: sent to A; deferred
+...``): the next run reads from it who has the alert already."""
+
+
+def _sent_before(outcome: str | None) -> set[str]:
+    """The addresses an earlier attempt on record sent the alert to, while it left others
+    deferred (none when it did not)."""
+    said = (outcome or "").removeprefix("failed: ")
+    if not said.startswith(SENT) or DEFERRED not in said:
+        return set()
+    return set(said[len(SENT) : said.index(DEFERRED)].split(", "))
+
+
+def _answers(refused: dict[str, tuple[int, bytes]]) -> str:
+    return ", ".join(
+        f"{r} ({code} {text.decode(errors='replace')})" for r, (code, text) in refused.items()
+    )
 
 
 def _dns_domain(address: str) -> str:
