@@ -4,14 +4,8 @@ Reads spend from the ledger's spans and keeps reservations and alerts there.
 The meter calls in (admit, settle, check alerts); nothing here calls the meter.
 """
 
-from ollama_meter.budgets._alerts import (
-    MAX_RUNS,
-    AlertDispatcher,
-    Channel,
-    EmailChannel,
-    WebhookChannel,
-    deliver,
-)
+from ollama_meter.budgets._alerts import MAX_RUNS, AlertDispatcher, deliver
+from ollama_meter.budgets._channels import Channel, EmailChannel, WebhookChannel
 from ollama_meter.budgets._estimate import (
     IMAGE_TOKENS,
     IMAGE_TOKENS_SEEN,

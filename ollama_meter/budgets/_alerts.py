@@ -1,35 +1,28 @@
 """Budget alerts: the message, the channels it goes to, and delivery that never blocks a call.
 
-The log gets the alert as it fires. A webhook (Slack-compatible JSON) and email (SMTP:
-implicit TLS on port 465, elsewhere STARTTLS when offered) get it when configured, on a
-background thread with retries and backoff; what happened is written back to the alert's
-row. A failed attempt is made again by the same process after :data:`RETRY_AFTER` (a
+The log gets the alert as it fires. A webhook and email (``_channels``) get it when
+configured, on a background thread with retries and backoff; what happened is written back
+to the alert's row. A failed attempt is made again by the same process after :data:`RETRY_AFTER` (a
 gateway runs for weeks), and undelivered alerts by the next run."""
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import heapq
 import itertools
 import logging
 import queue
 import random
-import smtplib
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from email.message import EmailMessage
-from email.utils import parseaddr
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
-from ollama_meter._urls import shown
+from ollama_meter.budgets._channels import Channel
 from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
@@ -45,208 +38,12 @@ RETRY_AFTER = (60.0, 300.0, 1800.0, 7200.0)
 """Seconds after the 1st, 2nd... failed attempt at which the process that made it (if it
 still runs) makes the next: a webhook down for minutes, or two hours, still gets the alert."""
 
-
-class Channel(Protocol):
-    name: str
-
-    def send(self, alert: Alert) -> str:
-        """Deliver; return where it went. Raise on failure."""
-        ...
-
-
-CHANNEL_TIMEOUT = 3.0
-"""Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
 EXIT_WAIT = 1.0
 """Seconds a process that is ending waits for alerts still being delivered."""
 CLAIM_SECONDS = 120.0
 """Seconds a process holds an alert it is delivering: no other sends it meanwhile. Longer
-than a delivery takes (three tries per channel, each bounded by :data:`CHANNEL_TIMEOUT`);
+than a delivery takes (three tries per channel, each bounded by :data:`~ollama_meter.budgets._channels.CHANNEL_TIMEOUT`);
 a process that dies mid-delivery holds it that long, then the next run tries it again."""
-
-
-class _Cut:
-    """Ends an HTTP exchange from another thread: called, it shuts the connection's socket
-    (a read waiting on it returns at once). ``trace`` is the httpcore hook that finds it."""
-
-    def __init__(self) -> None:
-        self.streams: list[Any] = []
-        self.done = False
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            self.streams.append(info.get("return_value"))
-
-    def __call__(self) -> None:
-        self.done = True
-        if self.streams:
-            with contextlib.suppress(OSError, AttributeError, ValueError):
-                self.streams[-1].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
-
-
-class WebhookChannel:
-    name = "webhook"
-
-    def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
-        self.url = url
-        self.where = shown(url, path=False)  # a webhook's path is its secret
-        self.timeout = timeout
-
-    def send(self, alert: Alert) -> str:
-        import httpx  # loaded when an alert goes out, not by every command that reads budgets
-
-        # Streamed, the body never read: the status says it all, and a webhook that answers
-        # with an endless body (a URL that serves a download) held the alert thread for
-        # ever, its memory growing, every later alert queued behind it. The timeout bounds
-        # each read, not the answer: one trickled a byte at a time is cut by a watchdog.
-        cut = _Cut()
-        watchdog = threading.Timer(self.timeout * 3, cut)
-        watchdog.daemon = True
-        try:
-            with httpx.Client(timeout=self.timeout) as client:
-                request = client.build_request(
-                    "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
-                )
-                watchdog.start()
-                response = client.send(request, stream=True)
-                status, reason = response.status_code, response.reason_phrase
-                response.close()
-        except httpx.HTTPError as exc:
-            if cut.done:
-                raise OSError(
-                    f"{self.where} did not answer within {self.timeout * 3:g} s"
-                ) from None
-            raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
-        finally:
-            watchdog.cancel()
-        if not 200 <= status < 300:
-            raise OSError(f"{self.where} answered {status} {reason}")
-        return f"sent to {self.where}"
-
-
-SMTP_REPLY_BYTES = 256 * 1024
-"""Bytes an SMTP server may send in one session: a few hundred make a normal one."""
-
-
-class _Session(smtplib.SMTP):
-    """An SMTP session bounded in the bytes it reads and, by :meth:`cut`, in time.
-
-    ``timeout`` bounds each read, not the session: a server that never ends a multi-line
-    reply (or trickles it) held the alert thread for ever, smtplib collecting every line.
-    """
-
-    def __init__(self, timeout: float, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(timeout=timeout)  # no host: connect() below, once it can be cut
-        self._left = SMTP_REPLY_BYTES
-        self._tls = tls
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        # smtplib's own hook (SMTP_SSL overrides it too); typeshed leaves it out.
-        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
-        if self._tls is None:
-            return sock
-        return self._tls.wrap_socket(sock, server_hostname=host)  # implicit TLS: SMTPS
-
-    def getreply(self) -> tuple[int, bytes]:
-        if self.file is None and self.sock is not None:  # a new socket (connect, STARTTLS)
-            self.file = _Counted(self, self.sock.makefile("rb"))
-        return super().getreply()
-
-    def count(self, line: bytes) -> bytes:
-        self._left -= len(line)
-        if self._left < 0:
-            raise OSError(f"the server sent more than {SMTP_REPLY_BYTES} bytes")
-        return line
-
-    def cut(self) -> None:
-        """End the session from another thread: a read waiting in it returns at once."""
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            if self.sock is not None:
-                self.sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Counted:
-    """The reader smtplib reads replies from, its bytes counted against the session's."""
-
-    def __init__(self, session: _Session, reader: Any) -> None:
-        self.session, self.reader = session, reader
-
-    def readline(self, size: int = -1) -> bytes:
-        return self.session.count(self.reader.readline(size))
-
-    def close(self) -> None:
-        self.reader.close()
-
-
-SMTPS_PORT = 465
-"""The port of SMTP over implicit TLS (RFC 8314): TLS from the first byte, no STARTTLS."""
-
-
-class EmailChannel:
-    name = "email"
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        sender: str,
-        recipients: Sequence[str],
-        user: str | None = None,
-        password: str | None = None,
-        timeout: float = CHANNEL_TIMEOUT,
-        implicit_tls: bool | None = None,
-    ) -> None:
-        self.host, self.port = host, port
-        self.sender, self.recipients = sender, list(recipients)
-        self.user, self.password = user, password
-        self.timeout = timeout
-        # On 465 the server waits for a TLS hello: spoken in clear, each attempt timed out.
-        self.implicit_tls = port == SMTPS_PORT if implicit_tls is None else implicit_tls
-
-    def send(self, alert: Alert) -> str:
-        message = EmailMessage()
-        message["Subject"] = alert.subject
-        message["From"] = self.sender
-        message["To"] = ", ".join(self.recipients)
-        message.set_content(alert.text() + "\n")
-        smtp = _Session(self.timeout, ssl.create_default_context() if self.implicit_tls else None)
-        # A whole session (about six exchanges) within three reads' timeout.
-        watchdog = threading.Timer(self.timeout * 3, smtp.cut)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            refused = self._send(smtp, message)
-        finally:
-            watchdog.cancel()
-            smtp.close()
-        took = ", ".join(r for r in self.recipients if parseaddr(r)[1] not in refused)
-        if not refused:
-            return f"sent to {took}"
-        # Not a failure to retry: the others have it, and would get it again.
-        said = ", ".join(
-            f"{r} ({code} {reply.decode(errors='replace')})" for r, (code, reply) in refused.items()
-        )
-        log.warning("alert email to %s refused by %s: %s", ", ".join(refused), self.host, said)
-        return f"sent to {took}; refused by the server: {said}"
-
-    def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
-        """Send ``message``; the recipients the server refused (all refused raises)."""
-        with smtp:
-            smtp.connect(self.host, self.port)
-            smtp.ehlo()
-            if self.implicit_tls:
-                pass  # TLS from the first byte: the login below goes inside it
-            elif smtp.has_extn("starttls"):
-                smtp.starttls(context=ssl.create_default_context())
-                smtp.ehlo()
-            elif self.user:  # no offer (or one stripped on the way): the password stays here
-                raise OSError(
-                    f"{self.host} does not offer STARTTLS: the OMETER_SMTP_USER login is not "
-                    "sent in clear (use a server or port that offers STARTTLS, or no user)"
-                )
-            if self.user:
-                smtp.login(self.user, self.password or "")
-            return smtp.send_message(message)
 
 
 def deliver(

@@ -10,6 +10,7 @@ loads nothing from anywhere (its Content-Security-Policy says so).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -78,8 +79,10 @@ def dash_query(
                 f"{scope[1]}); the admin token (OMETER_ADMIN_TOKEN) sees every one"
             )
         tenant, department = scope
-    return DashQuery(
-        period=(given.get("period") or "month").strip().lower(),
+    query = DashQuery(
+        # No period: this month, or the dates' custom range. ``month`` asked for with dates
+        # is the conflict it is (a 400), not the custom range answered unsaid.
+        period=given["period"].strip().lower() if given.get("period", "").strip() else None,
         since=given.get("since") or None,
         until=given.get("until") or None,
         tenant=tenant,
@@ -87,6 +90,7 @@ def dash_query(
         model=given.get("model") or None,
         scope=scope,
     )
+    return dataclasses.replace(query, period=query.selected)  # one cache key per window
 
 
 MAX_REPORTS = 8
@@ -94,6 +98,10 @@ MAX_REPORTS = 8
 written on; a query past them is answered 503 (a query already running is joined). A report
 runs on for a caller that hung up (the next poll takes it): a new query per request, each
 abandoned, queued a report each, without end."""
+KEY_REPORTS = 2
+"""Distinct reports one key's scope (its tenant and department) runs at once, of the
+:data:`MAX_REPORTS`: one key asking a new query per request (a model name each) took every
+report, and every other tenant's dashboard answered 503 while it went on."""
 REPORTS_RETRY_AFTER = 5
 
 
@@ -165,6 +173,11 @@ def dashboard_routes(
                 raise ReportsBusy(
                     f"the dashboard is running {len(running)} other reports, the most it runs "
                     f"at once; try again in {REPORTS_RETRY_AFTER} s"
+                )
+            if scope is not None and (own := sum(q.scope == scope for q in running)) >= KEY_REPORTS:
+                raise ReportsBusy(
+                    f"this key's dashboard is running {own} other reports, the most one "
+                    f"tenant and department runs at once; try again in {REPORTS_RETRY_AFTER} s"
                 )
             task = running[query] = asyncio.ensure_future(in_thread(compute, query, meter))
             task.add_done_callback(functools.partial(keep, query))

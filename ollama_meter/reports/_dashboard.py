@@ -62,7 +62,8 @@ class Filters(TypedDict):
 class DashQuery:
     """What the dashboard was asked for; the URL's query parameters, validated."""
 
-    period: str = "month"
+    period: str | None = None
+    """The period word as asked; None: none was (this month, or the dates' custom range)."""
     since: str | None = None
     until: str | None = None
     tenant: str | None = None
@@ -76,13 +77,12 @@ class DashQuery:
 
     @property
     def selected(self) -> str:
-        """The period as the selector shows it: ``custom`` when the dates name the window.
-
-        Dates go with ``custom`` or with ``month``, the default (what the form sends when
-        dates are typed in without a script to switch the selector).
-        """
-        dated = self.period == "month" and bool(self.since or self.until)
-        return "custom" if dated else self.period
+        """The period as the selector shows it: with no period asked, ``custom`` when dates
+        name the window and ``month`` when none do. A period asked for is kept as asked, so
+        ``month`` with dates is the conflict it is (:func:`dash_window`), not a custom range."""
+        if self.period is None:
+            return "custom" if self.since or self.until else "month"
+        return self.period
 
 
 LONGEST_RANGE_YEARS = 20
@@ -93,7 +93,7 @@ stays in the calendar)."""
 def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
     """The window a :class:`DashQuery` names: a period word, a month or day, or a range.
 
-    A period other than ``custom`` (or the default ``month``) with dates is a
+    A period other than ``custom`` (``month`` too: it is the default only when none is asked) with dates is a
     :class:`ValidationError`: answering for either would drop what the other asked for.
     """
     period = query.selected

@@ -57,6 +57,14 @@ line that points at the Department filter, which gives any of them its panel."""
 _T = TypeVar("_T")
 
 
+FORM_PERIODS = {
+    ("" if value == "month" else value): label for value, label in PERIOD_CHOICES.items()
+}
+"""The selector's choices as the page's form sends them: this month, the default, as no period,
+so dates typed in with the selector left there (no script to switch it to ``custom``) ask for
+their range, while ``period=month`` with dates in a URL is the conflict it is (a 400)."""
+
+
 SHOWN_OPTIONS = 500
 """How many names a filter lists. Past these it is a text field that takes any name and
 suggests these: every model asked for was an option (20,000 made-up names, megabytes of form)."""
@@ -383,8 +391,8 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         zone=zone,
         links=links,
         script=asset("dash.js"),
-        periods=PERIOD_CHOICES,
-        period=query.selected,
+        periods=FORM_PERIODS,
+        period="" if query.selected == "month" else query.selected,
         as_of=d.now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
         cards=_cards(d),
         capped_note=d.spend.capped_note(),

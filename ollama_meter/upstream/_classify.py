@@ -59,11 +59,22 @@ class Failure(StrEnum):
     """Anything else the client library raised."""
 
 
-def transport_error(kind: Failure, *, host: str, started: bool, reason: str = "") -> UpstreamError:
+SET_HOST = "Set OLLAMA_HOST to its address"
+"""What to do about an Ollama nobody answers at, said to whoever set its address: the user of
+the CLI or the Python API. A gateway's callers are told :data:`GATEWAYS_HOST` instead."""
+GATEWAYS_HOST = "The gateway's --upstream, OMETER_UPSTREAMS or OLLAMA_HOST names it"
+"""The same, said to a gateway's callers: their own OLLAMA_HOST points at the gateway as it
+should (told to set it to Ollama's address, they would take their calls past the meter)."""
+
+
+def transport_error(
+    kind: Failure, *, host: str, started: bool, reason: str = "", hint: str = SET_HOST
+) -> UpstreamError:
     """The error for a call that got no usable answer.
 
     ``started`` tells whether the answer had begun arriving: after that point a
-    failure is a broken stream, whatever the transport said.
+    failure is a broken stream, whatever the transport said. ``hint``: where the address of
+    an Ollama that cannot be reached is set (:data:`SET_HOST`, :data:`GATEWAYS_HOST`).
     """
     if kind is Failure.TIMEOUT:
         what = "stopped answering mid-stream" if started else "did not answer in time"
@@ -78,9 +89,7 @@ def transport_error(kind: Failure, *, host: str, started: bool, reason: str = ""
         return InvalidRequest(f"the request is malformed, so it was not sent to Ollama: {reason}")
     if kind is Failure.CONNECTION:
         why = f" ({reason})" if reason else ""
-        return UpstreamConnectionError(
-            f"cannot reach Ollama at {host}{why}: is it running? Set OLLAMA_HOST to its address"
-        )
+        return UpstreamConnectionError(f"cannot reach Ollama at {host}{why}: is it running? {hint}")
     return UpstreamError(f"unexpected failure calling Ollama at {host}: {reason}")
 
 
@@ -112,7 +121,9 @@ def out_of_resources(exc: BaseException, *, host: str) -> ServerBusy | None:
     return None
 
 
-def no_connection(exc: BaseException, *, host: str, reason: str = "") -> UpstreamError:
+def no_connection(
+    exc: BaseException, *, host: str, reason: str = "", hint: str = SET_HOST
+) -> UpstreamError:
     """The error for a call that got no connection to Ollama, ``exc`` what the client library
     raised: this process out of resources (:func:`out_of_resources`), a server that answered
     a TLS handshake in plain HTTP, else Ollama not reachable."""
@@ -125,7 +136,7 @@ def no_connection(exc: BaseException, *, host: str, reason: str = "") -> Upstrea
             f"the server at {address} answered plain HTTP to a TLS connection: use "
             f"http://{address}, not https://"
         )
-    return transport_error(Failure.CONNECTION, host=host, started=False, reason=reason)
+    return transport_error(Failure.CONNECTION, host=host, started=False, reason=reason, hint=hint)
 
 
 _PLAIN_HTTP = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")

@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import (
 
 from ollama_meter.errors import UpstreamError, UpstreamTimeout
 from ollama_meter.upstream._classify import (
+    GATEWAYS_HOST,
     Failure,
     answer_error,
     detail_of,
@@ -98,6 +99,10 @@ class PooledUpstream(Resilient):
         self._session: aiohttp.ClientSession | None = None
         self._once: aiohttp.ClientSession | None = None
 
+    def _down(self, exc: BaseException, reason: str) -> UpstreamError:
+        """No connection: told to the gateway's callers as the gateway's setting to fix."""
+        return no_connection(exc, host=self.host, reason=reason, hint=GATEWAYS_HOST)
+
     @property
     def session(self) -> aiohttp.ClientSession:
         # Made on first use, inside the server's event loop.
@@ -129,9 +134,7 @@ class PooledUpstream(Resilient):
         try:
             response = await self._sent(method, url, body, dict(headers or {}), limits)
         except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect
-            raise transport_error(
-                Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
-            ) from exc
+            raise self._down(exc, _reason(exc)) from exc
         except TimeoutError as exc:
             silent = transport_error(Failure.TIMEOUT, host=self.host, started=False)
             silent.taken = delivered()  # the upstream has the call: not sent again
@@ -143,9 +146,7 @@ class PooledUpstream(Resilient):
             ) from exc
         except aiohttp.ServerDisconnectedError as exc:
             if isinstance(exc.message, str):  # aiohttp's "Server disconnected": not a byte came
-                raise transport_error(
-                    Failure.CONNECTION, host=self.host, started=False, reason=exc.message
-                ) from exc
+                raise self._down(exc, exc.message) from exc
             # What it read of an answer's head before the connection closed: the call was
             # taken (it is not sent again), and the answer is none.
             raise transport_error(
@@ -155,7 +156,7 @@ class PooledUpstream(Resilient):
                 reason="the connection closed partway through its status line and headers",
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise no_connection(exc, host=self.host, reason=_reason(exc)) from exc
+            raise self._down(exc, _reason(exc)) from exc
         if response.status not in ANSWER_STATUSES:
             # Passed on as it came, a 999 could not even be written (the server's status line
             # raised: no answer at all), and a 101 told the caller its connection was switched.

@@ -240,3 +240,154 @@ def test_a_closed_dispatcher_does_not_wait_again_for_a_hung_channel(db_url: str)
         assert dispatcher.flush(60.0) is False
     finally:
         stuck.let_go.set()
+
+
+def _taking_server(
+    quit_answer: bytes | None = b"221 bye\r\n", *, ehlo: bool = True
+) -> tuple[int, list[bytes], threading.Event]:
+    """A loopback SMTP server that takes every message (kept in the list it returns) and
+    then answers QUIT with ``quit_answer`` (None: not at all, until the event is set).
+    Without ``ehlo`` it speaks RFC 821 only: HELO, and no mail before it."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    taken: list[bytes] = []
+    stop = threading.Event()
+
+    def session(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 mx ready\r\n")
+            greeted = False
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO" and not ehlo:
+                    conn.sendall(b"502 5.5.2 command not recognized\r\n")
+                elif verb in (b"EHLO", b"HELO"):
+                    greeted = True
+                    conn.sendall(b"250-mx\r\n250 8BITMIME\r\n" if ehlo else b"250 mx\r\n")
+                elif verb == b"MAIL" and not greeted:
+                    conn.sendall(b"503 5.5.1 say HELO first\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    message = b"".join(iter(lines.readline, b".\r\n"))
+                    taken.append(message)
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+                elif verb == b"QUIT":
+                    if quit_answer is None:
+                        stop.wait(30)
+                    else:
+                        conn.sendall(quit_answer)
+                    return
+                else:
+                    conn.sendall(b"250 OK\r\n")
+
+    def serve() -> None:
+        with listener:
+            while not stop.is_set():
+                conn, _ = listener.accept()
+                threading.Thread(target=session, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], taken, stop
+
+
+def _mailed(
+    quit_answer: bytes | None = b"221 bye\r\n",
+    *,
+    ehlo: bool = True,
+    sender: str = "ometer@example.org",
+    to: str = "it@example.org",
+) -> tuple[str, bool, list[bytes]]:
+    """An alert sent by email to :func:`_taking_server`: its outcome, whether it was
+    delivered, and the messages the server took."""
+    from ollama_meter.budgets import EmailChannel, deliver
+
+    port, taken, stop = _taking_server(quit_answer, ehlo=ehlo)
+    channel = EmailChannel("127.0.0.1", port, sender=sender, recipients=[to], timeout=1.0)
+    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+    try:
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        stop.set()
+    return outcome["email"], delivered, taken
+
+
+@pytest.mark.parametrize(
+    "quit_answer", [b"500 5.5.1 what?\r\n", b"250 OK\r\n", None], ids=["500", "250", "silent"]
+)
+def test_an_email_the_server_took_is_sent_once_however_it_answers_quit(
+    quit_answer: bytes | None,
+) -> None:
+    """The message was the server's once it answered the DATA with 250: a QUIT answered with
+    anything but 221 (or not at all within the timeout) failed the attempt, so the alert was
+    mailed again, three times an attempt, each attempt again until the runs ran out."""
+    said, delivered, taken = _mailed(quit_answer)
+    assert (said, delivered) == ("sent to it@example.org", True)
+    assert len(taken) == 1 and b"budget at 90%" in taken[0]
+
+
+def test_an_smtp_server_that_speaks_only_helo_gets_the_alert() -> None:
+    """The channel greeted with EHLO only: a server of RFC 821 answers it 502, and smtplib
+    (its EHLO answer on record, a failure) never said HELO, so every MAIL was refused."""
+    said, delivered, taken = _mailed(ehlo=False)
+    assert (said, delivered, len(taken)) == ("sent to it@example.org", True, 1)
+
+
+@pytest.mark.parametrize("to", ["it@müller.example", "IT Müller <it@müller.example>"])
+def test_an_address_at_an_international_domain_gets_the_alert_from_any_server(to: str) -> None:
+    """OMETER_ALERT_EMAIL_TO took ``it@müller.example``, and smtplib then asked the server for
+    SMTPUTF8, which most do not offer: every delivery failed, each run again. The domain is
+    sent as DNS writes it (``xn--mller-kva.example``), which needs nothing of the server."""
+    said, delivered, taken = _mailed(sender="ometer@bücher.example", to=to)
+    assert delivered, said
+    (message,) = taken
+    assert b"it@xn--mller-kva.example" in message and b"ometer@xn--bcher-kva.example" in message
+
+
+def test_a_recipient_the_server_defers_gets_the_alert_later_and_the_others_once() -> None:
+    """A 4xx to one recipient (a full mailbox: try later) was taken as final: the alert was
+    on record as sent, and that recipient never got it. It is tried again, for that recipient
+    alone, by this process (the next try) and by the next run (from what the ledger says)."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Sink
+
+    from ollama_meter.budgets import EmailChannel, deliver
+    from ollama_meter.testing import unused_port
+
+    envelopes: list[list[str]] = []
+
+    class Defer(Sink):  # type: ignore[misc]
+        deferred = 0
+
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, _: Any) -> str:  # fmt: skip
+            if address.startswith("busy@") and self.deferred < 2:
+                self.deferred += 1
+                return "452 4.2.2 mailbox full, try later"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            envelopes.append(list(envelope.rcpt_tos))
+            return "250 queued"
+
+    controller = Controller(Defer(), hostname="127.0.0.1", port=unused_port())
+    controller.start()
+    try:
+        to = ["it@example.org", "Busy <busy@example.org>"]
+        channel = EmailChannel("127.0.0.1", controller.port, sender="o@example.org", recipients=to)
+        alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+        outcome, delivered = deliver(alert, [channel], attempts=1, sleep=lambda _: None)
+        assert not delivered and outcome["email"].startswith(
+            "failed: sent to it@example.org; deferred by the server (tried again): busy@example.org (452"
+        )
+        # the next run: a channel of its own, the alert as the ledger keeps it
+        again = EmailChannel("127.0.0.1", controller.port, sender="o@example.org", recipients=to)
+        outcome, delivered = deliver(replace(alert, deliveries=outcome), [again], attempts=1)
+        assert not delivered and outcome["email"].startswith(  # deferred once more, alone
+            "failed: sent to it@example.org; deferred by the server (tried again): busy@"
+        )
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)  # this process
+    finally:
+        controller.stop()
+    assert (outcome["email"], delivered) == ("sent to it@example.org, busy@example.org", True)
+    assert envelopes == [["it@example.org"], ["busy@example.org"]]

@@ -621,3 +621,28 @@ def test_a_passed_through_answer_keeps_its_headers_whatever_their_bytes(
     reply = gw.client.get("/api/tags")
     assert (reply.status_code, reply.content) == (200, b'{"error": "busy"}')
     assert [v for k, v in reply.headers.raw if k.lower() == b"x-note"] == [value]
+
+
+@pytest.mark.parametrize("several", [False, True])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/tags"])
+def test_a_server_the_gateway_cannot_reach_is_named_by_the_gateways_setting(
+    app_on: Callable[..., Gateway], sqlite_url: str, several: bool, path: str
+) -> None:
+    """Its callers were told 'is it running? Set OLLAMA_HOST to its address': their own
+    OLLAMA_HOST points at the gateway as it should, and set to Ollama's address it would
+    take their calls past the meter. The address is the gateway's to set."""
+    closed = []
+    for _ in range(2 if several else 1):
+        with socket.create_server(("127.0.0.1", 0)) as listener:  # nothing listens there now
+            closed.append(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    config = {"upstreams": ",".join(closed), "retries": 0} if several else {"retries": 0}
+    gw = app_on(closed[0], sqlite_url, config=config)
+    body = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]}
+    reply = gw.client.post(path, json={**body, "stream": False}) if "chat" in path else None
+    reply = reply or gw.client.get(path)
+    said = json.dumps(reply.json(), ensure_ascii=False)
+    assert reply.status_code in (502, 503) and "cannot reach Ollama at http://127.0.0.1:" in said
+    assert "OLLAMA_HOST to its address" not in said
+    assert (
+        "is it running? The gateway's --upstream, OMETER_UPSTREAMS or OLLAMA_HOST names it" in said
+    )

@@ -1,0 +1,277 @@
+"""Where budget alerts go besides the log: a webhook (Slack-compatible JSON) and email (SMTP:
+implicit TLS on port 465, elsewhere STARTTLS when offered). Each channel takes one alert and
+says where it went, or raises; retries, backoff and the record of what happened are
+``_alerts``'s. Each exchange is bounded in time and bytes, however the other end behaves."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import smtplib
+import socket
+import ssl
+import threading
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import parseaddr
+from typing import Any, Protocol
+
+from ollama_meter._urls import shown
+from ollama_meter.records import Alert
+
+log = logging.getLogger("ollama_meter.alerts")
+
+
+class Channel(Protocol):
+    name: str
+
+    def send(self, alert: Alert) -> str:
+        """Deliver; return where it went. Raise on failure."""
+        ...
+
+
+CHANNEL_TIMEOUT = 3.0
+"""Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
+
+
+class _Cut:
+    """Ends an HTTP exchange from another thread: called, it shuts the connection's socket
+    (a read waiting on it returns at once). ``trace`` is the httpcore hook that finds it."""
+
+    def __init__(self) -> None:
+        self.streams: list[Any] = []
+        self.done = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.streams.append(info.get("return_value"))
+
+    def __call__(self) -> None:
+        self.done = True
+        if self.streams:
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                self.streams[-1].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+
+
+class WebhookChannel:
+    name = "webhook"
+
+    def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
+        self.url = url
+        self.where = shown(url, path=False)  # a webhook's path is its secret
+        self.timeout = timeout
+
+    def send(self, alert: Alert) -> str:
+        import httpx  # loaded when an alert goes out, not by every command that reads budgets
+
+        # Streamed, the body never read: the status says it all, and a webhook that answers
+        # with an endless body (a URL that serves a download) held the alert thread for
+        # ever, its memory growing, every later alert queued behind it. The timeout bounds
+        # each read, not the answer: one trickled a byte at a time is cut by a watchdog.
+        cut = _Cut()
+        watchdog = threading.Timer(self.timeout * 3, cut)
+        watchdog.daemon = True
+        try:
+            with httpx.Client(timeout=self.timeout) as client:
+                request = client.build_request(
+                    "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
+                )
+                watchdog.start()
+                response = client.send(request, stream=True)
+                status, reason = response.status_code, response.reason_phrase
+                response.close()
+        except httpx.HTTPError as exc:
+            if cut.done:
+                raise OSError(
+                    f"{self.where} did not answer within {self.timeout * 3:g} s"
+                ) from None
+            raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
+        finally:
+            watchdog.cancel()
+        if not 200 <= status < 300:
+            raise OSError(f"{self.where} answered {status} {reason}")
+        return f"sent to {self.where}"
+
+
+SMTP_REPLY_BYTES = 256 * 1024
+"""Bytes an SMTP server may send in one session: a few hundred make a normal one."""
+
+
+class _Session(smtplib.SMTP):
+    """An SMTP session bounded in the bytes it reads and, by :meth:`cut`, in time.
+
+    ``timeout`` bounds each read, not the session: a server that never ends a multi-line
+    reply (or trickles it) held the alert thread for ever, smtplib collecting every line.
+    """
+
+    def __init__(self, timeout: float, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(timeout=timeout)  # no host: connect() below, once it can be cut
+        self._left = SMTP_REPLY_BYTES
+        self._tls = tls
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's own hook (SMTP_SSL overrides it too); typeshed leaves it out.
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        if self._tls is None:
+            return sock
+        return self._tls.wrap_socket(sock, server_hostname=host)  # implicit TLS: SMTPS
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:  # a new socket (connect, STARTTLS)
+            self.file = _Counted(self, self.sock.makefile("rb"))
+        return super().getreply()
+
+    def count(self, line: bytes) -> bytes:
+        self._left -= len(line)
+        if self._left < 0:
+            raise OSError(f"the server sent more than {SMTP_REPLY_BYTES} bytes")
+        return line
+
+    def cut(self) -> None:
+        """End the session from another thread: a read waiting in it returns at once."""
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            if self.sock is not None:
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Counted:
+    """The reader smtplib reads replies from, its bytes counted against the session's."""
+
+    def __init__(self, session: _Session, reader: Any) -> None:
+        self.session, self.reader = session, reader
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.session.count(self.reader.readline(size))
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+SMTPS_PORT = 465
+"""The port of SMTP over implicit TLS (RFC 8314): TLS from the first byte, no STARTTLS."""
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        user: str | None = None,
+        password: str | None = None,
+        timeout: float = CHANNEL_TIMEOUT,
+        implicit_tls: bool | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.sender, self.recipients = _dns_domain(sender), [_dns_domain(r) for r in recipients]
+        self.user, self.password = user, password
+        self.timeout = timeout
+        # On 465 the server waits for a TLS hello: spoken in clear, each attempt timed out.
+        self.implicit_tls = port == SMTPS_PORT if implicit_tls is None else implicit_tls
+        self._have: dict[int, set[str]] = {}
+        """Per alert, the addresses that have it, while some the server deferred do not."""
+
+    def send(self, alert: Alert) -> str:
+        have = self._have.get(alert.id, set()) | _sent_before(alert.deliveries.get(self.name))
+        addresses = [parseaddr(r)[1] for r in self.recipients]
+        if owed := [a for a in addresses if a not in have]:
+            message = EmailMessage()
+            message["Subject"] = alert.subject
+            message["From"] = self.sender
+            message["To"] = ", ".join(self.recipients)
+            message.set_content(alert.text() + "\n")
+            tls = ssl.create_default_context() if self.implicit_tls else None
+            smtp = _Session(self.timeout, tls)
+            # A whole session (about six exchanges) within three reads' timeout.
+            watchdog = threading.Timer(self.timeout * 3, smtp.cut)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                refused = self._send(smtp, message, owed)
+            except smtplib.SMTPRecipientsRefused as exc:  # every one: deferred, or failed
+                if not any(400 <= code < 500 for code, _ in exc.recipients.values()):
+                    raise
+                refused = exc.recipients
+            finally:
+                watchdog.cancel()
+                smtp.close()
+            have |= {a for a in owed if a not in refused}
+        else:
+            refused = {}
+        took = ", ".join(a for a in addresses if a in have)
+        # A 4xx is "try later" (a full mailbox): tried again, for those alone. Not the others:
+        # they have it, and would get it again.
+        if deferred := {a: answer for a, answer in refused.items() if 400 <= answer[0] < 500}:
+            self._have[alert.id] = have
+            raise OSError(f"{SENT}{took or 'none'}{DEFERRED}{_answers(deferred)}")
+        self._have.pop(alert.id, None)
+        if not refused:
+            return f"sent to {took}"
+        said = _answers(refused)
+        log.warning("alert email to %s refused by %s: %s", ", ".join(refused), self.host, said)
+        return f"sent to {took}; refused by the server: {said}"
+
+    def _send(
+        self, smtp: smtplib.SMTP, message: EmailMessage, to: list[str]
+    ) -> dict[str, tuple[int, bytes]]:
+        """Send ``message``; the recipients the server refused (all refused raises)."""
+        smtp.connect(self.host, self.port)
+        smtp.ehlo_or_helo_if_needed()  # EHLO, else HELO (an RFC 821 server): never neither
+        if self.implicit_tls:
+            pass  # TLS from the first byte: the login below goes inside it
+        elif smtp.has_extn("starttls"):
+            smtp.starttls(context=ssl.create_default_context())
+            smtp.ehlo()
+        elif self.user:  # no offer (or one stripped on the way): the password stays here
+            raise OSError(
+                f"{self.host} does not offer STARTTLS: the OMETER_SMTP_USER login is not "
+                "sent in clear (use a server or port that offers STARTTLS, or no user)"
+            )
+        if self.user:
+            smtp.login(self.user, self.password or "")
+        refused = smtp.send_message(message, to_addrs=to)
+        # The server has the message since it took its DATA: a QUIT answered with anything
+        # but 221 (smtplib's ``with`` raises then) is no failure, or the alert is mailed again.
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            smtp.quit()
+        return refused
+
+
+SENT, DEFERRED = "sent to ", "; deferred by the server (tried again): "
+"""How an attempt that left recipients deferred is on record (``failed: sent to A; deferred
+...``): the next run reads from it who has the alert already."""
+
+
+def _sent_before(outcome: str | None) -> set[str]:
+    """The addresses an earlier attempt on record sent the alert to, while it left others
+    deferred (none when it did not)."""
+    said = (outcome or "").removeprefix("failed: ")
+    if not said.startswith(SENT) or DEFERRED not in said:
+        return set()
+    return set(said[len(SENT) : said.index(DEFERRED)].split(", "))
+
+
+def _answers(refused: dict[str, tuple[int, bytes]]) -> str:
+    return ", ".join(
+        f"{r} ({code} {text.decode(errors='replace')})" for r, (code, text) in refused.items()
+    )
+
+
+def _dns_domain(address: str) -> str:
+    """``address`` with its domain as DNS writes it: ``it@müller.de`` as ``it@xn--mller-kva.de``,
+    which any server takes (smtplib asks for SMTPUTF8 for the first, which most do not offer,
+    and every delivery failed). A name that IDNA cannot write is left as it is."""
+    import idna  # httpx's reading of such names, as the URL settings use it
+
+    local, at, domain = parseaddr(address)[1].rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        written = idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return address
+    return address.replace(f"{local}@{domain}", f"{local}@{written}")
