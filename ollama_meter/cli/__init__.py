@@ -258,9 +258,14 @@ def _once(command: Any) -> None:
 
 def _whole_numbers(ctx: typer.Context, command: Any, given: dict[str, Any]) -> None:
     """Refuse an integer option or argument written as anything but digits
-    (:func:`~ollama_meter._names.whole_number`): typer read ``--keep-days 10.0`` as 10."""
+    (:func:`~ollama_meter._names.whole_number`): typer read ``--keep-days 10.0`` as 10. So too
+    the environment variable of one not given (``OMETER_SLOTS=2_048 ometer serve`` ran 2,048
+    slots), set blank included, as a setting read by :mod:`ollama_meter.config` is (click
+    takes a blank variable for one not set, and went on with the default)."""
     for param in command.params:
         raw = given.get(param.name)
+        if raw is None and isinstance(getattr(param, "envvar", None), str):
+            raw = os.environ.get(param.envvar)
         descriptor = getattr(param, "type_descriptor", None)
         if not isinstance(raw, str) or descriptor is None:
             continue

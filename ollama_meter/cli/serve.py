@@ -23,7 +23,13 @@ from ollama_meter.cli._common import (
 from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
-from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, short_token
+from ollama_meter.gateway._limits import (
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    MOST_BODY_BYTES,
+    MOST_HEADER_BYTES,
+    short_token,
+)
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
 if TYPE_CHECKING:
@@ -130,6 +136,7 @@ def serve(
             "--max-body-bytes",
             envvar="OMETER_MAX_BODY_BYTES",
             min=1024,
+            max=MOST_BODY_BYTES,
             help="Largest request body; more is refused with 413.",
         ),
     ] = MAX_BODY_BYTES,
@@ -139,6 +146,7 @@ def serve(
             "--max-header-bytes",
             envvar="OMETER_MAX_HEADER_BYTES",
             min=1024,
+            max=MOST_HEADER_BYTES,
             help="Largest request line and headers; more is refused with 431.",
         ),
     ] = MAX_HEADER_BYTES,

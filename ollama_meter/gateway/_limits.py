@@ -6,6 +6,11 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 MAX_HEADER_BYTES = 64 * 1024
 """Request line and headers; real clients send a few hundred bytes."""
+MOST_BODY_BYTES = 2**30
+"""The most ``--max-body-bytes`` may say (1 GiB, 7 times the largest embedding batch seen): the
+gateway holds up to 8 bodies at once (``_memory``), so a larger one bounds no memory at all."""
+MOST_HEADER_BYTES = 2**20
+"""The most ``--max-header-bytes`` may say (1 MiB, 16 times the default)."""
 
 MIN_SHARED_TOKEN = 16
 """The fewest characters of an admin token on a gateway others can reach: it alone opens

@@ -100,8 +100,10 @@ def test_digits_are_read_as_before(cli, tmp_path: Path, value: str) -> None:  # 
     assert any(f"started before {day} 00:00 UTC" in result.stdout for day in days), result.stdout
 
 
-def _integer_params() -> list[tuple[tuple[str, ...], str, str | None]]:
-    """(command path, parameter name, option or None for an argument) of every integer one."""
+def _integer_params(*, envvars: bool = False) -> list[tuple[tuple[str, ...], str, str | None]]:
+    """(command path, parameter name, option or None for an argument) of every integer one;
+    ``envvars``: of every integer option an environment variable sets, that variable for the
+    option."""
     import typer.main
 
     from ollama_meter.cli import app
@@ -113,9 +115,12 @@ def _integer_params() -> list[tuple[tuple[str, ...], str, str | None]]:
             walk(sub, (*path, name))
         for param in getattr(command, "params", ()) if path else ():
             descriptor = getattr(param, "type_descriptor", None)
-            if descriptor is not None and descriptor.annotation is int:
+            if descriptor is not None and descriptor.annotation in (int, int | None):
                 option = param.opts[0] if param.param_type_name == "option" else None
-                found.append((path, param.name, option))
+                if envvars and param.envvar:
+                    found.append((path, param.name, param.envvar))
+                elif not envvars and descriptor.annotation is int:
+                    found.append((path, param.name, option))
 
     walk(typer.main.get_command(app), ())
     return found
@@ -133,3 +138,32 @@ def test_every_integer_option_and_argument_refuses_what_is_not_digits(cli, tmp_p
         said = result.stderr
         assert result.code == 2, (path, name, said)
         assert "'1_0' is not a whole number" in said and said.count("\n") == 1, (path, name, said)
+
+
+ENV_PARAMS = _integer_params(envvars=True)
+
+
+@pytest.mark.parametrize("value", ["2_048", "10.0", "", " "])
+def test_every_integer_option_set_from_the_environment_refuses_what_is_not_digits(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    value: str,
+) -> None:
+    """``OMETER_SLOTS=2_048 ometer serve`` ran a gateway of 2,048 slots, where ``--slots 2_048``
+    was refused, and a blank OMETER_MAX_BODY_BYTES was the default where a blank OMETER_SLOTS
+    read by the settings is refused. The gateway never starts: the mistake is the setting's."""
+    assert {variable for _, _, variable in ENV_PARAMS} >= {
+        "OMETER_SLOTS", "OMETER_MAX_QUEUE", "OMETER_MAX_BODY_BYTES", "OMETER_MAX_HEADER_BYTES"
+    }  # fmt: skip
+    missing = tmp_path / "never-made.db"
+    for path, _, variable in ENV_PARAMS:
+        assert isinstance(variable, str)
+        with monkeypatch.context() as env:
+            env.setenv(variable, value)
+            # Beyond loopback with no key: refused once read, never a gateway left running.
+            result = cli(*path, "--host", "0.0.0.0", "--db", f"sqlite:///{missing}")
+        said = result.stderr
+        assert result.code == 2, (variable, said)
+        assert f"(env var: '{variable}'): {value!r} is not a whole number" in said, said
+        assert said.count("\n") == 1 and not missing.exists()

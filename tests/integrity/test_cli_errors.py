@@ -90,6 +90,16 @@ def test_no_value_a_user_types_gives_a_traceback(
         (["chat", "--dept", "sales\n", "hi"], "has characters other than"),
         (["reprice", "--since", "2026-11-10", "--until", "2026-11-01"], "is before --since"),
         (["report", "--since", "9998-01-01"], "--since 9998-01-01 is after today"),
+        # no bound: the gateway's body memory (8 bodies) had none either; beyond loopback
+        # with no key, refused once read: never a gateway left running
+        (
+            ["serve", "--host", "0.0.0.0", "--max-body-bytes", "9" * 26],
+            "less than or equal to 1073741824",
+        ),
+        (
+            ["serve", "--host", "0.0.0.0", "--max-header-bytes", "9" * 26],
+            "less than or equal to 1048576",
+        ),
         # a byte that is not UTF-8 in a server's URL (a Latin-1 shell): "unexpected
         # UnicodeEncodeError", exit 70, from the spool folder's name or SQLAlchemy
         (["log", "--db", "postgresql+psycopg://x@127.0.\udce90.1:1/db"], "not UTF-8 text"),
