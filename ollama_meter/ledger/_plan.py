@@ -57,7 +57,8 @@ GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
     "user": func.coalesce(SPANS.c.user, ""),
     "model": ANSWERED_MODEL,
 }
-"""What reports group by, as raw span expressions; rollups store these very values."""
+"""What reports group by, as raw span expressions; rollups store these values, a model folded
+to the one name it counts as (``_spans.group_values`` folds a raw row's the same way)."""
 
 CUBE_GRAINS = (Grain.MONTH, Grain.DAY, Grain.QUARTER)
 HISTOGRAM_GRAINS = (Grain.MONTH, Grain.DAY)

@@ -16,7 +16,14 @@ from ollama_meter.ledger._span_rows import read_as_stored, row_to_span
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SPANS
-from ollama_meter.records import TEXT_LIMITS, PastCall, PriceRule, SpanRecord, storable_text
+from ollama_meter.records import (
+    TEXT_LIMITS,
+    PastCall,
+    PriceRule,
+    SpanRecord,
+    counted_model,
+    storable_text,
+)
 
 _TABLE: Table = SPANS
 _COST_COLUMNS = (
@@ -249,7 +256,33 @@ ANSWERED_MODEL = func.coalesce(func.nullif(SPANS.c.response_model, ""), SPANS.c.
 """The model a raw span counts under, as :attr:`SpanRecord.model` and the rollups have it: the
 one Ollama answered with, else the one asked for; an empty answer (an import can hold one)
 is none. ``coalesce`` alone took ``""`` for an answer, so the raw spans and the rollups put
-one call under two models, and ``--model`` found it in a report but not in ``log``."""
+one call under two models, and ``--model`` found it in a report but not in ``log``.
+
+Reports count it under :func:`~ollama_meter.records.counted_model` of it (Ollama runs
+``LLAMA3.1:8B`` and ``llama3.1:8b`` as one model), as the rollups keep it: SQL groups by the
+text as stored (SQLite's ``lower()`` knows ASCII only), :func:`group_values` folds."""
+
+
+def group_values(by: Sequence[str], values: Sequence[Any]) -> tuple[str, ...]:
+    """A raw row's group (its values of the ``by`` columns) as the rollups key it: text, and a
+    model under the one name it counts as, so groups of two spellings of it are one."""
+    return tuple(
+        counted_model(str(value)) if name == "model" else str(value)
+        for name, value in zip(by, values, strict=True)
+    )
+
+
+def model_spellings(conn: Connection, where: SpanFilter) -> list[str]:
+    """The models, as spans have them, that count as ``where.model`` among the spans
+    ``where`` picks otherwise: what a raw read filters on (no SQL folds as Python does)."""
+    others = [*SpanFilter(**{**_values(where), "model": None}).clauses(conn)]
+    found = conn.scalars(select(ANSWERED_MODEL).where(*others).distinct())
+    return sorted(name for name in found if counted_model(name) == where.model)
+
+
+def _values(where: SpanFilter) -> dict[str, Any]:
+    return {name: getattr(where, name) for name in SpanFilter.__dataclass_fields__}
+
 
 _TEXT_FILTERS = {
     "tenant": "tenant",
@@ -282,8 +315,11 @@ class SpanFilter:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, storable_text(str(value), TEXT_LIMITS[column]))
+        if self.model is not None:  # any spelling of a model picks all of its calls
+            object.__setattr__(self, "model", counted_model(self.model))
 
-    def clauses(self) -> list[Any]:
+    def clauses(self, conn: Connection) -> list[Any]:
+        """The WHERE clauses of spans this picks; ``conn`` finds the spellings of its model."""
         clauses: list[Any] = []
         if self.since is not None:
             clauses.append(SPANS.c.started_at >= self.since)
@@ -299,13 +335,13 @@ class SpanFilter:
             if value is not None:
                 clauses.append(column == value)
         if self.model is not None:
-            clauses.append(self.model == ANSWERED_MODEL)
+            clauses.append(ANSWERED_MODEL.in_(model_spellings(conn, self)))
         return clauses
 
 
 def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRecord]:
     """Newest first. Ids are ULIDs, so the primary key orders by start time."""
-    query = select_spans().where(*where.clauses()).order_by(SPANS.c.id.desc()).limit(limit)
+    query = select_spans().where(*where.clauses(conn)).order_by(SPANS.c.id.desc()).limit(limit)
     return [row_to_span(row) for row in conn.execute(query)]
 
 
@@ -316,7 +352,7 @@ def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> l
     each held gigabytes): what pages them (a reprice) works from counts and durations."""
     query = (
         select_spans(content=False)
-        .where(*where.clauses(), SPANS.c.id > after)
+        .where(*where.clauses(conn), SPANS.c.id > after)
         .order_by(SPANS.c.id)
         .limit(limit)
     )
