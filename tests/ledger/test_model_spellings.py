@@ -3,25 +3,36 @@ as one model (and echoes the caller's spelling): every report counts it under on
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, strategies as st
+from sqlalchemy import select
 
-from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter, _rollup, close_ledgers, prune
 from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.ledger._rollup import HISTOGRAMS, ROLLUPS
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import parse_period
-from ollama_meter.records import counted_model
+from ollama_meter.records import MODEL_LIMIT, counted_model
 from ollama_meter.reports import perf_report, spend_report
+from tests.factories import make_span
+from tests.ledger.test_ledger import downgrade
 from tests.ledger.test_rollups import (
     BY,
     EXAMPLES,
+    MODELS,
     NOW,
     ZONES,
     _fill,
     ledger,  # noqa: F401 (a fixture)
     ledger_contents,
+    spelled,
 )
 
 
@@ -76,3 +87,81 @@ def test_a_models_spellings_count_as_the_one_name_in_every_report(
     assert reports() == spelled
     models = {counted_model(s.response_model or s.request_model) for s in content[0]}
     assert set(ledger.names("model")) == models
+
+
+_SPELLED = [
+    *["llama3.1:8b"] * 12,
+    *["LLAMA3.1:8B"] * 2,
+    *["llama3.1:8b "] * 2,
+    "registry.ollama.ai/library/llama3.1:8b",
+    "llama3.1",
+    "Library/Llama3.1:latest",
+    "*",
+    "*:latest",
+]
+
+
+def _office(days: Sequence[datetime]) -> list[SpanRecord]:
+    return [
+        make_span(
+            started_at=day + timedelta(minutes=7 * n),
+            request_model=name,
+            response_model=name if n % 3 else None,
+            department=("sales", "ops")[n % 2],
+            latency_ns=(n + 1) * 10**8,
+            cost_total=1_000 + n,
+            cost_tokens=1_000 + n,
+        )
+        for day in days
+        for n, name in enumerate(_SPELLED)
+    ]
+
+
+def _rollup_rows(made: Ledger) -> dict[str, list[tuple[Any, ...]]]:
+    with made.read() as conn:
+        return {t.name: sorted(map(tuple, conn.execute(select(t)))) for t in (ROLLUPS, HISTOGRAMS)}
+
+
+def test_an_older_ledgers_rows_of_a_models_spellings_are_merged_on_upgrade_pruned_days_too(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger 0017's ometer wrote (rollup rows per spelling), a day of it pruned (rollups
+    only): upgraded, its rollups are those the head writes for the same calls, and a report
+    counts each model once over the pruned day and the kept one."""
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    calls = _office([datetime(2026, 11, 2, 9, tzinfo=UTC), datetime(2026, 11, 28, 9, tzinfo=UTC)])
+    with monkeypatch.context() as old:  # as 0017 wrote them: each spelling its own rows
+        old.setattr(_rollup, "counted_model", lambda name: name)
+        ledger = Ledger(db_url)
+        ledger.record([replace(s) for s in calls])
+        assert prune(ledger, 10, now=now).removed == len(_SPELLED)
+    split = _rollup_rows(ledger)
+    assert {row[5] for row in split["rollups"]} >= {"LLAMA3.1:8B", "llama3.1:8b ", "*"}
+    downgrade(ledger, "0017")
+    close_ledgers()
+    upgraded = _rollup_rows(Ledger(db_url))
+    assert upgraded != split
+
+    _fill(ledger, [[replace(s) for s in calls]], ZoneInfo("UTC"))  # the head, from the start
+    prune(ledger, 10, now=now)
+    assert upgraded == _rollup_rows(ledger)
+    window = parse_period("2026-11", tz=UTC, now=now)
+    rows = spend_report(ledger, window, ["model"], tz=UTC).rows
+    assert {r.label("model"): r.requests for r in rows} == {
+        "llama3.1:8b": 34,
+        "llama3.1:latest": 4,
+        "*:latest": 4,
+    }
+    asked = spend_report(ledger, window, ["model"], tz=UTC, model="LLAMA3.1:8B ").rows
+    assert [(r.label("model"), r.requests) for r in asked] == [("llama3.1:8b", 34)]
+
+
+@given(st.text(max_size=300) | spelled([*MODELS, "a" * 260, "https://https://x", "İ" * 130]))
+def test_the_migration_folds_names_as_the_meter_does(name: str) -> None:
+    """0018 keeps its own copy of the fold: the same name for any text."""
+    assert _migration._counted(name) == counted_model(name)
+    assert counted_model(counted_model(name)) == counted_model(name)
+    assert len(counted_model(name)) <= MODEL_LIMIT
+
+
+_migration = importlib.import_module("migrations.versions.0018_model_spellings")
