@@ -8,8 +8,10 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ollama_meter.ledger import Ledger
+from ollama_meter.reports import DashQuery, dashboard_report
 from tests.factories import make_span
 
 _WINDOW = ("--since", "2026-11-01", "--until", "2026-11-30")
@@ -58,3 +60,15 @@ def test_a_models_spellings_are_one_row_and_one_filter(cli: Any, db: str) -> Non
         # The spans keep each call's names as sent and answered: they are the evidence.
         assert sorted(s["request_model"] for s in logged) == sorted(_NAMES), asked
     assert json.loads(cli("report", "-m", "llama3.1", "-f", "json", *_WINDOW).stdout) == []
+
+
+def test_the_dashboard_lists_and_filters_a_models_spellings_as_one(db: str) -> None:
+    _record(db)
+    now, zone = datetime(2026, 11, 20, tzinfo=UTC), ZoneInfo("UTC")
+    for model in (None, "LLAMA3.1:8B ", "registry.ollama.ai/library/llama3.1:8b"):
+        query = DashQuery(period="month", model=model)
+        data = dashboard_report(Ledger(db), query, tz=zone, now=now).to_json()
+        assert data["summary"]["requests"] == 16, model
+        assert [(m["model"], m["requests"]) for m in data["models"]] == [("llama3.1:8b", 16)]
+        timed = [(r["model"], r["requests"]) for r in data["timing_by_model"]]
+        assert timed == [("llama3.1:8b", 16)], model
