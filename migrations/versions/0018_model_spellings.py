@@ -57,14 +57,16 @@ def _unqualified(name: str) -> str:
     return "/".join(parts)
 
 
+def _storable(name: str) -> str:
+    name = "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in name)
+    return name if len(name) <= _LIMIT else name[: _LIMIT - 1] + "…"
+
+
 def _fold(name: str) -> str:
-    if not name.strip():
-        return ""
+    if not name.strip():  # no name Ollama runs: nothing to fold
+        return _storable(name)
     key = _unqualified(name.strip().lower())
-    key = key if ":" in key.rsplit("/", 1)[-1] else f"{key}:latest"
-    key = "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in key)
-    if len(key) > _LIMIT:
-        key = key[: _LIMIT - 1] + "…"
+    key = _storable(key if ":" in key.rsplit("/", 1)[-1] else f"{key}:latest")
     return "".join(c if c.isprintable() else "\ufffd" for c in key)
 
 

@@ -18,8 +18,8 @@ def counted_model(name: str) -> str:
     ``llama3.1:latest``, as ``ollama list`` shows it), stored as the ledger stores a name
     (printable, at most :data:`MODEL_LIMIT` characters), and the same when folded again.
 
-    A name of nothing but spaces is no model (``""``), as the rollups keep one. Cached: the
-    write path folds every span's model.
+    A name of nothing but blanks is left as it is: it names no model. Cached: the write path
+    folds every span's model.
     """
     folded = name
     for _ in range(len(name) + 2):  # each pass that changes it drops a prefix or adds the tag
@@ -31,7 +31,7 @@ def counted_model(name: str) -> str:
 
 
 def _fold(name: str) -> str:
-    if not name.strip():
-        return ""
+    if not name.strip():  # no name Ollama runs: nothing to fold
+        return storable_text(name, MODEL_LIMIT)
     key = storable_text(model_key(name), MODEL_LIMIT)
     return key if key.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in key)

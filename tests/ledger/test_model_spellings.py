@@ -156,7 +156,11 @@ def test_an_older_ledgers_rows_of_a_models_spellings_are_merged_on_upgrade_prune
     assert [(r.label("model"), r.requests) for r in asked] == [("llama3.1:8b", 34)]
 
 
-@given(st.text(max_size=300) | spelled([*MODELS, "a" * 260, "https://https://x", "İ" * 130]))
+@given(
+    st.text(max_size=300)
+    | spelled([*MODELS, "a" * 260, "https://https://x", "İ" * 130])
+    | st.sampled_from([" ", " \t", "\x00", "x\ud800", " " * 300, "x\x01y"])
+)
 def test_the_migration_folds_names_as_the_meter_does(name: str) -> None:
     """0018 keeps its own copy of the fold: the same name for any text."""
     assert _migration._counted(name) == counted_model(name)
