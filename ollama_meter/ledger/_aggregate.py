@@ -42,7 +42,8 @@ from ollama_meter.ledger._plan import (
     stored,
 )
 from ollama_meter.ledger._rollup import MOST, ROLLUPS
-from ollama_meter.ledger._spans import SpanFilter, group_values
+from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._spellings import group_values
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS

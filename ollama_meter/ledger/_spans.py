@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null, select, update
+from sqlalchemy import Connection, Dialect, Select, Table, bindparam, null, select, update
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta, _prices, _rollup
 from ollama_meter.ledger._span_rows import read_as_stored, row_to_span
+from ollama_meter.ledger._spellings import ANSWERED_MODEL, latest_ids, spellings
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SPANS
@@ -252,38 +253,6 @@ def select_spans(*, content: bool = True) -> Select[Any]:
     return select(*(_COLUMNS if content else _WITHOUT_CONTENT))
 
 
-ANSWERED_MODEL = func.coalesce(func.nullif(SPANS.c.response_model, ""), SPANS.c.request_model)
-"""The model a raw span counts under, as :attr:`SpanRecord.model` and the rollups have it: the
-one Ollama answered with, else the one asked for; an empty answer (an import can hold one)
-is none. ``coalesce`` alone took ``""`` for an answer, so the raw spans and the rollups put
-one call under two models, and ``--model`` found it in a report but not in ``log``.
-
-Reports count it under :func:`~ollama_meter.records.counted_model` of it (Ollama runs
-``LLAMA3.1:8B`` and ``llama3.1:8b`` as one model), as the rollups keep it: SQL groups by the
-text as stored (SQLite's ``lower()`` knows ASCII only), :func:`group_values` folds."""
-
-
-def group_values(by: Sequence[str], values: Sequence[Any]) -> tuple[str, ...]:
-    """A raw row's group (its values of the ``by`` columns) as the rollups key it: text, and a
-    model under the one name it counts as, so groups of two spellings of it are one."""
-    return tuple(
-        counted_model(str(value)) if name == "model" else str(value)
-        for name, value in zip(by, values, strict=True)
-    )
-
-
-def model_spellings(conn: Connection, where: SpanFilter) -> list[str]:
-    """The models, as spans have them, that count as ``where.model`` among the spans
-    ``where`` picks otherwise: what a raw read filters on (no SQL folds as Python does)."""
-    others = [*SpanFilter(**{**_values(where), "model": None}).clauses(conn)]
-    found = conn.scalars(select(ANSWERED_MODEL).where(*others).distinct())
-    return sorted(name for name in found if counted_model(name) == where.model)
-
-
-def _values(where: SpanFilter) -> dict[str, Any]:
-    return {name: getattr(where, name) for name in SpanFilter.__dataclass_fields__}
-
-
 _TEXT_FILTERS = {
     "tenant": "tenant",
     "department": "department",
@@ -335,14 +304,25 @@ class SpanFilter:
             if value is not None:
                 clauses.append(column == value)
         if self.model is not None:
-            clauses.append(ANSWERED_MODEL.in_(model_spellings(conn, self)))
+            others = replace(self, model=None).clauses(conn)
+            clauses.append(ANSWERED_MODEL.in_(spellings(conn, self.model, others)))
         return clauses
 
 
 def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRecord]:
     """Newest first. Ids are ULIDs, so the primary key orders by start time."""
-    query = select_spans().where(*where.clauses(conn)).order_by(SPANS.c.id.desc()).limit(limit)
-    return [row_to_span(row) for row in conn.execute(query)]
+    if where.model is None:
+        query = select_spans().where(*where.clauses(conn))
+        return [
+            row_to_span(row) for row in conn.execute(query.order_by(SPANS.c.id.desc()).limit(limit))
+        ]
+    others = replace(where, model=None).clauses(conn)
+    ids = latest_ids(conn, where.model, others, limit)
+    found: list[SpanRecord] = []
+    for at in range(0, len(ids), 1_000):
+        query = select_spans().where(SPANS.c.id.in_(ids[at : at + 1_000]))
+        found += map(row_to_span, conn.execute(query))
+    return sorted(found, key=lambda span: span.id, reverse=True)
 
 
 def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> list[SpanRecord]:

@@ -50,7 +50,8 @@ from ollama_meter.ledger._rollup import (
     HISTOGRAMS,
 )
 from ollama_meter.ledger._span_rows import row_to_span
-from ollama_meter.ledger._spans import SpanFilter, group_values, select_spans
+from ollama_meter.ledger._spans import SpanFilter, select_spans
+from ollama_meter.ledger._spellings import group_values
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, strategies as st
 from sqlalchemy import select
 
-from ollama_meter.ledger import Ledger, SpanFilter, _rollup, close_ledgers, prune
+from ollama_meter.ledger import Ledger, SpanFilter, _rollup, _spellings, close_ledgers, prune
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._rollup import HISTOGRAMS, ROLLUPS
 from ollama_meter.meter import SpanRecord
@@ -169,3 +169,22 @@ def test_the_migration_folds_names_as_the_meter_does(name: str) -> None:
 
 
 _migration = importlib.import_module("migrations.versions.0018_model_spellings")
+
+
+def test_log_of_a_model_reads_back_page_by_page_as_far_as_its_calls_go(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``log -m`` reads ids and models newest first, a page at a time, until it has ``limit``
+    calls of the model: the newest, in order, whichever page they were on."""
+    monkeypatch.setattr(_spellings, "SCAN_ROWS", 3)
+    calls = _office([datetime(2026, 11, 2, 9, tzinfo=UTC), datetime(2026, 11, 28, 9, tzinfo=UTC)])
+    made = Ledger(sqlite_url)
+    made.record([replace(s) for s in calls])
+    for asked in ("LLAMA3.1:8B", "llama3.1", "*", "nothing"):
+        ids = sorted(
+            (s.id for s in calls if counted_model(s.model) == counted_model(asked)), reverse=True
+        )
+        for limit in (1, 2, 3, 4, 7, 33, 34, 35, 100):
+            found = made.latest(SpanFilter(model=asked, department="sales"), limit=limit)
+            sales = [i for i in ids if i in {s.id for s in calls if s.department == "sales"}]
+            assert [s.id for s in found] == sales[:limit], (asked, limit)
