@@ -72,3 +72,14 @@ def test_the_dashboard_lists_and_filters_a_models_spellings_as_one(db: str) -> N
         assert [(m["model"], m["requests"]) for m in data["models"]] == [("llama3.1:8b", 16)]
         timed = [(r["model"], r["requests"]) for r in data["timing_by_model"]]
         assert timed == [("llama3.1:8b", 16)], model
+
+
+def test_a_filter_that_matches_nothing_knows_every_spelling_of_a_model(cli: Any, db: str) -> None:
+    """Nothing of tenant ``nobody``: the note names the tenant, not the model spelled otherwise."""
+    _record(db)
+    said = cli("report", "-m", "LLAMA3.1:8B", "--tenant", "nobody", *_WINDOW).stderr
+    assert "no span has tenant 'nobody'" in said and "model" not in said, said
+    said = cli("log", "-m", " Llama3.1:8B", "--tenant", "nobody").stdout
+    assert "no span has tenant 'nobody'" in said and "model" not in said, said
+    said = cli("report", "-m", "llama3.1:7b", *_WINDOW).stderr
+    assert "no span has model 'llama3.1:7b' (did you mean 'llama3.1:8b'?)" in said, said
