@@ -312,10 +312,8 @@ class SpanFilter:
 def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRecord]:
     """Newest first. Ids are ULIDs, so the primary key orders by start time."""
     if where.model is None:
-        query = select_spans().where(*where.clauses(conn))
-        return [
-            row_to_span(row) for row in conn.execute(query.order_by(SPANS.c.id.desc()).limit(limit))
-        ]
+        query = select_spans().where(*where.clauses(conn)).order_by(SPANS.c.id.desc())
+        return [row_to_span(row) for row in conn.execute(query.limit(limit))]
     others = replace(where, model=None).clauses(conn)
     ids = latest_ids(conn, where.model, others, limit)
     found: list[SpanRecord] = []

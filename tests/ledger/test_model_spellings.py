@@ -4,6 +4,7 @@ as one model (and echoes the caller's spelling): every report counts it under on
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from ollama_meter.ledger import Ledger, SpanFilter, _rollup, _spellings, close_l
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._rollup import HISTOGRAMS, ROLLUPS
 from ollama_meter.meter import SpanRecord
-from ollama_meter.periods import parse_period
+from ollama_meter.periods import Window, parse_period
 from ollama_meter.records import MODEL_LIMIT, counted_model
 from ollama_meter.reports import perf_report, spend_report
 from tests.factories import make_span
@@ -154,6 +155,13 @@ def test_an_older_ledgers_rows_of_a_models_spellings_are_merged_on_upgrade_prune
     }
     asked = spend_report(ledger, window, ["model"], tz=UTC, model="LLAMA3.1:8B ").rows
     assert [(r.label("model"), r.requests) for r in asked] == [("llama3.1:8b", 34)]
+    # The pruned day from rollups, the kept one up to 10:11 from its spans (an open edge).
+    edge = Window(window.start, datetime(2026, 11, 28, 10, 11, 30, tzinfo=UTC), "to 10:11")
+    counted = Counter(counted_model(s.model) for s in calls if s.started_at < edge.end)
+    for model in (None, "Library/LLAMA3.1:8b", "llama3.1", "*"):
+        rows = spend_report(ledger, edge, ["model"], tz=UTC, model=model).rows
+        wanted = {m: n for m, n in counted.items() if model is None or m == counted_model(model)}
+        assert {r.label("model"): r.requests for r in rows} == wanted, model
 
 
 @given(
