@@ -20,7 +20,7 @@ from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._rollup import HISTOGRAMS, ROLLUPS
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import Window, parse_period
-from ollama_meter.records import MODEL_LIMIT, counted_model
+from ollama_meter.records import MODEL_LIMIT, counted_model, make_storable
 from ollama_meter.reports import perf_report, spend_report
 from tests.factories import make_span
 from tests.ledger.test_ledger import downgrade
@@ -196,3 +196,22 @@ def test_log_of_a_model_reads_back_page_by_page_as_far_as_its_calls_go(
             found = made.latest(SpanFilter(model=asked, department="sales"), limit=limit)
             sales = [i for i in ids if i in {s.id for s in calls if s.department == "sales"}]
             assert [s.id for s in found] == sales[:limit], (asked, limit)
+
+
+def test_names_the_meter_rewrites_to_store_are_found_by_any_spelling(sqlite_url: str) -> None:
+    """A control character (stored as U+FFFD), a name longer than the column (cut), one that
+    lower case makes longer (``İ`` is two letters): each counts under one name the rollups'
+    column holds, and a filter of the name as the caller wrote it finds its calls."""
+    named = ["Bad\x01Name", "X" * 300, "İ" * 200, "*"]
+    made = Ledger(sqlite_url)
+    made.record([make_storable(make_span(request_model=name)) for name in named])
+    assert sorted(made.names("model")) == sorted(counted_model(n) for n in named)
+    assert all(len(n) <= MODEL_LIMIT for n in made.names("model"))
+    window = parse_period("2026-11", tz=UTC, now=NOW)
+    for name in named:
+        # Blanks around a name cut to fit are another name: the ledger kept what fitted.
+        padded = [f" {name} "] if len(name) + 2 <= MODEL_LIMIT else []
+        for asked in (name, name.lower(), name.upper(), *padded):
+            rows = spend_report(made, window, ["model"], tz=UTC, model=asked).rows
+            assert [(r.label("model"), r.requests) for r in rows] == [(counted_model(name), 1)]
+            assert len(made.latest(SpanFilter(model=asked))) == 1
