@@ -25,14 +25,13 @@ from ollama_meter.reports import perf_report, spend_report
 from tests.factories import make_span
 from tests.ledger.test_ledger import downgrade
 from tests.ledger.test_rollups import (
-    BY,
     EXAMPLES,
     MODELS,
     NOW,
-    ZONES,
+    REPORTED,
+    SPELLINGS,
     _fill,
     ledger,  # noqa: F401 (a fixture)
-    ledger_contents,
     spelled,
 )
 
@@ -48,15 +47,7 @@ def _canonical(span: SpanRecord) -> SpanRecord:
 
 
 @EXAMPLES
-@given(
-    content=ledger_contents(),
-    zone=st.sampled_from(ZONES),
-    cells=st.sampled_from(ZONES),
-    by=BY,
-    unit=st.sampled_from([None, "day", "month"]),
-    period=st.sampled_from(["2026-11", "2026-11-15", "2026-12"]),
-    model=st.sampled_from([None, "llama3.1:8b", " LLAMA3.1:8B", "llama3.1", "*", "QWEN2.5:7B"]),
-)
+@given(**REPORTED, model=SPELLINGS)
 def test_a_models_spellings_count_as_the_one_name_in_every_report(
     ledger: Ledger,  # noqa: F811
     content: tuple[list[SpanRecord], list[list[SpanRecord]]],
