@@ -55,7 +55,14 @@ OriginsOption = Annotated[
     ),
 ]
 """The pages a gateway answers (``ometer serve``'s, ``ometer run``'s): see ``gateway/_origins.py``."""
-ModelFilter = Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")]
+ModelFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Only this model, as Ollama resolves it (LLAMA3.1 is llama3.1:latest).",
+    ),
+]
 TenantFilter = Annotated[
     str | None, typer.Option("--tenant", "-t", help="Only this tenant (default: all).")
 ]

@@ -30,9 +30,14 @@ def unmatched(ledger: Ledger, **given: str | None) -> str:
 
             what = "status or error type"
             known = sorted({s.value for s in Status} | set(ledger.names("error_type")) - {"*"})
-        if value in known:
+        named = value
+        if column == "model":  # known as the one name each model counts under
+            from ollama_meter.records import counted_model
+
+            named = counted_model(value)
+        if named in known:
             continue
-        close = get_close_matches(value, known, n=3)
+        close = get_close_matches(named, known, n=3)
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         said.append(f"no span has {what} {shown(value)}{hint}")
     return "; ".join(said)

@@ -43,6 +43,7 @@ from ollama_meter.ledger._plan import (
 )
 from ollama_meter.ledger._rollup import MOST, ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._spellings import group_values
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS
@@ -255,7 +256,7 @@ def _raw_sums(
         conn,
         [*keys, bucket_column, SPANS.c.currency],
         [getattr(measures, name) for name in SUMMED],
-        filters=where.clauses(),
+        filters=where.clauses(conn),
         # By output name: PostgreSQL cannot match bound parameters in SELECT and GROUP BY.
         group_by=[
             *(literal_column(k.name) for k in keys),
@@ -269,7 +270,7 @@ def _raw_sums(
             continue
         sums.add(
             int(row[width]) if bucket is None else bucket,
-            tuple(str(v) for v in row[:width]),
+            group_values(by, row[:width]),
             row[width + 1],
             sign,
             row[width + 2 :],
@@ -308,7 +309,7 @@ def aggregate_failures(
     if raw or RAW.get() or not cube_answers(where):
         query = (
             select(SPANS.c.status, SPANS.c.error_type, func.count())
-            .where(*where.clauses(), SPANS.c.status != "ok")
+            .where(*where.clauses(conn), SPANS.c.status != "ok")
             .group_by(SPANS.c.status, SPANS.c.error_type)
         )
         for status, error_type, requests in conn.execute(query):

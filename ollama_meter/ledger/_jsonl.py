@@ -151,8 +151,8 @@ def export_lines(
     # Ties in start time by id: the same spans give the same lines from any ledger, whatever
     # order each stored them in.
     order = (SPANS.c.id,) if since is None and until is None else (SPANS.c.started_at, SPANS.c.id)
-    query = select_spans().where(*where.clauses()).order_by(*order)
     with ledger.read() as conn:
+        query = select_spans().where(*where.clauses(conn)).order_by(*order)
         result = conn.execution_options(stream_results=True).execute(query)
         size = 16  # rows a fetch holds: up to 2,000 while their lines stay within BATCH_BYTES
         while rows := result.fetchmany(size):

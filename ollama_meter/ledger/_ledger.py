@@ -125,8 +125,8 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
             return _spans.latest_spans(conn, where, limit)
 
     def count(self, where: _spans.SpanFilter | None = None) -> int:
-        clauses = where.clauses() if where else []
         with self.read() as conn:
+            clauses = where.clauses(conn) if where else []
             return int(
                 conn.execute(select(func.count()).select_from(SPANS).where(*clauses)).scalar_one()
             )

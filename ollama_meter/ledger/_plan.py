@@ -47,7 +47,8 @@ from ollama_meter.ledger._cells import (
     floor_cell,
     next_cell,
 )
-from ollama_meter.ledger._spans import ANSWERED_MODEL, SpanFilter
+from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._spellings import ANSWERED_MODEL
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import ROLLUPS, SPANS
 
@@ -57,7 +58,8 @@ GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
     "user": func.coalesce(SPANS.c.user, ""),
     "model": ANSWERED_MODEL,
 }
-"""What reports group by, as raw span expressions; rollups store these very values."""
+"""What reports group by, as raw span expressions; rollups store these values, a model folded
+to the one name it counts as (``_spellings.group_values`` folds a raw row's the same way)."""
 
 CUBE_GRAINS = (Grain.MONTH, Grain.DAY, Grain.QUARTER)
 HISTOGRAM_GRAINS = (Grain.MONTH, Grain.DAY)

@@ -78,7 +78,7 @@ from ollama_meter.ledger._upserts import (
     statements_for,
 )
 from ollama_meter.ledger.models import ROLLUPS
-from ollama_meter.records import NO_HOST, SpanRecord
+from ollama_meter.records import NO_HOST, SpanRecord, counted_model
 
 BUSY_GRAINS = (Grain.MONTH, Grain.DAY)
 """The cells busy minutes are summed into, coarsest first."""
@@ -110,7 +110,7 @@ class RollupDelta:
     def add(self, span: SpanRecord, sign: int = 1, *, busy: bool = True) -> None:
         us = to_us(span.started_at)
         quarter = us - us % QUARTER_US
-        model = span.response_model or span.request_model
+        model = counted_model(span.response_model or span.request_model)
         tenant, department = span.tenant, span.department
         key = (
             quarter,

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null, select, update
+from sqlalchemy import Connection, Dialect, Select, Table, bindparam, null, select, update
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta, _prices, _rollup
 from ollama_meter.ledger._span_rows import read_as_stored, row_to_span
+from ollama_meter.ledger._spellings import ANSWERED_MODEL, latest_ids, spellings
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SPANS
-from ollama_meter.records import TEXT_LIMITS, PastCall, PriceRule, SpanRecord, storable_text
+from ollama_meter.records import (
+    TEXT_LIMITS,
+    PastCall,
+    PriceRule,
+    SpanRecord,
+    counted_model,
+    storable_text,
+)
 
 _TABLE: Table = SPANS
 _COST_COLUMNS = (
@@ -245,12 +253,6 @@ def select_spans(*, content: bool = True) -> Select[Any]:
     return select(*(_COLUMNS if content else _WITHOUT_CONTENT))
 
 
-ANSWERED_MODEL = func.coalesce(func.nullif(SPANS.c.response_model, ""), SPANS.c.request_model)
-"""The model a raw span counts under, as :attr:`SpanRecord.model` and the rollups have it: the
-one Ollama answered with, else the one asked for; an empty answer (an import can hold one)
-is none. ``coalesce`` alone took ``""`` for an answer, so the raw spans and the rollups put
-one call under two models, and ``--model`` found it in a report but not in ``log``."""
-
 _TEXT_FILTERS = {
     "tenant": "tenant",
     "department": "department",
@@ -282,8 +284,11 @@ class SpanFilter:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, storable_text(str(value), TEXT_LIMITS[column]))
+        if self.model is not None:  # any spelling of a model picks all of its calls
+            object.__setattr__(self, "model", counted_model(self.model))
 
-    def clauses(self) -> list[Any]:
+    def clauses(self, conn: Connection) -> list[Any]:
+        """The WHERE clauses of spans this picks; ``conn`` finds the spellings of its model."""
         clauses: list[Any] = []
         if self.since is not None:
             clauses.append(SPANS.c.started_at >= self.since)
@@ -299,14 +304,23 @@ class SpanFilter:
             if value is not None:
                 clauses.append(column == value)
         if self.model is not None:
-            clauses.append(self.model == ANSWERED_MODEL)
+            others = replace(self, model=None).clauses(conn)
+            clauses.append(ANSWERED_MODEL.in_(spellings(conn, self.model, others)))
         return clauses
 
 
 def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRecord]:
     """Newest first. Ids are ULIDs, so the primary key orders by start time."""
-    query = select_spans().where(*where.clauses()).order_by(SPANS.c.id.desc()).limit(limit)
-    return [row_to_span(row) for row in conn.execute(query)]
+    if where.model is None:
+        query = select_spans().where(*where.clauses(conn)).order_by(SPANS.c.id.desc())
+        return [row_to_span(row) for row in conn.execute(query.limit(limit))]
+    others = replace(where, model=None).clauses(conn)
+    ids = latest_ids(conn, where.model, others, limit)
+    found: list[SpanRecord] = []
+    for at in range(0, len(ids), 1_000):
+        query = select_spans().where(SPANS.c.id.in_(ids[at : at + 1_000]))
+        found += map(row_to_span, conn.execute(query))
+    return sorted(found, key=lambda span: span.id, reverse=True)
 
 
 def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> list[SpanRecord]:
@@ -316,7 +330,7 @@ def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> l
     each held gigabytes): what pages them (a reprice) works from counts and durations."""
     query = (
         select_spans(content=False)
-        .where(*where.clauses(), SPANS.c.id > after)
+        .where(*where.clauses(conn), SPANS.c.id > after)
         .order_by(SPANS.c.id)
         .limit(limit)
     )

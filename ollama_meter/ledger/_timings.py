@@ -51,6 +51,7 @@ from ollama_meter.ledger._rollup import (
 )
 from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._spans import SpanFilter, select_spans
+from ollama_meter.ledger._spellings import group_values
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS
@@ -178,11 +179,11 @@ def _raw_histograms(
     bucket: int | None = None,
 ) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
-    query = select(*keys, *TIMING_COLUMNS, SPANS.c.started_at).where(*where.clauses())
+    query = select(*keys, *TIMING_COLUMNS, SPANS.c.started_at).where(*where.clauses(conn))
     width = len(keys)
     starts = [start for start, _ in buckets]
     for call in conn.execute(query):
-        group_key: tuple[Any, ...] = tuple(str(v) for v in call[:width])
+        group_key: tuple[Any, ...] = group_values(by, call[:width])
         if bucket is not None:
             group_key = (*group_key, bucket)
         elif buckets:

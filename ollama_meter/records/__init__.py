@@ -23,6 +23,7 @@ from ollama_meter.records._budget import (
     parse_thresholds,
     unreached_notes,
 )
+from ollama_meter.records._counted import MODEL_LIMIT, counted_model
 from ollama_meter.records._fields import record_from, values_of
 from ollama_meter.records._limit import Limit
 from ollama_meter.records._money import (
@@ -97,6 +98,7 @@ __all__ = [
     "MAX_TOKENS",
     "MICROS",
     "MICRO_PLACES",
+    "MODEL_LIMIT",
     "NO_HOST",
     "PERIODS",
     "PERIOD_ADVERB",
@@ -123,6 +125,7 @@ __all__ = [
     "UnreadableRule",
     "Usage",
     "check_amount",
+    "counted_model",
     "format_micros",
     "from_micros",
     "known_currency",

@@ -130,7 +130,9 @@ def test_a_filter_finds_a_name_as_it_was_stored_and_never_breaks_the_query(dash:
 
     dash.ledger.record([make_storable(make_span(started_at=TODAY, request_model="odd\x00one"))])
     found = dash.client.get("/api/dash", params={"model": "odd\x00one"}).json()
-    assert found["summary"]["requests"] == 1 and found["models"][0]["model"] == "odd\ufffdone"
+    assert (
+        found["summary"]["requests"] == 1 and found["models"][0]["model"] == "odd\ufffdone:latest"
+    )
     assert dash.client.get("/dashboard", params={"model": "odd\x00one"}).status_code == 200
     for name in ("tenant", "dept", "model"):
         none = dash.client.get("/api/dash", params={name: "a\x00b"})

@@ -396,8 +396,9 @@ def test_hostile_names_through_the_gateway_stay_text_in_reports(  # type: ignore
     )
     with (tmp_path / "r.csv").open(encoding="utf-8", newline="") as file:
         rows = assert_safe(file.read())
-    # stored with its carriage return as U+FFFD (a label is printable), then neutralised
-    assert "'=1+1\ufffd=2" in {row[0] for row in rows}
+    # stored with its carriage return as U+FFFD (a label is printable), counted under its one
+    # name (``counted_model``: ``:latest`` when untagged), then neutralised
+    assert "'=1+1\ufffd=2:latest" in {row[0] for row in rows}
 
 
 def test_key_names_follow_the_name_rules(cli, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -758,7 +758,7 @@ def test_upgrading_from_0011_keeps_timings_per_model_even_for_pruned_days(db_url
     utc = ZoneInfo("UTC")
     october = parse_period("2026-10", tz=utc, now=datetime(2026, 12, 1, tzinfo=UTC))
     before = perf_report(ledger, october, ["model"]).rows
-    assert [r["model"] for r in before] == ["*", "llama3.1:8b"]
+    assert [r["model"] for r in before] == ["*:latest", "llama3.1:8b"]  # "*" is a model called *
     prune(ledger, 20, now=datetime(2026, 11, 10, tzinfo=UTC))  # October's spans are gone
     downgrade(ledger, "0011")
     per_model = "SELECT count(*) FROM rollup_histograms WHERE department = '+'"

@@ -61,7 +61,7 @@ from ollama_meter.ledger._upserts import HISTOGRAM_ROW_KEY, Statements, upsert
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import bucket_bounds, parse_period
-from ollama_meter.records import GROUPS, NO_HOST
+from ollama_meter.records import GROUPS, NO_HOST, counted_model
 from ollama_meter.reports import (
     chargeback,
     histogram_percentile,
@@ -80,6 +80,22 @@ FIRST = datetime(2026, 10, 29, tzinfo=UTC)
 MS = 1_000_000
 
 _durations = st.none() | st.integers(0, 3_000 * MS)
+
+
+@st.composite
+def spelled(draw: st.DrawFn, names: Sequence[str]) -> str:
+    """One of ``names`` as a caller may spell it and Ollama run it (and echo it back): any
+    case, spaces around, the default registry and namespace, no ``:latest``. ``*:latest`` is
+    a model called ``*``, the rollups' ANYONE: it must count as a model of its own."""
+    name = draw(st.sampled_from(names))
+    if name.endswith(":latest") and draw(st.booleans()):
+        name = name.removesuffix(":latest")
+    prefix = draw(st.sampled_from(["", "", "library/", "registry.ollama.ai/library/"]))
+    name = draw(st.sampled_from([str, str, str.upper, str.title]))(prefix + name)
+    return draw(st.sampled_from(["", "", " "])) + name + draw(st.sampled_from(["", "", "  "]))
+
+
+MODELS = ["llama3.1:8b", "qwen2.5:7b", "llama3.1:latest", "*:latest"]
 
 
 @st.composite
@@ -102,9 +118,11 @@ def spans(draw: st.DrawFn) -> SpanRecord:
         user=draw(st.sampled_from([None, "alice", "bob"])),
         # NO_HOST: a call sent to no server (refused, or gone while queued): no capacity.
         upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434", NO_HOST])),
-        request_model=draw(st.sampled_from(["llama3.1:8b", "qwen2.5:7b"])),
+        request_model=draw(spelled(MODELS)),
         # "": an answer naming no model (an import can hold one) is none: the one asked for.
-        response_model=draw(st.sampled_from([None, "", "llama3.1:8b", "llama3.1:8b-q4"])),
+        response_model=draw(
+            st.sampled_from([None, ""]) | spelled(["llama3.1:8b", "llama3.1:8b-q4", "*:latest"])
+        ),
         status=status,
         # "": an error type that names none (an import can hold one) is none.
         error_type=draw(
@@ -169,17 +187,21 @@ def ledger(db_url: str) -> Ledger:
     return Ledger(db_url)
 
 
+REPORTED = {
+    "content": ledger_contents(),
+    "zone": st.sampled_from(ZONES),
+    "cells": st.sampled_from(ZONES),
+    "by": BY,
+    "unit": st.sampled_from([None, "day", "week", "month"]),
+    "period": st.sampled_from(["2026-11", "2026-10", "2026-11-15", "2026-12"]),
+}
+"""A ledger's calls, the zone a report cuts days in and the ledger's cells', its groups and window."""
+SPELLINGS = st.sampled_from([None, "llama3.1:8b", " LLAMA3.1:8B", "llama3.1", "*", "QWEN2.5:7B"])
+"""A model filter: none, or a model as a caller may spell it."""
+
+
 @EXAMPLES
-@given(
-    content=ledger_contents(),
-    zone=st.sampled_from(ZONES),
-    cells=st.sampled_from(ZONES),
-    by=BY,
-    unit=st.sampled_from([None, "day", "week", "month"]),
-    period=st.sampled_from(["2026-11", "2026-10", "2026-11-15", "2026-12"]),
-    tenant=st.sampled_from([None, "acme"]),
-    model=st.sampled_from([None, "llama3.1:8b"]),
-)
+@given(**REPORTED, tenant=st.sampled_from([None, "acme"]), model=SPELLINGS)
 def test_spend_report_from_rollups_is_the_raw_report(
     ledger: Ledger,
     content: tuple[list[SpanRecord], list[list[SpanRecord]]],
@@ -248,7 +270,7 @@ def test_perf_report_from_rollups_is_the_raw_report(
     data=st.data(),
     offsets=st.none() | st.tuples(st.integers(0, 899_999_999), st.integers(0, 899_999_999)),
     by=st.sampled_from([[], ["model"], ["model"], ["tenant"], ["model", "department"]]),
-    model=st.sampled_from([None, "llama3.1:8b", "qwen2.5:7b"]),
+    model=st.sampled_from([None, "llama3.1:8b", "qwen2.5:7b", "Library/QWEN2.5:7b", "*"]),
     tenant=st.sampled_from([None, None, "acme"]),
     buckets=st.lists(st.sampled_from(range(40 * 96)), max_size=3),
 )
@@ -616,7 +638,7 @@ def _histograms_of(
     out: dict[tuple[Any, ...], list[int]] = {}
     for span, sign in calls:
         quarter = floor_cell(Grain.QUARTER, to_us(span.started_at))
-        model = span.response_model or span.request_model
+        model = counted_model(span.response_model or span.request_model)  # "*" is "*:latest"
         for metric, decade, index in histogram_slots(span):
             for grain in grains:
                 start = floor_cell(grain, quarter, zone) // 10**6

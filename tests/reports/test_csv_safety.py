@@ -42,7 +42,11 @@ HOSTILE = [
     'x;=HYPERLINK("http://evil.example","x")',
     "a\t@SUM(A1)",
     'b;"=1+1',
+    "x;=SUM(A1)",
+    "x; @SUM(A1)",
 ]
+"""Model names: a report shows each as the one name it counts under (``counted_model``: lower
+case, ``:latest`` when untagged, blanks around it gone, a control character U+FFFD)."""
 
 
 def assert_safe(text: str) -> list[list[str]]:
@@ -94,7 +98,6 @@ def test_reports_written_by_the_cli_are_safe(cli, sqlite_url: str, command: str)
         text = file.read()
     rows = assert_safe(text)
     models = {row[0] for row in rows[1:]}
-    assert "'=1+1" in models and 'x\r\'=HYPERLINK("http://evil.example","x")' in models
-    assert 'x;\'=HYPERLINK("http://evil.example","x")' in models and "a\t'@SUM(A1)" in models
+    assert {"'=1+1:latest", "'-2:latest", "'=1:latest", "x;'=sum(a1):latest"} <= models
     # Blanks before the formula hide it from no spreadsheet that trims them.
-    assert '\' =HYPERLINK("http://evil.example","x")' in models and "x;' \u00a0@SUM(A1)" in models
+    assert "x;' @sum(a1):latest" in models

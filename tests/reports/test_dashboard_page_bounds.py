@@ -177,7 +177,7 @@ def test_a_departments_models_users_unpriced_models_and_budgets_are_bounded_too(
     page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
     drill = page[page.index('data-department="big"') : page.index("</details>")]
     models = re.findall(r'<tr data-model="([^"]*)"', drill)
-    assert models == [f"model{many - 1 - n:03d}" for n in range(TOP)]  # the biggest first
+    assert models == [f"model{many - 1 - n:03d}:latest" for n in range(TOP)]  # the biggest first
     assert len(re.findall(r"<tr data-user=", drill)) == TOP
     assert f"and {many - TOP} more models" in drill
     assert f"and {many - TOP} more users" in drill

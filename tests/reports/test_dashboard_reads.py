@@ -81,7 +81,7 @@ _calls = st.lists(
         st.sampled_from(["acme", "globex"]),
         st.sampled_from(["sales", "legal", "ops"]),
         st.sampled_from(["", "ann", "bo"]),
-        st.sampled_from(["m1", "m2", "m3"]),
+        st.sampled_from(["m1:7b", "m2:7b", "m3:7b"]),
         st.integers(min_value=0, max_value=10**9),
         # From the middle of October to now (20 November, 15:00), to the minute: whole
         # days, today's hours and the open edge of the last quarter hour.
@@ -96,7 +96,7 @@ _queries = st.builds(
     period=st.sampled_from(["month", "week", "today", "previous-month"]),
     tenant=st.sampled_from([None, "acme"]),
     department=st.sampled_from([None, "sales"]),
-    model=st.sampled_from([None, "m2"]),
+    model=st.sampled_from([None, "m2:7b"]),
 )
 
 

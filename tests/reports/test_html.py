@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given, strategies as st
 
 from ollama_meter.ledger import Ledger
-from ollama_meter.records import minor_places
+from ollama_meter.records import counted_model, minor_places
 from ollama_meter.reports import (
     CHARGEBACK_COLUMNS,
     chargeback,
@@ -247,7 +247,7 @@ def test_names_are_text_not_markup(db_url: str) -> None:
     assert_self_contained(page)
     assert HOSTILE not in page
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#34;&#39;" in page
-    assert tables(page).body[0][:2] == [HOSTILE, HOSTILE]  # and reads back as the name
+    assert tables(page).body[0][:2] == [HOSTILE, counted_model(HOSTILE)]  # and reads back as it
 
 
 def test_cli_writes_html_files(cli, sqlite_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
