@@ -33,6 +33,7 @@ from prometheus_client import (
 )
 
 from ollama_meter.meter import Meter, SpanRecord, Status
+from ollama_meter.records import counted_model
 from ollama_meter.telemetry._semconv import DURATION_BUCKETS, OPERATION_NAMES, TOKEN_BUCKETS
 
 _WHO = ("tenant", "department", "model")
@@ -95,14 +96,16 @@ class _Served:
         self._lock = threading.Lock()
 
     def label(self, span: SpanRecord, model: str) -> str:
-        """``model``'s label for a call of ``span``: itself once a server answered for it."""
-        if model in self.models:  # the common case, without the lock: the set only grows
+        """``model``'s label for a call of ``span``: itself once a server answered for it (for
+        any spelling of it: one model takes one place, as ``counted_model`` names it)."""
+        key = counted_model(model)
+        if key in self.models:  # the common case, without the lock: the set only grows
             return model
         if span.response_model is None and span.status != Status.OK:
             return OTHER  # no answer: a name no server has answered for so far
         with self._lock:
             if len(self.models) < self.limit:
-                self.models.add(model)
+                self.models.add(key)
                 return model
         return OTHER
 
@@ -217,7 +220,8 @@ class GatewayMetrics:
             self._open.discard(span.id)
             self.in_flight.dec()
         served = self._served.label
-        who = self._who((span.tenant, span.department, served(span, span.model)))
+        # One model, one series, whatever its spelling (reports count it so: ``counted_model``).
+        who = self._who((span.tenant, span.department, served(span, counted_model(span.model))))
         self._of(self.requests, *who, span.status).inc()
         if span.status == Status.ERROR:
             self._of(self.errors, *who, span.error_type or "unknown").inc()

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.gateway._metrics import OTHER, GatewayMetrics
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.records import SpanRecord, Status, make_storable
+from ollama_meter.records import SpanRecord, Status, counted_model, make_storable
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway
@@ -50,8 +50,9 @@ def test_callers_cannot_mint_series_past_the_limit_and_every_call_is_counted(
         metrics.on_end(make_span(tenant=tenant, department=department, request_model=model))
     requests = samples(metrics, "ometer_requests")
     assert sum(requests.values()) == len(calls)
-    first = list(dict.fromkeys(calls))[:limit]  # the label sets seen first keep their own series
-    expected = Counter(call if call in first else (OTHER,) * 3 for call in calls)
+    named = [(tenant, department, counted_model(model)) for tenant, department, model in calls]
+    first = list(dict.fromkeys(named))[:limit]  # the label sets seen first keep their own series
+    expected = Counter(call if call in first else (OTHER,) * 3 for call in named)
     assert {
         (labels["tenant"], labels["department"], labels["model"]): value
         for labels, value in ((dict(k), v) for k, v in requests.items())
@@ -79,7 +80,7 @@ def test_any_name_is_one_escaped_label_value_and_the_scrape_parses(
     lines = [line for line in text.splitlines() if line.startswith("ometer_errors_total{")]
     assert len(lines) == 1  # nothing in a name starts a line of its own
     ((labels, value),) = samples(metrics, "ometer_errors").items()
-    assert dict(labels)["model"] == span.request_model and value == 1
+    assert dict(labels)["model"] == counted_model(span.request_model) and value == 1
     assert dict(labels)["error_type"] == (span.error_type or "unknown")
 
 
@@ -283,3 +284,25 @@ def test_a_keys_made_up_models_through_the_official_client_take_no_series_of_the
     assert sorted(s.request_model for s in spans if s.status == "error") == sorted(
         f"made-up-{n}" for n in range(30)
     )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    spellings=st.lists(
+        st.sampled_from(
+            ["llama3.1:8b", "LLAMA3.1:8B", "llama3.1:8b ", "registry.ollama.ai/library/llama3.1:8b"]
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_a_models_spellings_are_one_model_series(spellings: list[str]) -> None:
+    """Ollama runs every spelling below as llama3.1:8b and echoes the caller's: the model series
+    split one model's calls, tokens and cost as reports did (they count it under one name)."""
+    metrics = GatewayMetrics(max_series=50)
+    for name in spellings:
+        metrics.on_end(make_span(request_model=name, response_model=name, input_tokens=3))
+    assert samples(metrics, "ometer_requests") == {
+        (("department", "sales"), ("model", "llama3.1:8b"), ("status", "ok"), ("tenant", "acme")):
+        len(spellings)
+    }  # fmt: skip
