@@ -183,7 +183,7 @@ class Settings(QuickSettings):
     max_queue: Annotated[Int, Field(validation_alias="OMETER_MAX_QUEUE", ge=0, le=MAX_QUEUE)] = 512
     """Calls that may wait for a slot; more are answered 503 "server busy", as Ollama does."""
     discovery_interval: Annotated[
-        Seconds, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", ge=1, le=3600)
+        Seconds, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", ge=0.1, le=3600)
     ] = 10.0
     """Seconds between two reads of every server's models (with several upstreams)."""
 

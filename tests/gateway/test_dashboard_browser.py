@@ -25,7 +25,7 @@ from ollama_meter.budgets import Budget
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
-from ollama_meter.records import make_storable
+from ollama_meter.records import counted_model, make_storable
 from ollama_meter.reports._html import money
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import OFFICE_NOW, make_span, office_spans
@@ -423,7 +423,7 @@ def test_hostile_names_in_the_ledger_render_inert(
             for n, name in enumerate(HOSTILE)
         ]
     )  # fmt: skip
-    stored = {s.request_model for s in gw.ledger.latest(SpanFilter(), 100)}
+    stored = {counted_model(s.request_model) for s in gw.ledger.latest(SpanFilter(), 100)}
     watched = open_page(
         browser, f"{gw.url}/dashboard", gw.url, viewport={"width": 1280, "height": 900}
     )
@@ -434,7 +434,7 @@ def test_hostile_names_in_the_ledger_render_inert(
         details.locator("summary").first.click()
     models = set(page.locator("#f-model option").evaluate_all("os => os.map(o => o.value)"))
     assert stored <= models  # each name round-trips as text, byte for byte
-    page.select_option("#f-model", HOSTILE[0])  # the form applies itself
+    page.select_option("#f-model", counted_model(HOSTILE[0]))  # the form applies itself
     page.wait_for_url("**model=**")
     assert page.evaluate("() => [window.pwned, document.scripts.length]") == [None, 1]
     assert page.locator("img, [onerror], [onmouseover]").count() == 0
@@ -503,7 +503,7 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
     tip = f"\u2068{rtl}\u2069 (\u2068{rtl}\u2069) · 2026-11-18: 1.234567 USD"
     assert tips == [tip, tip]  # the stacked chart and the department's own
     banner = page.get_by_role("alert").text_content()
-    assert f", \u2068{hebrew}\u2069)." in banner  # a model's name is a name too
+    assert f", \u2068{hebrew}:latest\u2069)." in banner  # a model's name is a name too
     assert watched.problems == []
 
 
