@@ -194,16 +194,25 @@ def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
     thread.join()
 
 
+_GROUPS = (signal.SIGINT, signal.SIGQUIT)
+"""What a terminal sends its whole foreground group (Ctrl-C, Ctrl-\\): the program has it too."""
+_PASSED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+"""Signals sent to ``ometer`` alone that would end it, passed on to its program."""
+_ENDING = (*_GROUPS, signal.SIGTERM, signal.SIGHUP)
+"""Signals that, once the program has exited, cut the gateway's drain."""
+
+
 class _Job:
     """ometer's signals from before its program starts until its gateway has drained.
 
-    While the program runs, as a shell runs a foreground job: Ctrl-C reaches the program
-    from the terminal (the whole group gets it), so here it does nothing: the program
-    decides what it means, and its gateway meters what it still does. A SIGTERM or SIGHUP
-    sent to ``ometer`` is passed on (as ``timeout`` passes them): a hang-up killed ometer and
-    its gateway, and what the program did after it went unmetered.
+    While the program runs, as a shell runs a foreground job: Ctrl-C and Ctrl-\\ reach the
+    program from the terminal (the whole group gets them), so here they do nothing: the
+    program decides what they mean (a JVM prints its threads on Ctrl-\\ and goes on), and its
+    gateway meters what it still does. A SIGTERM, SIGHUP, SIGUSR1 or SIGUSR2 sent to ``ometer``
+    is passed on (as ``timeout`` passes its signal): each ended ometer and its gateway by
+    default, and what the program did after it went unmetered (its calls refused).
 
-    Once the program has exited (or could not start), a Ctrl-C, SIGTERM or SIGHUP calls
+    Once the program has exited (or could not start), a Ctrl-C, Ctrl-\\, SIGTERM or SIGHUP calls
     ``cut``: the drain ends there and then, or as it begins (each call stopped with a clear
     last answer, its span written); they ended ometer under it, each call cut with no answer
     and its span left in the journal. One set of handlers for both: one that came between
@@ -211,8 +220,8 @@ class _Job:
 
     In place before the program starts: a SIGTERM in between ended ometer alone and left the
     program running, unmetered. Ctrl-C gets a handler, not SIG_IGN, which the program would
-    inherit (unless ometer has it so: a shell's background job); a hang-up ometer ignores
-    (nohup) is left ignored for the program to inherit.
+    inherit (unless ometer has it so: a shell's background job); a signal ometer ignores
+    (a hang-up under nohup) is left ignored for the program to inherit.
     """
 
     def __init__(self, cut: Callable[[], None] = lambda: None) -> None:
@@ -224,10 +233,8 @@ class _Job:
 
     def __enter__(self) -> "_Job":
         taken = [signal.SIGTERM]
-        taken += [
-            s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN
-        ]
-        self._before = {sig: signal.signal(sig, self._signalled) for sig in taken}
+        taken += [s for s in (*_GROUPS, *_PASSED) if signal.getsignal(s) != signal.SIG_IGN]
+        self._before = {sig: signal.signal(sig, self._signalled) for sig in {*taken}}
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -237,8 +244,9 @@ class _Job:
     def _signalled(self, sig: int, _frame: object) -> None:
         program = self.program
         if self.ended or (program is not None and program.returncode is not None):
-            self.cut()
-        elif sig == signal.SIGINT:
+            if sig in _ENDING:
+                self.cut()
+        elif sig in _GROUPS:
             pass  # the program's to decide
         elif program is None:
             self.early.append(sig)

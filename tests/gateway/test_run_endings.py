@@ -172,3 +172,54 @@ def test_a_ctrl_c_as_the_program_exits_and_before_the_drain_starts_cuts_the_drai
     while STOPPED not in out.read_text() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert STOPPED in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("sig", "to_group"),
+    [(signal.SIGQUIT, True), (signal.SIGUSR1, False), (signal.SIGUSR2, False)],
+    ids=["ctrl-backslash", "usr1-to-ometer", "usr2-to-ometer"],
+)
+def test_a_signal_that_would_end_ometer_alone_is_the_programs_and_its_calls_are_metered(
+    emulator: OllamaEmulator, tmp_path: Path, sig: signal.Signals, to_group: bool
+) -> None:
+    """Ctrl-\\ (SIGQUIT) reaches the terminal's whole foreground group, as Ctrl-C does: a JVM
+    prints its threads and goes on, and many programs take SIGUSR1 or SIGUSR2 (reopen the logs,
+    say progress) sent to the job. ``ometer run`` left them at their default: ometer and its
+    gateway ended at once (a core dump for Ctrl-\\), with no summary, and the program went on
+    pointed at a gateway no longer there, its next calls refused. Now Ctrl-\\ is the
+    program's to decide, as Ctrl-C is, and SIGUSR1 or SIGUSR2 sent to ometer is passed on, as
+    SIGTERM is: the program hears each once, and its gateway meters what it still does."""
+    env = {
+        **os.environ,
+        "OLLAMA_HOST": emulator.url,
+        "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
+    }
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    program = (
+        "import pathlib, signal, sys, time, ollama\n"
+        f"signal.signal({int(sig)}, lambda *_: print('heard', file=sys.stderr, flush=True))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n"
+        "    time.sleep(0.02)\n"
+        "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': 'hi'}])\n"
+    )
+    proc = subprocess.Popen(
+        [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c", program],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job is
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (os.killpg if to_group else os.kill)(proc.pid, sig)
+    time.sleep(0.3)
+    go.touch()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stderr.count("heard") == 1, stderr
+    (span,) = logged(env)
+    assert (span["status"], span["department"]) == ("ok", "sales")
+    assert "ometer: 1 call(s) metered for default/sales" in stderr
