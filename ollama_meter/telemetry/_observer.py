@@ -30,6 +30,7 @@ from ollama_meter.records import (
 )
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry._hooked import HookedAttributes
+from ollama_meter.telemetry._size import value_bytes
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -38,6 +39,9 @@ MAX_EXPORTED_TEXT = 16_384
 
 Spans wait in memory while a collector is away, up to the exporter's queue, so each must be
 small; the ledger keeps the whole text."""
+MAX_HOOKED_BYTES = 80 * 1024
+"""A hook's attributes on one span, together, in bytes once encoded: room for one text at
+its bound in any script (4 bytes a character at most in UTF-8)."""
 _MAX_KEY = 255
 LANGFUSE_MAX_TAG = 200
 """Characters of a Langfuse tag: it drops a longer one without a word."""
@@ -186,7 +190,7 @@ class TelemetryObserver:
         self.max_attributes = limits.max_span_attributes
         length = limits.max_span_attribute_length  # 0 is a limit too: every text cut to ""
         self.max_length = MAX_EXPORTED_TEXT if length is None else length
-        self._said_crowded = False
+        self._said_crowded = self._said_heavy = False
         self._hooked = HookedAttributes(exportable)
         self._metrics = meter is not None
         if meter is not None:
@@ -349,21 +353,39 @@ class TelemetryObserver:
 
         Past its limit the SDK drops the oldest attribute for each new one: ometer's own, set
         first. A hook's never replace ours (:mod:`._hooked`); they go in the order it set them
-        while there is room, and what is left is said once.
+        while there is room, in number and in :data:`MAX_HOOKED_BYTES`, and what is left is
+        said once.
         """
         present = set(getattr(otel, "attributes", None) or ()) | set(ours)
         hooked = self._hooked.kept(span.attributes, present) if span.attributes else {}
-        if self.max_attributes is None or not hooked:
-            return {**ours, **hooked}
-        room = self.max_attributes - len(present)
+        if not hooked:
+            return ours
+        room = len(hooked) if self.max_attributes is None else self.max_attributes - len(present)
+        space = MAX_HOOKED_BYTES
         attributes = dict(ours)
         left = 0
+        heavy: list[str] = []
         for key, value in hooked.items():
-            if room > 0:
-                room -= 1
+            size = value_bytes(key) + value_bytes(value)
+            if room > 0 and size <= space:
+                room, space = room - 1, space - size
                 attributes[key] = value
+            elif room > 0:
+                heavy.append(key)
             else:
                 left += 1
+        if heavy and not self._said_heavy:
+            self._said_heavy = True
+            shown = ", ".join(heavy[:5]) + (
+                f" and {len(heavy) - 5:,} more" if len(heavy) > 5 else ""
+            )
+            log.warning(
+                "a hook set attributes on a span past the %d KiB of them it exports (spans wait "
+                "in memory for a collector, which takes 4 MiB an export); %s not exported; "
+                "said once",
+                MAX_HOOKED_BYTES // 1024,
+                shown,
+            )
         if left and not self._said_crowded:
             self._said_crowded = True
             log.warning(

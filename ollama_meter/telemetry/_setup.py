@@ -36,9 +36,9 @@ log = logging.getLogger("ollama_meter.telemetry")
 PLAIN_BATCH = 512
 """Spans per export (the SDK's default): a few KB each."""
 CONTENT_BATCH = 64
-"""Spans per export when prompts and replies go with them (up to ~35 KB a span, see
-``MAX_EXPORTED_TEXT``): about 2 MB, under the 4 MiB a gRPC collector accepts by default,
-which refuses a larger request whole, every span in it."""
+"""Spans per export when prompts and replies go with them (see ``MAX_EXPORTED_TEXT``). What
+bounds an export is its bytes (``_size.MAX_REQUEST_BYTES``, under the 4 MiB a gRPC collector
+accepts by default, which refuses a larger request whole): a batch past it is sent in parts."""
 METRIC_BATCH = 1000
 """Metric points per export (at most ~1.5 KB each with names at their bounds: ~1.5 MB). Every
 model name a caller sends is a point of each instrument, up to the SDK's 2,000: in one export,

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from ollama_meter._urls import shown
+from ollama_meter.telemetry._size import exports
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -137,8 +138,20 @@ class Watched(Reporting, SpanExporter):
             )
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """``spans`` sent in exports of at most ``MAX_REQUEST_BYTES`` (3 MiB) each (a collector
+        refuses a larger one whole); once one fails, the rest are dropped unsent, so that a
+        collector away costs one export's timeout, not one per part."""
         with self._lock:
             self._waiting = max(0, self._waiting - len(spans))
+        sent = 0
+        for part in exports(spans):
+            if self._export(part) is not SpanExportResult.SUCCESS:
+                self._drop(len(spans) - sent)
+                return SpanExportResult.FAILURE
+            sent += len(part)
+        return SpanExportResult.SUCCESS
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self.answers is not None:
             self.answers.last = b""
         try:
@@ -146,9 +159,7 @@ class Watched(Reporting, SpanExporter):
         except Exception:
             result = SpanExportResult.FAILURE
         self._saw(result is SpanExportResult.SUCCESS, "spans")
-        if result is not SpanExportResult.SUCCESS:
-            self._drop(len(spans))
-        elif self.answers is not None and self.answers.last:
+        if result is SpanExportResult.SUCCESS and self.answers is not None and self.answers.last:
             self._refused(self.answers.last, len(spans))
         return result
 

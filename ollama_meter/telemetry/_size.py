@@ -1,0 +1,65 @@
+"""How many bytes a span takes in an OTLP export: estimated from above, without encoding it.
+
+What a collector takes is bounded in bytes (4 MiB a request over gRPC, by default), and a
+character is 1 to 4 of them in UTF-8: bounds in spans or characters held for prompts in
+ASCII and not for Chinese or emoji, whose exports were refused whole, every span in them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+MAX_REQUEST_BYTES = 3 * 2**20
+"""Spans' bytes in one export at most: under the 4 MiB a gRPC collector takes by default,
+with room for the resource, the scope and the framing."""
+_FIELD = 8
+"""A field's tag and length, from above."""
+_SPAN = 160
+"""A span's ids, times, kind, flags and status, from above."""
+
+
+def value_bytes(value: Any) -> int:
+    """Bytes of an attribute's name or value (as :func:`exportable` leaves it) once encoded."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass")) + _FIELD
+    if isinstance(value, bytes | bytearray):
+        return len(value) + _FIELD
+    if isinstance(value, Mapping):
+        return _FIELD + sum(value_bytes(k) + value_bytes(v) + _FIELD for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return _FIELD + sum(value_bytes(item) + _FIELD for item in value)
+    return 2 * _FIELD  # a number, a boolean, nothing
+
+
+def _attributes(attributes: Mapping[str, Any] | None) -> int:
+    return sum(value_bytes(k) + value_bytes(v) + _FIELD for k, v in (attributes or {}).items())
+
+
+def span_bytes(span: ReadableSpan) -> int:
+    """What ``span`` takes in an export, from above."""
+    size = _SPAN + value_bytes(span.name) + _attributes(span.attributes)
+    size += value_bytes(span.status.description or "")
+    for event in span.events:
+        size += _SPAN + value_bytes(event.name) + _attributes(event.attributes)
+    for link in span.links:
+        size += _SPAN + _attributes(link.attributes)
+    return size
+
+
+def exports(spans: Iterable[ReadableSpan], limit: int = MAX_REQUEST_BYTES) -> Iterator[list[Any]]:
+    """``spans`` in order, cut into exports of at most ``limit`` bytes (a span larger alone:
+    an export of its own)."""
+    part: list[ReadableSpan] = []
+    size = 0
+    for span in spans:
+        its = span_bytes(span)
+        if part and size + its > limit:
+            yield part
+            part, size = [], 0
+        part.append(span)
+        size += its
+    if part:
+        yield part

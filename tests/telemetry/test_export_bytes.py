@@ -1,0 +1,73 @@
+"""What one export carries is bounded in bytes, not in spans or characters.
+
+A gRPC collector takes 4 MiB a request by default and refuses a larger one whole, every
+span in it. Content went 64 spans to an export, sized for prompts in ASCII (about 2 MB):
+a prompt and reply in Chinese (3 bytes a character) made 6 MB, in emoji 8 MB, so every
+full export was refused and nearly every span lost. A hook's attributes, each up to
+16,384 characters, were bounded in number only: ten of them put 80 MB in one export of 512
+spans, refused whole, and 8 MB a span in the queue that waits for a collector.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from ollama_meter import load_settings
+from ollama_meter.records import make_storable
+from ollama_meter.telemetry._observer import MAX_HOOKED_BYTES
+from ollama_meter.telemetry._setup import Telemetry
+from tests._otlp import OtlpGrpcReceiver, spans
+from tests.factories import make_span
+
+_GRPC_LIMIT = 4 * 2**20
+"""What a gRPC server (a collector) takes in one request by default."""
+
+
+def _exported(
+    monkeypatch: pytest.MonkeyPatch, *, content: bool, made: int, text: str, hooked: int = 0
+) -> tuple[OtlpGrpcReceiver, Telemetry]:
+    with OtlpGrpcReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true" if content else "false")
+        telemetry = Telemetry(load_settings())
+        for _ in range(made):
+            span = make_storable(make_span(prompt=text * 20_000, reply=text * 20_000))
+            span.attributes = {f"app.doc{n}": text * 20_000 for n in range(hooked)}
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+        assert telemetry.flush()
+        telemetry.shutdown()
+    return rx, telemetry
+
+
+@pytest.mark.parametrize("text", ["é", "漢", "😀"], ids=["latin", "chinese", "emoji"])
+def test_content_in_any_script_goes_in_exports_a_grpc_collector_accepts(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    rx, telemetry = _exported(monkeypatch, content=True, made=130, text=text)
+    assert {request.code for request in rx.requests} == {grpc.StatusCode.OK}
+    assert len(spans(rx)) == 130
+    assert telemetry.failures() == []
+
+
+def test_a_hooks_attributes_are_bounded_in_bytes_and_go_in_exports_a_collector_accepts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "ollama_meter.telemetry"):
+        rx, telemetry = _exported(monkeypatch, content=False, made=600, text="漢", hooked=20)
+    assert {request.code for request in rx.requests} == {grpc.StatusCode.OK}
+    got = spans(rx)
+    assert len(got) == 600
+    assert telemetry.failures() == []
+    for span in got:
+        hooked = {k: v for k, v in span.attributes.items() if k.startswith("app.")}
+        assert hooked, "the hook's first attributes are exported"
+        assert sum(len(k) + len(str(v).encode()) for k, v in hooked.items()) <= MAX_HOOKED_BYTES
+        assert span.attributes["ometer.tenant"] == "acme"  # ometer's own, whole
+    said = [r.getMessage() for r in caplog.records if "app.doc" in r.getMessage()]
+    assert len(said) == 1, said  # once, not a line per span
+    assert "not exported" in said[0]
