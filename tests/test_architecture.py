@@ -66,7 +66,18 @@ LAYERS: tuple[frozenset[str], ...] = (
 )
 """Lowest first. A part may import its own layer and the layers below, never one above."""
 
-OUTPUTS = {"telemetry": {"_version", "_runtime", "_urls", "config", "errors", "_names", "records"}}
+OUTPUTS = {
+    "telemetry": {
+        "_version",
+        "_runtime",
+        "_urls",
+        "config",
+        "errors",
+        "_names",
+        "records",
+        "_forks",
+    }
+}
 """Outputs the meter writes to: what each may import. Nothing they do reads back."""
 
 THIRD_PARTY_HOMES = {

@@ -374,3 +374,34 @@ def test_a_child_forked_while_a_thread_holds_a_lock_of_ours_has_it_free(holder: 
     finally:
         go_on.set()
         held.join()
+
+
+def test_a_child_forked_while_a_thread_exports_or_ends_a_span_exports_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Telemetry's locks were plain ones: a fork taken while a thread of the parent was inside
+    one (ending a call's span, counting a span into the queue for a collector) left the
+    child's copy held for ever, and its first metered call waited on it for ever."""
+    from ollama_meter import load_settings
+    from ollama_meter.records import make_storable
+    from ollama_meter.telemetry._setup import Telemetry
+    from ollama_meter.testing import unreachable_url
+    from tests.factories import make_span
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{unreachable_url()}/v1/traces")
+    telemetry = Telemetry(load_settings())
+    observer, (exporter,) = telemetry.observer, telemetry.span_exporters
+
+    def a_call() -> str:
+        span = make_storable(make_span())
+        observer.on_start(span)
+        observer.on_end(span)
+        return span.span_id
+
+    try:
+        for lock in (observer._lock, exporter._lock):  # as a thread of the parent inside it
+            with lock:
+                _, result = forked(a_call)
+                assert len(result()) == 16
+    finally:
+        telemetry.shutdown()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +19,7 @@ from opentelemetry.metrics import Meter as OtelMeter
 from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from ollama_meter._forks import ChildLock
 from ollama_meter._names import CLIENT_SPAN_TAG
 from ollama_meter.records import (
     NO_HOST,
@@ -184,7 +184,7 @@ class TelemetryObserver:
         self.tracer = tracer
         self.capture_content = capture_content
         self._live: dict[str, Span] = {}
-        self._lock = threading.Lock()
+        self._lock = ChildLock()  # a forked child gets it free, whoever held it at the fork
         limits = SpanLimits()  # what the SDK's provider reads from the environment too
         # The SDK drops a span's oldest attribute to make room for a new one past its limit.
         self.max_attributes = limits.max_span_attributes

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util.re import parse_env_headers
 
+from ollama_meter._forks import ChildLock
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
@@ -194,7 +195,7 @@ def _resource(name: str | None) -> Resource:
 
 _open: list[Telemetry] = []
 """Every telemetry of the process not yet stopped: at exit they stop together."""
-_lock = threading.Lock()
+_lock = ChildLock()
 
 
 def stop_together(telemetries: Sequence[Telemetry]) -> None:

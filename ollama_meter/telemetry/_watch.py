@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from ollama_meter._forks import ChildLock
 from ollama_meter._urls import shown
 from ollama_meter.telemetry._size import exports
 
@@ -99,7 +99,7 @@ class Watched(Reporting, SpanExporter):
         self._unsaid = 0
         self._said_at: float | None = None
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._lock = ChildLock()  # a forked child gets it free, whoever held it at the fork
 
     def _now(self) -> float:
         return self.clock()
