@@ -7,7 +7,7 @@ ASCII and not for Chinese or emoji, whose exports were refused whole, every span
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -49,13 +49,14 @@ def span_bytes(span: ReadableSpan) -> int:
     return size
 
 
-def exports(spans: Iterable[ReadableSpan], limit: int = MAX_REQUEST_BYTES) -> Iterator[list[Any]]:
-    """``spans`` in order, cut into exports of at most ``limit`` bytes (a span larger alone:
-    an export of its own)."""
+def exports(
+    spans: Sequence[ReadableSpan], sizes: Sequence[int], limit: int = MAX_REQUEST_BYTES
+) -> Iterator[list[Any]]:
+    """``spans`` (of :func:`span_bytes` ``sizes``) in order, cut into exports of at most
+    ``limit`` bytes (a span larger alone: an export of its own)."""
     part: list[ReadableSpan] = []
     size = 0
-    for span in spans:
-        its = span_bytes(span)
+    for span, its in zip(spans, sizes, strict=True):
         if part and size + its > limit:
             yield part
             part, size = [], 0

@@ -21,12 +21,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from ollama_meter._forks import ChildLock
 from ollama_meter._urls import shown
-from ollama_meter.telemetry._size import exports
+from ollama_meter.telemetry._size import exports, span_bytes
 
 log = logging.getLogger("ollama_meter.telemetry")
 
 DEFAULT_QUEUE = 2048
 """Spans that wait for one place at most (the SDK's default, ``OTEL_BSP_MAX_QUEUE_SIZE``)."""
+MAX_WAITING_BYTES = 64 * 2**20
+"""Bytes of spans (as exported) that wait for one place at most, whatever their number: with
+content in a script of 4 bytes a character and a hook's attributes, 2,048 spans were 600 MB."""
 SAY_DROPS_EVERY = 10.0
 """Seconds between two log lines counting the spans a place did not get."""
 
@@ -95,7 +98,7 @@ class Watched(Reporting, SpanExporter):
         self.clock: Callable[[], float] = time.monotonic
         self.queue_size = _queue_size()
         self.dropped = 0  # in all, since the process started
-        self._waiting = 0  # ended and not yet handed to the exporter
+        self._waiting = self._waiting_bytes = 0  # ended and not yet handed to the exporter
         self._unsaid = 0
         self._said_at: float | None = None
         self._pid = os.getpid()
@@ -104,13 +107,16 @@ class Watched(Reporting, SpanExporter):
     def _now(self) -> float:
         return self.clock()
 
-    def admit(self) -> bool:
-        """Whether an ended span may wait for an export; counted as dropped when not."""
+    def admit(self, size: int = 0) -> bool:
+        """Whether an ended span of ``size`` bytes may wait for an export, in number and in
+        :data:`MAX_WAITING_BYTES`; counted as dropped when not."""
         with self._lock:
             if self._pid != os.getpid():  # a fork: the SDK emptied the child's queue
-                self._pid, self._waiting = os.getpid(), 0
-            if self._waiting < self.queue_size:
+                self._pid, self._waiting, self._waiting_bytes = os.getpid(), 0, 0
+            room = not self._waiting or self._waiting_bytes + size <= MAX_WAITING_BYTES
+            if self._waiting < self.queue_size and room:
                 self._waiting += 1
+                self._waiting_bytes += size
                 return True
         self._drop(1)
         return False
@@ -141,10 +147,12 @@ class Watched(Reporting, SpanExporter):
         """``spans`` sent in exports of at most ``MAX_REQUEST_BYTES`` (3 MiB) each (a collector
         refuses a larger one whole); once one fails, the rest are dropped unsent, so that a
         collector away costs one export's timeout, not one per part."""
+        sizes = [span_bytes(span) for span in spans]
         with self._lock:
             self._waiting = max(0, self._waiting - len(spans))
+            self._waiting_bytes = max(0, self._waiting_bytes - sum(sizes))
         sent = 0
-        for part in exports(spans):
+        for part in exports(spans, sizes):
             if self._export(part) is not SpanExportResult.SUCCESS:
                 self._drop(len(spans) - sent)
                 return SpanExportResult.FAILURE
@@ -194,7 +202,8 @@ class Bounded(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         # The SDK skips a span its sampler did not keep: it never waits, so never counted.
-        if span.context is not None and span.context.trace_flags.sampled and self.exporter.admit():
+        sampled = span.context is not None and span.context.trace_flags.sampled
+        if sampled and self.exporter.admit(span_bytes(span)):
             self.batch.on_end(span)
 
     def shutdown(self) -> None:

@@ -19,7 +19,8 @@ from ollama_meter import load_settings
 from ollama_meter.records import make_storable
 from ollama_meter.telemetry._observer import MAX_HOOKED_BYTES
 from ollama_meter.telemetry._setup import Telemetry
-from tests._otlp import OtlpGrpcReceiver, spans
+from ollama_meter.telemetry._watch import MAX_WAITING_BYTES
+from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
 
 _GRPC_LIMIT = 4 * 2**20
@@ -71,3 +72,34 @@ def test_a_hooks_attributes_are_bounded_in_bytes_and_go_in_exports_a_collector_a
     said = [r.getMessage() for r in caplog.records if "app.doc" in r.getMessage()]
     assert len(said) == 1, said  # once, not a line per span
     assert "not exported" in said[0]
+
+
+def test_the_spans_waiting_for_a_collector_are_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue for a collector that is away held 2,048 spans whatever their size: with
+    content in emoji (4 bytes a character) and a hook's attributes, 600 MB a gateway kept
+    in memory until the collector came back. It holds :data:`MAX_WAITING_BYTES` at most; the
+    rest are counted as dropped, as for a full queue."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "60")  # the collector answers when told
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # exports go by full batches only
+    monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+    made = 700
+    with OtlpHttpReceiver() as rx:
+        rx.answering.clear()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        for n in range(made):
+            span = make_storable(make_span(prompt="😀" * 20_000, reply="😀" * 20_000))
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+            if n == 63:  # a batch: sent, and held by the collector
+                wait_for(lambda: rx.requests, what="the first export")
+        waiting = made - 64 - exporter.dropped
+        assert exporter.dropped > 0
+        assert waiting * 4 * 2 * 16_384 <= MAX_WAITING_BYTES  # the texts alone, from below
+        rx.answering.set()
+        assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(spans(rx)) == made - exporter.dropped
