@@ -11,20 +11,24 @@ spans, refused whole, and 8 MB a span in the queue that waits for a collector.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings, strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ollama_meter import load_settings
 from ollama_meter.records import make_storable
-from ollama_meter.telemetry._observer import MAX_HOOKED_BYTES
+from ollama_meter.telemetry._observer import MAX_HOOKED_BYTES, exportable
 from ollama_meter.telemetry._setup import Telemetry
+from ollama_meter.telemetry._size import span_bytes
 from ollama_meter.telemetry._watch import MAX_WAITING_BYTES
 from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
-
-_GRPC_LIMIT = 4 * 2**20
-"""What a gRPC server (a collector) takes in one request by default."""
 
 
 def _exported(
@@ -103,3 +107,32 @@ def test_the_spans_waiting_for_a_collector_are_bounded_in_bytes(
         assert telemetry.flush()
         telemetry.shutdown()
     assert len(spans(rx)) == made - exporter.dropped
+
+
+_EXPORTER = InMemorySpanExporter()
+_PROVIDER = TracerProvider()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+_LEAVES = st.text() | st.binary() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.booleans()
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1),
+        st.recursive(
+            _LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner)
+        ),
+        max_size=8,
+    ),
+    st.text(),
+)
+@settings(deadline=None, max_examples=150)
+def test_a_spans_size_is_estimated_from_above(attributes: dict[str, Any], name: str) -> None:
+    """What exports are cut by never says a span is smaller than it encodes to."""
+    _EXPORTER.clear()
+    _PROVIDER.get_tracer("t").start_span("bare").end()
+    _PROVIDER.get_tracer("t").start_span(
+        exportable({"n": name})["n"], attributes=exportable(attributes)
+    ).end()
+    bare, span = _EXPORTER.get_finished_spans()
+    around = encode_spans([bare]).ByteSize()  # the resource and scope, and more
+    assert encode_spans([span]).ByteSize() <= span_bytes(span) + around
