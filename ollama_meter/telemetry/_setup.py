@@ -226,6 +226,30 @@ def stop_together(telemetries: Sequence[Telemetry]) -> None:
         sys.stderr.write(f"warning: could not export telemetry to {names}\n")
 
 
+class _Children:
+    """What :func:`multiprocessing.util.register_after_fork` holds (weakly) to call in each child."""
+
+
+_CHILDREN = _Children()
+_at_a_childs_exit: list[int] = []
+"""The processes whose multiprocessing children stop telemetry as they exit."""
+
+
+def _stop_at_a_childs_exit(_: object = None) -> None:
+    """Stop telemetry as a :mod:`multiprocessing` child exits (this process, if it is one, and
+    each it starts): such a child leaves by ``os._exit``, running no :mod:`atexit` handler, and
+    the spans of its last calls were never sent. After the calls it left open are closed
+    (their finalizer's priority is 0, this one's -1); the child's own finalizers only, which
+    it clears as it starts: so this is registered anew in each."""
+    from multiprocessing import util
+
+    if os.getpid() in _at_a_childs_exit:
+        return
+    _at_a_childs_exit.append(os.getpid())
+    util.Finalize(None, _stop_open, exitpriority=-1)
+    util.register_after_fork(_CHILDREN, _stop_at_a_childs_exit)
+
+
 def _stop_open() -> None:
     with _lock:
         telemetries = list(_open)
@@ -300,6 +324,7 @@ class Telemetry:
         with _lock:
             if not _open:
                 atexit.register(_stop_open)
+                _stop_at_a_childs_exit()
             _open.append(self)
 
     def flush(self) -> bool:
