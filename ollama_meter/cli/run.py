@@ -131,7 +131,28 @@ def program_environment(
         if (pointed := _repointed(value, upstreams, gateway)) is not None:
             env[name] = pointed
     env.update(OLLAMA_HOST=gateway, OPENAI_BASE_URL=f"{gateway}/v1")
+    _past_proxies(env, urlsplit(gateway).hostname or "127.0.0.1")
     return env
+
+
+_PROXIES = frozenset({"http_proxy", "https_proxy", "all_proxy"})
+
+
+def _past_proxies(env: dict[str, str], host: str) -> None:
+    """The gateway's ``host`` in the program's ``no_proxy`` when it is told to use a proxy: its
+    client (httpx, requests, curl) sent the calls to the gateway on this machine's loopback to
+    the proxy, which cannot reach it (most proxy only ``localhost`` past it, if anything).
+    Each spelling set keeps what it says; with none, both are set."""
+    if not any(name.lower() in _PROXIES and value.strip() for name, value in env.items()):
+        return
+    spellings = [name for name in ("no_proxy", "NO_PROXY") if name in env] or [
+        "no_proxy",
+        "NO_PROXY",
+    ]
+    for name in spellings:
+        entries = [entry.strip() for entry in env.get(name, "").split(",") if entry.strip()]
+        if "*" not in entries and host not in entries:
+            env[name] = ",".join([*entries, host])
 
 
 _THIS_MACHINE = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
