@@ -162,6 +162,8 @@ class _HttpHandler(BaseHTTPRequestHandler):
             return
         receiver = self.server.receiver
         status = receiver.status
+        if receiver.max_body is not None and length > receiver.max_body:
+            status = 413  # a proxy's body limit in front of the collector (nginx: 1 MB)
         headers = {name.lower(): value for name, value in self.headers.items()}
         peer = (str(self.client_address[0]), int(self.client_address[1]))
         receiver._record(HttpRequest(self.path, headers, message, status, peer))
@@ -196,11 +198,13 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
     rejected requests are recorded too, with the status they got. Clear ``answering`` to
     play a slow one: each export is recorded when it arrives and answered once it is set.
     ``answer``: the body of a 2xx answer instead of an empty response (a ``partial_success``).
+    ``max_body``: bytes of a request past which it answers 413, as a proxy in front would.
     """
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, max_body: int | None = None) -> None:
         super().__init__()
         self.status = status
+        self.max_body = max_body
         self.answering = threading.Event()
         self.answering.set()
         self.answer: bytes | None = None

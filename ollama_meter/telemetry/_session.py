@@ -146,6 +146,8 @@ class BoundedSession(requests.Session):
         self.keep = None if keep is None else _PLAIN | {name.lower() for name in keep}
         self.last = b""
         """The body of the last answer (an exporter sends one request at a time)."""
+        self.status = 0
+        """The status of the last answer (0: none came)."""
         self._pid = os.getpid()
 
     def _mount_cut(self) -> None:
@@ -196,7 +198,7 @@ class BoundedSession(requests.Session):
                 watchdog.cancel()
         response._content = bytes(body)
         response._content_consumed = True  # read whole: urllib3 put the connection back
-        self.last = response._content
+        self.last, self.status = response._content, response.status_code
         if 300 <= response.status_code < 400:
             where = response.headers.get("location") or "nowhere said"
             raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")

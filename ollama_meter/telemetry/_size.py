@@ -63,16 +63,16 @@ def span_bytes(span: ReadableSpan) -> int:
 
 def exports(
     spans: Sequence[ReadableSpan], sizes: Sequence[int], limit: int = MAX_REQUEST_BYTES
-) -> Iterator[list[Any]]:
+) -> Iterator[tuple[list[Any], list[int]]]:
     """``spans`` (of :func:`span_bytes` ``sizes``) in order, cut into exports of at most
-    ``limit`` bytes (a span larger alone: an export of its own)."""
+    ``limit`` bytes (a span larger alone: an export of its own), each with its sizes."""
     part: list[ReadableSpan] = []
-    size = 0
-    for span, its in zip(spans, sizes, strict=True):
-        if part and size + its > limit:
-            yield part
-            part, size = [], 0
+    its: list[int] = []
+    for span, size in zip(spans, sizes, strict=True):
+        if part and sum(its) + size > limit:
+            yield part, its
+            part, its = [], []
         part.append(span)
-        size += its
+        its.append(size)
     if part:
-        yield part
+        yield part, its

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from ollama_meter._forks import ChildLock
 from ollama_meter._urls import shown
-from ollama_meter.telemetry._size import exports, span_bytes
+from ollama_meter.telemetry._size import MAX_REQUEST_BYTES, exports, span_bytes
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -31,6 +31,8 @@ MAX_WAITING_BYTES = 64 * 2**20
 """Bytes of spans (as exported) that wait for one place at most, whatever their number: with
 content in a script of 4 bytes a character and a hook's attributes, 2,048 spans were 600 MB."""
 SAY_DROPS_EVERY = 10.0
+_SMALLEST_LIMIT = 64 * 1024
+"""Bytes an export is cut to at the least, whatever a place refused as too large."""
 """Seconds between two log lines counting the spans a place did not get."""
 
 
@@ -94,7 +96,8 @@ class Watched(Reporting, SpanExporter):
         self.name = shown(name)
         self.inner = inner
         self.answers = answers  # the BoundedSession of an OTLP/HTTP exporter
-        self._said_refused = False
+        self._said_refused = self._said_too_large = False
+        self.limit = MAX_REQUEST_BYTES  # bytes an export holds: less once the place said so
         self.clock: Callable[[], float] = time.monotonic
         self.queue_size = _queue_size()
         self.dropped = 0  # in all, since the process started
@@ -144,32 +147,68 @@ class Watched(Reporting, SpanExporter):
             )
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """``spans`` sent in exports of at most ``MAX_REQUEST_BYTES`` (3 MiB) each (a collector
-        refuses a larger one whole); once one fails, the rest are dropped unsent, so that a
+        """``spans`` sent in exports of at most :attr:`limit` bytes each (a collector refuses
+        a larger one whole); once one fails, the rest are dropped unsent, so that a
         collector away costs one export's timeout, not one per part."""
         sizes = [span_bytes(span) for span in spans]
         with self._lock:
             self._waiting = max(0, self._waiting - len(spans))
             self._waiting_bytes = max(0, self._waiting_bytes - sum(sizes))
-        sent = 0
-        for part in exports(spans, sizes):
-            if self._export(part) is not SpanExportResult.SUCCESS:
-                self._drop(len(spans) - sent)
-                return SpanExportResult.FAILURE
-            sent += len(part)
+        delivered = self._sent(list(spans), sizes)
+        if delivered < len(spans):
+            self._drop(len(spans) - delivered)
+            return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
-    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def _sent(self, spans: list[ReadableSpan], sizes: list[int]) -> int:
+        """How many of ``spans`` (in order) got there, in exports of at most :attr:`limit`
+        bytes. An export the place refuses as too large (413: a proxy's body limit in front of
+        it) halves the limit, for the rest of these and the exports after them."""
+        done, refused = 0, 0
+        while done < len(spans):
+            part, its = next(exports(spans[done:], sizes[done:], self.limit))
+            too_large = self._export(part, splittable=len(part) > 1)
+            if too_large is None:
+                done += len(part)
+                continue
+            smaller = max(sum(its) // 2, _SMALLEST_LIMIT)
+            if not too_large or smaller >= sum(its):
+                if too_large:  # as small as exports get: failed
+                    self._saw(False, "spans")
+                break
+            refused = refused or sum(its)
+            self.limit = min(self.limit, smaller)
+        if refused and not self._said_too_large and not self.quiet:
+            self._said_too_large = True
+            log.warning(
+                "%s refused an export of %d KiB as too large (413); exports to it are now cut "
+                "to %d KiB (raise its body limit to send fewer); said once",
+                self.name,
+                refused // 1024,
+                self.limit // 1024,
+            )
+        return done
+
+    def _export(self, spans: Sequence[ReadableSpan], *, splittable: bool) -> bool | None:
+        """Export ``spans``: None if it worked, True if refused as too large (``splittable``:
+        said by the caller, which splits it), False if it failed."""
         if self.answers is not None:
-            self.answers.last = b""
+            self.answers.last, self.answers.status = b"", 0
         try:
             result = self.inner.export(spans)
         except Exception:
             result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS and splittable and self._too_large():
+            return True
         self._saw(result is SpanExportResult.SUCCESS, "spans")
-        if result is SpanExportResult.SUCCESS and self.answers is not None and self.answers.last:
+        if result is not SpanExportResult.SUCCESS:
+            return False
+        if self.answers is not None and self.answers.last:
             self._refused(self.answers.last, len(spans))
-        return result
+        return None
+
+    def _too_large(self) -> bool:
+        return self.answers is not None and self.answers.status == 413
 
     def _refused(self, answer: bytes, sent: int) -> None:
         from ollama_meter.telemetry._session import refused_spans

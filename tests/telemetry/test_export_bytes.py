@@ -136,3 +136,31 @@ def test_a_spans_size_is_estimated_from_above(attributes: dict[str, Any], name: 
     bare, span = _EXPORTER.get_finished_spans()
     around = encode_spans([bare]).ByteSize()  # the resource and scope, and more
     assert encode_spans([span]).ByteSize() <= span_bytes(span) + around
+
+
+def test_a_collector_behind_a_body_limit_gets_exports_cut_to_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector behind a proxy that takes 1 MB a request (nginx's default, a Kubernetes
+    ingress's) answered 413 to every export of spans with their content (64 of them, 2 MB):
+    each was dropped whole, and the log said only that exports failed. An export refused as
+    too large is sent again in halves, and the next ones are cut that small from the start;
+    the log says so once."""
+    monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+    with OtlpHttpReceiver(max_body=2**20) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
+            for _ in range(300):
+                span = make_storable(make_span(prompt="p" * 20_000, reply="r" * 20_000))
+                telemetry.observer.on_start(span)
+                telemetry.observer.on_end(span)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    taken = [request.message for request in rx.requests if request.status == 200]
+    assert sum(len(s.spans) for m in taken for r in m.resource_spans for s in r.scope_spans) == 300
+    assert telemetry.failures() == []
+    refused = [request for request in rx.requests if request.status == 413]
+    assert 1 <= len(refused) <= 2, len(refused)  # learnt at the first, not paid at every export
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert len(said) == 1 and "too large (413)" in said[0], said
