@@ -24,6 +24,19 @@ from tests.gateway.test_processes import OMETER, logged
 LONG = [{"role": "user", "content": "tell me a long story please about many things"}]
 
 
+def run_as_a_job(program: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``ometer run --dept sales -- python -c PROGRAM`` in a process group of its own, as a
+    terminal's foreground job is; its stderr piped."""
+    return subprocess.Popen(
+        [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c", program],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 @pytest.mark.parametrize("stopped", ["by the drain's end", "by Ctrl-C"])
 def test_a_call_still_streaming_when_the_program_exits_is_drained_and_recorded(
     emulator: OllamaEmulator, tmp_path: Path, stopped: str
@@ -66,14 +79,7 @@ def test_a_call_still_streaming_when_the_program_exits_is_drained_and_recorded(
         "sys.exit(5)\n"
     )
     emulator.token_latency = 1.0  # 25 words: longer than the drain
-    proc = subprocess.Popen(
-        [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c", program],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job is
-    )
+    proc = run_as_a_job(program, env)
     said = ""
     if stopped == "by Ctrl-C":
         # Once ometer says it drains (Ctrl-C is then its own): half a second after the program
@@ -203,14 +209,7 @@ def test_a_signal_that_would_end_ometer_alone_is_the_programs_and_its_calls_are_
         "    time.sleep(0.02)\n"
         "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': 'hi'}])\n"
     )
-    proc = subprocess.Popen(
-        [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c", program],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job is
-    )
+    proc = run_as_a_job(program, env)
     deadline = time.monotonic() + 60
     while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

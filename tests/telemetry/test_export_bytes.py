@@ -31,6 +31,16 @@ from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
 
 
+def _end(telemetry: Telemetry, calls: int, text: str, hooked: int = 0) -> None:
+    """``calls`` spans ended, each with a prompt and a reply of 20,000 ``text``, and ``hooked``
+    attributes of as much from a hook."""
+    for _ in range(calls):
+        span = make_storable(make_span(prompt=text * 20_000, reply=text * 20_000))
+        span.attributes = {f"app.doc{n}": text * 20_000 for n in range(hooked)}
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+
+
 def _exported(
     monkeypatch: pytest.MonkeyPatch, *, content: bool, made: int, text: str, hooked: int = 0
 ) -> tuple[OtlpGrpcReceiver, Telemetry]:
@@ -39,11 +49,7 @@ def _exported(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true" if content else "false")
         telemetry = Telemetry(load_settings())
-        for _ in range(made):
-            span = make_storable(make_span(prompt=text * 20_000, reply=text * 20_000))
-            span.attributes = {f"app.doc{n}": text * 20_000 for n in range(hooked)}
-            telemetry.observer.on_start(span)
-            telemetry.observer.on_end(span)
+        _end(telemetry, made, text, hooked)
         assert telemetry.flush()
         telemetry.shutdown()
     return rx, telemetry
@@ -94,12 +100,9 @@ def test_the_spans_waiting_for_a_collector_are_bounded_in_bytes(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
         telemetry = Telemetry(load_settings())
         (exporter,) = telemetry.span_exporters
-        for n in range(made):
-            span = make_storable(make_span(prompt="😀" * 20_000, reply="😀" * 20_000))
-            telemetry.observer.on_start(span)
-            telemetry.observer.on_end(span)
-            if n == 63:  # a batch: sent, and held by the collector
-                wait_for(lambda: rx.requests, what="the first export")
+        _end(telemetry, 64, "😀")  # a batch: sent, and held by the collector
+        wait_for(lambda: rx.requests, what="the first export")
+        _end(telemetry, made - 64, "😀")
         waiting = made - 64 - exporter.dropped
         assert exporter.dropped > 0
         assert waiting * 4 * 2 * 16_384 <= MAX_WAITING_BYTES  # the texts alone, from below
@@ -151,10 +154,7 @@ def test_a_collector_behind_a_body_limit_gets_exports_cut_to_it(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
         telemetry = Telemetry(load_settings())
         with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
-            for _ in range(300):
-                span = make_storable(make_span(prompt="p" * 20_000, reply="r" * 20_000))
-                telemetry.observer.on_start(span)
-                telemetry.observer.on_end(span)
+            _end(telemetry, 300, "p")
             assert telemetry.flush()
         telemetry.shutdown()
     taken = [request.message for request in rx.requests if request.status == 200]
