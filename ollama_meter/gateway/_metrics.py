@@ -35,14 +35,13 @@ from prometheus_client import (
 from ollama_meter.meter import Meter, SpanRecord, Status
 from ollama_meter.records import counted_model
 from ollama_meter.telemetry._semconv import DURATION_BUCKETS, OPERATION_NAMES, TOKEN_BUCKETS
+from ollama_meter.telemetry._served import OTHER, Served
 
 _WHO = ("tenant", "department", "model")
 _GENAI = ("gen_ai_operation_name", "gen_ai_request_model", "error_type")
 
 MAX_SERIES = 1000
 """Distinct (tenant, department, model) and (operation, model, error type) label sets counted apart."""
-OTHER = "_other"
-"""The label value of calls past :data:`MAX_SERIES`."""
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -86,30 +85,6 @@ class _Bounded:
         return (OTHER,) * len(labels)
 
 
-class _Served:
-    """Models a server answered a call to (it ended ``ok``, or an answer named the model),
-    up to ``limit``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.models: set[str] = set()
-        self._lock = threading.Lock()
-
-    def label(self, span: SpanRecord, model: str) -> str:
-        """``model``'s label for a call of ``span``: itself once a server answered for it (for
-        any spelling of it: one model takes one place, as ``counted_model`` names it)."""
-        key = counted_model(model)
-        if key in self.models:  # the common case, without the lock: the set only grows
-            return model
-        if span.response_model is None and span.status != Status.OK:
-            return OTHER  # no answer: a name no server has answered for so far
-        with self._lock:
-            if len(self.models) < self.limit:
-                self.models.add(key)
-                return model
-        return OTHER
-
-
 class GatewayMetrics:
     """A :class:`~ollama_meter.meter.SpanObserver` that counts every call this process meters."""
 
@@ -118,7 +93,7 @@ class GatewayMetrics:
     def __init__(self, max_series: int = MAX_SERIES) -> None:
         self._who = _Bounded("tenant/department/model", max_series)
         self._genai = _Bounded("operation/model/error type", max_series)
-        self._served = _Served(max_series)
+        self._served = Served(max_series)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

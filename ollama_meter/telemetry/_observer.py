@@ -30,6 +30,7 @@ from ollama_meter.records import (
 )
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry._hooked import HookedAttributes
+from ollama_meter.telemetry._served import Served
 from ollama_meter.telemetry._size import value_bytes
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -193,6 +194,7 @@ class TelemetryObserver:
         self._said_crowded = self._said_heavy = False
         self._hooked = HookedAttributes(exportable)
         self._metrics = meter is not None
+        self._served = Served()
         if meter is not None:
 
             def histogram(name: str, unit: str, description: str, buckets: Sequence[float]) -> Any:
@@ -398,10 +400,11 @@ class TelemetryObserver:
         return attributes
 
     def _record_metrics(self, span: SpanRecord) -> None:
+        # A name no server answered for (made up by a caller) is no label of its own (_served)
         base: dict[str, Any] = {
             sc.GEN_AI_OPERATION_NAME: sc.OPERATION_NAMES.get(span.operation, span.operation),
             sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_OLLAMA,
-            sc.GEN_AI_REQUEST_MODEL: span.request_model,
+            sc.GEN_AI_REQUEST_MODEL: self._served.label(span, span.request_model),
             **_server(span),  # recommended on the GenAI metrics too
         }
         if span.response_model:
@@ -424,7 +427,7 @@ class TelemetryObserver:
         who = {
             sc.OMETER_TENANT: span.tenant,
             sc.OMETER_DEPARTMENT: span.department,
-            sc.GEN_AI_REQUEST_MODEL: span.model,
+            sc.GEN_AI_REQUEST_MODEL: self._served.label(span, span.model),
         }
         self.cost.add(span.cost_total, exportable({**who, sc.OMETER_CURRENCY: span.currency}))
         if span.queue_ns is not None:
