@@ -68,11 +68,13 @@ def exports(
     ``limit`` bytes (a span larger alone: an export of its own), each with its sizes."""
     part: list[ReadableSpan] = []
     its: list[int] = []
+    total = 0
     for span, size in zip(spans, sizes, strict=True):
-        if part and sum(its) + size > limit:
+        if part and total + size > limit:
             yield part, its
-            part, its = [], []
+            part, its, total = [], [], 0
         part.append(span)
         its.append(size)
+        total += size
     if part:
         yield part, its
