@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, text
 
 from ollama_meter.ledger.models import MODEL_NAMES, SPANS
-from ollama_meter.records import PastCall, SpanRecord, counted_model
+from ollama_meter.records import MODEL_LIMIT, PastCall, SpanRecord, counted_model
 
 _NOTE = text(f"INSERT INTO {MODEL_NAMES.name} (name) VALUES (:name) ON CONFLICT (name) DO NOTHING")
 """SQLite and PostgreSQL spell it alike."""
@@ -51,7 +51,8 @@ def spellings(conn: Connection, model: str) -> list[str]:
     sent and folded (a span an older ometer wrote, its name not noted, is still found)."""
     counted = counted_model(model)
     noted = conn.scalars(select(MODEL_NAMES.c.name))
-    return sorted({model, counted, *(name for name in noted if counted_model(name) == counted)})
+    sent = [model] if len(model) <= MODEL_LIMIT else []  # a longer one is stored as ``counted``
+    return sorted({*sent, counted, *(name for name in noted if counted_model(name) == counted)})
 
 
 def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:

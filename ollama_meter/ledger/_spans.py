@@ -282,10 +282,11 @@ class SpanFilter:
         # surrogate, which PostgreSQL refuses outright, reads as the U+FFFD it was stored as.
         for name, column in _TEXT_FILTERS.items():
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and name != "model":
                 object.__setattr__(self, name, storable_text(str(value), TEXT_LIMITS[column]))
-        if self.model is not None:  # any spelling of a model picks all of its calls
-            object.__setattr__(self, "model", counted_model(self.model))
+        if self.model is not None:  # any spelling of a model picks all of its calls, as
+            # the meter stores them (folded whole, not cut first: ``make_storable``)
+            object.__setattr__(self, "model", counted_model(str(self.model)))
 
     def clauses(self, conn: Connection) -> list[Any]:
         """The WHERE clauses of spans this picks; ``conn`` finds the spellings of its model."""
