@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, Engine, bindparam, select, text
 
 from ollama_meter.ledger.models import MODEL_NAMES, SPANS
 from ollama_meter.records import MODEL_LIMIT, PastCall, SpanRecord, counted_model
@@ -40,10 +41,28 @@ _LATEST = (
 
 def note_models(conn: Connection, spans: Sequence[SpanRecord]) -> None:
     """Note the names the successful calls of ``spans`` asked for, in the caller's
-    transaction (sorted: writers on PostgreSQL take the keys in one order)."""
-    names = sorted({span.request_model for span in spans if span.status == "ok"})
-    if names:
-        conn.execute(_NOTE, [{"name": name} for name in names])
+    transaction.
+
+    A name already noted costs no statement: each process remembers the names it saw on
+    record (read, not written: a write of its own may yet roll back). A new one is inserted
+    only when a read finds it missing, so writers on PostgreSQL never wait on each other's
+    uncommitted insert of a name the ledger has (sorted: any that do take keys in one order).
+    """
+    names = {span.request_model for span in spans if span.status == "ok"}
+    known = _KNOWN.setdefault(conn.engine, set())
+    if not (names := names - known):
+        return
+    if len(known) > KNOWN_NAMES:
+        known.clear()
+    found = conn.scalars(select(MODEL_NAMES.c.name).where(MODEL_NAMES.c.name.in_(names)))
+    known.update(found)
+    if missing := sorted(names - known):
+        conn.execute(_NOTE, [{"name": name} for name in missing])
+
+
+_KNOWN: WeakKeyDictionary[Engine, set[str]] = WeakKeyDictionary()
+KNOWN_NAMES = 10_000
+"""Names a process remembers as noted per ledger, at most (a fleet serves a few hundred)."""
 
 
 def spellings(conn: Connection, model: str) -> list[str]:

@@ -109,3 +109,17 @@ def test_an_upgraded_ledger_knows_the_spellings_its_spans_hold(db_url: str) -> N
     downgrade(ledger, "0018")
     close_ledgers()
     assert [p.input_tokens for p in Ledger(db_url).recent_usage("llama3.1:8b")] == [7, 7]
+
+
+def test_a_name_on_record_costs_a_write_no_statement(db_url: str) -> None:
+    """Noting names is on every call's write: one the ledger has, once read back, is neither
+    read nor written again (on PostgreSQL an insert of it waited on another writer's)."""
+    ledger = Ledger(db_url)
+    ledger.record([make_span(started_at=START)])  # written
+    ledger.record([make_span(started_at=START + timedelta(seconds=9))])  # read: on record
+    seen: list[str] = []
+    sa.event.listen(ledger.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    ledger.record([make_span(started_at=START + timedelta(seconds=n)) for n in range(1, 4)])
+    assert seen and not [sql for sql in seen if "model_names" in sql], seen
+    ledger.record([make_span(started_at=START, request_model="LLAMA3.1:8B")])
+    assert [p.input_tokens for p in ledger.recent_usage("llama3.1:8b", 3)] == [7, 7, 7]
