@@ -191,17 +191,13 @@ class EmailChannel:
             watchdog.daemon = True
             watchdog.start()
             try:
-                refused = self._send(smtp, message, owed)
-            except smtplib.SMTPRecipientsRefused as exc:  # every one: deferred, or failed
-                if not any(400 <= code < 500 for code, _ in exc.recipients.values()):
-                    raise
-                refused = exc.recipients
+                refused, unsendable = self._send(smtp, message, owed)
             finally:
                 watchdog.cancel()
                 smtp.close()
-            have |= {a for a in owed if a not in refused}
+            have |= {a for a in owed if a not in refused and a not in unsendable}
         else:
-            refused = {}
+            refused, unsendable = {}, []
         took = ", ".join(a for a in addresses if a in have)
         # A 4xx is "try later" (a full mailbox): tried again, for those alone. Not the others:
         # they have it, and would get it again.
@@ -209,16 +205,22 @@ class EmailChannel:
             self._have[alert.id] = have
             raise OSError(f"{SENT}{took or 'none'}{DEFERRED}{_answers(deferred)}")
         self._have.pop(alert.id, None)
-        if not refused:
-            return f"sent to {took}"
-        said = _answers(refused)
-        log.warning("alert email to %s refused by %s: %s", ", ".join(refused), self.host, said)
-        return f"sent to {took}; refused by the server: {said}"
+        outcome = f"sent to {took}"
+        if refused:
+            said = _answers(refused)
+            log.warning("alert email to %s refused by %s: %s", ", ".join(refused), self.host, said)
+            outcome += f"; refused by the server: {said}"
+        if unsendable:  # what another try would meet again: said once, not tried again
+            why = _no_smtputf8(self.host, unsendable)
+            log.warning("alert email not sent to %s", why)
+            outcome += f"; not sent to {why}"
+        return outcome
 
     def _send(
         self, smtp: smtplib.SMTP, message: EmailMessage, to: list[str]
-    ) -> dict[str, tuple[int, bytes]]:
-        """Send ``message``; the recipients the server refused (all refused raises)."""
+    ) -> tuple[dict[str, tuple[int, bytes]], list[str]]:
+        """Send ``message``; the recipients the server refused (all refused raises, unless
+        some only for now), and those it cannot take from this server (no SMTPUTF8)."""
         smtp.connect(self.host, self.port)
         smtp.ehlo_or_helo_if_needed()  # EHLO, else HELO (an RFC 821 server): never neither
         if self.implicit_tls:
@@ -233,12 +235,39 @@ class EmailChannel:
             )
         if self.user:
             smtp.login(self.user, self.password or "")
-        refused = smtp.send_message(message, to_addrs=to)
+        # An address with a non-ASCII local part (jürgen@) needs the server's SMTPUTF8; smtplib
+        # refused the whole message for one such recipient where it is not offered, each try.
+        utf8 = smtp.has_extn("smtputf8")
+        if not utf8 and not (sender := parseaddr(self.sender)[1]).isascii():
+            raise OSError(f"not sent from {_no_smtputf8(self.host, [sender], 'OMETER_SMTP_FROM')}")
+        unsendable = [] if utf8 else [a for a in to if not a.isascii()]
+        sendable = [a for a in to if a not in unsendable]
+        if not sendable:
+            raise OSError(f"not sent to {_no_smtputf8(self.host, unsendable)}")
+        if unsendable:  # nor named where they get nothing, in a header they would garble
+            del message["To"]
+            message["To"] = ", ".join(r for r in self.recipients if parseaddr(r)[1].isascii())
+        try:
+            refused = smtp.send_message(message, to_addrs=sendable)
+        except smtplib.SMTPRecipientsRefused as exc:  # every one: deferred, or failed
+            if not any(400 <= code < 500 for code, _ in exc.recipients.values()):
+                raise
+            return exc.recipients, unsendable
         # The server has the message since it took its DATA: a QUIT answered with anything
         # but 221 (smtplib's ``with`` raises then) is no failure, or the alert is mailed again.
         with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.quit()
-        return refused
+        return refused, unsendable
+
+
+def _no_smtputf8(
+    host: str, addresses: Sequence[str], setting: str = "OMETER_ALERT_EMAIL_TO"
+) -> str:
+    return (
+        f"{', '.join(addresses)}: {host} does not offer SMTPUTF8, which an address with "
+        f"letters beyond ASCII before the @ needs; give an ASCII address in {setting}, or use "
+        "a server that offers SMTPUTF8"
+    )
 
 
 SENT, DEFERRED = "sent to ", "; deferred by the server (tried again): "

@@ -157,6 +157,7 @@ def serve(
     from ollama_meter.gateway import (
         GatewayOptions,
         GatewayServer,
+        check_listen_host,
         create_app,
         is_loopback,
         listening_socket,
@@ -177,6 +178,7 @@ def serve(
         origins=tuple(origins.split(",")),
     )
     admin_token = options.admin_token
+    check_listen_host(host, port)  # no key makes a host this machine has no address for work
     if admin_token and (short := short_token(admin_token, host, loopback=is_loopback(host))):
         raise ValidationError(short)
     if not (is_loopback(host) or require_key or admin_token or insecure_open):

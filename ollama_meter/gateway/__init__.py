@@ -13,7 +13,12 @@ from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 if TYPE_CHECKING:
     from ollama_meter.gateway._access import GatewayOptions
     from ollama_meter.gateway._app import ADMIN, create_app
-    from ollama_meter.gateway._connections import is_loopback, listening_socket, listening_url
+    from ollama_meter.gateway._connections import (
+        check_listen_host,
+        is_loopback,
+        listening_socket,
+        listening_url,
+    )
     from ollama_meter.gateway._drain import GatewayServer
     from ollama_meter.gateway._passthrough import PASSTHROUGH
     from ollama_meter.gateway._server import server_config
@@ -25,6 +30,7 @@ __all__ = [
     "PASSTHROUGH",
     "GatewayOptions",
     "GatewayServer",
+    "check_listen_host",
     "create_app",
     "is_loopback",
     "listening_socket",
@@ -38,6 +44,7 @@ _LAZY = {
     "GatewayOptions": "._access",
     "GatewayServer": "._drain",
     "create_app": "._app",
+    "check_listen_host": "._connections",
     "is_loopback": "._connections",
     "listening_socket": "._connections",
     "listening_url": "._connections",

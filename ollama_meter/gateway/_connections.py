@@ -165,13 +165,31 @@ def listening_socket(host: str, port: int) -> socket.socket:
     A port in use or an address this machine does not have is a one-line error
     saying what to change, not a server that announces itself and then stops.
     """
+    return _bound(host, port, port)
+
+
+def check_listen_host(host: str, port: int) -> None:
+    """Raise what :func:`listening_socket` would for ``host`` itself (no address, a name that
+    does not resolve, an address no interface has), without taking ``port``: said before
+    what listening there would need (a key beyond loopback), which no key fixes."""
+    _bound(host, 0, port).close()
+
+
+def _bound(host: str, port: int, shown: int) -> socket.socket:
     bare = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((bare, port))
+    except socket.gaierror as exc:
+        sock.close()
+        raise ValidationError(
+            f"cannot listen on {host}:{shown}: {bare} is no IP address, nor a name this "
+            f"machine resolves ({exc.strerror or exc}); give an address of this machine, such "
+            "as 127.0.0.1, or 0.0.0.0 for every interface"
+        ) from None
     except OSError as exc:
         sock.close()
         reason = _CANNOT_LISTEN.get(exc.errno or 0, exc.strerror or str(exc))
-        raise ValidationError(f"cannot listen on {host}:{port}: {reason}") from None
+        raise ValidationError(f"cannot listen on {host}:{shown}: {reason}") from None
     return sock

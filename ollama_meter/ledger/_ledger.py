@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from ollama_meter._lazy import lazy_modules
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import BudgetError, LedgerError, PricingError, ValidationError
-from ollama_meter.ledger import _alert_rows, _budgets, _meta, _prices, _rebuild, _spans
+from ollama_meter.ledger import _alert_rows, _budgets, _history, _meta, _prices, _rebuild, _spans
 from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
@@ -224,9 +224,10 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
             return True
 
     def recent_usage(self, model: str, limit: int = 20) -> list[PastCall]:
-        """Usage of the latest successful calls to ``model``: what budgets estimate from."""
+        """Usage of the latest successful calls to ``model``, in any spelling of it: what
+        budgets estimate from."""
         with self.read() as conn:
-            return _spans.recent_usage(conn, model, limit)
+            return _history.recent_usage(conn, model, limit)
 
     # -- budgets and alerts --------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from ollama_meter.ledger._deadline import unbounded
 
 log = logging.getLogger("ollama_meter.ledger")
 
-HEAD_REVISION = "0018"
+HEAD_REVISION = "0019"
 """The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
 
 

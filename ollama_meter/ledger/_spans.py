@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Select, Table, bindparam, null, select, update
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import _meta, _prices, _rollup
+from ollama_meter.ledger import _history, _meta, _prices, _rollup
 from ollama_meter.ledger._span_rows import read_as_stored, row_to_span
 from ollama_meter.ledger._spellings import ANSWERED_MODEL, latest_ids, spellings
 from ollama_meter.ledger._types import driver_key, from_us, to_us
@@ -19,7 +19,6 @@ from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import (
     TEXT_LIMITS,
-    PastCall,
     PriceRule,
     SpanRecord,
     counted_model,
@@ -213,6 +212,7 @@ def insert_spans(
         unique, early = _before(conn, unique, horizon)
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)
+    _history.note_models(conn, added)
     return Inserted(added, early, None if horizon is None else from_us(horizon))
 
 
@@ -282,10 +282,11 @@ class SpanFilter:
         # surrogate, which PostgreSQL refuses outright, reads as the U+FFFD it was stored as.
         for name, column in _TEXT_FILTERS.items():
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and name != "model":
                 object.__setattr__(self, name, storable_text(str(value), TEXT_LIMITS[column]))
-        if self.model is not None:  # any spelling of a model picks all of its calls
-            object.__setattr__(self, "model", counted_model(self.model))
+        if self.model is not None:  # any spelling of a model picks all of its calls, as
+            # the meter stores them (folded whole, not cut first: ``make_storable``)
+            object.__setattr__(self, "model", counted_model(str(self.model)))
 
     def clauses(self, conn: Connection) -> list[Any]:
         """The WHERE clauses of spans this picks; ``conn`` finds the spellings of its model."""
@@ -387,27 +388,3 @@ def update_costs(
 
 def _costs(span: SpanRecord) -> dict[str, Any]:
     return {name: getattr(span, name) for name in _COST_COLUMNS}
-
-
-def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:
-    query = (
-        select(
-            SPANS.c.input_tokens,
-            SPANS.c.output_tokens,
-            SPANS.c.prompt_eval_duration_ns,
-            SPANS.c.eval_duration_ns,
-            SPANS.c.load_duration_ns,
-        )
-        .where(SPANS.c.request_model == model, SPANS.c.status == "ok")
-        .order_by(SPANS.c.id.desc())
-        .limit(limit)
-    )
-    # A row another tool wrote with no whole number in range ('n/a', a REAL) failed every
-    # new call bounded by this history, or bounded it by a fraction: it is left out. What
-    # reads whole spans names it (``_span_rows``); a call's bound does not wait on a fix.
-    return [
-        PastCall(row[0], row[1], row[2] or 0, row[3] or 0, row[4] or 0)
-        for row in conn.execute(query)
-        if all(type(value) is int and value >= 0 for value in row[:2])
-        and all(value is None or (type(value) is int and value >= 0) for value in row[2:])
-    ]

@@ -88,8 +88,10 @@ SPANS = Table(
     _Nullable("prompt", Text),
     _Nullable("reply", Text),
     # Reports, budgets and chargeback read rollups; raw spans are found by time (export,
-    # prune, the open edge) or by id. Nothing else pays for an index on every span.
+    # prune, the open edge) or by id, and a model's latest successful calls (what a hard
+    # budget bounds a time-priced call by, on every call's path) by name, newest first.
     Index("ix_spans_started_at", "started_at"),
+    Index("ix_spans_request_model", "request_model", "status", "id"),
 )
 """One metered call per row. Columns mirror :class:`ollama_meter.meter.SpanRecord`."""
 
@@ -347,3 +349,13 @@ a key's own limits (which keep the key's tenant and department, for reading). An
 holding a slot at once) and ``weight`` (the share of slots when calls queue) may be
 NULL: not limited, or the default weight 1.
 """
+
+MODEL_NAMES = Table(
+    "model_names",
+    METADATA,
+    _NotNull("name", String(255), primary_key=True),
+)
+"""Each name a successful call asked for, as its spans hold it (``request_model``): the
+spellings of a model (``LLAMA3.1:8B``, ``llama3.1:8b ``) its history is read under, found
+without a pass over the spans. Written with the spans; never pruned (a name with no spans
+left costs one index probe)."""

@@ -11,7 +11,11 @@ MODEL_LIMIT = TEXT_LIMITS["request_model"]
 """The longest model name the ledger stores (spans' and rollups' model columns alike)."""
 
 
-@functools.lru_cache(maxsize=8192)
+CACHED_NAME = 4 * MODEL_LIMIT
+"""The longest name :func:`counted_model` keeps its answer for: a caller may name a model of
+megabytes each call (see ``_names.LONGEST_MODEL``), and a cache of thousands held gigabytes."""
+
+
 def counted_model(name: str) -> str:
     """``name`` as reports group and filter it: :func:`model_key`'s form (``LLAMA3.1:8B ``,
     ``registry.ollama.ai/library/llama3.1:8b`` are ``llama3.1:8b``; ``llama3.1`` is
@@ -21,6 +25,10 @@ def counted_model(name: str) -> str:
     A name of nothing but blanks is left as it is: it names no model. Cached: the write path
     folds every span's model.
     """
+    return _cached(name) if len(name) <= CACHED_NAME else _counted(name)
+
+
+def _counted(name: str) -> str:
     folded = name
     for _ in range(len(name) + 2):  # each pass that changes it drops a prefix or adds the tag
         again = _fold(folded)
@@ -28,6 +36,9 @@ def counted_model(name: str) -> str:
             return folded
         folded = again
     return folded
+
+
+_cached = functools.lru_cache(maxsize=8192)(_counted)
 
 
 def _fold(name: str) -> str:

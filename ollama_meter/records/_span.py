@@ -275,6 +275,7 @@ _TEXTS = tuple((name, limit, name in LABEL_FIELDS) for name, limit in TEXT_LIMIT
 _NUMBERS = tuple((name, MAX_TOKENS) for name in COUNT_FIELDS) + tuple(
     (name, MAX_DURATION_NS) for name in DURATION_FIELDS
 )
+_MODELS = frozenset({"request_model", "response_model"})
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot encode them)."""
 
@@ -289,6 +290,25 @@ def storable_text(value: str, limit: int) -> str:
     if len(value) > limit:
         value = value[: limit - 1] + "…"
     return value
+
+
+def _stored_model(name: str, limit: int) -> str:
+    """A model's name that does not fit as it is, as the ledger keeps it: counting as the same
+    model (:func:`~ollama_meter.records.counted_model`) as the name sent. Cut, or a character
+    replaced, before it was folded, blanks around it (``" " + 300 letters``, ``"gemma3\n"``)
+    moved the cut or became U+FFFD, and one model counted as two.
+
+    Blanks around it go first (the fold drops them); then a name that fits keeps its letters
+    (U+FFFD for what cannot be shown), and one that does not is kept as the one name it
+    counts under, which fits. A name of only blanks names no model: shown as it is."""
+    if name.strip():
+        name = name.strip()
+    if len(name) > limit:
+        from ollama_meter.records._counted import counted_model  # it folds with this module
+
+        return counted_model(name)
+    name = storable_text(name, limit)
+    return name if name.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in name)
 
 
 def _bounded(value: object, top: int) -> int:
@@ -315,6 +335,8 @@ def make_storable(span: SpanRecord) -> SpanRecord:
             value = storable_text(value, limit)
         if label and not value.isprintable():
             value = "".join(c if c.isprintable() else "\ufffd" for c in value)
+        if value != given and name in _MODELS:
+            value = _stored_model(str(given), limit)
         if value is not given:
             setattr(span, name, value)
     if span.tags:

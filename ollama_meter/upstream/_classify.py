@@ -17,13 +17,16 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import re
+import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from ollama_meter._text import one_line
 from ollama_meter.errors import (
@@ -136,7 +139,54 @@ def no_connection(
             f"the server at {address} answered plain HTTP to a TLS connection: use "
             f"http://{address}, not https://"
         )
-    return transport_error(Failure.CONNECTION, host=host, started=False, reason=reason, hint=hint)
+    said = unreached(exc, host) or reason
+    return transport_error(Failure.CONNECTION, host=host, started=False, reason=said, hint=hint)
+
+
+def unreached(exc: BaseException, host: str) -> str | None:
+    """Why a connect to ``host`` failed, plainly: its address and the system's reason
+    (``127.0.0.1:9: Connection refused``), or the TLS library's. None when ``exc`` holds none.
+
+    Each client library words it its own way: aiohttp as ``Cannot connect to host 127.0.0.1:9
+    ssl:default [Connect call failed ('127.0.0.1', 9)]`` (its TLS setting, named for plain
+    http too, and asyncio's words), the ollama SDK's httpx as ``All connection attempts
+    failed``. Spans, callers' answers and the gateway's log all say this instead.
+    """
+    causes = list(_causes(exc))
+    # The innermost TLS error (aiohttp's own wrapper is one too) in OpenSSL's words: its
+    # errno is OpenSSL's (1), not the system's EPERM.
+    said = next((one_line(str(c)) for c in causes[::-1] if isinstance(c, ssl.SSLError)), None)
+    if said is None:
+        said = next(filter(None, map(_system_reason, causes)), None)
+    return None if said is None else f"{_address(host)}: {said}"
+
+
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
+def _system_reason(cause: BaseException) -> str | None:
+    """The system's words for a failed connect: ``Connection refused``, not asyncio's
+    ``Connect call failed ('127.0.0.1', 9)``, also when each address of a name failed alike
+    (asyncio's ``Multiple exceptions: [Errno 111] ...``); a name's that did not resolve."""
+    if not isinstance(cause, OSError):
+        return None
+    if isinstance(cause, socket.gaierror) and cause.strerror:
+        return cause.strerror
+    if isinstance(cause.errno, int) and cause.errno > 0:
+        return os.strerror(cause.errno)
+    codes = set(_ERRNO.findall(str(cause)))
+    return os.strerror(int(codes.pop())) if len(codes) == 1 else None
+
+
+def _address(host: str) -> str:
+    """``host:port`` of an upstream's URL (no user or password it may hold)."""
+    parts = urlsplit(host)
+    name = parts.hostname or host
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return name
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
 
 _PLAIN_HTTP = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")

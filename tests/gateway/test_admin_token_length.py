@@ -8,6 +8,7 @@ On loopback any token is taken: only this machine reaches it.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -33,15 +34,14 @@ def test_a_token_shorter_than_16_characters_guards_loopback_only(token: str) -> 
 def test_serve_refuses_a_short_admin_token_beyond_loopback_before_listening(
     cli: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    # An address no interface has: were the token taken, listening fails (it would not hang).
-    host = "10.254.254.254"
+    host = "0.0.0.0"  # refused before listening: were the token taken, the test would hang
     if how == "environment":
         monkeypatch.setenv("OMETER_ADMIN_TOKEN", "s3cret\n")
     token = ["--admin-token", "s3cret"] if how == "option" else []
     done = cli("serve", "--host", host, *token, "--upstream", emulator.url, "--db", sqlite_url)
     assert done.code == 2 and "ometer gateway on" not in done.stderr
     assert done.stderr.strip() == (
-        "error: --admin-token (OMETER_ADMIN_TOKEN) has 6 characters: on 10.254.254.254 anyone "
+        "error: --admin-token (OMETER_ADMIN_TOKEN) has 6 characters: on 0.0.0.0 anyone "
         "who reaches the port may guess one that short and read every tenant's spend; give at "
         "least 16 (e.g. the output of `openssl rand -hex 32`), or listen on 127.0.0.1"
     )
@@ -50,8 +50,10 @@ def test_serve_refuses_a_short_admin_token_beyond_loopback_before_listening(
 def test_a_long_enough_token_gets_past_the_check(
     cli: Any, emulator: OllamaEmulator, sqlite_url: str
 ) -> None:
-    done = cli(
-        "serve", "--host", "10.254.254.254", "--admin-token", "x" * MIN_SHARED_TOKEN,
-        "--upstream", emulator.url, "--db", sqlite_url,
-    )  # fmt: skip
-    assert done.code == 2 and "cannot listen on 10.254.254.254" in done.stderr, done.stderr
+    with socket.create_server(("0.0.0.0", 0)) as taken:  # listening then fails (no hang)
+        port = str(taken.getsockname()[1])
+        done = cli(
+            "serve", "--host", "0.0.0.0", "--port", port, "--admin-token", "x" * MIN_SHARED_TOKEN,
+            "--upstream", emulator.url, "--db", sqlite_url,
+        )  # fmt: skip
+    assert done.code == 2 and f"cannot listen on 0.0.0.0:{port}: the port is in use" in done.stderr

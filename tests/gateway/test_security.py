@@ -276,6 +276,31 @@ def test_a_port_it_cannot_listen_on_is_one_line_before_any_banner(
     assert line.startswith(f"error: cannot listen on {host}:{port}: {reason}")
 
 
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("999.1.1.1", "999.1.1.1 is no IP address, nor a name this machine resolves"),
+        ("nosuch.invalid", "nosuch.invalid is no IP address, nor a name this machine resolves"),
+        ("[::zz]", "::zz is no IP address, nor a name this machine resolves"),
+        ("192.0.2.1", "no network interface of this machine has that address"),
+    ],
+)
+@pytest.mark.parametrize("guard", [[], ["--admin-token", "s3cret"], ["--require-key"]])
+def test_a_host_it_cannot_listen_on_is_said_before_what_listening_there_would_need(
+    cli: Any, tmp_path: Path, host: str, reason: str, guard: list[str]
+) -> None:
+    """``--host 999.1.1.1`` (no address) was told to add a key to listen beyond loopback:
+    with the key, it failed again for the address. The address is checked first."""
+    done = cli(
+        "serve", "--host", host, "--port", "11999", *guard,
+        "--upstream", "http://127.0.0.1:9", "--db", f"sqlite:///{tmp_path / 'l.db'}",
+    )  # fmt: skip
+    assert done.code == 2 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot listen on {host}:11999: {reason}"), line
+    assert "127.0.0.1" in line and "0.0.0.0" in line, line
+
+
 def raw(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
     """Send bytes as they are on one connection; what came back until the server closed it."""
     parts = urlsplit(url)

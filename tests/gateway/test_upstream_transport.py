@@ -646,3 +646,11 @@ def test_a_server_the_gateway_cannot_reach_is_named_by_the_gateways_setting(
     assert (
         "is it running? The gateway's --upstream, OMETER_UPSTREAMS or OLLAMA_HOST names it" in said
     )
+    # aiohttp's "Cannot connect to host 127.0.0.1:9 ssl:default [Connection refused]" was
+    # passed on as it was, to callers and into spans: said plainly, address and reason.
+    port = closed[0].rsplit(":", 1)[1]
+    assert "ssl:" not in said and f"(127.0.0.1:{port}: Connection refused)" in said, said
+    gw.settle()
+    for span in gw.ledger.latest(SpanFilter(), 10):
+        message = span.error_message or ""
+        assert "ssl:" not in message and f"127.0.0.1:{port}: Connection refused" in message

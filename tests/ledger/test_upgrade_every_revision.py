@@ -34,7 +34,14 @@ _KEPT = (
 _COUNTED = ("price_rules", "budgets", "budget_alerts", "api_keys")
 """The tables whose ids a PostgreSQL sequence gives."""
 
-_COMPARED = (*_KEPT, "rollups", "rollup_histograms", "rollup_busy", "rollup_busy_cells")
+_COMPARED = (
+    *_KEPT,
+    "rollups",
+    "rollup_histograms",
+    "rollup_busy",
+    "rollup_busy_cells",
+    "model_names",
+)
 
 
 def _made_at_head(url: str, revision: str, now: datetime) -> Ledger:
