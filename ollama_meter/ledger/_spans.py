@@ -212,7 +212,7 @@ def insert_spans(
         unique, early = _before(conn, unique, horizon)
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)
-    _history.note_models(conn, added)
+    _history.note_calls(conn, added)
     return Inserted(added, early, None if horizon is None else from_us(horizon))
 
 

@@ -88,10 +88,8 @@ SPANS = Table(
     _Nullable("prompt", Text),
     _Nullable("reply", Text),
     # Reports, budgets and chargeback read rollups; raw spans are found by time (export,
-    # prune, the open edge) or by id, and a model's latest successful calls (what a hard
-    # budget bounds a time-priced call by, on every call's path) by name, newest first.
+    # prune, the open edge) or by id. Nothing else pays for an index on every span.
     Index("ix_spans_started_at", "started_at"),
-    Index("ix_spans_request_model", "request_model", "status", "id"),
 )
 """One metered call per row. Columns mirror :class:`ollama_meter.meter.SpanRecord`."""
 
@@ -350,12 +348,20 @@ holding a slot at once) and ``weight`` (the share of slots when calls queue) may
 NULL: not limited, or the default weight 1.
 """
 
-MODEL_NAMES = Table(
-    "model_names",
+MODEL_HISTORY = Table(
+    "model_history",
     METADATA,
-    _NotNull("name", String(255), primary_key=True),
+    _NotNull("model", String(255)),
+    _NotNull("id", String(26)),
+    _NotNull("input_tokens", BigInteger),
+    _NotNull("output_tokens", BigInteger),
+    _Nullable("prompt_eval_duration_ns", BigInteger),
+    _Nullable("eval_duration_ns", BigInteger),
+    _Nullable("load_duration_ns", BigInteger),
+    PrimaryKeyConstraint("model", "id"),
+    sqlite_with_rowid=False,
 )
-"""Each name a successful call asked for, as its spans hold it (``request_model``): the
-spellings of a model (``LLAMA3.1:8B``, ``llama3.1:8b ``) its history is read under, found
-without a pass over the spans. Written with the spans; never pruned (a name with no spans
-left costs one index probe)."""
+"""A model's latest successful calls (at most ``_history.KEPT``), what a hard budget bounds a
+time-priced call by: ``model`` is the one name the model counts under (``counted_model`` of
+the name asked for, whatever its spelling), ``id`` the span's. Written with the spans and cut
+back to the latest as it is; a span pruned or repriced leaves its row (its usage stays)."""

@@ -40,7 +40,7 @@ _COMPARED = (
     "rollup_histograms",
     "rollup_busy",
     "rollup_busy_cells",
-    "model_names",
+    "model_history",
 )
 
 
