@@ -216,7 +216,8 @@ def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
 
 
 _GROUPS = (signal.SIGINT, signal.SIGQUIT)
-"""What a terminal sends its whole foreground group (Ctrl-C, Ctrl-\\): the program has it too."""
+"""What a terminal sends its whole foreground group (Ctrl-C, Ctrl-\\): the program has it too;
+sent to ometer alone (no terminal), it is passed on."""
 _PASSED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 """Signals sent to ``ometer`` alone that would end it, passed on to its program."""
 _ENDING = (*_GROUPS, signal.SIGTERM, signal.SIGHUP)
@@ -229,7 +230,8 @@ class _Job:
     While the program runs, as a shell runs a foreground job: Ctrl-C and Ctrl-\\ reach the
     program from the terminal (the whole group gets them), so here they do nothing: the
     program decides what they mean (a JVM prints its threads on Ctrl-\\ and goes on), and its
-    gateway meters what it still does. A SIGTERM, SIGHUP, SIGUSR1 or SIGUSR2 sent to ``ometer``
+    gateway meters what it still does. With no terminal they came to ometer alone (``docker
+    run`` without ``-t`` passes Ctrl-C to the container's first process): passed on. A SIGTERM, SIGHUP, SIGUSR1 or SIGUSR2 sent to ``ometer``
     is passed on (as ``timeout`` passes its signal): each ended ometer and its gateway by
     default, and what the program did after it went unmetered (its calls refused).
 
@@ -267,8 +269,8 @@ class _Job:
         if self.ended or (program is not None and program.returncode is not None):
             if sig in _ENDING:
                 self.cut()
-        elif sig in _GROUPS:
-            pass  # the program's to decide
+        elif sig in _GROUPS and _from_terminal():
+            pass  # the program has it too: its to decide
         elif program is None:
             self.early.append(sig)
         else:
@@ -284,6 +286,23 @@ class _Job:
         finally:
             self.ended = True
         return 128 - code if code < 0 else code
+
+
+def _from_terminal() -> bool:
+    """Whether a Ctrl-C or Ctrl-\\ came from ometer's terminal to its whole foreground group
+    (the program too): ometer is that group. With no terminal (a container's first process,
+    ``docker run`` without ``-t`` passing a Ctrl-C on, ``kill -INT``) it came to ometer alone,
+    and the program would never hear it."""
+    try:
+        terminal = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(terminal) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(terminal)
 
 
 def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":

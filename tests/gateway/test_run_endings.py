@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -180,13 +183,38 @@ def test_a_ctrl_c_as_the_program_exits_and_before_the_drain_starts_cuts_the_drai
     assert STOPPED in out.read_text()
 
 
+def _controlling(terminal: int) -> Callable[[], None]:
+    """A child's set-up making ``terminal`` its controlling terminal (its session's first):
+    its process group is then the terminal's foreground job, which a Ctrl-C typed there
+    reaches whole."""
+
+    def take() -> None:
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+    return take
+
+
 @pytest.mark.parametrize(
-    ("sig", "to_group"),
-    [(signal.SIGQUIT, True), (signal.SIGUSR1, False), (signal.SIGUSR2, False)],
-    ids=["ctrl-backslash", "usr1-to-ometer", "usr2-to-ometer"],
+    ("sig", "typed"),
+    [
+        (signal.SIGQUIT, b"\x1c"),
+        (signal.SIGINT, b"\x03"),
+        (signal.SIGINT, None),
+        (signal.SIGQUIT, None),
+        (signal.SIGUSR1, None),
+        (signal.SIGUSR2, None),
+    ],
+    ids=[
+        "ctrl-backslash",
+        "ctrl-c",
+        "int-to-ometer",
+        "quit-to-ometer",
+        "usr1-to-ometer",
+        "usr2-to-ometer",
+    ],
 )
 def test_a_signal_that_would_end_ometer_alone_is_the_programs_and_its_calls_are_metered(
-    emulator: OllamaEmulator, tmp_path: Path, sig: signal.Signals, to_group: bool
+    emulator: OllamaEmulator, tmp_path: Path, sig: signal.Signals, typed: bytes | None
 ) -> None:
     """Ctrl-\\ (SIGQUIT) reaches the terminal's whole foreground group, as Ctrl-C does: a JVM
     prints its threads and goes on, and many programs take SIGUSR1 or SIGUSR2 (reopen the logs,
@@ -194,7 +222,10 @@ def test_a_signal_that_would_end_ometer_alone_is_the_programs_and_its_calls_are_
     gateway ended at once (a core dump for Ctrl-\\), with no summary, and the program went on
     pointed at a gateway no longer there, its next calls refused. Now Ctrl-\\ is the
     program's to decide, as Ctrl-C is, and SIGUSR1 or SIGUSR2 sent to ometer is passed on, as
-    SIGTERM is: the program hears each once, and its gateway meters what it still does."""
+    SIGTERM is. A SIGINT or SIGQUIT sent to ometer with no terminal (``docker run`` without
+    ``-t`` passes a Ctrl-C to the container's first process alone) was never passed on: the
+    program did not hear it. Each way, the program hears it once, and its gateway meters
+    what it still does."""
     env = {
         **os.environ,
         "OLLAMA_HOST": emulator.url,
@@ -209,14 +240,31 @@ def test_a_signal_that_would_end_ometer_alone_is_the_programs_and_its_calls_are_
         "    time.sleep(0.02)\n"
         "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': 'hi'}])\n"
     )
-    proc = run_as_a_job(program, env)
-    deadline = time.monotonic() + 60
-    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    (os.killpg if to_group else os.kill)(proc.pid, sig)
-    time.sleep(0.3)
-    go.touch()
-    _, stderr = proc.communicate(timeout=120)
+    main, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c", program],
+            env=env,
+            stdin=terminal if typed else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # no terminal, or (typed) this one its own
+            preexec_fn=_controlling(terminal) if typed else None,  # noqa: PLW1509
+        )
+        deadline = time.monotonic() + 60
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if typed:
+            os.write(main, typed)
+        else:
+            os.kill(proc.pid, sig)
+        time.sleep(0.3)
+        go.touch()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        os.close(main)
+        os.close(terminal)
     assert proc.returncode == 0, stderr
     assert stderr.count("heard") == 1, stderr
     (span,) = logged(env)
