@@ -114,7 +114,8 @@ def parse_amount(
         raise ValueError(f"{what} {_shown(written)} must be more than 0")
     check_amount(value, what=what, limit=limit)
     if places is not None and value != value.quantize(Decimal(1).scaleb(-places)):
-        raise ValueError(f"{what} {_shown(written)} has more than {places} decimal places")
+        most = f"more than {places} decimal places" if places else "decimals; give a whole number"
+        raise ValueError(f"{what} {_shown(written)} has {most}")
     return value.copy_abs()  # '-0' is 0: never listed as a price of -0
 
 

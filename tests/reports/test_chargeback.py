@@ -646,9 +646,8 @@ def test_the_cli_takes_a_fixed_cost_in_the_currencys_own_unit(
     places = {"KWD": 3, "JPY": 0}[currency]
     if len(finer.partition(".")[2]) > places:
         assert refused.code == 2, refused.stdout
-        assert refused.stderr.strip() == (
-            f"error: --fixed-cost {finer} has more than {places} decimal places"
-        )
+        most = f"more than {places} decimal places" if places else "decimals; give a whole number"
+        assert refused.stderr.strip() == f"error: --fixed-cost {finer} has {most}"
     else:
         assert refused.code == 0, refused.stderr
 
