@@ -186,6 +186,7 @@ def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
     cli: Any,
     emulator: OllamaEmulator,
     tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
     column: str,
     value: object,
@@ -193,7 +194,7 @@ def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
     """SQLite's SUM over a REAL is a REAL, which the sums cut to a whole number (a report a
     micro-unit short), and ``sign * 'n/a'`` is 0 (a cost of 'n/a' summed as none). A sum a
     reader shows now names the row; a column no reader sums leaves its answers exact."""
-    url = _span_ledger(cli, tmp_path, monkeypatch)
+    url = _copied_span_ledger(cli, tmp_path, tmp_path_factory, monkeypatch)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE rollups SET {column} = ?", (value,))

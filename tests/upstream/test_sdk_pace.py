@@ -40,7 +40,7 @@ async def _async(client: Any, stream: bool) -> None:
 def test_an_upstream_dripping_bytes_that_make_no_item_times_out(
     db_url: str, monkeypatch: pytest.MonkeyPatch, flavour: str, stream: bool, drop: bytes
 ) -> None:
-    monkeypatch.setenv("OMETER_UPSTREAM_TIMEOUT", "1")
+    monkeypatch.setenv("OMETER_UPSTREAM_TIMEOUT", "0.5")  # five drops in it
     monkeypatch.setenv("OMETER_RETRIES", "0")
     server = dripping(drop, lambda _: json.dumps(FINAL).encode() + b"\n")
     host = f"http://127.0.0.1:{server.server_address[1]}"
