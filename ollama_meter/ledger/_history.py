@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from operator import attrgetter
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, bindparam, func, select, text
 
 from ollama_meter.ledger.models import MODEL_HISTORY
 from ollama_meter.records import PastCall, SpanRecord, counted_model
@@ -37,16 +38,20 @@ _NOTE = text(
     f"VALUES ({', '.join(f':{name}' for name in _COLUMNS)}) ON CONFLICT (model, id) DO NOTHING"
 )
 """SQLite and PostgreSQL spell it alike."""
+_HELD = (
+    select(MODEL_HISTORY.c.model, func.count())
+    .where(MODEL_HISTORY.c.model.in_(bindparam("models", expanding=True)))
+    .group_by(MODEL_HISTORY.c.model)
+)
 _CUT = text(
-    f"DELETE FROM {MODEL_HISTORY.name} WHERE model = :model AND ("
-    f"SELECT count(*) FROM (SELECT 1 FROM {MODEL_HISTORY.name} WHERE model = :model "
-    f"LIMIT {2 * KEPT + 1}) AS held) > {2 * KEPT} AND id < ("
+    f"DELETE FROM {MODEL_HISTORY.name} WHERE model = :model AND id < ("
     f"SELECT id FROM {MODEL_HISTORY.name} WHERE model = :model "
     f"ORDER BY id DESC LIMIT 1 OFFSET {KEPT - 1})"
 )
-"""A model's calls but its :data:`KEPT` latest, once it holds more than twice as many: a cut
-takes the rows' locks (on PostgreSQL a writer cutting the same model waits for the other to
-commit), so most writes only add."""
+"""A model's calls but its :data:`KEPT` latest."""
+_ROWS = 500
+"""Rows an insert or a read of counts takes at most (7 parameters a row: well within any
+SQLite's limit)."""
 _LATEST = (
     select(*(MODEL_HISTORY.c[name] for name in _COLUMNS[2:]))
     .where(MODEL_HISTORY.c.model == bindparam("model"))
@@ -59,7 +64,7 @@ _NEWEST_FIRST = attrgetter("id")
 def note_calls(conn: Connection, spans: Sequence[SpanRecord]) -> None:
     """Add the successful calls of ``spans`` (just inserted) to their models' histories, in
     the caller's transaction, and cut each back to its :data:`KEPT` latest when it holds
-    twice as many.
+    more than twice as many.
 
     Only a batch's latest of each model are written (an import of a year's calls writes a
     few rows a batch, not one a span); models in sorted order, so writers on PostgreSQL
@@ -77,8 +82,29 @@ def note_calls(conn: Connection, spans: Sequence[SpanRecord]) -> None:
             {"model": model, **{name: getattr(span, name) for name in _COLUMNS[1:]}}
             for span in spans_of[:KEPT]
         ]
-    conn.execute(_NOTE, rows)
-    conn.execute(_CUT, [{"model": model} for model in sorted(calls)])
+    for at in range(0, len(rows), _ROWS):
+        _note(conn, rows[at : at + _ROWS])
+    # Cut back once a model holds twice KEPT: a cut takes the rows' locks (on PostgreSQL a
+    # writer cutting the same model waits for the other to commit), so most writes only add.
+    models = sorted(calls)
+    held = [
+        row for at in range(0, len(models), _ROWS)
+        for row in conn.execute(_HELD, {"models": models[at : at + _ROWS]})
+    ]  # fmt: skip
+    if over := sorted(model for model, count in held if count > 2 * KEPT):
+        conn.execute(_CUT, [{"model": model} for model in over])
+
+
+def _note(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (those already there are left): on PostgreSQL in one statement (a
+    statement a row was a round of parse, plan and run each, an import's 200 spans 160 of
+    them); SQLite runs a statement a row in the process."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(_NOTE, rows)
+        return
+    from sqlalchemy.dialects.postgresql import insert  # a SQLite ledger never loads it
+
+    conn.execute(insert(MODEL_HISTORY).values(rows).on_conflict_do_nothing())
 
 
 def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:
