@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from ollama_meter._paths import resolved
 from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._budgets import ledger_now
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta
@@ -58,7 +59,7 @@ def prune(
     ledger: Ledger,
     keep_days: int,
     *,
-    now: datetime,
+    now: datetime | None = None,
     vacuum: bool = False,
     chunk: int = 20_000,
     stop: Callable[[], bool] = lambda: False,
@@ -75,6 +76,12 @@ def prune(
     gateway that is stopping must not wait for a prune of millions of spans. What is done
     stays done (each piece is whole); the result says ``stopped``, and the next prune goes on.
     ``progress`` is told the spans each committed chunk removed.
+
+    ``now``: the instant the days are counted back from; by default the ledger's clock (the
+    PostgreSQL server's, :func:`ledger_now`), not this host's. A horizon is for every process
+    on the ledger and never moves back: a gateway whose host clock ran two days ahead (NTP not
+    yet run, a VM resumed) set it two days into the future with ``--keep-days 1``, removed
+    today's raw spans, and set aside every call the other gateways recorded until that day came.
     """
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
@@ -103,6 +110,8 @@ def prune(
         # Midnight in the ledger's zone, so its day cells before the horizon are whole; days
         # by the calendar (now less keep_days * 24 h is a day off across a DST change).
         zone = ledger_zone(conn)
+        if now is None:
+            now = ledger_now(conn, datetime.now(UTC))
         today = now.astimezone(zone or UTC).date().toordinal()
         if today - keep_days < _EPOCH_DAY:  # back before 1970: no span is that old
             return PruneResult(from_us(0), 0, before, before, 0)

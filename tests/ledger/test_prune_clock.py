@@ -1,0 +1,52 @@
+"""A prune's horizon is counted back from the ledger's clock, not the host's.
+
+The horizon is one for every process on the ledger and never moves back: a span that started
+before it is set aside, not recorded. Gateways on several hosts share a PostgreSQL ledger and
+their clocks disagree (NTP not yet run, a VM resumed, a clock set by hand): one whose clock ran
+two days ahead pruned with ``OMETER_KEEP_DAYS=1`` by its own clock, removed today's raw spans,
+and set aside every call the other gateways recorded until that day came.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import text
+
+from ollama_meter.ledger import Ledger, SpanFilter, prune
+from ollama_meter.periods import day_of, local_midnight
+from tests.conftest import _fresh_pg_database
+from tests.factories import make_span
+
+
+def _server_clock(ledger: Ledger) -> datetime:
+    with ledger.read() as conn:
+        moment: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return moment.astimezone(UTC)
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Etc/GMT+12", "Pacific/Chatham"])
+def test_a_prune_counts_its_days_back_from_the_servers_clock(
+    pg_server: str | None, zone: str
+) -> None:
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available (install postgresql or set OMETER_TEST_PG_URL)")
+    ledger = Ledger(_fresh_pg_database(pg_server), zone=zone)
+    tz, before = ZoneInfo(zone), _server_clock(ledger)
+    horizon = local_midnight(day_of(before, tz) - timedelta(days=1), tz)
+    kept = [make_span(started_at=horizon + timedelta(microseconds=n)) for n in (0, 1)]
+    gone = make_span(started_at=horizon - timedelta(microseconds=1))
+    ledger.record([*kept, gone])
+
+    result = prune(ledger, 1)
+
+    after = _server_clock(ledger)
+    if day_of(after, tz) != day_of(before, tz):  # midnight passed meanwhile: one day later
+        horizon = local_midnight(day_of(after, tz) - timedelta(days=1), tz)
+    assert (result.cutoff, result.removed) == (horizon, 1)
+    late = make_span(started_at=after)  # a call another gateway records now: not set aside
+    ledger.record([late])
+    assert {s.id for s in ledger.latest(SpanFilter(), 10)} == {*(s.id for s in kept), late.id}
+    ledger.dispose()
