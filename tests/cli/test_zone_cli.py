@@ -71,3 +71,41 @@ def test_a_bill_cut_at_another_zone_than_the_ledgers_says_so_and_bills_as_asked(
             "the ledger's days and months, its budgets' and price rules' dates, begin at "
             "midnight in Europe/Berlin: set OMETER_TIMEZONE=Europe/Berlin to bill those\n"
         )
+
+
+@pytest.mark.parametrize(
+    ("kept", "configured", "month"),
+    [
+        ("UTC", "Etc/UTC", "2026-11"),  # Debian's /etc/timezone name for UTC
+        ("UTC", "Zulu", "2026-07"),
+        ("America/New_York", "US/Eastern", "2026-03"),
+        ("Asia/Kolkata", "Asia/Calcutta", "2026-11"),
+        ("Europe/Kyiv", "Europe/Kiev", "2026-10"),
+        ("UTC", "Europe/London", "2026-11"),  # GMT all November: the same month to the second
+    ],
+)
+def test_a_bill_cut_at_the_ledgers_midnights_under_another_name_warns_of_nothing(
+    cli,  # type: ignore[no-untyped-def]
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    kept: str,
+    configured: str,
+    month: str,
+) -> None:
+    """The warning compared the zones' names: a UTC ledger billed on a host set to Etc/UTC
+    said every month, on the cron job's stderr, that the bill was cut elsewhere than the
+    ledger's months and to set OMETER_TIMEZONE=UTC, for a bill that was those months."""
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    monkeypatch.setenv("OMETER_TIMEZONE", configured)
+    ledger = Ledger(db_url, zone=kept)
+    ledger.record(
+        [make_span(started_at=datetime.fromisoformat(f"{month}-10T12:00Z"), cost_total=5)]
+    )
+    result = cli("chargeback", "--month", month)
+    assert (result.code, result.stderr) == (0, "")
+    assert result.stdout.count("\n") == 2
+    # London is not UTC in July: that bill is cut an hour apart, and says so
+    monkeypatch.setenv("OMETER_TIMEZONE", "Europe/London")
+    if kept == "UTC":
+        said = cli("chargeback", "--month", "2026-07").stderr
+        assert "begin at midnight in UTC: set OMETER_TIMEZONE=UTC" in said
