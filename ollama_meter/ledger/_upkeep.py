@@ -27,6 +27,7 @@ from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_
 from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SPANS
+from ollama_meter.periods import day_of
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -112,7 +113,9 @@ def prune(
         zone = ledger_zone(conn)
         if now is None:
             now = ledger_now(conn, datetime.now(UTC))
-        today = now.astimezone(zone or UTC).date().toordinal()
+        # The day holding now, not the wall clock's date: in Santiago's first hour after
+        # the clock went back from 00:00 to 23:00 it read Saturday, and kept a day too many.
+        today = day_of(now, zone or UTC).toordinal()
         if today - keep_days < _EPOCH_DAY:  # back before 1970: no span is that old
             return PruneResult(from_us(0), 0, before, before, 0)
         day = date.fromordinal(today - keep_days)
