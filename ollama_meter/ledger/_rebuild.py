@@ -345,6 +345,9 @@ def _change_zone(write: Callable[[], Any], zone: str) -> None:
         lock_cells(conn)
         if zone_name(conn) == key:
             return
+        if _cut_alike(conn, ledger_zone(conn), ZoneInfo(key)):
+            set_meta(conn, "zone", key)  # another name (Etc/UTC for UTC): nothing to cut again
+            return
         if (horizon := pruned_before(conn)) is not None:
             raise ValidationError(
                 f"raw spans before {from_us(horizon):%Y-%m-%d %H:%M} UTC were pruned: their day "
@@ -355,6 +358,27 @@ def _change_zone(write: Callable[[], Any], zone: str) -> None:
         # nothing for the days not yet redone: if the rebuild dies, whichever process
         # opens the ledger next finishes it (build_if_stale).
         set_meta(conn, "rollups", "stale")
+
+
+def _cut_alike(conn: Connection, old: tzinfo | None, new: tzinfo) -> bool:
+    """Whether every day and month cell the ledger holds is one of ``new``'s too (from and
+    to its midnights): ``Etc/UTC`` for ``UTC``, ``Asia/Calcutta`` for ``Asia/Kolkata``, or a
+    zone whose clock agreed on every day so far. Then its rollups are already the new zone's,
+    pruned days too; a zone change refused them on a pruned ledger, or rebuilt them all."""
+    cells = {
+        (int(grain), int(start) * 10**6)  # stored in seconds
+        for table in (ROLLUPS, HISTOGRAMS, BUSY_CELLS)
+        for grain, start in conn.execute(
+            select(table.c.grain, table.c.start)
+            .where(table.c.grain > int(Grain.QUARTER))
+            .distinct()
+        )
+    }
+    return all(
+        floor_cell(Grain(grain), start, new) == start
+        and next_cell(Grain(grain), start, new) == next_cell(Grain(grain), start, old)
+        for grain, start in cells
+    )
 
 
 def can_adopt_zone(conn: Connection) -> bool:
