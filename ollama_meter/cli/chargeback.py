@@ -1,5 +1,6 @@
 """``ometer chargeback``: the month's bill per tenant and department, for finance and cron."""
 
+from datetime import date
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
@@ -94,12 +95,22 @@ def chargeback_command(
 def _other_zone(ledger: "Ledger", cfg: "Settings", month: str) -> list[str]:
     """What to say when the bill is cut at another zone's midnight than the ledger's: its
     budgets and price rules' dates run on the ledger's months (one for every gateway on it),
-    so a call near midnight would be one month's for the budget and the next's on the bill."""
-    from ollama_meter.meter._prices import ledger_zone
+    so a call near midnight would be one month's for the budget and the next's on the bill.
 
-    kept = str(ledger_zone(ledger, cfg))
-    if kept == str(cfg.tz):
+    Nothing when the two zones begin and end the month at the same instants, by whatever
+    names: a ledger kept in UTC billed on a host set to Etc/UTC (Debian's name for it) warned
+    every month, on a cron job's stderr, of a bill that was the ledger's month to the second."""
+    from ollama_meter.meter._prices import ledger_zone
+    from ollama_meter.periods import local_midnight, next_month
+
+    zone = ledger_zone(ledger, cfg)
+    first = date.fromisoformat(f"{month}-01")
+    if all(
+        local_midnight(day, zone) == local_midnight(day, cfg.tz)
+        for day in (first, next_month(first))
+    ):
         return []
+    kept = str(zone)
     return [
         f"this bill cuts {month} at midnight in {cfg.tz} (OMETER_TIMEZONE); the ledger's days "
         f"and months, its budgets' and price rules' dates, begin at midnight in {kept}: set "

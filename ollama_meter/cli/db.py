@@ -313,7 +313,6 @@ def prune_command(
         result = prune(
             ledger,
             keep_days,
-            now=datetime.now(UTC),
             vacuum=vacuum,
             progress=lambda n: removed.__setitem__(0, removed[0] + n),
         )

@@ -15,7 +15,6 @@ import threading
 
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger, prune
-from ollama_meter.meter import utc_now
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -38,7 +37,7 @@ def _prune_once(ledger: Ledger, keep_days: int, stop: threading.Event, retry: fl
     """One prune, its outcome logged here (a cancelled caller never sees the result); False
     when it failed."""
     try:
-        result = prune(ledger, keep_days, now=utc_now(), stop=stop.is_set)
+        result = prune(ledger, keep_days, stop=stop.is_set)  # by the ledger's clock
     except Exception as exc:  # the gateway goes on, and tries again
         log.warning(
             "pruning raw spans older than %d days failed: %s; tried again in %s",

@@ -8,7 +8,8 @@ alerts ask, and writes their rows, so the gate decides and the ledger keeps SQL.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -196,6 +197,12 @@ def ledger_now(conn: Connection, now: datetime) -> datetime:
         server: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
         return server.astimezone(UTC)
     return now
+
+
+def ledger_seconds(conn: Connection, clock: Callable[[], float] = time.time) -> int:
+    """Whole seconds since 1970 by the ledger's clock (:func:`ledger_now`); ``clock`` is
+    this host's: for a mark that processes on other hosts judge by their own reading."""
+    return int(ledger_now(conn, datetime.fromtimestamp(clock(), UTC)).timestamp())
 
 
 def purge_expired(conn: Connection, now: datetime) -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, tzinfo
@@ -23,6 +21,7 @@ from sqlalchemy import Connection, bindparam, func, select
 from ollama_meter._names import zone_problem
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import _correct
+from ollama_meter.ledger._at_work import BEAT_S, STOPPED, at_work as _at_work, beat as _beat
 from ollama_meter.ledger._cells import (
     Grain,
     busy_pieces,
@@ -139,43 +138,8 @@ def _rebuild_once(
     return _rebuild_days(write, read, min(bounds), max(bounds), horizon, cells_zone, progress)
 
 
-REBUILD_SILENCE_S = 600
-"""A rebuild on another machine that has not finished a day (or month) for this long has
-died: one day of 10M spans took under a minute on a busy machine."""
-
-
-BEAT_S = REBUILD_SILENCE_S / 10  # how often to say so while the days read need no write
 REBUILD_POLL_S = 0.5
 """How often a process waiting for another's rebuild looks whether it is done."""
-STOPPED = "stopped"
-"""What a rebuild that was stopped leaves in ``ledger_meta.rebuilding``: finish me."""
-
-
-def _beat(conn: Connection) -> None:
-    """Say, in the rebuild's own transaction, that it is at work: when, and which process."""
-    set_meta(conn, "rebuilding", f"{int(time.time())} {os.getpid()} {socket.gethostname()}")
-
-
-def _at_work(conn: Connection) -> bool:
-    """Whether a rebuild is at work: it said so within :data:`REBUILD_SILENCE_S`, and on
-    this machine its process is alive too (so one killed is taken over at once; a number
-    a new process took since, as after restoring a backup made mid-rebuild, only holds
-    until the silence runs out)."""
-    beat = (get_meta(conn, "rebuilding") or "").split(" ", 2)
-    if len(beat) != 3 or not (beat[0].isdigit() and beat[1].isdigit()):
-        return False
-    said, pid, host = int(beat[0]), int(beat[1]), beat[2]
-    if time.time() - said >= REBUILD_SILENCE_S:
-        return False
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive, another user's
-        return True
-    return True
 
 
 def _rebuild_days(
@@ -381,6 +345,9 @@ def _change_zone(write: Callable[[], Any], zone: str) -> None:
         lock_cells(conn)
         if zone_name(conn) == key:
             return
+        if _cut_alike(conn, ledger_zone(conn), ZoneInfo(key)):
+            set_meta(conn, "zone", key)  # another name (Etc/UTC for UTC): nothing to cut again
+            return
         if (horizon := pruned_before(conn)) is not None:
             raise ValidationError(
                 f"raw spans before {from_us(horizon):%Y-%m-%d %H:%M} UTC were pruned: their day "
@@ -391,6 +358,27 @@ def _change_zone(write: Callable[[], Any], zone: str) -> None:
         # nothing for the days not yet redone: if the rebuild dies, whichever process
         # opens the ledger next finishes it (build_if_stale).
         set_meta(conn, "rollups", "stale")
+
+
+def _cut_alike(conn: Connection, old: tzinfo | None, new: tzinfo) -> bool:
+    """Whether every day and month cell the ledger holds is one of ``new``'s too (from and
+    to its midnights): ``Etc/UTC`` for ``UTC``, ``Asia/Calcutta`` for ``Asia/Kolkata``, or a
+    zone whose clock agreed on every day so far. Then its rollups are already the new zone's,
+    pruned days too; a zone change refused them on a pruned ledger, or rebuilt them all."""
+    cells = {
+        (int(grain), int(start) * 10**6)  # stored in seconds
+        for table in (ROLLUPS, HISTOGRAMS, BUSY_CELLS)
+        for grain, start in conn.execute(
+            select(table.c.grain, table.c.start)
+            .where(table.c.grain > int(Grain.QUARTER))
+            .distinct()
+        )
+    }
+    return all(
+        floor_cell(Grain(grain), start, new) == start
+        and next_cell(Grain(grain), start, new) == next_cell(Grain(grain), start, old)
+        for grain, start in cells
+    )
 
 
 def can_adopt_zone(conn: Connection) -> bool:

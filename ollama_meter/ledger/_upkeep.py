@@ -20,12 +20,14 @@ from sqlalchemy.exc import OperationalError
 
 from ollama_meter._paths import resolved
 from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._budgets import ledger_now
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta
 from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SPANS
+from ollama_meter.periods import day_of
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -58,7 +60,7 @@ def prune(
     ledger: Ledger,
     keep_days: int,
     *,
-    now: datetime,
+    now: datetime | None = None,
     vacuum: bool = False,
     chunk: int = 20_000,
     stop: Callable[[], bool] = lambda: False,
@@ -75,6 +77,12 @@ def prune(
     gateway that is stopping must not wait for a prune of millions of spans. What is done
     stays done (each piece is whole); the result says ``stopped``, and the next prune goes on.
     ``progress`` is told the spans each committed chunk removed.
+
+    ``now``: the instant the days are counted back from; by default the ledger's clock (the
+    PostgreSQL server's, :func:`ledger_now`), not this host's. A horizon is for every process
+    on the ledger and never moves back: a gateway whose host clock ran two days ahead (NTP not
+    yet run, a VM resumed) set it two days into the future with ``--keep-days 1``, removed
+    today's raw spans, and set aside every call the other gateways recorded until that day came.
     """
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
@@ -103,7 +111,11 @@ def prune(
         # Midnight in the ledger's zone, so its day cells before the horizon are whole; days
         # by the calendar (now less keep_days * 24 h is a day off across a DST change).
         zone = ledger_zone(conn)
-        today = now.astimezone(zone or UTC).date().toordinal()
+        if now is None:
+            now = ledger_now(conn, datetime.now(UTC))
+        # The day holding now, not the wall clock's date: in Santiago's first hour after
+        # the clock went back from 00:00 to 23:00 it read Saturday, and kept a day too many.
+        today = day_of(now, zone or UTC).toordinal()
         if today - keep_days < _EPOCH_DAY:  # back before 1970: no span is that old
             return PruneResult(from_us(0), 0, before, before, 0)
         day = date.fromordinal(today - keep_days)

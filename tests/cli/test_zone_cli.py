@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter, prune
 from tests.factories import make_span
 
 
@@ -71,3 +71,87 @@ def test_a_bill_cut_at_another_zone_than_the_ledgers_says_so_and_bills_as_asked(
             "the ledger's days and months, its budgets' and price rules' dates, begin at "
             "midnight in Europe/Berlin: set OMETER_TIMEZONE=Europe/Berlin to bill those\n"
         )
+
+
+@pytest.mark.parametrize(
+    ("kept", "configured", "month"),
+    [
+        ("UTC", "Etc/UTC", "2026-11"),  # Debian's /etc/timezone name for UTC
+        ("UTC", "Zulu", "2026-07"),
+        ("America/New_York", "US/Eastern", "2026-03"),
+        ("Asia/Kolkata", "Asia/Calcutta", "2026-11"),
+        ("Europe/Kyiv", "Europe/Kiev", "2026-10"),
+        ("UTC", "Europe/London", "2026-11"),  # GMT all November: the same month to the second
+    ],
+)
+def test_a_bill_cut_at_the_ledgers_midnights_under_another_name_warns_of_nothing(
+    cli,  # type: ignore[no-untyped-def]
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    kept: str,
+    configured: str,
+    month: str,
+) -> None:
+    """The warning compared the zones' names: a UTC ledger billed on a host set to Etc/UTC
+    said every month, on the cron job's stderr, that the bill was cut elsewhere than the
+    ledger's months and to set OMETER_TIMEZONE=UTC, for a bill that was those months."""
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    monkeypatch.setenv("OMETER_TIMEZONE", configured)
+    ledger = Ledger(db_url, zone=kept)
+    ledger.record(
+        [make_span(started_at=datetime.fromisoformat(f"{month}-10T12:00Z"), cost_total=5)]
+    )
+    result = cli("chargeback", "--month", month)
+    assert (result.code, result.stderr) == (0, "")
+    assert result.stdout.count("\n") == 2
+    # London is not UTC in July: that bill is cut an hour apart, and says so
+    monkeypatch.setenv("OMETER_TIMEZONE", "Europe/London")
+    if kept == "UTC":
+        said = cli("chargeback", "--month", "2026-07").stderr
+        assert "begin at midnight in UTC: set OMETER_TIMEZONE=UTC" in said
+
+
+@pytest.mark.parametrize(
+    ("kept", "new", "months"),
+    [
+        ("UTC", "Etc/UTC", ("2026-07", "2026-11")),
+        ("Asia/Kolkata", "Asia/Calcutta", ("2026-10", "2026-11")),
+        ("UTC", "Europe/London", ("2026-11",)),  # GMT all November: every day cut alike
+        ("UTC", "Europe/London", ("2026-07", "2026-11")),  # BST in July: cut an hour apart
+    ],
+)
+def test_a_pruned_ledger_takes_another_name_of_its_zone_and_no_other(
+    cli,  # type: ignore[no-untyped-def]
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    kept: str,
+    new: str,
+    months: tuple[str, ...],
+) -> None:
+    """`db rollup --zone Etc/UTC` on a pruned UTC ledger was refused (its days 'cannot be cut
+    again at Etc/UTC's midnight'), and on one not pruned cut every day again, to the same
+    cells. A zone that begins and ends every day the ledger holds where its zone does takes
+    its cells as they are; one that does not is refused as before."""
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    monkeypatch.setenv("OMETER_TIMEZONE", kept)
+    ledger = Ledger(sqlite_url, zone=kept)
+    ledger.record(
+        [
+            make_span(started_at=datetime.fromisoformat(f"{month}-{day:02d}T{hour:02d}:30Z"))
+            for month in months
+            for day in (1, 15, 28)
+            for hour in (0, 12, 23)
+        ]
+    )
+    bills = {month: cli("chargeback", "--month", month).stdout for month in months}
+    prune(ledger, 1, now=datetime(2026, 12, 6, tzinfo=UTC))
+    moved = cli("db", "rollup", "--zone", new)
+    alike = "2026-07" not in months or new == "Etc/UTC"
+    if alike:
+        assert moved.code == 0, moved.stderr
+        assert ledger.zone() == new
+    else:
+        assert moved.code != 0 and "were pruned" in moved.stderr
+        assert ledger.zone() == kept
+    monkeypatch.setenv("OMETER_TIMEZONE", ledger.zone())
+    assert {month: cli("chargeback", "--month", month).stdout for month in months} == bills

@@ -17,13 +17,13 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger import (
@@ -679,6 +679,7 @@ PRUNE_ZONES = ("UTC", "Europe/Berlin", "America/Santiago", "Australia/Lord_Howe"
 
 
 @settings(max_examples=60, deadline=None)
+@example(zone="America/St_Johns", now=datetime(2009, 11, 1, 2, 45, tzinfo=UTC), keep_days=1)
 @given(
     zone=st.sampled_from(PRUNE_ZONES),
     now=st.datetimes(datetime(2024, 1, 1), datetime(2028, 12, 31), timezones=st.just(UTC)),
@@ -690,12 +691,20 @@ def test_the_prune_horizon_is_local_midnight_keep_days_calendar_days_ago(
     """The horizon is the ledger's midnight ``keep_days`` days before today, by the calendar.
     It was ``now - keep_days * 24 h`` floored to a midnight: across a DST change that is a day
     off, so in Berlin at 23:30 on 25 October 2026 ``--keep-days 1`` pruned all of 24 October
-    (yesterday, which it keeps), and at 00:30 on 30 March it kept a day too many."""
+    (yesterday, which it keeps), and at 00:30 on 30 March it kept a day too many. Today is
+    the last day whose midnight has come: in St John's the clock went back from 00:01 on a
+    Sunday to 23:01 until 2011, and in the hour that read Saturday the prune kept a day too
+    many (as every other period there already had it)."""
     db = tmp_path_factory.getbasetemp() / f"prune-{zone.replace('/', '-')}.db"
     ledger = Ledger(f"sqlite:///{db}", zone=zone)
     tz = ZoneInfo(zone)
-    day = now.astimezone(tz).date() - timedelta(days=keep_days)
-    expected = datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
+
+    def midnight(day: date) -> datetime:
+        return datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
+
+    near = now.astimezone(tz).date()
+    today = max(d for d in (near - timedelta(1), near, near + timedelta(1)) if midnight(d) <= now)
+    expected = midnight(today - timedelta(days=keep_days))
     assert prune(ledger, keep_days, now=now).cutoff == expected
 
 
