@@ -303,19 +303,29 @@ def prune_command(
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)
     removed = [0]  # spans of the pieces committed so far
-    with said_if_stopped(
-        lambda: (
-            f"stopped after removing {removed[0]:,} span(s) older than {keep_days} day(s), "
-            "the piece in progress not; reports do not change (rollups stay): run the same prune "
-            "again for the rest"
-        )
+    with (
+        progress_bar("pruning") as bar,
+        said_if_stopped(
+            lambda: (
+                f"stopped after removing {removed[0]:,} span(s) older than {keep_days} day(s), "
+                "the piece in progress not; reports do not change (rollups stay): run the same "
+                "prune again for the rest"
+            )
+        ),
     ):
+        task = bar.add_task("spans", total=None)
+
+        def piece(count: int) -> None:
+            removed[0] += count
+            bar.update(task, completed=removed[0])
+
         result = prune(
             ledger,
             keep_days,
             now=datetime.now(UTC),
             vacuum=vacuum,
-            progress=lambda n: removed.__setitem__(0, removed[0] + n),
+            progress=piece,
+            planned=lambda total: bar.update(task, total=total),
         )
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d %H:%M} UTC; "

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, delete, or_, select, text
+from sqlalchemy import ColumnElement, delete, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 
 from ollama_meter._paths import resolved
@@ -63,6 +63,7 @@ def prune(
     chunk: int = 20_000,
     stop: Callable[[], bool] = lambda: False,
     progress: Callable[[int], None] | None = None,
+    planned: Callable[[int], None] | None = None,
 ) -> PruneResult:
     """Remove raw spans that started before midnight ``keep_days`` days ago; rollups stay.
 
@@ -74,7 +75,9 @@ def prune(
     ``stop`` is asked between pieces (each chunk of deletes, each step giving space back): a
     gateway that is stopping must not wait for a prune of millions of spans. What is done
     stays done (each piece is whole); the result says ``stopped``, and the next prune goes on.
-    ``progress`` is told the spans each committed chunk removed.
+    ``progress`` is told the spans each committed chunk removed; ``planned``, before the
+    first, about how many there are to remove (those that started before the cutoff: the few
+    still busy after it stay), so a bar can say how far along it is.
     """
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
@@ -118,6 +121,11 @@ def prune(
         known = pruned_before(conn)
         if found and (known is None or known < cutoff_us):
             set_meta(conn, "pruned_before", str(cutoff_us))
+    if found and planned is not None:
+        with ledger.read() as conn:  # the started_at index alone: no row is read
+            planned(
+                conn.execute(select(func.count()).select_from(SPANS).where(gone[0])).scalar_one()
+            )
     removed = 0
     while found:
         if stop():

@@ -1,0 +1,90 @@
+"""Upkeep over many spans shows how far it got as it goes: a prune of millions of spans, an
+export of a big ledger and a backup of a big file each ran for minutes with nothing moving
+on the terminal (a bar at nought, or no bar at all)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ollama_meter.ledger import Ledger, prune
+from tests.factories import make_span
+
+
+class _Bar:
+    """What a command tells its progress bar, in order: ("total", n) and ("done", n)."""
+
+    def __init__(self, said: list[tuple[str, Any]]) -> None:
+        self.said = said
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.said.append(("closed", None))
+
+    def add_task(self, _what: str, total: float | None = None) -> int:
+        if total is not None:
+            self.said.append(("total", total))
+        return 0
+
+    def update(
+        self, _task: int, *, completed: float | None = None, total: float | None = None
+    ) -> None:
+        if total is not None:
+            self.said.append(("total", total))
+        if completed is not None:
+            self.said.append(("done", completed))
+
+    def advance(self, _task: int, step: float = 1) -> None:
+        self.said.append(("step", step))
+
+
+@pytest.fixture
+def bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Every progress bar `ometer db ...` opens, recorded rather than drawn."""
+    said: list[tuple[str, Any]] = []
+    monkeypatch.setattr(
+        "ollama_meter.cli.db.progress_bar", lambda *_a, **_k: _Bar(said), raising=True
+    )
+    return said
+
+
+def _old_and_new(ledger: Ledger, old: int, new: int) -> None:
+    now = datetime.now(UTC)
+    ledger.record(
+        [make_span(started_at=now - timedelta(days=40, minutes=n)) for n in range(old)]
+        + [make_span(started_at=now - timedelta(hours=1, minutes=n)) for n in range(new)]
+    )
+
+
+def test_a_prune_is_told_how_many_spans_it_will_remove_before_the_first_piece(
+    db_url: str,
+) -> None:
+    ledger = Ledger(db_url)
+    _old_and_new(ledger, 23, 4)
+    said: list[tuple[str, int]] = []
+    result = prune(
+        ledger,
+        30,
+        now=datetime.now(UTC),
+        chunk=10,
+        planned=lambda total: said.append(("total", total)),
+        progress=lambda n: said.append(("piece", n)),
+    )
+    assert said == [("total", 23), ("piece", 10), ("piece", 10), ("piece", 3)]
+    assert result.removed == 23 and ledger.count() == 4
+    said.clear()
+    prune(ledger, 30, now=datetime.now(UTC), planned=lambda t: said.append(("total", t)))
+    assert said == []  # nothing left to remove: nothing planned
+
+
+def test_db_prune_moves_its_bar_to_the_spans_it_removed(
+    cli: Any, sqlite_url: str, bars: list[tuple[str, Any]]
+) -> None:
+    _old_and_new(Ledger(sqlite_url), 23, 4)
+    done = cli("db", "prune", "--keep-days", "30", "--db", sqlite_url)
+    assert done.code == 0 and done.stdout.startswith("removed 23 span(s)"), done
+    assert bars == [("total", 23), ("done", 23), ("closed", None)]
