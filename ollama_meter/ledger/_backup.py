@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
 
 
+BACKUP_STEP_PAGES = 4096
+"""Pages a step of the copy takes (16 MiB of 4 KiB pages) before it tells its progress."""
+
+
 def backup(
     ledger: Ledger, target: Path, *, progress: Callable[[int, int], None] | None = None
 ) -> int:
@@ -83,8 +87,15 @@ def backup(
             os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             dst = sqlite3.connect(partial)
             try:
-                # One step: the whole copy reads one snapshot, so it never restarts.
-                src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
+                # In steps, so a bar moves over a big file, all from one snapshot: the read
+                # this transaction begins with holds it, and a step between two of which
+                # another process commits neither sees that nor starts the copy again.
+                conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1").all()
+                src.backup(
+                    dst,
+                    pages=BACKUP_STEP_PAGES,
+                    progress=None if progress is None else _pages(progress),
+                )
                 damage = _damage(dst)
                 if damage is None:
                     _unnamed(dst)

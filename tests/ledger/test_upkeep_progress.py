@@ -4,13 +4,19 @@ on the terminal (a bar at nought, or no bar at all)."""
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ollama_meter.ledger import Ledger, prune
 from tests.factories import make_span
+
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class _Bar:
@@ -88,3 +94,38 @@ def test_db_prune_moves_its_bar_to_the_spans_it_removed(
     done = cli("db", "prune", "--keep-days", "30", "--db", sqlite_url)
     assert done.code == 0 and done.stdout.startswith("removed 23 span(s)"), done
     assert bars == [("total", 23), ("done", 23), ("closed", None)]
+
+
+def test_a_backup_moves_its_bar_as_it_copies_and_keeps_one_snapshot(
+    cli: Any, tmp_path: Path, bars: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copied in one step, a backup of a big ledger left its bar at nought until the end.
+    In steps, each a few pages here, with a call committed by another process between two:
+    the bar moves step by step to the file's pages, and the copy is the ledger as the backup
+    began, whole (a step after another process's commit starts no copy again either)."""
+    path = tmp_path / "ledger.db"
+    url = f"sqlite:///{path}"
+    _old_and_new(Ledger(url), 0, 300)
+    monkeypatch.setattr("ollama_meter.ledger._backup.BACKUP_STEP_PAGES", 5, raising=False)
+    script = (
+        "import sys; from tests.factories import make_span; "
+        "from ollama_meter.ledger import Ledger; Ledger(sys.argv[1]).record([make_span()])"
+    )
+    real = _Bar.update
+
+    def and_a_call(self: _Bar, task: int, **kwargs: Any) -> None:
+        real(self, task, **kwargs)
+        if len(self.said) < 8:  # another process's commit between two steps
+            subprocess.run([sys.executable, "-c", script, url], check=True, cwd=_REPO)
+
+    monkeypatch.setattr(_Bar, "update", and_a_call)
+    done = cli("db", "backup", str(tmp_path / "copy.db"), "--db", url)
+    assert done.code == 0, done
+    steps = [n for what, n in bars if what == "done"]
+    totals = {n for what, n in bars if what == "total"}
+    assert len(steps) > 3 and steps == sorted(steps) and len(totals) == 1, bars
+    assert steps[-1] == totals.pop()
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert copy.execute("SELECT count(*) FROM spans").fetchone() == (300,)
+    assert Ledger(url).count() > 300  # the calls committed meanwhile are the ledger's
