@@ -123,7 +123,7 @@ def export_command(
     db: DbOption = None,
 ) -> None:
     """Write spans as JSON lines (one span per line, as `ometer log --json` shows them)."""
-    from ollama_meter.ledger import export_lines, unbounded
+    from ollama_meter.ledger import SpanFilter, export_lines, unbounded
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)
@@ -136,10 +136,15 @@ def export_command(
         start, end = window.start, None if until is None else window.end
     sink = sys.stdout.buffer
     count = 0
-    with unbounded():  # a page of a big ledger may take longer than a call's write
+    # a page of a big ledger may take longer than a call's write
+    with unbounded(), progress_bar("exporting") as bar:
+        task = bar.add_task("spans", total=ledger.count(SpanFilter(since=start, until=end)))
         for line in export_lines(ledger, since=start, until=end):
             sink.write(line)
             count += 1
+            if not count % 1000:
+                bar.update(task, completed=count)
+        bar.update(task, completed=count)
     sink.flush()
     err.print(f"exported {count:,} span(s)")
     horizon = ledger.pruned_before()

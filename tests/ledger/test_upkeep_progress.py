@@ -129,3 +129,24 @@ def test_a_backup_moves_its_bar_as_it_copies_and_keeps_one_snapshot(
     assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert copy.execute("SELECT count(*) FROM spans").fetchone() == (300,)
     assert Ledger(url).count() > 300  # the calls committed meanwhile are the ledger's
+
+
+def test_db_export_moves_its_bar_to_the_spans_it_wrote(
+    cli: Any, sqlite_url: str, bars: list[tuple[str, Any]]
+) -> None:
+    """An export of millions of spans to a file wrote nothing on the terminal for minutes."""
+    _old_and_new(Ledger(sqlite_url), 1200, 1100)
+    done = cli("db", "export", "--db", sqlite_url)
+    assert done.code == 0 and done.stdout.count("\n") == 2300, done.stderr
+    assert bars == [
+        ("total", 2300),
+        ("done", 1000),
+        ("done", 2000),
+        ("done", 2300),
+        ("closed", None),
+    ]
+    bars.clear()
+    since = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+    done = cli("db", "export", "--since", since, "--db", sqlite_url)
+    assert done.code == 0 and done.stdout.count("\n") == 1100, done.stderr
+    assert bars == [("total", 1100), ("done", 1000), ("done", 1100), ("closed", None)]
