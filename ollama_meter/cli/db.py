@@ -337,6 +337,12 @@ def prune_command(
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
         f"{_mb(result.bytes_after)})"
     )
+    if result.wal_bytes:
+        err.print(
+            f"the ledger's WAL ({named(ledger.path)}-wal) holds {_mb(result.wal_bytes)} of it "
+            "while another process reads the ledger as it was before the prune (an export, a "
+            "backup): the space goes back to the disk at the first write after that read ends"
+        )
     if result.free_bytes and ledger.path is not None:
         err.print(
             f"{_mb(result.free_bytes)} is free inside the file for new spans; "
