@@ -23,6 +23,7 @@ from sqlalchemy import text
 from ollama_meter._paths import discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._meta import IDENTITY, PLACE
+from ollama_meter.ledger._rebuild import STOPPED
 from ollama_meter.ledger._why import file_limit
 from ollama_meter.ledger.models import LEDGER_META
 
@@ -128,9 +129,17 @@ def backup(
 def _unnamed(copy: sqlite3.Connection) -> None:
     """The copy without the ledger's id: it is another ledger. A gateway writing to it must
     not be taken for one writing to this one, or a client here would leave its calls' records
-    to the copy; a copy restored in the ledger's place is given an id anew when first asked."""
+    to the copy; a copy restored in the ledger's place is given an id anew when first asked.
+
+    A rebuild of the rollups under way (``db rollup --zone``) is the ledger's, not the
+    copy's: the copy says it stopped, so the first process to open the copy finishes it. It
+    named the live process rebuilding the ledger, and every process opening the copy waited
+    for that rebuild to end (minutes on a big ledger) before doing it itself."""
     with contextlib.suppress(sqlite3.OperationalError):  # a ledger from before ledger_meta
         copy.execute(f"DELETE FROM {LEDGER_META.name} WHERE key IN (?, ?)", (IDENTITY, PLACE))
+        copy.execute(
+            f"UPDATE {LEDGER_META.name} SET value = ? WHERE key = ?", (STOPPED, "rebuilding")
+        )
         copy.commit()
 
 
