@@ -23,7 +23,7 @@ from ollama_meter.cli._common import (
     settings,
 )
 from ollama_meter.cli._console import err, named, out
-from ollama_meter.cli._stopped import said_if_stopped
+from ollama_meter.cli._stopped import said_if_stopped, tallied
 from ollama_meter.errors import LedgerError, OmeterError, ValidationError
 from ollama_meter.periods import LAST_DAY, window_between
 
@@ -307,30 +307,21 @@ def prune_command(
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)
-    removed = [0]  # spans of the pieces committed so far
-    with (
-        progress_bar("pruning") as bar,
-        said_if_stopped(
-            lambda: (
-                f"stopped after removing {removed[0]:,} span(s) older than {keep_days} day(s), "
-                "the piece in progress not; reports do not change (rollups stay): run the same "
-                "prune again for the rest"
-            )
+    with tallied(
+        "pruning",
+        lambda removed: (
+            f"stopped after removing {removed:,} span(s) older than {keep_days} day(s), the "
+            "piece in progress not; reports do not change (rollups stay): run the same prune "
+            "again for the rest"
         ),
-    ):
-        task = bar.add_task("spans", total=None)
-
-        def piece(count: int) -> None:
-            removed[0] += count
-            bar.update(task, completed=removed[0])
-
+    ) as tally:
         result = prune(
             ledger,
             keep_days,
             now=datetime.now(UTC),
             vacuum=vacuum,
-            progress=piece,
-            planned=lambda total: bar.update(task, total=total),
+            progress=tally.add,
+            planned=tally.plan,
         )
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d %H:%M} UTC; "

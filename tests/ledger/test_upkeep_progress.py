@@ -52,9 +52,8 @@ class _Bar:
 def bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     """Every progress bar `ometer db ...` opens, recorded rather than drawn."""
     said: list[tuple[str, Any]] = []
-    monkeypatch.setattr(
-        "ollama_meter.cli.db.progress_bar", lambda *_a, **_k: _Bar(said), raising=True
-    )
+    for where in ("ollama_meter.cli.db", "ollama_meter.cli._common"):
+        monkeypatch.setattr(f"{where}.progress_bar", lambda *_a, **_k: _Bar(said))
     return said
 
 
