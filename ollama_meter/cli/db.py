@@ -137,8 +137,11 @@ def export_command(
     sink = sys.stdout.buffer
     count = 0
     # a page of a big ledger may take longer than a call's write
-    with unbounded(), progress_bar("exporting") as bar:
-        task = bar.add_task("spans", total=ledger.count(SpanFilter(since=start, until=end)))
+    # The bar only where the lines go elsewhere: drawn among them it would cut into them.
+    shown = not out.is_terminal and err.is_terminal
+    with unbounded(), progress_bar("exporting", shown=shown) as bar:
+        counted = ledger.count(SpanFilter(since=start, until=end)) if shown else None
+        task = bar.add_task("spans", total=counted)
         for line in export_lines(ledger, since=start, until=end):
             sink.write(line)
             count += 1

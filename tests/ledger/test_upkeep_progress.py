@@ -4,6 +4,8 @@ on the terminal (a bar at nought, or no bar at all)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -130,22 +132,41 @@ def test_a_backup_moves_its_bar_as_it_copies_and_keeps_one_snapshot(
     assert Ledger(url).count() > 300  # the calls committed meanwhile are the ledger's
 
 
-def test_db_export_moves_its_bar_to_the_spans_it_wrote(
-    cli: Any, sqlite_url: str, bars: list[tuple[str, Any]]
+def _export_on_a_terminal(url: str, lines: Path | None) -> bytes:
+    """What ``ometer db export`` shows on a terminal that is its stderr, and its stdout too
+    unless the lines go to the file ``lines``."""
+    primary, secondary = os.openpty()
+    with contextlib.ExitStack() as stack:
+        sink = secondary if lines is None else stack.enter_context(lines.open("wb"))
+        export = stack.enter_context(
+            subprocess.Popen(
+                [sys.executable, "-m", "ollama_meter", "db", "export", "--db", url],
+                stdout=sink,
+                stderr=secondary,
+                env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+            )
+        )
+        os.close(secondary)
+        shown = bytearray()
+        with contextlib.suppress(OSError):  # EIO once the export has closed it
+            while chunk := os.read(primary, 1 << 16):
+                shown += chunk
+    os.close(primary)
+    assert export.returncode == 0, shown
+    return bytes(shown)
+
+
+def test_db_export_to_a_file_shows_a_bar_and_on_the_terminal_only_its_lines(
+    sqlite_url: str, tmp_path: Path
 ) -> None:
-    """An export of millions of spans to a file wrote nothing on the terminal for minutes."""
+    """An export of millions of spans to a file showed nothing for minutes; the bar it shows
+    now is left out when the lines go to the terminal too, where it would cut into them."""
     _old_and_new(Ledger(sqlite_url), 1200, 1100)
-    done = cli("db", "export", "--db", sqlite_url)
-    assert done.code == 0 and done.stdout.count("\n") == 2300, done.stderr
-    assert bars == [
-        ("total", 2300),
-        ("done", 1000),
-        ("done", 2000),
-        ("done", 2300),
-        ("closed", None),
-    ]
-    bars.clear()
-    since = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
-    done = cli("db", "export", "--since", since, "--db", sqlite_url)
-    assert done.code == 0 and done.stdout.count("\n") == 1100, done.stderr
-    assert bars == [("total", 1100), ("done", 1000), ("done", 1100), ("closed", None)]
+    shown = _export_on_a_terminal(sqlite_url, tmp_path / "export.jsonl")
+    assert b"exporting" in shown and shown.rstrip().endswith(b"exported 2,300 span(s)")
+    assert (tmp_path / "export.jsonl").read_bytes().count(b"\n") == 2300
+    shown = _export_on_a_terminal(sqlite_url, None)
+    assert b"exporting" not in shown
+    spans = shown.replace(b"\r\n", b"\n").splitlines()
+    assert len(spans) == 2301 and spans[-1] == b"exported 2,300 span(s)"
+    assert all(line.startswith(b'{"id":') and line.endswith(b"}") for line in spans[:-1])
