@@ -290,12 +290,18 @@ def write_output(text: str, path: Path | None) -> None:
 
 
 def progress_bar(
-    what: str, *, unit: str | None = None, rate: bool = False, remaining: bool = True
+    what: str,
+    *,
+    unit: str | None = None,
+    rate: bool = False,
+    remaining: bool = True,
+    shown: bool = True,
 ) -> Progress:
     """A progress bar on stderr, gone when done (rich's progress loads only here).
 
     It counts "done/total", or the count done with ``unit`` after it, or (``rate``)
-    bytes per second; ``remaining`` adds the time left.
+    bytes per second; ``remaining`` adds the time left. ``shown`` False hides it (a command
+    whose output is that terminal too: drawn among its lines it would cut into them).
     """
     from rich.progress import (
         BarColumn,
@@ -316,4 +322,4 @@ def progress_bar(
     if remaining:
         columns.append(TimeRemainingColumn())
     # Not a terminal (cron, a log file): no bar, not even the blank line a finished one leaves.
-    return Bar(*columns, console=err, transient=True, disable=not err.is_terminal)
+    return Bar(*columns, console=err, transient=True, disable=not (shown and err.is_terminal))

@@ -23,7 +23,7 @@ from ollama_meter.cli._common import (
     settings,
 )
 from ollama_meter.cli._console import err, named, out
-from ollama_meter.cli._stopped import said_if_stopped
+from ollama_meter.cli._stopped import said_if_stopped, tallied
 from ollama_meter.errors import LedgerError, OmeterError, ValidationError
 from ollama_meter.periods import LAST_DAY, window_between
 
@@ -123,7 +123,7 @@ def export_command(
     db: DbOption = None,
 ) -> None:
     """Write spans as JSON lines (one span per line, as `ometer log --json` shows them)."""
-    from ollama_meter.ledger import export_lines, unbounded
+    from ollama_meter.ledger import SpanFilter, export_lines, unbounded
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)
@@ -136,10 +136,18 @@ def export_command(
         start, end = window.start, None if until is None else window.end
     sink = sys.stdout.buffer
     count = 0
-    with unbounded():  # a page of a big ledger may take longer than a call's write
+    # a page of a big ledger may take longer than a call's write
+    # The bar only where the lines go elsewhere: drawn among them it would cut into them.
+    shown = not out.is_terminal and err.is_terminal
+    with unbounded(), progress_bar("exporting", shown=shown) as bar:
+        counted = ledger.count(SpanFilter(since=start, until=end)) if shown else None
+        task = bar.add_task("spans", total=counted)
         for line in export_lines(ledger, since=start, until=end):
             sink.write(line)
             count += 1
+            if not count % 1000:
+                bar.update(task, completed=count)
+        bar.update(task, completed=count)
     sink.flush()
     err.print(f"exported {count:,} span(s)")
     horizon = ledger.pruned_before()
@@ -302,25 +310,32 @@ def prune_command(
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)
-    removed = [0]  # spans of the pieces committed so far
-    with said_if_stopped(
-        lambda: (
-            f"stopped after removing {removed[0]:,} span(s) older than {keep_days} day(s), "
-            "the piece in progress not; reports do not change (rollups stay): run the same prune "
+    with tallied(
+        "pruning",
+        lambda removed: (
+            f"stopped after removing {removed:,} span(s) older than {keep_days} day(s), the "
+            "piece in progress not; reports do not change (rollups stay): run the same prune "
             "again for the rest"
-        )
-    ):
+        ),
+    ) as tally:
         result = prune(
             ledger,
             keep_days,
             vacuum=vacuum,
-            progress=lambda n: removed.__setitem__(0, removed[0] + n),
+            progress=tally.add,
+            planned=tally.plan,
         )
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d %H:%M} UTC; "
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
         f"{_mb(result.bytes_after)})"
     )
+    if result.wal_bytes:
+        err.print(
+            f"the ledger's WAL ({named(ledger.path)}-wal) holds {_mb(result.wal_bytes)} of it "
+            "while another process reads the ledger as it was before the prune (an export, a "
+            "backup): the space goes back to the disk at the first write after that read ends"
+        )
     if result.free_bytes and ledger.path is not None:
         err.print(
             f"{_mb(result.free_bytes)} is free inside the file for new spans; "

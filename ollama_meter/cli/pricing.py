@@ -17,14 +17,13 @@ from ollama_meter.cli._common import (
     ledger_at,
     ledger_for,
     money,
-    progress_bar,
     settings,
     table,
     utc_now,
 )
 from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._files import file_to_read
-from ollama_meter.cli._stopped import said_if_stopped
+from ollama_meter.cli._stopped import tallied
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.periods import local_midnight, parse_day, window_between
 from ollama_meter.records import PRICE_FIELDS, PriceRule, parse_amount
@@ -238,29 +237,21 @@ def reprice_command(
     # between the two midnights, priced by the rule before while the rules said the new one.
     start, end = _window(since, until, book.tz)
     total = ledger.count(SpanFilter(since=start, until=end))
-    done = [0]  # spans of the pages written so far
-    with (
-        progress_bar("re-pricing") as bar,
-        said_if_stopped(
-            lambda: (
-                f"stopped after re-pricing {done[0]:,} of {total:,} span(s), the page in "
-                "progress not (the rollups follow each page); run the same reprice again for the "
-                "rest (spans already re-priced do not move again)"
-            )
+    with tallied(
+        "re-pricing",
+        lambda done: (
+            f"stopped after re-pricing {done:,} of {total:,} span(s), the page in progress not "
+            "(the rollups follow each page); run the same reprice again for the rest (spans "
+            "already re-priced do not move again)"
         ),
-    ):
-        task = bar.add_task("reprice", total=total)
-
-        def page(n: int) -> None:
-            done[0] += n
-            bar.advance(task, n)
-
+        total=total,
+    ) as tally:
         summary = reprice(
             ledger,
             book,
             since=start,
             until=end,
-            progress=page,
+            progress=tally.add,
             reload=prices.load,
         )
     span = f"since {since}" if until is None else f"from {since} through {until}"

@@ -22,12 +22,17 @@ from sqlalchemy import text
 
 from ollama_meter._paths import discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._at_work import STOPPED
 from ollama_meter.ledger._meta import IDENTITY, PLACE
 from ollama_meter.ledger._why import file_limit
 from ollama_meter.ledger.models import LEDGER_META
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
+
+
+BACKUP_STEP_PAGES = 4096
+"""Pages a step of the copy takes (16 MiB of 4 KiB pages) before it tells its progress."""
 
 
 def backup(
@@ -83,8 +88,15 @@ def backup(
             os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             dst = sqlite3.connect(partial)
             try:
-                # One step: the whole copy reads one snapshot, so it never restarts.
-                src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
+                # In steps, so a bar moves over a big file, all from one snapshot: the read
+                # this transaction begins with holds it, and a step between two of which
+                # another process commits neither sees that nor starts the copy again.
+                conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1").all()
+                src.backup(
+                    dst,
+                    pages=BACKUP_STEP_PAGES,
+                    progress=None if progress is None else _pages(progress),
+                )
                 damage = _damage(dst)
                 if damage is None:
                     _unnamed(dst)
@@ -117,9 +129,17 @@ def backup(
 def _unnamed(copy: sqlite3.Connection) -> None:
     """The copy without the ledger's id: it is another ledger. A gateway writing to it must
     not be taken for one writing to this one, or a client here would leave its calls' records
-    to the copy; a copy restored in the ledger's place is given an id anew when first asked."""
+    to the copy; a copy restored in the ledger's place is given an id anew when first asked.
+
+    A rebuild of the rollups under way (``db rollup --zone``) is the ledger's, not the
+    copy's: the copy says it stopped, so the first process to open the copy finishes it. It
+    named the live process rebuilding the ledger, and every process opening the copy waited
+    for that rebuild to end (minutes on a big ledger) before doing it itself."""
     with contextlib.suppress(sqlite3.OperationalError):  # a ledger from before ledger_meta
         copy.execute(f"DELETE FROM {LEDGER_META.name} WHERE key IN (?, ?)", (IDENTITY, PLACE))
+        copy.execute(
+            f"UPDATE {LEDGER_META.name} SET value = ? WHERE key = ?", (STOPPED, "rebuilding")
+        )
         copy.commit()
 
 

@@ -255,6 +255,11 @@ def _new_or_ledger(cursor: Any) -> bool:
     return len(found) == 1 and numbered_as_ours(str(found[0][0]))
 
 
+WAL_KEPT_BYTES = 16 * 2**20
+"""The most of a SQLite ledger's WAL kept on disk once a checkpoint has copied it all back
+(the first write after it cuts the file to this): 4x what SQLite copies back at a time."""
+
+
 def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     # Take transaction control from pysqlite so BEGIN is ours to emit (see _sqlite_begin).
     dbapi_connection.isolation_level = None
@@ -272,6 +277,9 @@ def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode loses nothing when a process dies, only on power loss.
     cursor.execute("PRAGMA synchronous = NORMAL")
+    # SQLite never shrinks a WAL it reuses: one grown by a prune or an import beside a long
+    # read (an export, a backup) kept that size while any process had the ledger open.
+    cursor.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 

@@ -318,6 +318,11 @@ def _import(
                     f"{summary.read} span(s) before it are recorded: import a whole export "
                     "(spans already there are skipped)"
                 ) from None
+            if encoded := _not_utf8(line, name):
+                raise ValidationError(
+                    f"line {number}: {encoded}; the {summary.read} span(s) before it are "
+                    "recorded (spans already there are skipped)"
+                ) from None
             if spread := _spread(line, exc, name):
                 raise ValidationError(
                     f"line {number}: {spread}; the {summary.read} span(s) before it are "
@@ -331,6 +336,24 @@ def _import(
             flush()
     flush()
     return summary
+
+
+def _not_utf8(line: bytes, name: str) -> str | None:
+    """What to do with a line that is not UTF-8 (an export edited and saved as Windows-1252
+    or Latin-1: `é` as the one byte E9), which JSON's "Invalid UTF-8 encoded string" did not
+    say; None for one that is."""
+    try:
+        line.rstrip(b"\r\n").decode()
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # a character cut in two: a line cut short
+            return None
+        return (
+            f"byte {exc.start + 1} (0x{line[exc.start]:02X}) is not UTF-8: export lines are "
+            "UTF-8 text, and this file was saved in another encoding. Convert it, naming the one "
+            f"it was saved in (iconv -f WINDOWS-1252 -t UTF-8 {shlex.quote(name)} | ometer db "
+            "import -), and import again"
+        )
+    return None
 
 
 def _spread(line: bytes, exc: ValueError, name: str) -> str | None:

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, delete, or_, select, text
+from sqlalchemy import ColumnElement, delete, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 
 from ollama_meter._paths import resolved
@@ -49,6 +49,9 @@ class PruneResult:
     stopped: bool = False
     """``stop`` said to stop between two pieces: spans before the cutoff may be left, and
     space not given back; the next prune goes on from there."""
+    wal_bytes: int = 0
+    """The SQLite WAL's size when another process kept it from being cut back (a read of an
+    older snapshot under way: an export, a backup): it shrinks at a write after that read."""
 
     @property
     def reclaimed(self) -> int:
@@ -65,6 +68,7 @@ def prune(
     chunk: int = 20_000,
     stop: Callable[[], bool] = lambda: False,
     progress: Callable[[int], None] | None = None,
+    planned: Callable[[int], None] | None = None,
 ) -> PruneResult:
     """Remove raw spans that started before midnight ``keep_days`` days ago; rollups stay.
 
@@ -76,7 +80,9 @@ def prune(
     ``stop`` is asked between pieces (each chunk of deletes, each step giving space back): a
     gateway that is stopping must not wait for a prune of millions of spans. What is done
     stays done (each piece is whole); the result says ``stopped``, and the next prune goes on.
-    ``progress`` is told the spans each committed chunk removed.
+    ``progress`` is told the spans each committed chunk removed; ``planned``, before the
+    first, about how many there are to remove (those that started before the cutoff: the few
+    still busy after it stay), so a bar can say how far along it is.
 
     ``now``: the instant the days are counted back from; by default the ledger's clock (the
     PostgreSQL server's, :func:`ledger_now`), not this host's. A horizon is for every process
@@ -130,6 +136,11 @@ def prune(
         known = pruned_before(conn)
         if found and (known is None or known < cutoff_us):
             set_meta(conn, "pruned_before", str(cutoff_us))
+    if found and planned is not None:
+        with ledger.read() as conn:  # the started_at index alone: no row is read
+            planned(
+                conn.execute(select(func.count()).select_from(SPANS).where(gone[0])).scalar_one()
+            )
     removed = 0
     while found:
         if stop():
@@ -143,14 +154,15 @@ def prune(
         if done.rowcount < chunk:
             break
     try:
-        free = _reclaim(ledger, vacuum=vacuum, stop=stop)
+        free, wal = _reclaim(ledger, vacuum=vacuum, stop=stop)
     except LedgerError as exc:  # the deletes are committed: say so, not only what failed
         raise LedgerError(
             f"removed {removed:,} span(s) started before {cutoff:%Y-%m-%d %H:%M} UTC, but "
             f"giving their space back to the disk failed: {exc}; then run the same prune "
             "again (it removes nothing more, and gives the space back)"
         ) from exc
-    return PruneResult(cutoff, removed, before, _size(ledger), free, stopped=free > 0 and stop())
+    stopped = free > 0 and stop()
+    return PruneResult(cutoff, removed, before, _size(ledger), free, stopped, wal)
 
 
 def _prunable(cutoff_us: int) -> list[ColumnElement[bool]]:
@@ -199,12 +211,13 @@ second): a prune of millions of spans frees gigabytes, and giving them back at o
 the write lock for as long, the gateways' spans going to the spool meanwhile."""
 
 
-def _reclaim(ledger: Ledger, *, vacuum: bool, stop: Callable[[], bool]) -> int:
+def _reclaim(ledger: Ledger, *, vacuum: bool, stop: Callable[[], bool]) -> tuple[int, int]:
     """Give freed SQLite pages back to the disk, :data:`VACUUM_STEP_PAGES` a transaction;
-    the bytes still free inside the file. A failure (a full disk, a lock held past the
+    the bytes still free inside the file, and the WAL's size if it could not be cut back
+    (else 0). A failure (a full disk, a lock held past the
     wait) is a LedgerError, as the ledger's own statements' are."""
     if ledger.path is None:
-        return 0
+        return 0, 0
     with ledger.failures_named(), ledger.engine.connect() as conn:
         raw = conn.connection.driver_connection
         assert raw is not None
@@ -214,7 +227,9 @@ def _reclaim(ledger: Ledger, *, vacuum: bool, stop: Callable[[], bool]) -> int:
             raise OperationalError("VACUUM, incremental_vacuum, wal_checkpoint", None, exc) from exc
 
 
-def _give_back(raw: sqlite3.Connection, *, vacuum: bool, stop: Callable[[], bool]) -> int:
+def _give_back(
+    raw: sqlite3.Connection, *, vacuum: bool, stop: Callable[[], bool]
+) -> tuple[int, int]:
     if vacuum and not stop() and raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
         raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
         raw.execute("VACUUM")  # once: from now on freed pages can be released
@@ -228,10 +243,10 @@ def _give_back(raw: sqlite3.Connection, *, vacuum: bool, stop: Callable[[], bool
             if now_left >= left:  # nothing more would go (another process holds it)
                 break
             left = now_left
-    _truncate_wal(raw)
+    held = _truncate_wal(raw)
     free = raw.execute("PRAGMA freelist_count").fetchone()[0]
     page = raw.execute("PRAGMA page_size").fetchone()[0]
-    return int(free) * int(page)
+    return int(free) * int(page), held
 
 
 TRUNCATE_TRIES = 20
@@ -240,8 +255,10 @@ once when a writer or a reader of an older snapshot is there."""
 TRUNCATE_PAUSE_S = 0.05
 
 
-def _truncate_wal(raw: sqlite3.Connection) -> None:
-    """Shrink the WAL the deletes grew (SQLite reuses it, but never shrinks it on its own).
+def _truncate_wal(raw: sqlite3.Connection) -> int:
+    """Shrink the WAL the deletes grew (SQLite reuses it, but never shrinks it on its own);
+    0, or the size left when another process kept it (the ledger's ``journal_size_limit``
+    cuts it back at a write once that process is done).
 
     Never by waiting: a TRUNCATE checkpoint waits for each reader of an older snapshot (a
     long export, a report) to finish, and holds off every writer meanwhile, so gateways
@@ -252,9 +269,11 @@ def _truncate_wal(raw: sqlite3.Connection) -> None:
     raw.execute("PRAGMA busy_timeout = 0")
     try:
         for _ in range(TRUNCATE_TRIES):
-            busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            busy, frames, _ = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if not busy:
-                return
+                return 0
             time.sleep(TRUNCATE_PAUSE_S)
+        page = int(raw.execute("PRAGMA page_size").fetchone()[0])
+        return 32 + max(0, int(frames)) * (24 + page)  # the WAL's header and its frames
     finally:
         raw.execute(f"PRAGMA busy_timeout = {int(wait)}")  # a pooled connection: as it was

@@ -153,3 +153,40 @@ def test_a_backup_of_a_damaged_ledger_is_refused_and_the_earlier_backup_kept(
     ), done.stderr
     assert done.stderr.count("\n") == 1
     assert target.read_bytes() == good and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_backup_taken_while_the_rollups_are_cut_again_is_finished_by_its_first_opener(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A backup taken during `ometer db rollup --zone` named the process rebuilding the
+    ledger, alive, as the copy's rebuilder: `ometer report --db sqlite:///copy.db` waited for
+    that rebuild of the other file to end (minutes on a big ledger; ten with the process
+    gone elsewhere) before rebuilding the copy itself. It rebuilds the copy at once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from ollama_meter.ledger._meta import set_meta
+
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    ledger.record(_spans(30))
+    with ledger.write() as conn:  # as `db rollup --zone` leaves it while it runs (this process)
+        set_meta(conn, "rollups", "stale")
+        set_meta(conn, "rebuilding", f"{int(time.time())} {os.getpid()} {socket.gethostname()}")
+    done = cli("db", "backup", str(tmp_path / "copy.db"), "--db", f"sqlite:///{path}")
+    assert done.code == 0, done
+    close_ledgers()
+    opened = subprocess.run(  # the rebuild of the ledger, this process, still at work
+        [sys.executable, "-m", "ollama_meter", "report", "--since", "2026-10-01",
+         "--db", f"sqlite:///{tmp_path / 'copy.db'}"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert opened.returncode == 0, opened.stderr
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    assert dict(copy.execute("SELECT key, value FROM ledger_meta WHERE key LIKE 'r%'")) == {
+        "rollups": "current"
+    }
+    assert copy.execute("SELECT count(*) FROM rollups").fetchone()[0] > 0

@@ -392,3 +392,58 @@ def test_a_lone_surrogate_ending_a_line_is_named_not_taken_for_a_line_cut_short(
         span_from_line(line.strip())
     assert "lone surrogate" in str(caught.value)
     assert not isinstance(caught.value, CutShort)
+
+
+_LATIN = st.text(
+    st.characters(min_codepoint=0xC0, max_codepoint=0xFF, categories=["L"]), min_size=1, max_size=3
+)
+"""Letters an export edited and saved as Latin-1 or Windows-1252 holds as one byte each."""
+
+
+@given(
+    at=st.integers(0, 4),
+    field=st.sampled_from(["request_model", "response_model"]),
+    letters=_LATIN,
+    cut=st.booleans(),
+)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_file_saved_in_another_encoding_says_to_convert_it_and_imports_once_converted(
+    cli: Any, tmp_path: Path, at: int, field: str, letters: str, cut: bool
+) -> None:
+    """A model with an accent (`modèle`) in an export saved as Windows-1252 is the byte E8, and
+    the import said `not JSON: Invalid UTF-8 encoded string` and to fix the line. It names the
+    byte and the conversion; the spans before it are kept, and the converted file imports
+    whole, each span once. A line whose last character was cut in two is still a line cut
+    short."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    spans = [span_to_dict(span) for span in _spans(5)]
+    spans[at][field] = f"{spans[at][field] or 'x'}{letters}"
+    text = "".join(json.dumps(span, ensure_ascii=False) + "\n" for span in spans)
+    saved = folder / "edited.jsonl"
+    if cut:  # the file ends part way through a character of the edited span
+        body = "".join(json.dumps(span, ensure_ascii=False) + "\n" for span in spans[:at])
+        head = json.dumps(spans[at], ensure_ascii=False)
+        head = head[: head.index(letters) + 1].encode()[:-1]
+        saved.write_bytes(body.encode() + head)
+        done = cli("db", "import", str(saved), "--db", url)
+        assert done.code == 2 and f"line {at + 1}: the file ends part way" in done.stderr
+        return
+    saved.write_bytes(text.encode("latin-1"))
+    done = cli("db", "import", str(saved), "--db", url)
+    line = json.dumps(spans[at], ensure_ascii=False).encode("latin-1")
+    byte = min(line.index(bytes([ord(c)])) for c in letters) + 1
+    assert (done.code, done.stderr) == (
+        2,
+        f"error: line {at + 1}: byte {byte} (0x{line[byte - 1]:02X}) is not UTF-8: export lines "
+        "are UTF-8 text, and this file was saved in another encoding. Convert it, naming the "
+        f"one it was saved in (iconv -f WINDOWS-1252 -t UTF-8 {saved} | ometer db import -), "
+        f"and import again; the {at} span(s) before it are recorded (spans already there are "
+        "skipped)\n",
+    )
+    assert Ledger(url).count() == at
+    done = cli("db", "import", "-", "--db", url, stdin=text)
+    assert done.code == 0 and f"({at:,} already there)" in done.stdout, done
+    assert Ledger(url).count() == 5
