@@ -13,13 +13,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ollama_meter.cli._console import err
+from ollama_meter.cli._ctrl_z import stops_between_pieces
 
 
 @contextlib.contextmanager
 def said_if_stopped(what: Callable[[], str]) -> Iterator[None]:
-    """On Ctrl-C or SIGTERM inside the block, print ``what()`` and go on stopping."""
+    """On Ctrl-C or SIGTERM inside the block, print ``what()`` and go on stopping; a Ctrl-Z
+    stops it between pieces (:func:`stops_between_pieces`)."""
     try:
-        yield
+        with stops_between_pieces():
+            yield
     except (KeyboardInterrupt, SystemExit):  # SIGTERM is a SystemExit (ometer's handler)
         err.print(what())
         raise
