@@ -9,10 +9,12 @@ on, a SQLite file) and this load generator (aiohttp). It measures:
   - the gateway process's RSS after N requests (default 50,000), sampled along the way.
 
     python bench/gateway.py [--sequential 500] [--burst 3000] [--rss-requests 50000]
-                            [--against OTHER/.venv/bin/python]
+                            [--against OTHER/.venv/bin/python] [--floor]
 
 ``--against`` runs a second gateway from another install (say a worktree of the last
 release) in the same interleaved rounds: the baseline a change is judged against.
+``--floor`` runs a bare relay (``bench/relay.py``: uvicorn and one pooled aiohttp client,
+nothing else) in the same rounds: what any relay built on them adds.
 """
 
 from __future__ import annotations
@@ -52,12 +54,16 @@ def rss_mb(pid: int) -> float:
 
 
 def start(
-    args: list[str], ready: str, env: dict[str, str] | None = None, python: str = sys.executable
+    args: list[str],
+    ready: str,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    module: bool = True,
 ) -> subprocess.Popen[bytes]:
     # Run from a folder of no checkout: ``-m`` imports from the working directory first, and
     # each interpreter must run its own install's ometer.
     proc = subprocess.Popen(
-        [python, "-m", *args],
+        [python, *(["-m"] if module else []), *args],
         env=env,
         stderr=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -136,6 +142,11 @@ def main() -> None:
         help="the Python of another ometer install (another checkout's venv): its gateway "
         "runs beside this one, measured in the same rounds",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure a bare relay (bench/relay.py: uvicorn and aiohttp, nothing else)",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ometer-gw-bench-"))
     emu_port = unused_port()
@@ -153,6 +164,11 @@ def main() -> None:
         env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{folder / f'{name}.db'}"}
         serve = ["ollama_meter", "serve", "--port", str(port), "--upstream", emulator]
         gateways[name] = (url, start(serve, f"{url}/healthz", env, python=python))
+    if args.floor:
+        port = unused_port()
+        url = f"http://127.0.0.1:{port}"
+        relay = [str(Path(__file__).with_name("relay.py")), str(port), emulator]
+        gateways["floor"] = (url, start(relay, f"{url}/api/version", module=False))
     try:
         print(f"emulator {emulator}; ledgers in {folder}")
         for name, (url, proc) in gateways.items():
