@@ -458,21 +458,30 @@ def test_a_body_that_comes_in_small_pieces_holds_about_its_size_while_it_is_read
 
     from starlette.requests import Request
 
+    from ollama_meter.gateway import _memory
     from ollama_meter.gateway._memory import read_body
 
     sizes = list(itertools.islice(itertools.cycle(pattern), count))
     total = sum(sizes)
     held: list[int] = []
 
+    def traced() -> int:
+        """What this test's pieces and the reader hold: not the whole process's memory, which
+        other threads of the test worker change too (16 KB in a CI run)."""
+        here = [tracemalloc.Filter(True, __file__), tracemalloc.Filter(True, _memory.__file__)]
+        return sum(
+            s.size for s in tracemalloc.take_snapshot().filter_traces(here).statistics("filename")
+        )
+
     async def read() -> bytes:
         sent = iter(enumerate(sizes))
-        base = tracemalloc.get_traced_memory()[0]
+        base = traced()
 
         async def receive() -> dict[str, Any]:
             await asyncio.sleep(0)  # each piece is waited for, as from a caller
             n, size = next(sent, (0, 0))
             if not size:  # all in: what the reader holds now is the body, and its parts
-                held.append(tracemalloc.get_traced_memory()[0] - base)
+                held.append(traced() - base)
                 return {"type": "http.request", "body": b"", "more_body": False}
             piece = bytes([65 + n % 26]) * size  # a new object, as uvicorn's receive makes
             return {"type": "http.request", "body": piece, "more_body": True}
