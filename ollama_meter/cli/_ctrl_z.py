@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 
 class _Held:
@@ -25,14 +25,14 @@ class _Held:
     asked = False
 
 
-def _checked_out(_dbapi: Any, record: Any, _proxy: Any) -> None:
+def _checked_out(connection: int) -> None:
     with _Held.lock:
-        _Held.in_use.add(id(record))
+        _Held.in_use.add(connection)
 
 
-def _checked_in(_dbapi: Any, record: Any) -> None:
+def _checked_in(connection: int) -> None:
     with _Held.lock:
-        _Held.in_use.discard(id(record))
+        _Held.in_use.discard(connection)
     _stop_if_idle()
 
 
@@ -66,18 +66,14 @@ def stops_between_pieces() -> Iterator[None]:
     ):
         yield
         return
-    from sqlalchemy import event
-    from sqlalchemy.pool import Pool
+    from ollama_meter.ledger._in_use import connections_watched
 
-    event.listen(Pool, "checkout", _checked_out)
-    event.listen(Pool, "checkin", _checked_in)
     signal.signal(signal.SIGTSTP, _asked_to_stop)
     try:
-        yield
+        with connections_watched(_checked_out, _checked_in):
+            yield
     finally:
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        event.remove(Pool, "checkin", _checked_in)
-        event.remove(Pool, "checkout", _checked_out)
         with _Held.lock:
             asked, _Held.asked = _Held.asked, False
             _Held.in_use.clear()
