@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import reset_breakers
 from tests._pg import PgCluster, create_database, memory_folder, postgres_server
+from tests._process_output import forget, tails
 from tests._schedule import long_first
 from tests._templates import LedgerTemplates, ledger_templates
 
@@ -66,6 +67,20 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The long tests first, so that no worker runs one alone at the end (tests/_schedule.py)."""
     long_first(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the last words of the real processes it started
+    (tests/_process_output.py); their files are closed once the test is torn down."""
+    report = yield
+    if report.failed:
+        report.sections.extend(tails())
+    if call.when == "teardown":
+        forget()
+    return report
 
 
 def pytest_collection_finish() -> None:

@@ -21,6 +21,7 @@ import ollama
 import pytest
 
 from ollama_meter.testing import OllamaEmulator
+from tests._process_output import keep
 from tests.cli.test_run_program import foreground
 
 OMETER = [sys.executable, "-m", "ollama_meter"]
@@ -66,7 +67,7 @@ def start_gateway(
     """``ometer serve`` as its own process; returns it and its URL once /healthz answers.
 
     Its output goes to a file nothing needs to drain (a pipe nobody read blocked a
-    gateway that logged a lot)."""
+    gateway that logged a lot); a test that fails shows its end (tests/_process_output.py)."""
     with tempfile.TemporaryFile() as output:  # the gateway's copy outlives this one
         proc = subprocess.Popen(
             [*HEARING, "serve", "--host", host, "--port", "0", "--upstream", upstream, *options],
@@ -75,6 +76,7 @@ def start_gateway(
             stderr=output,
             text=True,
         )
+        keep(f"the gateway {proc.pid} ({' '.join(['ometer serve', upstream, *options])})", output)
         return proc, announced_url(proc, written(output))
 
 
