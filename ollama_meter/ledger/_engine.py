@@ -42,6 +42,7 @@ from ollama_meter.ledger._beside import (
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
 from ollama_meter.ledger._mounts import warn_network
+from ollama_meter.ledger._pool import ClosingPool
 from ollama_meter.ledger._session import hold_session_settings, session_options
 
 DEFAULT_WAIT = 5.0
@@ -420,6 +421,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
                     "-c DateStyle=ISO -c IntervalStyle=postgres",
                 ),
             }
+    if path is not None or parsed.get_backend_name() == "postgresql":
+        options["poolclass"] = ClosingPool  # what create_engine would take, kept closed
     try:
         engine = create_engine(parsed, **options)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:

@@ -225,3 +225,31 @@ def test_a_ledger_file_emptied_under_a_running_process_says_so(tmp_path: Path) -
         "of it; spans wait in the spool meanwhile"
     ), running.failing
     running.dispose()
+
+
+@pytest.mark.parametrize("how", ["garbage in the spans' pages", "cut in half"])
+def test_a_connection_in_use_as_a_write_finds_the_file_damaged_is_not_kept(
+    tmp_path: Path, how: str
+) -> None:
+    """A connection in use (a report's read, a ``/healthz`` probe's) while another found the
+    file damaged went back, once done, into the pool the ledger had disposed of, and stayed
+    open there. In WAL mode it held a shared lock on the file: once a backup was copied over
+    it (``cp``, a rollback-journal file), each new connection's switch to WAL waited the whole
+    wait for it, holding every reader back meanwhile, and each write was spooled (CI: a
+    gateway's ``/healthz`` did not answer within 10 s). It is closed once done."""
+    path = tmp_path / "l.db"
+    url = f"sqlite:///{path}"
+    running = Ledger(url, wait=1)  # a gateway's, open all along; failing, it waits 1 s
+    early, late, after = _spans(0, 3), _spans(100, 1), _spans(200, 2)
+    running.record(early)
+    backup(running, tmp_path / "copy.db")
+    damage(path, how)
+    with running.read():  # open as the write fails
+        assert running.record(late) == {late[0].id: Stored.SPOOLED}
+    restore(tmp_path / "copy.db", path, "copied over the file")
+    assert running.zone() == "UTC"
+    assert running.record(after) == dict.fromkeys((s.id for s in after), Stored.COMMITTED)
+    assert running.failing is None
+    assert running.spool.pending() == []
+    running.dispose()
+    assert _ids(url) == {s.id for s in early + late + after}
