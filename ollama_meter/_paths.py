@@ -7,6 +7,7 @@ import errno
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 
 from ollama_meter._kinds import SQLITE, sqlite_kind
@@ -168,15 +169,27 @@ def first_bytes(path: Path, size: int) -> bytes:
     itself for the ledger's last user and deleted its ``-wal`` and ``-shm`` under this one,
     whose next commits went to a WAL no one else reads. So a descriptor this process has
     open on the file (a SQLite connection's) is read at its offset 0; a file no descriptor
-    here has open holds no lock of this process, and is opened and closed as usual."""
-    found = os.stat(path)
-    for fd in _descriptors():
-        with contextlib.suppress(OSError):
-            seen = os.fstat(fd)
-            if (seen.st_dev, seen.st_ino) == (found.st_dev, found.st_ino):
-                return os.pread(fd, size, 0)  # (OSError on one opened for writing only)
-    with path.open("rb") as file:
-        return file.read(size)
+    here has open holds no lock of this process, and is opened and closed as usual, while
+    no connection may open it (:data:`OPENING`)."""
+    with OPENING:
+        found = os.stat(path)
+        for fd in _descriptors():
+            with contextlib.suppress(OSError):
+                seen = os.fstat(fd)
+                if (seen.st_dev, seen.st_ino) == (found.st_dev, found.st_ino):
+                    return os.pread(fd, size, 0)  # (OSError on one opened for writing only)
+        with path.open("rb") as file:
+            return file.read(size)
+
+
+OPENING = threading.RLock()
+"""Held while :func:`first_bytes` opens and closes a file of its own, and while a SQLite
+connection of this process opens its file: one opened between the look that found no
+descriptor of the file here and that close had the lock it took there dropped by the close
+(another process could then delete its ``-wal`` and ``-shm`` under it). A fork waits for
+it: a child made while another thread held it would wait for it forever."""
+os.register_at_fork(before=OPENING.acquire, after_in_parent=OPENING.release)
+os.register_at_fork(after_in_child=OPENING.release)
 
 
 def _descriptors() -> list[int]:

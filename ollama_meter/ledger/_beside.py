@@ -23,7 +23,7 @@ import os
 import stat
 from pathlib import Path
 
-from ollama_meter._paths import first_bytes
+from ollama_meter._paths import first_bytes, resolved
 from ollama_meter.ledger._mounts import mounted_alone
 from ollama_meter.ledger._why import kept_from
 
@@ -167,3 +167,32 @@ def wal_files_like(path: Path) -> None:
             os.fchmod(fd, stat.S_IMODE(found.st_mode) & 0o666)  # SQLite's too (an empty file)
         finally:
             os.close(fd)
+
+
+def make_private(path: Path) -> None:
+    """Make the ledger file at ``path`` if there is none, for its owner and its group as far as
+    the umask lets it (0660 under a team folder's 002, 0640 under 027 or 022, 0600 under 077),
+    never for every user of the machine: SQLite made it 0644 under the usual umask 022, and it
+    holds everyone's spend and, with content capture on, every prompt and reply. (It was 0600
+    whenever the group could not write: an admin of the group, which 027 lets read, could
+    not.) Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or
+    one that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
+    path = opened_by_sqlite(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
+    except OSError:
+        return
+    try:
+        give_to_folder(fd, path.parent)
+    finally:
+        os.close(fd)
+
+
+def opened_by_sqlite(path: Path) -> Path:
+    """The file SQLite opens for ``path``: the one its links name, even one not made yet (SQLite
+    makes it there, and keeps its ``-wal`` and ``-shm`` beside it, not beside the link).
+    ``path`` itself for links that loop: SQLite says it cannot open the file."""
+    try:
+        return resolved(path)
+    except OSError:
+        return path

@@ -24,17 +24,18 @@ from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ollama_meter._paths import (
+    OPENING,
     default_data_dir,
     first_bytes,
-    resolved,
     sqlite_url_problem,
     unreachable_ledger,
 )
 from ollama_meter._urls import UNESCAPED_AT, hide_password, unescaped_at
 from ollama_meter.errors import ConfigError, LedgerError
 from ollama_meter.ledger._beside import (
-    give_to_folder,
     make_folder,
+    make_private,
+    opened_by_sqlite,
     other_names,
     reading_alone,
     wal_files_like,
@@ -130,35 +131,6 @@ def file_id(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
-def make_private(path: Path) -> None:
-    """Make the ledger file at ``path`` if there is none, for its owner and its group as far as
-    the umask lets it (0660 under a team folder's 002, 0640 under 027 or 022, 0600 under 077),
-    never for every user of the machine: SQLite made it 0644 under the usual umask 022, and it
-    holds everyone's spend and, with content capture on, every prompt and reply. (It was 0600
-    whenever the group could not write: an admin of the group, which 027 lets read, could
-    not.) Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or
-    one that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
-    path = opened_by_sqlite(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
-    except OSError:
-        return
-    try:
-        give_to_folder(fd, path.parent)
-    finally:
-        os.close(fd)
-
-
-def opened_by_sqlite(path: Path) -> Path:
-    """The file SQLite opens for ``path``: the one its links name, even one not made yet (SQLite
-    makes it there, and keeps its ``-wal`` and ``-shm`` beside it, not beside the link).
-    ``path`` itself for links that loop: SQLite says it cannot open the file."""
-    try:
-        return resolved(path)
-    except OSError:
-        return path
-
-
 _SMALLEST_DATABASE = 512
 """Bytes in the smallest SQLite database that holds anything: one page of the smallest size."""
 
@@ -218,6 +190,18 @@ def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
         f"WAL's changes into it; nothing was changed. Stop every ometer using the ledger, "
         f"move {wal} and {path}-shm aside, and run again"
     )
+
+
+def _sqlite_opener(path: Path) -> Callable[..., Any]:
+    """The ledger file made private if new, then opened while nothing of this process looks
+    at its first bytes with a descriptor it will close (``_paths.OPENING``)."""
+
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        make_private(path)
+        with OPENING:
+            return dialect.connect(*cargs, **cparams)
+
+    return connect
 
 
 def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], None]:
@@ -433,7 +417,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         )
         raise LedgerError(f"no database driver for {parsed.drivername!r}.{hint}") from exc
     if path is not None:
-        event.listen(engine, "do_connect", lambda *_: make_private(path))
+        event.listen(engine, "do_connect", _sqlite_opener(path))
         event.listen(engine, "connect", _sqlite_connector(millis, path))
         event.listen(engine, "begin", _sqlite_begin)
     if bounded:

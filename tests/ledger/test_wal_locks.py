@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from ollama_meter._paths import first_bytes
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._engine import create_ledger_engine
 from tests.factories import make_span
 
 _OTHER = """
@@ -69,3 +75,67 @@ def test_connecting_while_another_process_has_changes_in_the_wal_keeps_this_ones
     again = Ledger(url)
     assert again.count(SpanFilter()) == 3
     again.dispose()
+
+
+_IN_USE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:  # SQLite's shared lock bytes of the file: a connection that has it open holds one
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 0x40000002)
+except OSError:
+    print("in use")
+else:
+    print("not in use")
+"""
+
+
+def test_a_connection_opened_while_a_look_at_the_file_is_open_keeps_its_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look at the file with no connection of this process open (it opens and closes a
+    descriptor: ``first_bytes``), and a connection another thread opens meanwhile: the look's
+    close dropped the lock that says the connection has the file open, and another process,
+    taking itself for its last user, could delete its ``-wal`` and ``-shm`` under it."""
+    path = tmp_path / "ledger.db"
+    Ledger(f"sqlite:///{path}").dispose()
+    engine = create_ledger_engine(f"sqlite:///{path}")
+    opened, go_on, reading, done = (threading.Event() for _ in range(4))
+    plain_open = Path.open
+
+    def held_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        file = plain_open(self, *args, **kwargs)
+        if self == path:
+            opened.set()
+            go_on.wait(30)
+        return file
+
+    monkeypatch.setattr(Path, "open", held_open)
+    look = threading.Thread(target=first_bytes, args=(path, 16))
+    look.start()
+    assert opened.wait(30)
+
+    def read() -> None:
+        raw = engine.raw_connection()
+        try:
+            raw.driver_connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            reading.set()
+            done.wait(30)
+        finally:
+            raw.close()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reading.wait(0.5)  # long enough for the connection to lock the file, where it may
+    go_on.set()
+    look.join(30)
+    assert reading.wait(30)
+    try:
+        other = subprocess.run(
+            [sys.executable, "-c", _IN_USE, str(path)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert other.stdout.strip() == "in use"
+    finally:
+        done.set()
+        reader.join(30)
+        engine.dispose()
