@@ -405,6 +405,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
                     "-c DateStyle=ISO -c IntervalStyle=postgres",
                 ),
             }
+    if path is not None:
+        options["pool_timeout"] = wait  # not 30 s: the wait a busy ledger gets, as above
     if path is not None or parsed.get_backend_name() == "postgresql":
         options["poolclass"] = ClosingPool  # what create_engine would take, kept closed
     try:

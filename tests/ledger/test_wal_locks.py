@@ -139,3 +139,34 @@ def test_a_connection_opened_while_a_look_at_the_file_is_open_keeps_its_locks(
         done.set()
         reader.join(30)
         engine.dispose()
+
+
+def test_a_caller_waits_for_one_of_the_pools_connections_as_long_as_for_a_busy_file(
+    tmp_path: Path,
+) -> None:
+    """Every connection of the pool in use: the next caller gives up after the ledger's wait
+    (OMETER_LEDGER_WAIT), as it would for a lock, not SQLAlchemy's 30 s."""
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}", wait=0.2)
+    held = []
+    refused: list[BaseException] = []
+
+    def one_more() -> None:
+        try:
+            engine.raw_connection().close()
+        except BaseException as exc:  # what the pool says is the point
+            refused.append(exc)
+
+    try:
+        while True:  # the pool's connections, and all it may make beside them
+            held.append(engine.raw_connection())
+            if len(held) == engine.pool.size() + engine.pool._max_overflow:  # type: ignore[attr-defined]
+                break
+        caller = threading.Thread(target=one_more)
+        caller.start()
+        caller.join(10)
+        assert not caller.is_alive()
+        assert [type(exc).__name__ for exc in refused] == ["TimeoutError"]
+    finally:
+        for connection in held:
+            connection.close()
+        engine.dispose()
