@@ -30,45 +30,29 @@ def _refused_from(gateway: Gateway, caplog: pytest.LogCaptureFixture, **headers:
     return said
 
 
-def test_a_forwarded_header_from_a_caller_on_loopback_changes_nothing(
-    serve_on: Callable[..., Gateway],
-    emulator: OllamaEmulator,
-    sqlite_url: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    gateway = serve_on(emulator.url, sqlite_url, require_key=True)
-    said = _refused_from(
-        gateway, caplog, **{"X-Forwarded-For": "10.9.9.9", "X-Forwarded-Proto": "https"}
-    )
-    assert said == _LOGGED.format("127.0.0.1")
-
-
-@pytest.mark.parametrize("trusted", ["127.0.0.1", "127.0.0.0/8,10.0.0.5", "*"])
-def test_a_proxy_the_operator_names_is_believed(
+@pytest.mark.parametrize(
+    ("trusted", "caller"),
+    [
+        ("", "127.0.0.1"),  # none named (the default): the header changes nothing
+        ("10.0.0.5", "127.0.0.1"),  # a proxy elsewhere: this caller is no proxy
+        ("127.0.0.1", "10.9.9.9"),
+        ("127.0.0.0/8,10.0.0.5", "10.9.9.9"),
+        ("*", "10.9.9.9"),
+    ],
+)
+def test_a_forwarded_header_is_believed_only_from_a_proxy_the_operator_names(
     serve_on: Callable[..., Gateway],
     emulator: OllamaEmulator,
     sqlite_url: str,
     caplog: pytest.LogCaptureFixture,
     trusted: str,
+    caller: str,
 ) -> None:
     gateway = serve_on(
         emulator.url, sqlite_url, server_options={"trusted_proxies": trusted}, require_key=True
     )
-    said = _refused_from(gateway, caplog, **{"X-Forwarded-For": "10.9.9.9"})
-    assert said == _LOGGED.format("10.9.9.9")
-
-
-def test_a_proxy_the_operator_names_elsewhere_is_not_the_caller(
-    serve_on: Callable[..., Gateway],
-    emulator: OllamaEmulator,
-    sqlite_url: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    gateway = serve_on(
-        emulator.url, sqlite_url, server_options={"trusted_proxies": "10.0.0.5"}, require_key=True
-    )
-    said = _refused_from(gateway, caplog, **{"X-Forwarded-For": "10.9.9.9"})
-    assert said == _LOGGED.format("127.0.0.1")
+    forwarded = {"X-Forwarded-For": "10.9.9.9", "X-Forwarded-Proto": "https"}
+    assert _refused_from(gateway, caplog, **forwarded) == _LOGGED.format(caller)
 
 
 @pytest.mark.parametrize(
