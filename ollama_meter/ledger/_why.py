@@ -79,6 +79,8 @@ def read_only_folder(path: Path) -> str:
         mounted = False
     why = "is on a read-only file system" if mounted else "is read-only to this user"
     fix = "remount it read-write" if mounted else "make the folder writable"
+    if not os.path.lexists(path):
+        return f"the folder {folder} {why}: {fix}, or give a ledger in a folder ometer may write"
     return (
         f"the folder {folder} {why}, and SQLite opens a ledger, even to read it, only with its "
         "-wal and -shm files beside it, which it cannot make there: to record into it, "

@@ -167,8 +167,13 @@ def test_a_ledger_on_a_read_only_mount_says_so_and_is_left_as_it_was(
                     if command == ["log"] and not path.exists():  # reading makes no ledger
                         assert line.startswith(f"error: no ledger at {path}"), line
                         continue
-                    assert f"{disk} is read-only" in line, line
-                    assert "give a ledger in a folder ometer may write" in line, line
+                    assert f"the folder {disk} is on a read-only file system" in line, line
+                    if path.exists():  # to read it, a copy: said with the command to make it
+                        assert f"copy it to a folder ometer may write (cp {path} " in line, line
+                    else:
+                        assert line.endswith(
+                            "remount it read-write, or give a ledger in a folder ometer may write"
+                        ), line
         finally:
             close_ledgers()
         assert {p.name: p.read_bytes() for p in disk.iterdir()} == before
