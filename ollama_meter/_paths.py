@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shlex
 import stat
 import threading
 from pathlib import Path
@@ -238,4 +239,94 @@ def unreachable_ledger(path: Path) -> str | None:
             why += " (a folder on its way is not this user's to enter)"
             where = f"run this as a user who may, or {where}"
         return f"cannot reach the ledger at {path}: {why}; {where}"
+    return None
+
+
+def control_characters(value: str) -> str | None:
+    """Why ``value`` cannot name a file a command makes, or None: a NUL, which no path can
+    hold, or a control character in the new file's own name (a paste of two lines, a stray
+    ``\\r`` from a script saved on Windows), which ``ls`` shows garbled, no one can type
+    back, and a script reading names line by line takes for two. A folder on its way is
+    there already: not ours to judge."""
+    name = value if "\x00" in value else value.rpartition(os.sep)[2]
+    if bad := [char for char in name if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0]:
+        return (
+            f"{value!r} holds a control character ({bad[0]!r}), which no file name should: "
+            "give the name without it"
+        )
+    return None
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why no file can be written at ``path`` because of its folder, known before any work is
+    done, else None: a folder that is not there, or a file where a folder should be. What
+    the write meets (permissions, a read-only or full disk) the write says, through
+    :func:`cannot_write`."""
+    try:
+        if stat.S_ISDIR(os.stat(path.parent).st_mode):
+            return None
+        error = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return None  # a folder this user may not enter, a name too long: the write says
+        error = exc
+    return cannot_write(path, error)
+
+
+def cannot_write(path: Path, exc: OSError) -> str:
+    """Why the file ``path`` that the user named (``--out``, a backup's target) could not be
+    written, from the error the write met, and what to do, in one line after "cannot write
+    PATH: ". The system's words ("No such file or directory") say neither which folder nor
+    what to do about it."""
+    folder = path.parent
+    code = exc.errno
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        if on_way := _file_on_the_way(folder):
+            return f"{on_way} is a file, not a folder: give a path whose folders are folders"
+        if not folder.exists():
+            return (
+                f"the folder {folder} is not there: make it first (mkdir -p "
+                f"{shlex.quote(str(folder))}), or give a file in a folder that is"
+            )
+        return (
+            f"no file can be made in {folder} ({exc.strerror}; /proc and /sys take none): give "
+            "a file in a folder on a disk"
+        )
+    if code == errno.EISDIR:
+        return f"{path} is a folder: give the name of a file in it"
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            f"this user (uid {os.geteuid()}) may not make or replace files in {folder} (its "
+            "permissions): give a file in a folder this user may write, or run this as a user "
+            "who may"
+        )
+    if code == errno.EROFS:
+        return f"{folder} is on a read-only file system: give a file on a disk that can be written"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "disk" if code == errno.ENOSPC else "disk quota of this user"
+        return (
+            f"the {what} that holds {folder} is full, and nothing was written: free some space "
+            "and run again, or give a file on another disk"
+        )
+    if code == errno.EFBIG:
+        return (
+            "the file would pass this process's file size limit (ulimit -f, or LimitFSIZE= in a "
+            "systemd unit): raise the limit, or give a file where it is no issue"
+        )
+    if code == errno.ENAMETOOLONG:
+        return "the name is longer than the file system takes: give a shorter one"
+    if code == errno.ELOOP:
+        return "its links loop and name no file: give another path"
+    return exc.strerror or str(exc)
+
+
+def _file_on_the_way(folder: Path) -> Path | None:
+    """The first part of ``folder``'s path that is there and is no folder, or None."""
+    for part in reversed([folder, *folder.parents]):
+        try:
+            mode = os.stat(part).st_mode
+        except OSError:
+            return None
+        if not stat.S_ISDIR(mode):
+            return part
     return None

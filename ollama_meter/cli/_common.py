@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ollama_meter._paths import replace_file, unreachable_ledger, written_through
+from ollama_meter._paths import (
+    cannot_write,
+    control_characters,
+    folder_problem,
+    replace_file,
+    unreachable_ledger,
+    written_through,
+)
 from ollama_meter.cli._console import err, named, write_data
 from ollama_meter.cli._files import a_database
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
@@ -90,8 +97,8 @@ def file_to_write(
             return None
         if not value:  # '--out "$FILE"' with FILE unset: not the current folder
             raise typer.BadParameter(f"{value!r} is no file name; give the file to write")
-        if "\x00" in value:
-            raise typer.BadParameter(f"{value!r}: a file name holds no NUL")
+        if problem := control_characters(value):
+            raise typer.BadParameter(problem)
         if value.endswith(("/", os.sep)) or _is_folder(Path(value)):
             folder = value.rstrip("/" + os.sep) or value
             raise typer.BadParameter(
@@ -100,6 +107,8 @@ def file_to_write(
             )
         if report and (problem := a_database(Path(value))):
             raise typer.BadParameter(f"{value!r} {problem}")
+        if problem := folder_problem(Path(value)):
+            raise typer.BadParameter(f"cannot write {value}: {problem}")
         return Path(value)
 
     return parse
@@ -272,20 +281,22 @@ def write_output(text: str, path: Path | None) -> None:
     if path is None:
         write_data(text)
         return
+    through: Path | None = None
     try:
         through = written_through(path)
-        if through is not None and not through.is_file():  # a device or pipe: written into
+        if through is not None and through.exists() and not through.is_file():
+            # a device or pipe: written into (a link to a file not there yet: made, renamed)
             with through.open("w", encoding="utf-8", newline="") as file:
                 file.write(text)
             return
     except OSError as exc:  # a device that fails, or links that loop
-        raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
+        raise OmeterError(f"cannot write {path}: {cannot_write(through or path, exc)}") from None
     if problem := a_database(through or path):
         raise ValidationError(f"{path} {problem}")
     try:
         replace_file(through or path, text)
     except OSError as exc:
-        raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
+        raise OmeterError(f"cannot write {path}: {cannot_write(through or path, exc)}") from None
     err.print(f"wrote {named(path)}")
 
 

@@ -93,23 +93,16 @@ def rollup_command(
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)  # a typo must not make an empty ledger
     began = time.monotonic()
-    days = [0]
-    with (
-        progress_bar("rolling up", unit=" days") as bar,
-        said_if_stopped(
-            lambda: (
-                f"stopped after rolling up {days[0]:,} day(s), each whole; the next ometer "
-                "command to open the ledger finishes the rest (or run ometer db rollup again)"
-            )
+    with tallied(
+        "rolling up days",
+        lambda days: (
+            f"stopped after rolling up {days:,} day(s), each whole; the next ometer command to "
+            "open the ledger finishes the rest (or run ometer db rollup again)"
         ),
-    ):
-        task = bar.add_task("days", total=None)
-
-        def one_day(_day: int) -> None:
-            days[0] += 1
-            bar.advance(task)
-
-        count = rebuild(ledger.write, ledger.read, progress=one_day, zone=zone)
+    ) as tally:
+        count = rebuild(
+            ledger.write, ledger.read, progress=tally.add, planned=tally.plan, zone=zone
+        )
     took = time.monotonic() - began
     out.print(
         f"rolled up {count:,} span(s) in {took:.1f} s; days begin at {ledger.zone()} midnight"

@@ -57,6 +57,15 @@ def _listen_address(value: str) -> str:
     return value
 
 
+def _trusted_proxies(value: str) -> str:
+    from ollama_meter.gateway import trusted_proxies
+
+    try:
+        return trusted_proxies(value)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def serve(
     host: Annotated[
         str,
@@ -130,6 +139,16 @@ def serve(
         ),
     ] = False,
     origins: OriginsOption = "",
+    proxies: Annotated[
+        str,
+        typer.Option(
+            "--trusted-proxies",
+            envvar="FORWARDED_ALLOW_IPS",
+            help="Proxies (IPs or networks, comma-separated) whose X-Forwarded-For and "
+            "X-Forwarded-Proto are believed; default none: the caller is the connection's peer.",
+            parser=_trusted_proxies,
+        ),
+    ] = "",
     max_body_bytes: Annotated[
         int,
         typer.Option(
@@ -201,7 +220,9 @@ def serve(
     )
     if insecure_open and not (is_loopback(host) or require_key or admin_token):
         err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")
-    config = server_config(app, host=host, port=port, max_header_bytes=max_header_bytes)
+    config = server_config(
+        app, host=host, port=port, max_header_bytes=max_header_bytes, trusted_proxies=proxies
+    )
     serving()
     GatewayServer(config).run(sockets=[sock])
 

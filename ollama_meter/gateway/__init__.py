@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         is_loopback,
         listening_socket,
         listening_url,
+        trusted_proxies,
     )
     from ollama_meter.gateway._drain import GatewayServer
     from ollama_meter.gateway._passthrough import PASSTHROUGH
@@ -36,6 +37,7 @@ __all__ = [
     "listening_socket",
     "listening_url",
     "server_config",
+    "trusted_proxies",
 ]
 
 _LAZY = {
@@ -49,6 +51,7 @@ _LAZY = {
     "listening_socket": "._connections",
     "listening_url": "._connections",
     "server_config": "._server",
+    "trusted_proxies": "._connections",
 }
 
 

@@ -193,3 +193,33 @@ def _bound(host: str, port: int, shown: int) -> socket.socket:
         reason = _CANNOT_LISTEN.get(exc.errno or 0, exc.strerror or str(exc))
         raise ValidationError(f"cannot listen on {host}:{shown}: {reason}") from None
     return sock
+
+
+def trusted_proxies(value: str) -> str:
+    """``value`` (``--trusted-proxy``, ``FORWARDED_ALLOW_IPS``) as uvicorn takes it, checked:
+    comma-separated IP addresses and networks (``10.0.0.5,10.1.0.0/16``), or ``*`` for any
+    caller (a gateway only a proxy can reach); empty for none. ValidationError naming the
+    entry that is neither."""
+    entries = [entry.strip() for entry in value.split(",")] if value.strip() else []
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValidationError(
+                f"{entry!r} is not an IP address or network; give the addresses of the proxies "
+                "the gateway is behind, e.g. 10.0.0.5,10.1.0.0/16 (or * for any caller)"
+            ) from None
+    return ",".join(entries)
+
+
+def proxy_options(trusted: str) -> dict[str, object]:
+    """uvicorn's options for the proxies ``trusted`` (:func:`trusted_proxies`): only their
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` change the caller's address and scheme.
+    uvicorn believes 127.0.0.1's by default, or FORWARDED_ALLOW_IPS's read behind ometer's
+    back: any program on the gateway's machine chose the address a refusal was logged under
+    with one header. With none named, the headers are not read at all."""
+    if not trusted:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}

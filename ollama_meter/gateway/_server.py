@@ -64,6 +64,7 @@ from ollama_meter.gateway._connections import (
     connections_for,
     open_files_limit,
     peer_of,
+    proxy_options,
 )
 from ollama_meter.gateway._cycle import BodyNews, hear_lost, watch
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
@@ -418,12 +419,14 @@ def server_config(
     port: int,
     max_header_bytes: int = MAX_HEADER_BYTES,
     max_connections: int | None = None,
+    trusted_proxies: str = "",
     **options: Any,
 ) -> uvicorn.Config:
     """uvicorn's configuration for the gateway ``app``, with the guarded HTTP protocol.
 
     ``max_connections`` defaults to what this process's open-file limit (raised to the
-    hard limit here) leaves room for: :func:`connections_for`.
+    hard limit here) leaves room for: :func:`connections_for`. ``trusted_proxies``: whose
+    ``X-Forwarded-*`` headers are believed (:func:`proxy_options`; none by default).
     """
     most = connections_for(open_files_limit()) if max_connections is None else max_connections
     protocol = type(
@@ -438,5 +441,6 @@ def server_config(
         http=protocol,
         log_level=options.pop("log_level", "warning"),
         access_log=options.pop("access_log", False),
+        **proxy_options(trusted_proxies),  # type: ignore[arg-type]
         **options,
     )

@@ -8,6 +8,7 @@ replaces is only an earlier backup, never a database in use or a file of another
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shlex
@@ -20,11 +21,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
-from ollama_meter._paths import discard, resolved, sync_folder, written_through
+from ollama_meter._paths import cannot_write, discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._at_work import STOPPED
 from ollama_meter.ledger._meta import IDENTITY, PLACE
-from ollama_meter.ledger._why import file_limit
+from ollama_meter.ledger._why import file_limit, full_disk
 from ollama_meter.ledger.models import LEDGER_META
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ def backup(
     try:
         named, through = resolved(target), written_through(target)
     except OSError as exc:  # links that loop
-        raise LedgerError(f"could not back up {source} to {target}: {exc.strerror}") from None
+        raise LedgerError(
+            f"could not back up {source} to {target}: {cannot_write(target, exc)}"
+        ) from None
     ledger_files = {Path(f"{resolved(source)}{end}") for end in ("", "-wal", "-shm", "-journal")}
     if named in ledger_files:
         # a copy renamed over the live WAL would hide the writers' last transactions
@@ -116,10 +119,13 @@ def backup(
             sync_folder(target.parent)  # "backed up" is said of a copy a power cut keeps
         except (OSError, sqlite3.Error) as exc:
             limit = file_limit(partial, "the copy")
+            full = isinstance(exc, sqlite3.Error) and full_disk(partial) is not None
             _discard_copy(partial)
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            if full or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # SQLite's words, as one
+            why = cannot_write(target, exc) if isinstance(exc, OSError) else exc
             why = f"{why}: {limit}" if limit else why
-            raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
+            raise LedgerError(f"could not back up {source} to {target}: {why}") from None
         except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
             _discard_copy(partial)
             raise
@@ -203,7 +209,9 @@ def _refuse_no_backup(source: Path, target: Path) -> None:
         return
     except OSError as exc:
         # said as the write would say it (a file where a folder should be, a name too long)
-        raise LedgerError(f"could not back up {source} to {target}: {exc.strerror}") from None
+        raise LedgerError(
+            f"could not back up {source} to {target}: {cannot_write(target, exc)}"
+        ) from None
     again = "a backup replaces only an earlier backup. Give another file, or move it aside first"
     if header and (len(header) < 100 or not header.startswith(_HEADER)):
         raise ValidationError(f"{target} is there and is not a SQLite database (a backup): {again}")

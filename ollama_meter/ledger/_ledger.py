@@ -24,7 +24,16 @@ from sqlalchemy import func, select
 from ollama_meter._lazy import lazy_modules
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import BudgetError, LedgerError, PricingError, ValidationError
-from ollama_meter.ledger import _alert_rows, _budgets, _history, _meta, _prices, _rebuild, _spans
+from ollama_meter.ledger import (
+    _alert_rows,
+    _budgets,
+    _history,
+    _meta,
+    _prices,
+    _rebuild,
+    _rezone,
+    _spans,
+)
 from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
@@ -102,10 +111,10 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         ``ometer db rollup --zone``). True when the zone was set now.
         """
         with self.read() as conn:
-            if not _rebuild.can_adopt_zone(conn):
+            if not _rezone.can_adopt_zone(conn):
                 return False
         with self.write() as conn:
-            return _rebuild.adopt_zone(conn, zone)
+            return _rezone.adopt_zone(conn, zone)
 
     def zone(self) -> str:
         """The zone whose midnights begin this ledger's day and month rollups."""

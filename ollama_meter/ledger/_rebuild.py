@@ -12,14 +12,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, bindparam, func, select
 
-from ollama_meter._names import zone_problem
-from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import _correct
 from ollama_meter.ledger._at_work import BEAT_S, STOPPED, at_work as _at_work, beat as _beat
 from ollama_meter.ledger._cells import (
@@ -44,14 +41,14 @@ from ollama_meter.ledger._correct import (
     summed_days,
 )
 from ollama_meter.ledger._deadline import unbounded
-from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
+from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta
+from ollama_meter.ledger._rezone import change_zone
 from ollama_meter.ledger._rollup import (
     BUSY,
     BUSY_CELLS,
     HISTOGRAMS,
     ROLLUPS,
     RollupDelta,
-    lock_cells,
 )
 from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
@@ -66,6 +63,7 @@ def rebuild(
     read: Callable[[], Any],
     *,
     progress: Callable[[int], None] | None = None,
+    planned: Callable[[int], None] | None = None,
     zone: str | None = None,
 ) -> int:
     """Recompute every rollup that raw spans can answer: all days from the prune horizon on.
@@ -82,16 +80,20 @@ def rebuild(
     ``write``/``read`` open transactions (``Ledger.write``/``Ledger.read``). Busy time
     of a call that started the day before is counted from the earlier day's spans,
     so calls must not last longer than a day. Returns the number of spans read.
+
+    ``planned(days)``: the days from the first to the last to redo, told before the first;
+    ``progress(days)``: that many more are done, each whole (the days passed over with
+    nothing to redo among them). A zone changed meanwhile starts the days again, told anew.
     """
     with unbounded():  # a day of a big ledger may take longer than a call's write
         if zone is not None:
-            _change_zone(write, zone)
+            change_zone(write, zone)
         with write() as conn:
             # Until the last month is summed, days and months may disagree: if this stops,
             # whichever process opens the ledger next finishes it (build_if_stale).
             _beat(conn)
         try:
-            total = _rebuild_all(write, read, progress)
+            total = _rebuild_all(write, read, _Told(progress, planned))
             with write() as conn:
                 set_meta(conn, "rollups", "current")
                 set_meta(conn, "rebuilding", None)
@@ -106,21 +108,45 @@ class _Recut(Exception):
     """The ledger's zone changed since this rebuild began (``db rollup --zone`` meanwhile)."""
 
 
-def _rebuild_all(
-    write: Callable[[], Any], read: Callable[[], Any], progress: Callable[[int], None] | None
-) -> int:
+class _Told:
+    """Whom a rebuild tells how many days it has to do and how far it got."""
+
+    def __init__(
+        self, progress: Callable[[int], None] | None, planned: Callable[[int], None] | None
+    ) -> None:
+        self._progress, self._planned = progress, planned
+        self._reached = 0
+
+    def plan(self, first: int, last: int, zone: tzinfo | None) -> None:
+        """The days from ``first`` to ``last`` (µs, their starts in ``zone``) are to be done."""
+        self._reached = _day_number(first, zone) - 1
+        if self._planned is not None:
+            self._planned(_day_number(last, zone) - self._reached)
+
+    def done(self, day: int, zone: tzinfo | None) -> None:
+        """Every day to ``day`` is done."""
+        number = _day_number(day, zone)
+        if self._progress is not None:
+            self._progress(number - self._reached)
+        self._reached = number
+
+
+def _day_number(day: int, zone: tzinfo | None) -> int:
+    """The day that begins at ``day`` (µs) in ``zone``, counted in days (proleptic ordinal)."""
+    return from_us(day).astimezone(zone or UTC).date().toordinal()
+
+
+def _rebuild_all(write: Callable[[], Any], read: Callable[[], Any], told: _Told) -> int:
     """Every day from the first span or cell to the last, then their months and any other
     month with cells (one whose days lost every call); all again at the new zone's
     midnights if the zone changes meanwhile (a day cut at the old one would stay, read by
     no report)."""
     while True:
         with contextlib.suppress(_Recut):
-            return _rebuild_once(write, read, progress)
+            return _rebuild_once(write, read, told)
 
 
-def _rebuild_once(
-    write: Callable[[], Any], read: Callable[[], Any], progress: Callable[[int], None] | None
-) -> int:
+def _rebuild_once(write: Callable[[], Any], read: Callable[[], Any], told: _Told) -> int:
     with read() as conn:
         horizon = pruned_before(conn)
         cells_zone = ledger_zone(conn)
@@ -135,7 +161,7 @@ def _rebuild_once(
                 bounds += [low * 10**6, high * 10**6]
     if not bounds:
         return 0
-    return _rebuild_days(write, read, min(bounds), max(bounds), horizon, cells_zone, progress)
+    return _rebuild_days(write, read, min(bounds), max(bounds), horizon, cells_zone, told)
 
 
 REBUILD_POLL_S = 0.5
@@ -149,7 +175,7 @@ def _rebuild_days(
     high: int,
     horizon: int | None,
     zone: tzinfo | None,
-    progress: Callable[[int], None] | None,
+    told: _Told,
 ) -> int:
     first = floor_cell(Grain.DAY, low, zone)
     if horizon is not None:
@@ -157,6 +183,7 @@ def _rebuild_days(
     # The day after the last call too: it may have been busy past midnight (that minute and
     # its day were left out, or as they were, when no later call started).
     last = next_cell(Grain.DAY, floor_cell(Grain.DAY, high, zone), zone)
+    told.plan(first, last, zone)
     total = 0
     months: set[int] = set()
     claim = Pass()
@@ -190,8 +217,7 @@ def _rebuild_days(
             continue
         total += count
         months.add(floor_cell(Grain.MONTH, day, zone))
-        if progress is not None:
-            progress(day)
+        told.done(day, zone)
         day = following
     with read() as conn:  # a month none of whose days has a call or cell left is summed too
         months |= _months_with_cells(conn, floor_cell(Grain.MONTH, first, zone), zone)
@@ -326,74 +352,6 @@ def _read_month(conn: Connection, month: int, zone: tzinfo | None) -> Correction
         wanted = summed_days(conn, kind, start_s, end_s)
         correction.add(kind, wanted, stored_sums(conn, kind, [Grain.MONTH], start_s, end_s))
     return correction
-
-
-def _zone_key(zone: str) -> str:
-    """The IANA key of ``zone``; a clear error for a name that is none."""
-    if problem := zone_problem(zone):
-        raise ValidationError(problem)
-    return ZoneInfo(zone).key
-
-
-def _change_zone(write: Callable[[], Any], zone: str) -> None:
-    key = _zone_key(zone)
-    with write() as conn:
-        # The horizon read in the write that marks the cells stale, under the rollups' lock:
-        # a prune records its horizon holding it alone once it saw no stale mark, so the two
-        # see each other (a prune landing between a read and this write removed days that
-        # could no longer be cut again).
-        lock_cells(conn)
-        if zone_name(conn) == key:
-            return
-        if _cut_alike(conn, ledger_zone(conn), ZoneInfo(key)):
-            set_meta(conn, "zone", key)  # another name (Etc/UTC for UTC): nothing to cut again
-            return
-        if (horizon := pruned_before(conn)) is not None:
-            raise ValidationError(
-                f"raw spans before {from_us(horizon):%Y-%m-%d %H:%M} UTC were pruned: their day "
-                f"and month rollups cannot be cut again at {key}'s midnight; keep the ledger's zone"
-            )
-        set_meta(conn, "zone", key)
-        # Until every day is cut again, cells of both zones are mixed and reports read
-        # nothing for the days not yet redone: if the rebuild dies, whichever process
-        # opens the ledger next finishes it (build_if_stale).
-        set_meta(conn, "rollups", "stale")
-
-
-def _cut_alike(conn: Connection, old: tzinfo | None, new: tzinfo) -> bool:
-    """Whether every day and month cell the ledger holds is one of ``new``'s too (from and
-    to its midnights): ``Etc/UTC`` for ``UTC``, ``Asia/Calcutta`` for ``Asia/Kolkata``, or a
-    zone whose clock agreed on every day so far. Then its rollups are already the new zone's,
-    pruned days too; a zone change refused them on a pruned ledger, or rebuilt them all."""
-    cells = {
-        (int(grain), int(start) * 10**6)  # stored in seconds
-        for table in (ROLLUPS, HISTOGRAMS, BUSY_CELLS)
-        for grain, start in conn.execute(
-            select(table.c.grain, table.c.start)
-            .where(table.c.grain > int(Grain.QUARTER))
-            .distinct()
-        )
-    }
-    return all(
-        floor_cell(Grain(grain), start, new) == start
-        and next_cell(Grain(grain), start, new) == next_cell(Grain(grain), start, old)
-        for grain, start in cells
-    )
-
-
-def can_adopt_zone(conn: Connection) -> bool:
-    """Whether the ledger has no zone set and no rollups that a zone would have cut."""
-    if get_meta(conn, "zone") is not None:
-        return False
-    return conn.execute(select(ROLLUPS.c.start).limit(1)).first() is None
-
-
-def adopt_zone(conn: Connection, zone: str) -> bool:
-    """Set the ledger's zone if :func:`can_adopt_zone` (checked again, in this write)."""
-    if not can_adopt_zone(conn):
-        return False
-    set_meta(conn, "zone", _zone_key(zone))
-    return True
 
 
 def build_if_stale(ledger: Any) -> None:

@@ -36,11 +36,7 @@ def unwritable(path: Path) -> str:
         return kept
     folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
-        return (
-            f"the folder {folder} is read-only to this user (its permissions, or a read-only "
-            "mount), and SQLite writes the ledger's -wal and -shm files beside it: make it "
-            "writable, or give a ledger in a folder ometer may write"
-        )
+        return read_only_folder(path)
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             found = file.stat()
@@ -64,6 +60,50 @@ def unwritable(path: Path) -> str:
         f"this user may not write the ledger file {path} or its -wal and -shm files: give "
         "them to this user (chown), or run ometer as their owner"
     )
+
+
+def read_only_folder(path: Path) -> str:
+    """What to say of the ledger at ``path`` in a folder this process may not write.
+
+    Refused on purpose, to readers too (export, backup, reports): SQLite opens a ledger in
+    WAL mode only with its ``-shm`` (and ``-wal``) beside it, made there by the first process
+    to open it, and cannot make them. ``?mode=ro`` needs them there already;
+    ``?immutable=1`` reads without them but trusts that nothing writes the file meanwhile,
+    and ignores the transactions a ``-wal`` holds: true of a read-only mount alone, and
+    opening a ledger writes besides (its id, the schema, a journal left by a killed
+    process). A copy in a writable folder is read with none of that doubt."""
+    folder = path.parent
+    try:
+        mounted = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        mounted = False
+    why = "is on a read-only file system" if mounted else "is read-only to this user"
+    fix = "remount it read-write" if mounted else "make the folder writable"
+    if not os.path.lexists(path):
+        return f"the folder {folder} {why}: {fix}, or give a ledger in a folder ometer may write"
+    return (
+        f"the folder {folder} {why}, and SQLite opens a ledger, even to read it, only with its "
+        "-wal and -shm files beside it, which it cannot make there: to record into it, "
+        f"{fix}; to read it (export, backup, reports), copy it to a folder ometer may write "
+        f"({_copy_command(path)}) and give the copy with --db sqlite:////tmp/ledger.db"
+    )
+
+
+def _copy_command(path: Path) -> str:
+    """The shell command that copies the ledger at ``path`` (and its WAL, holding committed
+    calls, when there is one) to /tmp/ledger.db."""
+    quoted = shlex.quote(str(path))
+    command = f"cp {quoted} /tmp/ledger.db"
+    if _holds(Path(f"{path}-wal")):
+        command += f" && cp {quoted}-wal /tmp/ledger.db-wal"
+    return command
+
+
+def _holds(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _refused_new_file(path: Path) -> str | None:
@@ -146,7 +186,8 @@ def kept_from(path: Path) -> str | None:
         said += (
             "; no ometer has it open, and even reading it needs its -shm and -wal files, which "
             "this user would leave its own, keeping the owner from writing the ledger: a "
-            "report works while a gateway has the ledger open"
+            "report works while a gateway has the ledger open, or on a copy in a folder this "
+            f"user may write ({_copy_command(path)}, then --db sqlite:////tmp/ledger.db)"
         )
     return said
 

@@ -167,8 +167,13 @@ def test_a_ledger_on_a_read_only_mount_says_so_and_is_left_as_it_was(
                     if command == ["log"] and not path.exists():  # reading makes no ledger
                         assert line.startswith(f"error: no ledger at {path}"), line
                         continue
-                    assert f"{disk} is read-only" in line, line
-                    assert "give a ledger in a folder ometer may write" in line, line
+                    assert f"the folder {disk} is on a read-only file system" in line, line
+                    if path.exists():  # to read it, a copy: said with the command to make it
+                        assert f"copy it to a folder ometer may write (cp {path} " in line, line
+                    else:
+                        assert line.endswith(
+                            "remount it read-write, or give a ledger in a folder ometer may write"
+                        ), line
         finally:
             close_ledgers()
         assert {p.name: p.read_bytes() for p in disk.iterdir()} == before
@@ -401,10 +406,10 @@ def test_every_option_given_twice_is_one_line_and_exit_2(cli: Any) -> None:
     ("args", "says"),
     [
         (["db", "backup", "y" * 300], "could not back up"),
-        (["report", "--format", "csv", "--out", "y" * 300], "File name too long"),
-        (["chargeback", "--month", "2026-10", "--out", "y" * 300], "File name too long"),
-        (["db", "backup", "afile/copy.db"], "could not back up"),
-        (["report", "--format", "json", "--out", "afile/r.json"], "Not a directory"),
+        (["report", "--format", "csv", "--out", "y" * 300], "longer than the file system takes"),
+        (["chargeback", "--month", "2026-10", "--out", "y" * 300], "longer than the file system"),
+        (["db", "backup", "afile/copy.db"], "afile is a file, not a folder"),
+        (["report", "--format", "json", "--out", "afile/r.json"], "afile is a file, not a folder"),
         (["db", "import", "y" * 300], "File name too long"),
         (["db", "import", "a\x00b"], "NUL"),
         (["log", "--db", "sqlite:////tmp/" + "y" * 300], "File name too long"),

@@ -108,7 +108,8 @@ def test_a_backup_through_a_link_to_a_file_not_there_yet_writes_that_file(
     assert (done.code, done.stderr) == (
         1,
         f"error: could not back up {tmp_path / 'ledger.db'} to {tmp_path / 'no-folder' / 'x.db'}: "
-        "No such file or directory\n",
+        f"the folder {tmp_path / 'no-folder'} is not there: make it first (mkdir -p "
+        f"{tmp_path / 'no-folder'}), or give a file in a folder that is\n",
     )
 
 

@@ -144,17 +144,17 @@ def test_an_import_onto_a_full_disk_does_not_say_its_spans_wait_in_the_spool(
 @pytest.mark.parametrize(
     ("where", "reason"),
     [
-        ("missing/copy.db", "No such file or directory"),
-        ("a-file/copy.db", "Not a directory"),
+        ("x" * 260 + ".db", "the name is longer than the file system takes: give a shorter one"),
         ("x" * 240 + ".db", None),  # a name the folder takes: the copy is written
     ],
 )
-def test_a_backup_that_cannot_be_written_says_why_in_the_system_s_words(
+def test_a_backup_that_cannot_be_written_says_why(
     cli: Any, tmp_path: Path, where: str, reason: str | None
 ) -> None:
     """SQLite says 'unable to open database file' for any of these, which reads as if the
     ledger could not be opened; a name the folder takes failed too (the temp name beside it
-    was longer than a name may be)."""
+    was longer than a name may be). A folder not there, or a file in its place: see
+    tests/cli/test_written_files.py."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     Ledger(url).record(_spans(5))
     (tmp_path / "a-file").write_text("")
@@ -164,8 +164,9 @@ def test_a_backup_that_cannot_be_written_says_why_in_the_system_s_words(
         assert result.code == 0, result.stderr
         assert target.stat().st_size > 0
     else:
-        said = f"error: could not back up {tmp_path / 'ledger.db'} to {target}: {reason}\n"
-        assert (result.code, result.stderr) == (1, said)
+        said = f"error: could not back up {tmp_path / 'ledger.db'} to "
+        assert result.code == 1 and result.stderr.startswith(said), result.stderr
+        assert result.stderr.endswith(f": {reason}\n")  # the long name between, cut
     assert not list(tmp_path.glob(".*partial"))
 
 
@@ -239,12 +240,14 @@ def test_a_prune_while_the_rollups_are_cut_again_in_a_new_zone_waits_for_it(
         "postgresql+psycopg://ometer@127.0.0.1:1/ometer?Password=Pw0sECRET&password=",
     ],
 )
-def test_a_database_password_given_in_the_urls_query_is_never_shown(cli: Any, url: str) -> None:
+def test_a_database_password_given_in_the_urls_query_is_never_shown(
+    cli: Any, url: str, tmp_path: Path
+) -> None:
     """libpq takes ``?password=`` (and a client key's ``?sslpassword=``) as it takes the URL's
     ``user:password@``; the password in the query was shown whole wherever the ledger is named:
     the gateway's start-up line, `db path`, every error, and the `pg_dump` command `db backup`
     prints (which needs none: PGPASSWORD or ~/.pgpass)."""
-    for args in (("db", "path"), ("db", "backup", "/nowhere/copy.db")):
+    for args in (("db", "path"), ("db", "backup", str(tmp_path / "copy.db"))):
         done = cli(*args, "--db", url)
         assert "Pw0sECRET" not in done.stdout + done.stderr, args
         assert "127.0.0.1:1/ometer" in done.stdout + done.stderr, args

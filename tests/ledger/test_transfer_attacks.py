@@ -106,7 +106,9 @@ def test_a_backup_onto_a_full_disk_leaves_nothing_there(
     target = small_disk / "copy.db"
     result = cli("db", "backup", str(target), "--db", url)
     said = (
-        f"error: could not back up {tmp_path / 'ledger.db'} to {target}: database or disk is full\n"
+        f"error: could not back up {tmp_path / 'ledger.db'} to {target}: the disk that holds "
+        f"{small_disk} is full, and nothing was written: free some space and run again, or give "
+        "a file on another disk\n"
     )
     assert (result.code, result.stderr) == (1, said)
     assert sorted(small_disk.iterdir()) == [filler]

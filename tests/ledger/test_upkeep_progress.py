@@ -9,13 +9,15 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger, prune
+from ollama_meter.ledger import Ledger, prune, rebuild
 from tests.factories import make_span
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -170,3 +172,54 @@ def test_db_export_to_a_file_shows_a_bar_and_on_the_terminal_only_its_lines(
     spans = shown.replace(b"\r\n", b"\n").splitlines()
     assert len(spans) == 2301 and spans[-1] == b"exported 2,300 span(s)"
     assert all(line.startswith(b'{"id":') and line.endswith(b"}") for line in spans[:-1])
+
+
+def test_db_rollup_moves_its_bar_over_the_days_it_rebuilds(
+    cli: Any, sqlite_url: str, bars: list[tuple[str, Any]]
+) -> None:
+    """`ometer db rollup` drew a bar with no total: a count of days, no percent, no time left.
+    It is told the days from the first call's to the day after the last (a call may be busy
+    past midnight) before it begins; a day with nothing to redo is passed over at once, and
+    moves the bar too."""
+    ledger = Ledger(sqlite_url, zone="UTC")
+    ledger.record([make_span(started_at=datetime(2026, 11, d, 10, tzinfo=UTC)) for d in (1, 5, 10)])
+    done = cli("db", "rollup", "--db", sqlite_url)
+    assert done.code == 0 and done.stdout.startswith("rolled up 3 span(s)"), done
+    assert bars == [
+        ("total", 11),
+        *[("done", day) for day in (1, 2, 5, 6, 10, 11)],
+        ("closed", None),
+    ]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "America/St_Johns", "Pacific/Kiritimati"]),
+    hours=st.lists(st.integers(0, 24 * 70), min_size=1, max_size=6),
+)
+@example(zone="Europe/Berlin", hours=[0, 24 * 60])  # over the day of 25 hours in October
+def test_a_rebuild_is_told_its_days_before_the_first_and_reaches_them_all(
+    zone: str, hours: list[int]
+) -> None:
+    """The days from the first call's month to the day after the last, in the ledger's zone (one
+    of 23 or 25 hours is one day): told before the first, and reached step by step, each
+    step a day or more (the days with nothing to redo are passed over at once)."""
+    from zoneinfo import ZoneInfo
+
+    with tempfile.TemporaryDirectory() as folder:
+        ledger = Ledger(f"sqlite:///{folder}/ledger.db", zone=zone)
+        start = datetime(2026, 9, 1, tzinfo=UTC)
+        ledger.record([make_span(started_at=start + timedelta(hours=h)) for h in hours])
+        said: list[tuple[str, int]] = []
+        rebuild(
+            ledger.write,
+            ledger.read,
+            planned=lambda days: said.append(("total", days)),
+            progress=lambda days: said.append(("step", days)),
+        )
+        ledger.dispose()
+    local = [(start + timedelta(hours=h)).astimezone(ZoneInfo(zone)).date() for h in hours]
+    # from the first of the month (its month's cell begins there) to the day after the last
+    assert said[0] == ("total", (max(local) - min(local).replace(day=1)).days + 2)
+    steps = [n for what, n in said[1:] if what == "step"]
+    assert len(steps) == len(said) - 1 and min(steps) >= 1 and sum(steps) == said[0][1]

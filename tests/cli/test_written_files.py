@@ -1,0 +1,198 @@
+"""Every file a command writes where the user said (``--out`` of report, perf and chargeback,
+``db backup FILE``) that cannot be written is one line that names the file, says why and
+what to do: exit non-zero, no traceback, nothing left half-written.
+
+`ometer db backup nightly/ledger.db` with no folder ``nightly`` said only "No such file or
+directory", and `--out` the same; a name with a line break in it was written, and showed
+as two names in every listing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from ollama_meter.ledger import Ledger, close_ledgers
+from tests._tmpfs import small_tmpfs
+from tests.integrity.test_disk_full import fill
+from tests.ledger.test_transfer import _spans
+
+COMMANDS = {
+    "report": (["report", "--format", "csv", "--out"], "'--out' / '-o'"),
+    "chargeback": (["chargeback", "--month", "2026-11", "--out"], "'--out' / '-o'"),
+    "db backup": (["db", "backup"], "'target'"),
+}
+"""Each command that writes a file the user names: its arguments before the file's name, and
+the name the usage error gives the file's parameter."""
+
+SEGMENTS = st.sampled_from(["dir", "file.txt", "missing", "new"])
+"""The folders a path passes through: one that is there, a file, two that are not."""
+CONTROL = st.sampled_from(["\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\x00", "\x01"])
+NAMES = st.builds(
+    lambda head, bad, at: head[:at] + (bad or "") + head[at:],
+    st.text("abcxyz-_.0123456789 éü", min_size=1, max_size=12).map(lambda s: f"n{s}"),
+    st.none() | CONTROL,
+    st.integers(0, 13),
+)
+"""The file's own name: never one of the segments' (it starts with ``n`` and is not "new"
+alone), sometimes with a control character in it."""
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _expected(base: Path, parts: list[str], name: str, command: str) -> str | None:
+    """What the command says for the file ``base/parts.../name``, or None when it writes it."""
+    value = str(base.joinpath(*parts, name))
+    _, param = COMMANDS[command]
+    said = f"error: Invalid value for {param}: "
+    help_hint = f" (see `ometer {command} --help`)\n"
+    if bad := [c for c in name if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0]:
+        why = (
+            f"{value!r} holds a control character ({bad[0]!r}), which no file name should: "
+            "give the name without it"
+        )
+        return said + why + help_hint
+    folder = base.joinpath(*parts)
+    for at, part in enumerate(parts):  # only base/dir is a folder, base/file.txt a file
+        if at == 0 and part == "file.txt":
+            why = f"{base / part} is a file, not a folder: give a path whose folders are folders"
+            return f"{said}cannot write {value}: {why}{help_hint}"
+        if at > 0 or part != "dir":
+            why = (
+                f"the folder {folder} is not there: make it first (mkdir -p "
+                f"{shlex.quote(str(folder))}), or give a file in a folder that is"
+            )
+            return f"{said}cannot write {value}: {why}{help_hint}"
+    return None
+
+
+@pytest.fixture
+def ledger_url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).record(_spans(3))
+    yield url
+    close_ledgers()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    command=st.sampled_from(sorted(COMMANDS)),
+    parts=st.lists(SEGMENTS, max_size=3),
+    name=NAMES,
+)
+@example(command="db backup", parts=["missing"], name="nightly.db")
+@example(command="report", parts=["file.txt", "missing"], name="n.csv")
+@example(command="chargeback", parts=["dir"], name="n\r.csv")
+@example(command="db backup", parts=[], name="na\nb.db")
+def test_a_file_the_user_names_is_written_or_one_line_says_why(
+    cli: Any, tmp_path: Path, ledger_url: str, command: str, parts: list[str], name: str
+) -> None:
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    (base / "dir").mkdir()
+    (base / "file.txt").write_text("kept\n")
+    before = _files(base)
+    target = base.joinpath(*parts, name)
+    args, _ = COMMANDS[command]
+    done = cli(*args, str(target), "--db", ledger_url)
+    expected = _expected(base, parts, name, command)
+    if expected is None:
+        assert done.code == 0, done.stderr
+        assert _files(base) == sorted([*before, str(target.relative_to(base))])
+    else:
+        assert (done.code, done.stderr) == (2, expected)
+        assert _files(base) == before
+
+
+def _mounted(folder: Path) -> Iterator[Path]:
+    with small_tmpfs(folder, "1m") as disk:
+        yield disk
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted read-only (a backup disk mounted ro by mistake, a container's ro
+    volume): refused to root as to anyone."""
+    for disk in _mounted(tmp_path):
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        yield disk
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_file_on_a_read_only_disk_says_so(
+    cli: Any, ledger_url: str, read_only_disk: Path, command: str
+) -> None:
+    target = read_only_disk / "copy.db"
+    args, _ = COMMANDS[command]
+    done = cli(*args, str(target), "--db", ledger_url)
+    why = (
+        f"{read_only_disk} is on a read-only file system: give a file on a disk that can be written"
+    )
+    assert (done.code, done.stderr) == (
+        1,
+        f"error: {_cannot(command, ledger_url, target)}: {why}\n",
+    )
+    assert os.listdir(read_only_disk) == []
+
+
+def _cannot(command: str, ledger_url: str, target: Path) -> str:
+    if command == "db backup":
+        return f"could not back up {ledger_url.removeprefix('sqlite:///')} to {target}"
+    return f"cannot write {target}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_file_on_a_full_disk_says_so_and_leaves_nothing(
+    cli: Any, tmp_path: Path, command: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).record(_spans(200))
+    for disk in _mounted(tmp_path):
+        filler = fill(disk)
+        target = disk / "copy.db"
+        args, _ = COMMANDS[command]
+        done = cli(*args, str(target), "--db", url)
+        why = (
+            f"the disk that holds {disk} is full, and nothing was written: free some space and "
+            "run again, or give a file on another disk"
+        )
+        said = done.stderr.splitlines()[-1]  # after chargeback's warning of unpriced calls
+        assert (done.code, said) == (1, f"error: {_cannot(command, url, target)}: {why}")
+        assert sorted(disk.iterdir()) == [filler]
+    close_ledgers()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any folder whatever its mode")
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_file_in_a_folder_this_user_may_not_write_says_so(
+    cli: Any, tmp_path: Path, ledger_url: str, command: str
+) -> None:
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    kept.chmod(0o555)
+    target = kept / "copy.db"
+    args, _ = COMMANDS[command]
+    try:
+        done = cli(*args, str(target), "--db", ledger_url)
+    finally:
+        kept.chmod(0o755)
+    why = (
+        f"this user (uid {os.geteuid()}) may not make or replace files in {kept} (its "
+        "permissions): give a file in a folder this user may write, or run this as a user who may"
+    )
+    assert (done.code, done.stderr) == (
+        1,
+        f"error: {_cannot(command, ledger_url, target)}: {why}\n",
+    )
+    assert os.listdir(kept) == []
