@@ -82,12 +82,13 @@ GOALS = {  # seconds at 10M spans, from the issue
 # -- the data ----------------------------------------------------------------------------
 
 
-def generate(count: int, end: datetime, seed: int = 7) -> Iterator[SpanRecord]:
-    """``count`` calls over the 60 days before ``end``, busier in (Berlin) working hours."""
+def generate(count: int, end: datetime, seed: int = 7, users: int = 300) -> Iterator[SpanRecord]:
+    """``count`` calls over the 60 days before ``end``, busier in (Berlin) working hours, by
+    ``users`` users spread over the 20 departments."""
     rng = random.Random(seed)
     departments = [("acme", f"dept{i:02d}") for i in range(15)]
     departments += [("globex", f"team{i:02d}") for i in range(5)]
-    users = [(departments[i % 20], f"user{i:03d}") for i in range(300)]
+    people = [(departments[i % 20], f"user{i:03d}") for i in range(users)]
     weighted = [m for m in MODELS for _ in range(m[1])]
     start = end - timedelta(days=DAYS)
     span_us = DAYS * 86_400 * 10**6
@@ -100,7 +101,7 @@ def generate(count: int, end: datetime, seed: int = 7) -> Iterator[SpanRecord]:
     offsets.sort()
     for offset in offsets:
         started = start + timedelta(microseconds=offset)
-        (tenant, department), user = rng.choice(users)
+        (tenant, department), user = rng.choice(people)
         model, _, operation, priced = rng.choice(weighted)
         roll = rng.random()
         status, error = "ok", None
@@ -165,15 +166,15 @@ def generate(count: int, end: datetime, seed: int = 7) -> Iterator[SpanRecord]:
         )
 
 
-def export_file(directory: Path, count: int, end: datetime) -> Path:
-    path = directory / f"spans-{count}.jsonl"
+def export_file(directory: Path, count: int, end: datetime, users: int = 300) -> Path:
+    path = directory / (f"spans-{count}.jsonl" if users == 300 else f"spans-{count}-{users}u.jsonl")
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists() and json.loads(meta.read_text())["end"] == end.isoformat():
         return path
     encode = msgspec.json.Encoder().encode
     began = time.perf_counter()
     with path.open("wb") as out:
-        for span in generate(count, end):
+        for span in generate(count, end, users=users):
             out.write(encode(span_to_dict(span)) + b"\n")
     meta.write_text(json.dumps({"end": end.isoformat(), "spans": count}))
     print(

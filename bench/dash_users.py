@@ -1,0 +1,155 @@
+"""``/api/dash?period=month`` with many users: the first and second answer, in-process and
+through a real gateway.
+
+Generates ``bench/scale.py``'s ledger (60 days of calls ending now, 20 departments in two
+tenants, six models, Europe/Berlin), its calls spread over ``--users`` users, imports it
+into a fresh SQLite ledger, then:
+
+  in-process  a fresh process that holds only the ledger computes the dashboard's report
+              and its JSON (as a poll its 3 s cache cannot answer does): the first time,
+              then the median of --runs more
+  gateway     ``ometer serve`` on the ledger: the first ``GET /api/dash?period=month``
+              after it starts, then the median of --runs more, each after the gateway's
+              3 s cache has let the last one go
+
+    python bench/dash_users.py [--users 20000] [--spans 200000] [--runs 3] [--dir DIR]
+                               [--profile]
+
+``--profile`` prints the first in-process answer's cProfile (top 25 by cumulative time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from bench.gateway import start
+from bench.scale import TZ, export_file
+from ollama_meter.ledger import Ledger, import_lines
+from ollama_meter.reports import DashQuery, dashboard_report
+from ollama_meter.testing import unused_port
+
+CACHE_S = 3.2
+"""A little past the gateway's cache of the dashboard's figures (``DASH_CACHE_SECONDS``)."""
+
+
+def build(directory: Path, spans: int, users: int, end: datetime) -> Path:
+    source = export_file(directory, spans, end, users)
+    path = directory / f"ledger-{spans}-{users}u.db"
+    for stale in directory.glob(f"{path.name}*"):
+        stale.unlink()
+    ledger = Ledger(f"sqlite:///{path}", zone=TZ.key)
+    began = time.perf_counter()
+    with source.open("rb") as lines:
+        import_lines(ledger, lines)
+    ledger.dispose()
+    print(f"imported {spans:,} spans in {time.perf_counter() - began:.1f} s", file=sys.stderr)
+    return path
+
+
+def child(db: str, end: datetime, runs: int, profile: bool) -> None:
+    """First and median-of-``runs`` seconds of the report and its JSON, printed as JSON."""
+    ledger = Ledger(db)
+
+    def answer() -> dict[str, object]:
+        return dashboard_report(ledger, DashQuery(period="month"), tz=TZ, now=end).to_json()
+
+    began = time.perf_counter()
+    if profile:
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as profiler:
+            answer()
+        first = time.perf_counter() - began
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+    else:
+        answer()
+        first = time.perf_counter() - began
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        answer()
+        times.append(time.perf_counter() - began)
+    print(json.dumps([first, statistics.median(times)]))
+
+
+def gateway(path: Path, end: datetime, runs: int) -> tuple[float, float]:
+    """First and median-of-``runs`` seconds of ``GET /api/dash?period=month`` from a gateway."""
+    port = unused_port()
+    env = {
+        **os.environ,
+        "OMETER_DB_URL": f"sqlite:///{path}",
+        "OMETER_TIMEZONE": TZ.key,
+        "OLLAMA_HOST": f"http://127.0.0.1:{unused_port()}",  # nothing there (/healthz: 503)
+    }
+    url = f"http://127.0.0.1:{port}"
+    proc = start(["ollama_meter", "serve", "--port", str(port)], f"{url}/metrics", env, module=True)
+    try:
+        times = []
+        for _ in range(runs + 1):
+            began = time.perf_counter()
+            reply = httpx.get(f"{url}/api/dash?period=month", timeout=120)
+            times.append(time.perf_counter() - began)
+            reply.raise_for_status()
+            time.sleep(CACHE_S)
+        return times[0], statistics.median(times[1:])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--spans", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ometer-scale"
+    )
+    parser.add_argument("--reuse", action="store_true", help="answer from the last run's ledger")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--end", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    end = (
+        datetime.fromisoformat(args.end)
+        if args.end
+        else datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    )
+    if args.child:
+        child(args.child, end, args.runs, args.profile)
+        return
+    args.dir.mkdir(parents=True, exist_ok=True)
+    path = args.dir / f"ledger-{args.spans}-{args.users}u.db"
+    if not (args.reuse and path.exists()):
+        path = build(args.dir, args.spans, args.users, end)
+    command = [sys.executable, __file__, "--child", f"sqlite:///{path}", "--end", end.isoformat()]
+    command += ["--runs", str(args.runs), *(["--profile"] if args.profile else [])]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    first, then = json.loads(done.stdout)
+    served_first, served_then = gateway(path, end, args.runs)
+    print(f"\n{args.spans:,} spans, {args.users:,} users; SQLite, Europe/Berlin\n")
+    print("| `/api/dash?period=month` | first | then (median) |")
+    print("|---|---|---|")
+    print(f"| in-process (report and JSON) | {first * 1000:.0f} ms | {then * 1000:.0f} ms |")
+    print(
+        f"| through `ometer serve` | {served_first * 1000:.0f} ms | {served_then * 1000:.0f} ms |"
+    )
+
+
+if __name__ == "__main__":
+    main()
