@@ -13,9 +13,12 @@ into a fresh SQLite ledger, then:
               3 s cache has let the last one go
 
     python bench/dash_users.py [--users 20000] [--spans 200000] [--runs 3] [--dir DIR]
-                               [--profile]
+                               [--reuse] [--profile] [--against CHECKOUT]
 
 ``--profile`` prints the first in-process answer's cProfile (top 25 by cumulative time).
+``--against`` measures another checkout's code too (say ``git worktree add ../main main``),
+each measurement of one right after the same of the other: the baseline a change is
+judged against on a machine whose load moves.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+# The code measured: this checkout's, or in a child of --against, that checkout's.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if code := os.environ.get("OMETER_BENCH_CODE"):
+    sys.path.insert(0, code)
 
 import httpx
 
 from bench.gateway import start
-from bench.scale import TZ, export_file
+from bench.scale import TZ, export_file, ledger_path
 from ollama_meter.ledger import Ledger, import_lines
 from ollama_meter.reports import DashQuery, dashboard_report
 from ollama_meter.testing import unused_port
@@ -46,7 +52,7 @@ CACHE_S = 3.2
 
 def build(directory: Path, spans: int, users: int, end: datetime) -> Path:
     source = export_file(directory, spans, end, users)
-    path = directory / f"ledger-{spans}-{users}u.db"
+    path = ledger_path(directory, spans, users)
     for stale in directory.glob(f"{path.name}*"):
         stale.unlink()
     ledger = Ledger(f"sqlite:///{path}", zone=TZ.key)
@@ -85,11 +91,23 @@ def child(db: str, end: datetime, runs: int, profile: bool) -> None:
     print(json.dumps([first, statistics.median(times)]))
 
 
-def gateway(path: Path, end: datetime, runs: int) -> tuple[float, float]:
-    """First and median-of-``runs`` seconds of ``GET /api/dash?period=month`` from a gateway."""
+def in_process(path: Path, end: datetime, args: argparse.Namespace, code: str) -> list[float]:
+    """First and median-of-``runs`` seconds in a fresh process running ``code``'s checkout."""
+    command = [sys.executable, __file__, "--child", f"sqlite:///{path}", "--end", end.isoformat()]
+    command += ["--runs", str(args.runs), *(["--profile"] if args.profile else [])]
+    env = {**os.environ, "OMETER_BENCH_CODE": code}
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, env=env)
+    result: list[float] = json.loads(done.stdout)
+    return result
+
+
+def gateway(path: Path, end: datetime, runs: int, code: str) -> list[float]:
+    """First and median-of-``runs`` seconds of ``GET /api/dash?period=month`` from a gateway
+    running ``code``'s checkout."""
     port = unused_port()
     env = {
         **os.environ,
+        "PYTHONPATH": code,
         "OMETER_DB_URL": f"sqlite:///{path}",
         "OMETER_TIMEZONE": TZ.key,
         "OLLAMA_HOST": f"http://127.0.0.1:{unused_port()}",  # nothing there (/healthz: 503)
@@ -104,7 +122,7 @@ def gateway(path: Path, end: datetime, runs: int) -> tuple[float, float]:
             times.append(time.perf_counter() - began)
             reply.raise_for_status()
             time.sleep(CACHE_S)
-        return times[0], statistics.median(times[1:])
+        return [times[0], statistics.median(times[1:])]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -122,6 +140,7 @@ def main() -> None:
     )
     parser.add_argument("--reuse", action="store_true", help="answer from the last run's ledger")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--against", type=Path, help="another checkout to measure beside")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--end", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,21 +153,23 @@ def main() -> None:
         child(args.child, end, args.runs, args.profile)
         return
     args.dir.mkdir(parents=True, exist_ok=True)
-    path = args.dir / f"ledger-{args.spans}-{args.users}u.db"
+    path = ledger_path(args.dir, args.spans, args.users)
     if not (args.reuse and path.exists()):
         path = build(args.dir, args.spans, args.users, end)
-    command = [sys.executable, __file__, "--child", f"sqlite:///{path}", "--end", end.isoformat()]
-    command += ["--runs", str(args.runs), *(["--profile"] if args.profile else [])]
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-    first, then = json.loads(done.stdout)
-    served_first, served_then = gateway(path, end, args.runs)
+    here = str(Path(__file__).resolve().parents[1])
+    codes = {"this checkout": here}
+    if args.against:
+        codes[str(args.against)] = str(args.against.resolve())
+    figures: dict[str, list[float]] = {}
+    for name, code in codes.items():
+        figures[f"in-process (report and JSON), {name}"] = in_process(path, end, args, code)
+    for name, code in codes.items():
+        figures[f"through `ometer serve`, {name}"] = gateway(path, end, args.runs, code)
     print(f"\n{args.spans:,} spans, {args.users:,} users; SQLite, Europe/Berlin\n")
     print("| `/api/dash?period=month` | first | then (median) |")
     print("|---|---|---|")
-    print(f"| in-process (report and JSON) | {first * 1000:.0f} ms | {then * 1000:.0f} ms |")
-    print(
-        f"| through `ometer serve` | {served_first * 1000:.0f} ms | {served_then * 1000:.0f} ms |"
-    )
+    for name, (first, then) in figures.items():
+        print(f"| {name} | {first * 1000:.0f} ms | {then * 1000:.0f} ms |")
 
 
 if __name__ == "__main__":

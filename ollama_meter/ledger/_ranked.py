@@ -266,7 +266,7 @@ def _ranked_query(
         within = [*(grouped.c[at[name]] for name in ranking.within), grouped.c.currency]
         index: Any = literal_column(f"{which:d}").label("which")
         if ranking.most > 0:
-            order = [cast(grouped.c[at[n]], String).collate(collation) for n in ranking.order]
+            order = [grouped.c[at[n]].collate(collation) for n in ranking.order]
             ranked = select(
                 *(
                     grouped.c[at[n]] if n in at else none.label(f"k{i}")
