@@ -30,27 +30,33 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-# The code measured: this checkout's, or in a child of --against, that checkout's.
+# The code measured: this checkout's, or in a child of --against, that checkout's (whose
+# bench/ may not hold what this one imports: the child imports ollama_meter alone).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if code := os.environ.get("OMETER_BENCH_CODE"):
     sys.path.insert(0, code)
 
+from zoneinfo import ZoneInfo
+
 import httpx
 
-from bench.gateway import start
-from bench.scale import TZ, export_file, ledger_path
 from ollama_meter.ledger import Ledger, import_lines
 from ollama_meter.reports import DashQuery, dashboard_report
 from ollama_meter.testing import unused_port
+
+TZ = ZoneInfo("Europe/Berlin")  # bench/scale.py's (a child imports no bench module: see above)
 
 CACHE_S = 3.2
 """A little past the gateway's cache of the dashboard's figures (``DASH_CACHE_SECONDS``)."""
 
 
 def build(directory: Path, spans: int, users: int, end: datetime) -> Path:
+    from bench.scale import export_file, ledger_path
+
     source = export_file(directory, spans, end, users)
     path = ledger_path(directory, spans, users)
     for stale in directory.glob(f"{path.name}*"):
@@ -65,30 +71,29 @@ def build(directory: Path, spans: int, users: int, end: datetime) -> Path:
 
 
 def child(db: str, end: datetime, runs: int, profile: bool) -> None:
-    """First and median-of-``runs`` seconds of the report and its JSON, printed as JSON."""
+    """Wall and CPU seconds of the report and its JSON, the first and the median of ``runs``
+    more, printed as JSON."""
     ledger = Ledger(db)
 
-    def answer() -> dict[str, object]:
-        return dashboard_report(ledger, DashQuery(period="month"), tz=TZ, now=end).to_json()
+    def answer() -> None:
+        dashboard_report(ledger, DashQuery(period="month"), tz=TZ, now=end).to_json()
 
-    began = time.perf_counter()
+    def timed(action: Callable[[], None]) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        action()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
     if profile:
         import cProfile
         import pstats
 
         with cProfile.Profile() as profiler:
-            answer()
-        first = time.perf_counter() - began
+            first = timed(answer)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
     else:
-        answer()
-        first = time.perf_counter() - began
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        answer()
-        times.append(time.perf_counter() - began)
-    print(json.dumps([first, statistics.median(times)]))
+        first = timed(answer)
+    then = [timed(answer) for _ in range(runs)]
+    print(json.dumps([*first, *(statistics.median(t[i] for t in then) for i in (0, 1))]))
 
 
 def in_process(path: Path, end: datetime, args: argparse.Namespace, code: str) -> list[float]:
@@ -102,8 +107,10 @@ def in_process(path: Path, end: datetime, args: argparse.Namespace, code: str) -
 
 
 def gateway(path: Path, end: datetime, runs: int, code: str) -> list[float]:
-    """First and median-of-``runs`` seconds of ``GET /api/dash?period=month`` from a gateway
-    running ``code``'s checkout."""
+    """Wall seconds of ``GET /api/dash?period=month`` from a gateway running ``code``'s
+    checkout, and the gateway's CPU seconds for it: the first, and the median of ``runs``."""
+    from bench.gateway import cpu_seconds, start
+
     port = unused_port()
     env = {
         **os.environ,
@@ -117,12 +124,13 @@ def gateway(path: Path, end: datetime, runs: int, code: str) -> list[float]:
     try:
         times = []
         for _ in range(runs + 1):
-            began = time.perf_counter()
+            wall, cpu = time.perf_counter(), cpu_seconds(proc.pid)
             reply = httpx.get(f"{url}/api/dash?period=month", timeout=120)
-            times.append(time.perf_counter() - began)
+            times.append((time.perf_counter() - wall, cpu_seconds(proc.pid) - cpu))
             reply.raise_for_status()
             time.sleep(CACHE_S)
-        return [times[0], statistics.median(times[1:])]
+        then = times[1:]
+        return [*times[0], *(statistics.median(t[i] for t in then) for i in (0, 1))]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -153,6 +161,8 @@ def main() -> None:
         child(args.child, end, args.runs, args.profile)
         return
     args.dir.mkdir(parents=True, exist_ok=True)
+    from bench.scale import ledger_path
+
     path = ledger_path(args.dir, args.spans, args.users)
     if not (args.reuse and path.exists()):
         path = build(args.dir, args.spans, args.users, end)
@@ -166,10 +176,11 @@ def main() -> None:
     for name, code in codes.items():
         figures[f"through `ometer serve`, {name}"] = gateway(path, end, args.runs, code)
     print(f"\n{args.spans:,} spans, {args.users:,} users; SQLite, Europe/Berlin\n")
-    print("| `/api/dash?period=month` | first | then (median) |")
-    print("|---|---|---|")
-    for name, (first, then) in figures.items():
-        print(f"| {name} | {first * 1000:.0f} ms | {then * 1000:.0f} ms |")
+    print("| `/api/dash?period=month` | first | then (median) | CPU: first | CPU: then |")
+    print("|---|---|---|---|---|")
+    for name, (first, first_cpu, then, then_cpu) in figures.items():
+        shown = (f"{s * 1000:.0f} ms" for s in (first, then, first_cpu, then_cpu))
+        print(f"| {name} | {' | '.join(shown)} |")
 
 
 if __name__ == "__main__":
