@@ -15,10 +15,9 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger, _aggregate
+from ollama_meter.ledger import Ledger
 from ollama_meter.records import SpanRecord
 from ollama_meter.reports import DashQuery, dashboard_report
 from ollama_meter.reports._dashboard import dash_window
@@ -29,21 +28,6 @@ from tests.reports.test_dashboard_json_bounds import Call, call_spans
 UTC_ZONE = ZoneInfo("UTC")
 ALL = 10**6
 """Lists as long as this fold nothing: every name is its own row."""
-
-
-@pytest.fixture
-def sums_read(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[str, ...], int]]:
-    """Each spend read the ledger answers: its group columns and how many rows it gave."""
-    reads: list[tuple[tuple[str, ...], int]] = []
-    original = _aggregate.aggregate_spend
-
-    def counted(conn: Any, where: Any, by: Any, buckets: Any = (), **kw: Any) -> Any:
-        rows = original(conn, where, by, buckets, **kw)
-        reads.append(((*by, *(["bucket"] if buckets else [])), len(rows)))
-        return rows
-
-    monkeypatch.setattr(_aggregate, "aggregate_spend", counted)
-    return reads
 
 
 def test_no_read_is_by_department_model_and_day_at_once(

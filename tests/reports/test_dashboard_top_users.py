@@ -17,16 +17,16 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger, Ranking, SpanFilter, _aggregate
+from ollama_meter.ledger import Ledger, Ranking, SpanFilter
 from ollama_meter.records import SpanRecord
 from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dashboard, spend_report
 from ollama_meter.reports._dashboard import TOP
 from ollama_meter.reports._dashboard_json import _folded, dashboard_json
 from ollama_meter.reports._rows import SpendRow
 from tests.factories import OFFICE_NOW, make_span
+from tests.reports.test_dashboard_json_bounds import Call, call_spans
 
 USERS = ["", "ann", "Ann", "bo", "\u00e9mile", "e\u0301mile", "zo\u00eb", "\u00df", "Z", "_"]
 """Names whose order differs by locale (case, accents, combining marks): ranked by code
@@ -34,15 +34,13 @@ point, as Python sorts them, on PostgreSQL too."""
 COSTS = [0, 1, 7, 10**6, 10**12, 2**62]
 """Few amounts, so that users tie and the names decide; 2**62 twice passes 64 bits."""
 
-Call = tuple[str, str, str, str, int, int, bool]
-"""currency, tenant, department, user, cost, minutes after the start, failed."""
-
 _calls = st.lists(
     st.tuples(
         st.sampled_from(["USD", "EUR"]),
         st.sampled_from(["acme", "globex"]),
         st.sampled_from(["sales", "legal", "ops"]),
         st.sampled_from(USERS),
+        st.just("m1"),
         st.sampled_from(COSTS),
         # From the middle of October to now (20 November, 15:00), to the minute.
         st.integers(min_value=0, max_value=(36 * 24 + 15) * 60 - 1),
@@ -55,20 +53,8 @@ START = datetime(2026, 10, 15, tzinfo=UTC)
 
 
 def _spans(calls: list[Call]) -> list[SpanRecord]:
-    return [
-        make_span(
-            started_at=START + timedelta(minutes=minutes, seconds=7),
-            tenant=tenant,
-            department=dept,
-            user=user or None,
-            currency=currency,
-            cost_total=cost,
-            unpriced=False,
-            status="error" if failed else "ok",
-            error_type="timeout" if failed else None,
-        )
-        for currency, tenant, dept, user, cost, minutes, failed in calls
-    ]
+    """Each call 7 s into its minute: quarter hours do not cut at a call."""
+    return call_spans(calls, START + timedelta(seconds=7), timedelta(minutes=1))
 
 
 def _every_user(ledger: Ledger, dash: Any, tz: ZoneInfo, top: int) -> dict[str, Any]:
@@ -121,8 +107,8 @@ def _every_user(ledger: Ledger, dash: Any, tz: ZoneInfo, top: int) -> dict[str, 
     more=st.integers(0, 2),
 )
 @example(
-    calls=[("USD", "acme", "sales", "ann", 2**62, 0, False)] * 2
-    + [("USD", "acme", "legal", "bo", 1, 1, False)],
+    calls=[("USD", "acme", "sales", "ann", "m1", 2**62, 0, False)] * 2
+    + [("USD", "acme", "legal", "bo", "m1", 1, 1, False)],
     period="previous-month", zones=("UTC", "UTC"), tenant=None, top=1, more=0,
 )  # fmt: skip
 def test_the_json_and_the_page_are_what_every_users_sums_gave(
@@ -234,21 +220,6 @@ def test_a_window_of_any_edges_ranks_as_the_spans_do(
                     )
                 )
         assert [(r.keys, r.currency, r.requests, r.errors, r.cost, r.others) for r in got] == want
-
-
-@pytest.fixture
-def sums_read(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[str, ...], int]]:
-    """Each spend read the ledger answers: its group columns and how many rows it gave."""
-    reads: list[tuple[tuple[str, ...], int]] = []
-    original = _aggregate.aggregate_spend
-
-    def counted(conn: Any, where: Any, by: Any, buckets: Any = (), **kw: Any) -> Any:
-        rows = original(conn, where, by, buckets, **kw)
-        reads.append((tuple(by), len(rows)))
-        return rows
-
-    monkeypatch.setattr(_aggregate, "aggregate_spend", counted)
-    return reads
 
 
 def test_the_dashboard_reads_no_row_per_user(
