@@ -73,18 +73,16 @@ def top_lists(found: Sequence[Ranked], ranking: Ranking) -> dict[tuple[str, ...]
     lists: dict[tuple[str, ...], Listed] = {}
     at = [ranking.by.index(name) for name in ranking.within]
     for ranked in found:
-        figures = {
-            "requests": ranked.requests,
-            "errors": ranked.errors,
-            "cost": Micros(ranked.cost),
-            "currency": ranked.currency,
-        }
-        if ranked.others:
+        if ranked.others:  # a list's others: the list's rows came before
             part = (*ranked.keys, ranked.currency)
-            now = lists.get(part) or Listed(ranked.currency)
-            lists[part] = Listed(now.currency, now.rows, ranked.others, CostRow((), **figures))  # type: ignore[arg-type]
-            continue
-        part = (*(ranked.keys[i] for i in at), ranked.currency)
-        row = CostRow(tuple(zip(ranking.by, ranked.keys, strict=True)), **figures)  # type: ignore[arg-type]
-        lists.setdefault(part, Listed(ranked.currency)).rows.append(row)
+            rows = lists[part].rows if part in lists else []
+            lists[part] = Listed(ranked.currency, rows, ranked.others, _row((), ranked))
+        else:
+            part = (*(ranked.keys[i] for i in at), ranked.currency)
+            row = _row(tuple(zip(ranking.by, ranked.keys, strict=True)), ranked)
+            lists.setdefault(part, Listed(ranked.currency)).rows.append(row)
     return lists
+
+
+def _row(labels: tuple[tuple[str, str], ...], ranked: Ranked) -> CostRow:
+    return CostRow(labels, ranked.requests, ranked.errors, Micros(ranked.cost), ranked.currency)
