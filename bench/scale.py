@@ -14,7 +14,7 @@ then in one run:
              warm-up call; and a raw GROUP BY over the spans as baseline
   memory     peak RSS of the fixed-cost chargeback and of perf, each in a fresh process
 
-    python bench/scale.py [--spans 1000000] [--small 20000] [--runs 5] [--dir DIR]
+    python bench/scale.py [--spans 1000000] [--small 20000] [--runs 5] [--users 300] [--dir DIR]
 
 The export files are kept in --dir and reused when present (generating 10M spans
 takes minutes); ledgers are rebuilt every run, unless --reuse answers from the ones
@@ -82,12 +82,13 @@ GOALS = {  # seconds at 10M spans, from the issue
 # -- the data ----------------------------------------------------------------------------
 
 
-def generate(count: int, end: datetime, seed: int = 7) -> Iterator[SpanRecord]:
-    """``count`` calls over the 60 days before ``end``, busier in (Berlin) working hours."""
+def generate(count: int, end: datetime, seed: int = 7, users: int = 300) -> Iterator[SpanRecord]:
+    """``count`` calls over the 60 days before ``end``, busier in (Berlin) working hours, by
+    ``users`` users spread over the 20 departments."""
     rng = random.Random(seed)
     departments = [("acme", f"dept{i:02d}") for i in range(15)]
     departments += [("globex", f"team{i:02d}") for i in range(5)]
-    users = [(departments[i % 20], f"user{i:03d}") for i in range(300)]
+    people = [(departments[i % 20], f"user{i:03d}") for i in range(users)]
     weighted = [m for m in MODELS for _ in range(m[1])]
     start = end - timedelta(days=DAYS)
     span_us = DAYS * 86_400 * 10**6
@@ -100,7 +101,7 @@ def generate(count: int, end: datetime, seed: int = 7) -> Iterator[SpanRecord]:
     offsets.sort()
     for offset in offsets:
         started = start + timedelta(microseconds=offset)
-        (tenant, department), user = rng.choice(users)
+        (tenant, department), user = rng.choice(people)
         model, _, operation, priced = rng.choice(weighted)
         roll = rng.random()
         status, error = "ok", None
@@ -165,15 +166,24 @@ def generate(count: int, end: datetime, seed: int = 7) -> Iterator[SpanRecord]:
         )
 
 
-def export_file(directory: Path, count: int, end: datetime) -> Path:
-    path = directory / f"spans-{count}.jsonl"
+def _named(count: int, users: int) -> str:
+    """``count``, and the users when not the usual 300: each ledger's files of its own."""
+    return f"{count}" if users == 300 else f"{count}-{users}u"
+
+
+def ledger_path(directory: Path, count: int, users: int = 300) -> Path:
+    return directory / f"ledger-{_named(count, users)}.db"
+
+
+def export_file(directory: Path, count: int, end: datetime, users: int = 300) -> Path:
+    path = directory / f"spans-{_named(count, users)}.jsonl"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists() and json.loads(meta.read_text())["end"] == end.isoformat():
         return path
     encode = msgspec.json.Encoder().encode
     began = time.perf_counter()
     with path.open("wb") as out:
-        for span in generate(count, end):
+        for span in generate(count, end, users=users):
             out.write(encode(span_to_dict(span)) + b"\n")
     meta.write_text(json.dumps({"end": end.isoformat(), "spans": count}))
     print(
@@ -252,16 +262,17 @@ def load(
     *,
     rebuilding: bool = True,
     reuse: bool = False,
+    users: int = 300,
 ) -> tuple[Ledger, dict[str, float]]:
-    source = export_file(directory, count, end)
-    path = directory / f"ledger-{count}.db"
+    source = export_file(directory, count, end, users)
+    path = ledger_path(directory, count, users)
     if reuse and path.exists():
         began = time.perf_counter()
         ledger = Ledger(f"sqlite:///{path}")  # brought to the current schema, if it is behind
         print(f"{label}: reused {path} (opened in {time.perf_counter() - began:.1f} s)",
               file=sys.stderr)  # fmt: skip
         return ledger, sizes(ledger, count)
-    for stale in directory.glob(f"ledger-{count}.db*"):
+    for stale in directory.glob(f"{path.name}*"):
         stale.unlink()
     ledger = Ledger(f"sqlite:///{path}", zone=TZ.key)  # as OMETER_TIMEZONE makes it
     for budget in budgets():
@@ -406,6 +417,12 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
+        "--users",
+        type=int,
+        default=300,
+        help="users the calls are spread over (bench/dash_users.py: the dashboard at 20,000)",
+    )
+    parser.add_argument(
         "--dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ometer-scale"
     )
     parser.add_argument("--end", help="the data's last instant (ISO); default: now, to the hour")
@@ -430,12 +447,21 @@ def main() -> None:
         child(args.child, args.db, end, args.runs, args.baseline)
         return
     args.dir.mkdir(parents=True, exist_ok=True)
-    small, small_figures = load(args.dir, args.small, end, "small", reuse=args.reuse)
+    small, small_figures = load(
+        args.dir, args.small, end, "small", reuse=args.reuse, users=args.users
+    )
     large, large_figures = load(
-        args.dir, args.spans, end, "large", rebuilding=not args.skip_rebuild, reuse=args.reuse
+        args.dir,
+        args.spans,
+        end,
+        "large",
+        rebuilding=not args.skip_rebuild,
+        reuse=args.reuse,
+        users=args.users,
     )
     print(
-        f"\nSQLite, Europe/Berlin, data ending {end:%Y-%m-%d %H:%M} UTC; medians of {args.runs} runs\n"
+        f"\nSQLite, Europe/Berlin, {args.users:,} users, data ending {end:%Y-%m-%d %H:%M} UTC; "
+        f"medians of {args.runs} runs\n"
     )
     print(f"| | {args.small:,} spans | {args.spans:,} spans |")
     print("|---|---|---|")
@@ -470,7 +496,7 @@ def main() -> None:
             f"| {time_big / time_little:.2f}x | {baseline} "
             f"| < {goal} s {'ok' if time_big < goal else 'MISSED'} |"
         )
-    db = f"sqlite:///{args.dir / f'ledger-{args.spans}.db'}"
+    db = f"sqlite:///{ledger_path(args.dir, args.spans, args.users)}"
     base = peak_rss(db, "nothing", end)
     print(f"\npeak RSS, a fresh process: opening the ledger {base:.0f} MB", end="")
     for what in ("chargeback --fixed-cost", "perf --by model"):

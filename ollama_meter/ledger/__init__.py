@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         upgrade as upgrade,
     )
     from ollama_meter.ledger._plan import raw_spans as raw_spans
+    from ollama_meter.ledger._ranked import Ranked as Ranked, Ranking as Ranking
     from ollama_meter.ledger._rebuild import rebuild as rebuild
     from ollama_meter.ledger._spans import (
         RulesChanged as RulesChanged,
@@ -74,6 +75,7 @@ _NAMES = {
     "._ledger": "Ledger close_ledger close_ledgers open_ledger",
     "._migrate": "HEAD_REVISION check_tables current_revision upgrade",
     "._plan": "raw_spans",
+    "._ranked": "Ranked Ranking",
     "._rebuild": "rebuild",
     "._spans": "RulesChanged SpanFilter page_after update_costs",
     "._timings": "HistogramResult",

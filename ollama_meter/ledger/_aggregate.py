@@ -199,10 +199,10 @@ SUMMED = (
     "requests", "errors", "input_tokens", "output_tokens", "busy_ns", "cost_total",
     "unpriced_usage", "cold_loads", "cold_load_ns",
 )  # fmt: skip
-"""The measures summed, in :class:`SpendSums` order: rollup columns, or :func:`_span_measures`."""
+"""The measures summed, in :class:`SpendSums` order: rollup columns, or :func:`span_measures`."""
 
 
-def _span_measures() -> SimpleNamespace:
+def span_measures() -> SimpleNamespace:
     """One raw span as the rollup measures it adds to (``_cells.measures_of`` in SQL)."""
     zero, one = literal(0), literal(1)
     load = func.coalesce(SPANS.c.load_duration_ns, zero)
@@ -241,7 +241,7 @@ def _raw_sums(
 ) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
     zero = literal(0)
-    measures = _span_measures()
+    measures = span_measures()
     if buckets:
         # A span in no bucket (a call recorded after the buckets were built from the days
         # that held calls) is in no row, as the rollups' cells of no bucket are not read.

@@ -321,7 +321,7 @@ def measures_of(span: SpanRecord) -> tuple[int, ...]:
 
     A call of an error status is an error; unpriced usage is an unpriced call that
     succeeded, or an unpriced failure that consumed tokens (a call that consumed
-    nothing costs nothing). ``_aggregate._span_measures`` is the same in SQL.
+    nothing costs nothing). ``_aggregate.span_measures`` is the same in SQL.
     """
     load = span.load_duration_ns or 0
     cold = load >= COLD_LOAD_NS

@@ -288,7 +288,7 @@ def signed_sums(
     """
     entries = cell_signs(pieces, zone)
     for first in range(0, len(entries), CELLS_PER_READ):
-        cells = _cells_table(entries[first : first + CELLS_PER_READ])
+        cells = cells_table(entries[first : first + CELLS_PER_READ])
         joined = cells.join(
             table, and_(table.c.grain == cells.c.grain, table.c.start == cells.c.start)
         )
@@ -353,7 +353,7 @@ def grouped_sums(
     return [(*key, *sums) for key, sums in found.items()]
 
 
-def _cells_table(entries: Sequence[tuple[int, int, int, int]]) -> Any:
+def cells_table(entries: Sequence[tuple[int, int, int, int]]) -> Any:
     """``entries`` as a table (grain, start, bucket, sign) both SQLite and PostgreSQL read.
 
     Written out as integer literals: thousands of bound parameters would cost more

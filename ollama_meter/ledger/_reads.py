@@ -15,9 +15,9 @@ from ollama_meter.ledger import _spans
 from ollama_meter.ledger._database import Database
 
 if TYPE_CHECKING:
-    from ollama_meter.ledger import _aggregate, _timings
+    from ollama_meter.ledger import _aggregate, _ranked, _timings
 else:  # loaded when first used: a command that reads spans needs neither
-    lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _timings")
+    lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _ranked _timings")
 
 Buckets = Sequence[tuple[datetime, datetime]]
 """Time buckets (start, end), in order, with gaps where there were no calls."""
@@ -44,8 +44,19 @@ class Aggregates(Database):
         """:meth:`spend` for each (``by``, ``buckets``), read as one snapshot: sums the
         database grouped each way agree with each other, a call recorded meanwhile in all
         or in none."""
+        return self.spends_ranked(where, groupings, ())[0]
+
+    def spends_ranked(
+        self,
+        where: _spans.SpanFilter,
+        groupings: Sequence[tuple[Sequence[str], Buckets]],
+        rankings: Sequence[_ranked.Ranking],
+    ) -> tuple[list[list[_aggregate.SpendSums]], list[list[_ranked.Ranked]]]:
+        """:meth:`spends`, and each top list of ``rankings`` (see ``_ranked``), read as one
+        snapshot: a department's users add up to its sums."""
         with self.read() as conn:
-            return [_aggregate.aggregate_spend(conn, where, by, b) for by, b in groupings]
+            sums = [_aggregate.aggregate_spend(conn, where, by, b) for by, b in groupings]
+            return sums, _ranked.aggregate_ranked(conn, where, rankings)
 
     def timings(
         self,

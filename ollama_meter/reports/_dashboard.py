@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter.budgets import BudgetStatus, budget_status
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import FailureCount, Ledger, SpanFilter
+from ollama_meter.ledger import FailureCount, Ledger, Ranking, SpanFilter
 from ollama_meter.periods import (
     Window,
     bucket_bounds,
@@ -33,7 +33,8 @@ from ollama_meter.periods import (
 from ollama_meter.records import EACH_TENANT, Micros, UnreadableBudget
 from ollama_meter.reports._perf import PerfReport, perf_report
 from ollama_meter.reports._rows import SpendRow, per_department
-from ollama_meter.reports._spend import SpendReport, spend_report, spend_reports
+from ollama_meter.reports._spend import SpendReport, spend_and_top, spend_report
+from ollama_meter.reports._top import Listed, top_lists
 
 PERIOD_CHOICES = {
     "today": "Today",
@@ -199,7 +200,7 @@ class DepartmentDrill:
     cost: Micros
     row: SpendRow
     models: list[SpendRow]
-    users: list[SpendRow]
+    users: Listed
     days: list[SpendRow]
 
 
@@ -218,8 +219,9 @@ class Dashboard:
     spend: SpendReport
     """By tenant, department and model, beside by tenant, department and :attr:`unit`
     (:meth:`SpendReport.beside`): the charts, the model list and the drill-down."""
-    users: SpendReport
-    """By tenant, department and user."""
+    users: dict[tuple[str, ...], Listed]
+    """The top users per currency, ``(currency,)``: a user is a tenant's (two tenants' alice
+    are two); and per department, ``(tenant, department, currency)``: :data:`TOP` each."""
     previous_totals: list[SpendRow]
     timing_by_time: PerfReport
     timing_by_model: PerfReport
@@ -275,11 +277,9 @@ class Dashboard:
         """Rows by descending cost, then ``names``: the order of every top list."""
         return sorted(rows, key=lambda r: (-r.cost, *(r.label(name) for name in names)))
 
-    def top_users(self, currency: str) -> list[SpendRow]:
-        """Users in ``currency`` by cost; a user is a tenant's (two tenants' alice are two)."""
-        return self.by_cost(
-            self.in_currency(self.users.rollup(["tenant", "user"]), currency), "user", "tenant"
-        )
+    def top_users(self, currency: str) -> Listed:
+        """Users in ``currency`` by cost, then name and tenant, the first :data:`TOP` of them."""
+        return self.users.get((currency,)) or Listed(currency)
 
     def departments(self, currency: str) -> list[DepartmentDrill]:
         """Per (tenant, department) in ``currency``, by cost: its sums, models, users and days.
@@ -291,7 +291,6 @@ class Dashboard:
         # Each kind of row is split by department once: picking each department's rows out
         # of all of them made the work grow with the square of the departments.
         models = per_department(self.spend.rollup(["tenant", "department", "model"]), currency)
-        users = per_department(self.users.rows, currency)
         days = per_department(self.spend.rollup(["tenant", "department", self.unit]), currency)
         rows = self.in_currency(self.spend.rollup(["tenant", "department"]), currency)
         drills = []
@@ -304,7 +303,7 @@ class Dashboard:
                     cost=row.cost,
                     row=row,
                     models=self.by_cost(models.get(key, []), "model"),
-                    users=self.by_cost(users.get(key, []), "user"),
+                    users=self.users.get((*key, currency)) or Listed(currency),
                     days=days.get(key, []),
                 )
             )
@@ -362,11 +361,13 @@ def dashboard_report(
     tz: ZoneInfo,
     now: datetime,
     budget_tz: ZoneInfo | None = None,
+    top: int = TOP,
 ) -> Dashboard:
     """Every report the dashboard shows, for ``query`` as of ``now``.
 
     ``budget_tz``: where budget periods begin (the ledger's midnights, as the gate cuts
-    them), when not ``tz``, the zone the reports are cut in."""
+    them), when not ``tz``, the zone the reports are cut in. ``top``: the users listed per
+    currency and per department (the others are one row of their sums)."""
     window = dash_window(query, tz=tz, now=now)
     previous = previous_window(window, tz=tz, now=now)
     unit = chart_unit(window)
@@ -376,13 +377,15 @@ def dashboard_report(
     # Summed by the database at the grains the page and the JSON read: by department and
     # model, and by department and time. By all four at once, 1,000 departments of a month
     # were 100,000 rows to build and sum again here (7 to 12 s for the first /api/dash).
-    # One snapshot: a department's models, days and users add up to it.
-    spend, by_time, users = spend_reports(
-        ledger,
-        window,
-        [names, ["tenant", "department", unit], ["tenant", "department", "user"]],
-        tz=tz,
-        **filters,
+    # One snapshot: a department's models, days and users add up to it. Users: the top ones
+    # alone, ranked by the database (every one of 20,000 users' rows, built and sorted here,
+    # was 1 s of CPU of the first answer at 1M spans).
+    rankings = [
+        Ranking(("tenant", "user"), (), ("user", "tenant"), top),
+        Ranking(("tenant", "department", "user"), ("tenant", "department"), ("user",), top),
+    ]
+    (spend, by_time), ranked = spend_and_top(
+        ledger, window, [names, ["tenant", "department", unit]], rankings, tz=tz, **filters
     )
     spend.beside(by_time)
     # The names with calls in the window whatever the filters: the same rows when nothing
@@ -410,7 +413,11 @@ def dashboard_report(
         buckets=[label for _, label in bucket_bounds(window, unit, tz)],
         options=options,
         spend=spend,
-        users=users,
+        users={
+            part: listed
+            for found, ranking in zip(ranked, rankings, strict=True)
+            for part, listed in top_lists(found, ranking).items()
+        },
         previous_totals=spend_report(ledger, previous, [], tz=tz, **filters).totals(),
         timing_by_time=perf_report(ledger, window, [], unit=unit, tz=tz, **filters),
         timing_by_model=perf_report(ledger, window, ["model"], **filters),

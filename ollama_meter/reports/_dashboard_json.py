@@ -22,6 +22,7 @@ from ollama_meter.records import format_micros
 from ollama_meter.reports._dashboard import LISTED, TOP, budget_share, change, share
 from ollama_meter.reports._render import iso_utc
 from ollama_meter.reports._rows import SPEND_FIGURES, PerfRow, SpendRow
+from ollama_meter.reports._top import CostRow, Listed
 
 if TYPE_CHECKING:
     from ollama_meter.reports._dashboard import Dashboard
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 def dashboard_json(d: Dashboard, *, listed: int = LISTED, top: int = TOP) -> dict[str, Any]:
     """The dashboard's figures for ``/api/dash``: ``listed`` departments and models per
-    currency, ``top`` users (and models and users within a department), then the others."""
+    currency, ``top`` users (and models and users within a department), then the others.
+    Users: at most the report's own top (``dashboard_report(top=...)``)."""
     unit = d.unit
     counts = d.counts()
     previous = d.previous_counts()
@@ -85,7 +87,7 @@ def dashboard_json(d: Dashboard, *, listed: int = LISTED, top: int = TOP) -> dic
         "top_users": [
             row
             for currency in d.currencies
-            for row in _folded(d.top_users(currency), ["tenant", "user"], top)
+            for row in _listed(d.top_users(currency).cut(top), ["tenant", "user"])
         ],
         "departments": [
             row for currency in d.currencies for row in _departments(d, currency, listed, top)
@@ -133,7 +135,7 @@ def _plain(row: PerfRow) -> dict[str, object]:
     return {key: _text(v) if isinstance(v, Decimal) else v for key, v in row.items()}
 
 
-def _money_rows(rows: list[SpendRow], keys: list[str]) -> list[dict[str, object]]:
+def _money_rows(rows: Sequence[SpendRow | CostRow], keys: list[str]) -> list[dict[str, object]]:
     """Rows for JSON: ``keys``, then calls, errors, the exact cost and its currency."""
     return [
         {
@@ -152,6 +154,15 @@ def _folded(rows: Sequence[SpendRow], keys: list[str], most: int) -> list[dict[s
     shown = _money_rows(list(rows[:most]), keys)
     if rest := rows[most:]:
         shown.append({**_summed(rest, keys), "others": len(rest)})
+    return shown
+
+
+def _listed(listed: Listed, keys: list[str]) -> list[dict[str, object]]:
+    """A top list the ledger ranked (:meth:`Listed.cut` to those shown): its rows, then the
+    others as one, as :func:`_folded` shows them."""
+    shown = _money_rows(listed.rows, keys)
+    if (rest := listed.rest) is not None:
+        shown.append({**dict.fromkeys(keys), **_money_rows([rest], [])[0], "others": listed.others})
     return shown
 
 
@@ -187,7 +198,7 @@ def _departments(d: Dashboard, currency: str, listed: int, top: int) -> list[dic
         {
             **_money_rows([dept.row], ["tenant", "department"])[0],
             "models": _folded(dept.models, ["model"], top),
-            "users": _folded(dept.users, ["user"], top),
+            "users": _listed(dept.users.cut(top), ["user"]),
             d.unit: _money_rows(dept.days, [d.unit]),
         }
         for dept in drills[:listed]

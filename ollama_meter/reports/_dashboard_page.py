@@ -50,6 +50,7 @@ from ollama_meter.reports._html import (
 )
 from ollama_meter.reports._rows import SpendRow
 from ollama_meter.reports._shown import minor_unit, money, shown_top
+from ollama_meter.reports._top import CostRow, Listed
 
 SHOWN_DRILLS = 25
 """How many departments (the biggest) get a drill-down panel on the page; the others are one
@@ -124,7 +125,7 @@ class DepartmentPanel:
     models: list[tuple[SpendRow, int]] = field(default_factory=list)
     """Its biggest models (:data:`TOP`), each with its cost as shown (adding up to ``shown``
     with the others); ``more_models`` the others, counted."""
-    users: list[tuple[SpendRow, int]] = field(default_factory=list)
+    users: list[tuple[CostRow, int]] = field(default_factory=list)
     more_models: int = 0
     more_users: int = 0
 
@@ -138,7 +139,7 @@ class CurrencyPanel:
     top_models: list[tuple[SpendRow, Decimal | None, int]]
     """The biggest models in this currency, each with its share of the spend and its cost as
     shown (as its bar in the chart)."""
-    top_users: list[tuple[SpendRow, str, Decimal | None, int]]
+    top_users: list[tuple[CostRow, str, Decimal | None, int]]
     """The biggest users in this currency, each with its label, its share of the spend and its
     cost as shown."""
     departments: list[DepartmentPanel] = field(default_factory=list)
@@ -253,7 +254,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         )
         # Its models and its users each add up to its amount as shown.
         its_models, more_models = _shown_rows(dept.models, currency, rounded[index])
-        its_users, more_users = _shown_rows(dept.users, currency, rounded[index])
+        its_users, more_users = _shown_listed(dept.users.cut(TOP), currency, rounded[index])
         panels.append(
             DepartmentPanel(
                 name=dept.name,
@@ -308,8 +309,8 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     ] + ([rest[1]] if folded else [])
     models = d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model")
     shown_models, _ = shown_top([m.cost for m in models], currency, TOP)  # add up to the card
-    users = d.top_users(currency)
-    shown_users, _ = shown_top([u.cost for u in users], currency, TOP)
+    users = d.top_users(currency).cut(TOP)
+    shown_users, _ = shown_top(users.costs(), currency, len(users.rows))
     model_chart = bars(
         f"Spend by model in {currency}",
         [
@@ -342,14 +343,14 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 share(u.cost, cost),
                 shown,
             )
-            for u, shown in zip(users[:TOP], shown_users, strict=True)
+            for u, shown in zip(users.rows, shown_users, strict=True)
         ],
         departments=panels,
         more_departments=len(departments) - len(panels),
         more_departments_cost=sum(dept.cost for dept in departments[SHOWN_DRILLS:]),
         more_departments_shown=rounded_others,
         more_models=max(len(models) - TOP, 0),
-        more_users=max(len(users) - TOP, 0),
+        more_users=users.others,
     )
 
 
@@ -361,6 +362,14 @@ def _shown_rows(
     kept, more = top(rows)
     shown, _ = shown_top([r.cost for r in rows], currency, TOP, total)
     return list(zip(kept, shown, strict=True)), more
+
+
+def _shown_listed(
+    users: Listed, currency: str, total: int
+) -> tuple[list[tuple[CostRow, int]], int]:
+    """:func:`_shown_rows` of a top list the ledger ranked (cut to :data:`TOP`)."""
+    shown, _ = shown_top(users.costs(), currency, len(users.rows), total)
+    return list(zip(users.rows, shown, strict=True)), users.others
 
 
 def _user_label(user: str, tenant: str | None) -> str:

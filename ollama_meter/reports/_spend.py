@@ -9,7 +9,15 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import GROUPS, Ledger, SpanFilter, SpendSums, capped_note
+from ollama_meter.ledger import (
+    GROUPS,
+    Ledger,
+    Ranked,
+    Ranking,
+    SpanFilter,
+    SpendSums,
+    capped_note,
+)
 from ollama_meter.periods import TIME_UNITS, Bucket, Window, buckets_over, walk_buckets
 from ollama_meter.records import Micros
 from ollama_meter.reports._choices import BY_CHOICES
@@ -207,13 +215,30 @@ def spend_reports(
 ) -> list[SpendReport]:
     """A :func:`spend_report` by each of ``bys``, read from one snapshot of the ledger, so
     that they add up alike (a call recorded meanwhile is in each or in none)."""
+    where = {"tenant": tenant, "department": department, "model": model}
+    return spend_and_top(ledger, window, bys, [], tz=tz, **where)[0]
+
+
+def spend_and_top(
+    ledger: Ledger,
+    window: Window,
+    bys: Sequence[Sequence[str]],
+    rankings: Sequence[Ranking],
+    *,
+    tz: ZoneInfo,
+    tenant: str | None = None,
+    department: str | None = None,
+    model: str | None = None,
+) -> tuple[list[SpendReport], list[list[Ranked]]]:
+    """:func:`spend_reports`, and the top lists of ``rankings`` (``Ledger.spends_ranked``)
+    from the same snapshot: a department's users add up to its spend."""
     units = {unit: None for by in bys for unit in by if unit in TIME_UNITS}
     bounds = {unit: held_buckets(ledger, window, unit, tz) for unit in units}
     where = SpanFilter(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
     plans = [(list(by), next((u for u in by if u in TIME_UNITS), None)) for by in bys]
-    found = ledger.spends(
+    found, ranked = ledger.spends_ranked(
         where,
         [
             (
@@ -222,11 +247,13 @@ def spend_reports(
             )
             for by, unit in plans
         ],
+        rankings,
     )
-    return [
+    reports = [
         _report(window, by, unit, bounds[unit] if unit else [], aggregates)
         for (by, unit), aggregates in zip(plans, found, strict=True)
     ]
+    return reports, ranked
 
 
 def _report(

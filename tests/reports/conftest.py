@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from ollama_meter.ledger import _aggregate
 from tests.conftest import _MADE, _fresh_pg_database
 
 
@@ -26,3 +28,18 @@ def new_url(
         return url
 
     return make
+
+
+@pytest.fixture
+def sums_read(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[str, ...], int]]:
+    """Each spend read the ledger answers: its group columns and how many rows it gave."""
+    reads: list[tuple[tuple[str, ...], int]] = []
+    original = _aggregate.aggregate_spend
+
+    def counted(conn: Any, where: Any, by: Any, buckets: Any = (), **kw: Any) -> Any:
+        rows = original(conn, where, by, buckets, **kw)
+        reads.append(((*by, *(["bucket"] if buckets else [])), len(rows)))
+        return rows
+
+    monkeypatch.setattr(_aggregate, "aggregate_spend", counted)
+    return reads
