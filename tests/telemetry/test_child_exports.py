@@ -9,12 +9,14 @@ never sent, while its ledger rows were written.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests._otlp import OtlpHttpReceiver, spans
 
@@ -67,5 +69,119 @@ def test_the_spans_of_a_multiprocessing_childs_calls_are_exported_as_it_exits(
             check=False,
         )
         assert (run.returncode, run.stderr) == (0, "")
+        got = spans(rx)
+    assert [span.name for span in got] == ["chat llama3.1:8b"]
+
+
+POOL = """
+import multiprocessing, sys
+from ollama_meter import MeteredClient
+
+host, url, method = sys.argv[1:]
+
+
+def call(n):
+    MeteredClient(host, db_url=url).chat(
+        model="llama3.1:8b", messages=[{"role": "user", "content": f"hi {n}"}]
+    )
+
+
+if __name__ == "__main__":
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        pool.map(call, range(4))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_the_spans_of_pool_workers_ended_by_sigterm_are_exported(
+    emulator: OllamaEmulator, tmp_path: Path, method: str
+) -> None:
+    """``with multiprocessing.Pool() as pool:`` ends its workers by SIGTERM as the block exits
+    (``Pool.terminate``). The signal's default action killed them at once: no finalizer ran,
+    and the spans of their calls, waiting for the exporter's next batch, never left (0 of 4
+    reached the collector; the ledger had all 4 rows). Under ``ometer run`` the same workers'
+    clients lost their spans of the gateway's calls."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with OtlpHttpReceiver() as rx:
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
+            "PYTHONPATH": str(Path(__file__).parents[2]),
+        }
+        run = subprocess.run(
+            [sys.executable, str(script), emulator.url, url, method],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert (run.returncode, run.stderr) == (0, "")
+        got = spans(rx)
+    assert [span.name for span in got] == ["chat llama3.1:8b"] * 4
+    assert len(Ledger(url).latest(SpanFilter(), limit=10)) == 4
+
+
+BLOCKED = """
+import multiprocessing, signal, sys, threading
+from ollama_meter import MeteredClient
+
+host, url = sys.argv[1:]
+
+
+def work(ready):
+    MeteredClient(host, db_url=url).chat(
+        model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}]
+    )
+    # As a worker waiting on the pool's queue lock when the signal came to another thread:
+    # the main thread never runs Python again.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    ready.set()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    child = context.Process(target=work, args=(ready,))
+    child.start()
+    assert ready.wait(60)
+    child.terminate()
+    child.join(20)
+    if child.exitcode is None:
+        child.kill()
+    print(child.exitcode)
+"""
+
+
+def test_a_child_whose_main_thread_never_runs_python_again_still_dies_of_sigterm(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """A Python signal handler runs only when the main thread next runs Python. A pool's
+    worker blocked on the queue's lock as the SIGTERM came (to another of its threads, or
+    just before the wait began) never ran it: it neither sent its spans nor died, and the
+    pool's exit waited for it for ever (seen once in 15 runs of a two-worker pool). The
+    signal reaches a thread of ometer's that stops telemetry and ends the process, with the
+    status SIGTERM gives."""
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKED)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with OtlpHttpReceiver() as rx:
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
+            "PYTHONPATH": str(Path(__file__).parents[2]),
+        }
+        run = subprocess.run(
+            [sys.executable, str(script), emulator.url, url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert (run.returncode, run.stdout, run.stderr) == (0, f"{-signal.SIGTERM}\n", "")
         got = spans(rx)
     assert [span.name for span in got] == ["chat llama3.1:8b"]
