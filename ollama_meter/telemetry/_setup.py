@@ -162,7 +162,9 @@ def _metric_exporter(settings: Settings) -> WatchedMetrics | None:
     endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
     if not endpoint:
         return None
-    return WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
+    session = None if settings.otlp_protocol_of("metrics") == "grpc" else _session()
+    given = settings.otlp_metrics_endpoint
+    return WatchedMetrics(*_otlp("metrics", endpoint, given, settings, session), answers=session)
 
 
 def _sampler(settings: Settings) -> sampling.Sampler:

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ollama_meter import load_settings
 from ollama_meter.records import make_storable
+from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry._observer import MAX_HOOKED_BYTES, exportable
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.telemetry._size import span_bytes
@@ -162,5 +163,41 @@ def test_a_collector_behind_a_body_limit_gets_exports_cut_to_it(
     assert telemetry.failures() == []
     refused = [request for request in rx.requests if request.status == 413]
     assert 1 <= len(refused) <= 2, len(refused)  # learnt at the first, not paid at every export
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert len(said) == 1 and "too large (413)" in said[0], said
+
+
+def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spans refused as too large (413) were sent again in halves; metrics were not: an export
+    of 1,000 points (a few hundred model names) past a proxy's body limit was refused every
+    minute, for the life of the process, and the log said only that exports failed. Both go
+    through one mechanism now: the export is cut to what the place takes, said once."""
+    calls = 300
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "5")
+    with OtlpHttpReceiver(max_body=128 * 1024) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"{rx.url}/v1/metrics")
+        telemetry = Telemetry(load_settings())
+        with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
+            for n in range(calls):
+                model = f"{n:05d}" + "m" * 100
+                span = make_storable(make_span(request_model=model, response_model=model))
+                telemetry.observer.on_start(span)
+                telemetry.observer.on_end(span)
+            assert telemetry.flush()
+            taken = [request.message for request in rx.requests if request.status == 200]
+        telemetry.shutdown()
+    counted = [
+        point.as_int
+        for message in taken
+        for resource in message.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == sc.METRIC_REQUESTS
+        for point in metric.sum.data_points
+    ]
+    assert sum(counted) == calls  # one flush: each point once
+    assert telemetry.failures() == []
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
     assert len(said) == 1 and "too large (413)" in said[0], said
