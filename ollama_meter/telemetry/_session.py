@@ -236,21 +236,27 @@ def _parts(response: requests.Response) -> Iterable[bytes]:
         yield chunk
 
 
-def refused_spans(answer: bytes) -> tuple[int, str]:
-    """The spans a collector's answer to a successful export says it refused, and why.
+def refused(answer: bytes, what: str) -> tuple[int, str]:
+    """The spans (``what``: ``spans``), or metric points, a collector's answer to a successful
+    export says it refused, and why.
 
     OTLP says a collector that keeps part of an export answers 200 with ``partial_success``
-    (a count and a message); the SDK's exporter reads no answer, so those spans were lost
-    without a word. An answer that is not OTLP says nothing refused."""
+    (a count and a message); the SDK's exporters read no answer, so those were lost without a
+    word. An answer that is not OTLP says nothing refused."""
     from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceResponse,
+    )
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceResponse,
     )
 
+    kind = ExportTraceServiceResponse if what == "spans" else ExportMetricsServiceResponse
     try:
-        partial = ExportTraceServiceResponse.FromString(answer).partial_success
+        partial = kind.FromString(answer).partial_success
     except DecodeError:
         return 0, ""
     # The reason goes into a log line: one line, short, nothing a terminal acts on.
     why = storable_text(_CONTROL.sub("\ufffd", partial.error_message), MAX_REASON)
-    return max(0, partial.rejected_spans), why
+    count = partial.rejected_spans if what == "spans" else partial.rejected_data_points
+    return max(0, count), why

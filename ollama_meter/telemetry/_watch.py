@@ -8,6 +8,7 @@ when failing starts and ends and at most every :data:`SAY_DROPS_EVERY` seconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -101,7 +102,7 @@ class CutToFit(Reporting):
     answers: Any  # the BoundedSession of an OTLP/HTTP exporter, if it is one
     what: str  # what it exports, for the log
     limit = MAX_REQUEST_BYTES  # bytes an export holds: less once the place said so
-    _said_too_large = False
+    _said_too_large = _said_refused = False
 
     def _sent(
         self, items: list[Any], sizes: list[int], send: Callable[[list[Any], bool], bool | None]
@@ -134,12 +135,42 @@ class CutToFit(Reporting):
             )
         return done
 
-    def _too_large(self) -> bool:
-        return self.answers is not None and self.answers.status == 413
-
-    def _asking(self) -> None:
+    def _part(
+        self, send: Callable[[], object], success: object, part: list[Any], splittable: bool
+    ) -> bool | None:
+        """Send ``part`` by ``send()``, which answers ``success`` when it got there, as
+        :meth:`_sent` sends a part; what the place took but refused (its OTLP
+        ``partial_success``, which the SDK's exporters never read) is said once."""
         if self.answers is not None:
             self.answers.last, self.answers.status = b"", 0
+        try:
+            ok = send() is success
+        except Exception:
+            ok = False
+        if not ok and splittable and self.answers is not None and self.answers.status == 413:
+            return True
+        self._saw(ok, self.what)
+        if not ok:
+            return False
+        if self.answers is not None and self.answers.last:
+            self._refused(self.answers.last, len(part))
+        return None
+
+    def _refused(self, answer: bytes, sent: int) -> None:
+        from ollama_meter.telemetry._session import refused
+
+        count, why = refused(answer, self.what)
+        count = min(count, sent)  # a collector that says it refused more is not believed
+        if not count:
+            return
+        if not self._said_refused and not self.quiet:
+            self._said_refused = True
+            unit = "spans" if self.what == "spans" else "metric points"
+            log.warning("%s refused %d %s of an export: %s; said once", self.name, count, unit, why)
+        self._lost(count)
+
+    def _lost(self, count: int) -> None:
+        """``count`` items the place refused (metrics are cumulative: sent again next time)."""
 
 
 class Watched(CutToFit, SpanExporter):
@@ -155,7 +186,6 @@ class Watched(CutToFit, SpanExporter):
         self.inner = inner
         self.answers = answers
         self.what = "spans"
-        self._said_refused = False
         self.clock: Callable[[], float] = time.monotonic
         self.queue_size = _queue_size()
         self.dropped = 0  # in all, since the process started
@@ -219,32 +249,12 @@ class Watched(CutToFit, SpanExporter):
         return SpanExportResult.SUCCESS
 
     def _export(self, spans: list[ReadableSpan], splittable: bool) -> bool | None:
-        """Export ``spans``, as :meth:`CutToFit._sent` sends a part."""
-        self._asking()
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS and splittable and self._too_large():
-            return True
-        self._saw(result is SpanExportResult.SUCCESS, "spans")
-        if result is not SpanExportResult.SUCCESS:
-            return False
-        if self.answers is not None and self.answers.last:
-            self._refused(self.answers.last, len(spans))
-        return None
+        return self._part(
+            lambda: self.inner.export(spans), SpanExportResult.SUCCESS, spans, splittable
+        )
 
-    def _refused(self, answer: bytes, sent: int) -> None:
-        from ollama_meter.telemetry._session import refused_spans
-
-        count, why = refused_spans(answer)
-        count = min(count, sent)  # a collector that says it refused more is not believed
-        if not count:
-            return
-        if not self._said_refused and not self.quiet:
-            self._said_refused = True  # the count goes on in the drop lines
-            log.warning("%s refused %d spans of an export: %s; said once", self.name, count, why)
-        self._drop(count)
+    def _lost(self, count: int) -> None:
+        self._drop(count)  # the count goes on in the drop lines
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -296,24 +306,12 @@ class WatchedMetrics(CutToFit, MetricExporter):
         sizes = [point_bytes(point[3]) for point in points]
 
         def send(part: list[Placed], splittable: bool) -> bool | None:
-            return self._export(metrics_data_of(part), splittable, timeout_millis, **kwargs)
+            data = metrics_data_of(part)
+            export = functools.partial(self.inner.export, data, timeout_millis, **kwargs)
+            return self._part(export, MetricExportResult.SUCCESS, part, splittable)
 
         done = self._sent(points, sizes, send)
         return MetricExportResult.SUCCESS if done == len(points) else MetricExportResult.FAILURE
-
-    def _export(
-        self, data: MetricsData, splittable: bool, timeout_millis: float, **kwargs: Any
-    ) -> bool | None:
-        """Export ``data``, as :meth:`CutToFit._sent` sends a part."""
-        self._asking()
-        try:
-            result = self.inner.export(data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:
-            result = MetricExportResult.FAILURE
-        if result is not MetricExportResult.SUCCESS and splittable and self._too_large():
-            return True
-        self._saw(result is MetricExportResult.SUCCESS, self.what)
-        return None if result is MetricExportResult.SUCCESS else False
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)

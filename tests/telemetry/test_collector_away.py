@@ -15,6 +15,7 @@ import grpc
 import pytest
 from hypothesis import given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -836,3 +837,30 @@ def test_a_dead_collector_never_costs_langfuse_its_spans_at_exit(
     assert got == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert dead_url in line and lf_url not in line
+
+
+def test_metric_points_a_collector_refuses_in_a_partial_success_are_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A metrics collector's partial_success (200, with the points refused and why) was read
+    by nobody: the points were lost without a word, where refused spans were said."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    refused = metrics_service_pb2.ExportMetricsServiceResponse(
+        partial_success=metrics_service_pb2.ExportMetricsPartialSuccess(
+            rejected_data_points=2, error_message="point too old"
+        )
+    )
+    with OtlpHttpReceiver() as rx:
+        rx.answer = refused.SerializeToString()
+        url = f"{rx.url}/v1/metrics"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        for _ in range(2):
+            span = make_storable(make_span())
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    assert telemetry.failures() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [f"{url} refused 2 metric points of an export: point too old; said once"]
