@@ -6,7 +6,8 @@ trickling body kept the export thread reading forever, in gigabytes, and every s
 it waited in the queue and was dropped without a word. An OTLP answer is an empty message
 or a short ``partial_success``: :data:`MAX_ANSWER` bytes, read before the request's own
 timeout runs out, or the connection is dropped and the export fails like any other. A
-redirect fails it too (:class:`Redirected`). Imported only when an OTLP/HTTP exporter is made.
+redirect fails it too (:class:`Redirected`), and so does a success that is a web page
+(:class:`NotOtlp`). Imported only when an OTLP/HTTP exporter is made.
 
 The timeout bounds the whole exchange, not each read: a collector that trickled its status
 line or headers a byte at a time (each read within the timeout) held the export thread for
@@ -54,6 +55,11 @@ class AnswerOutOfBounds(requests.RequestException):
 class Redirected(requests.RequestException):
     """A collector answered a redirect: the SDK's exporter counts any 3xx as delivered, and
     follows none, so the spans were lost while every export 'succeeded'."""
+
+
+class NotOtlp(requests.RequestException):
+    """A collector answered success with a web page: a proxy's sign-in page in front of it, or
+    a web application at a wrong endpoint. Every export "succeeded" and none got there."""
 
 
 class _Cut:
@@ -202,6 +208,9 @@ class BoundedSession(requests.Session):
         if 300 <= response.status_code < 400:
             where = response.headers.get("location") or "nowhere said"
             raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
+        kind = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if response.ok and kind == "text/html":  # no OTLP receiver answers one
+            raise NotOtlp(f"answered {response.status_code} with a web page, not OTLP")
         return response
 
     @staticmethod
