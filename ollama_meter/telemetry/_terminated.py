@@ -53,8 +53,8 @@ def stop_on_sigterm(stop: Callable[[], None], bound: Callable[[], float]) -> Non
     SIGTERM does its default (or is ours, inherited from the parent at a fork)."""
     import multiprocessing
 
-    if multiprocessing.parent_process() is None or _state.pipe is not None:
-        return
+    if os.name != "posix" or multiprocessing.parent_process() is None or _state.pipe is not None:
+        return  # elsewhere a process is ended without a signal
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set a handler
     if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, _stopped):
