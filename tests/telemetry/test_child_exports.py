@@ -43,6 +43,31 @@ if __name__ == "__main__":
 """
 
 
+def _run(
+    tmp_path: Path, source: str, *args: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``source`` with ``args`` (after the emulator's and a ledger's URL, which the caller
+    passes) against a collector; how it ended, and the names of the spans the collector got."""
+    script = tmp_path / "program.py"
+    script.write_text(source)
+    with OtlpHttpReceiver() as rx:
+        environment = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
+            "PYTHONPATH": str(Path(__file__).parents[2]),
+            **env,
+        }
+        run = subprocess.run(
+            [sys.executable, str(script), *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return run, [span.name for span in spans(rx)]
+
+
 @pytest.mark.parametrize(
     ("made", "method"),
     [("in the parent", "fork"), ("in the child", "fork"), ("in the child", "forkserver")],
@@ -50,27 +75,11 @@ if __name__ == "__main__":
 def test_the_spans_of_a_multiprocessing_childs_calls_are_exported_as_it_exits(
     emulator: OllamaEmulator, tmp_path: Path, made: str, method: str
 ) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    with OtlpHttpReceiver() as rx:
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
-            "OTEL_BSP_SCHEDULE_DELAY": "600000",  # sent at exit only
-            "PYTHONPATH": str(Path(__file__).parents[2]),
-        }
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        run = subprocess.run(
-            [sys.executable, str(script), emulator.url, url, made, method],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert (run.returncode, run.stderr) == (0, "")
-        got = spans(rx)
-    assert [span.name for span in got] == ["chat llama3.1:8b"]
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    sent_at_exit_only = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    run, got = _run(tmp_path, CHILD, emulator.url, url, made, method, **sent_at_exit_only)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert got == ["chat llama3.1:8b"]
 
 
 POOL = """
@@ -101,26 +110,10 @@ def test_the_spans_of_pool_workers_ended_by_sigterm_are_exported(
     and the spans of their calls, waiting for the exporter's next batch, never left (0 of 4
     reached the collector; the ledger had all 4 rows). Under ``ometer run`` the same workers'
     clients lost their spans of the gateway's calls."""
-    script = tmp_path / "pool.py"
-    script.write_text(POOL)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with OtlpHttpReceiver() as rx:
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
-            "PYTHONPATH": str(Path(__file__).parents[2]),
-        }
-        run = subprocess.run(
-            [sys.executable, str(script), emulator.url, url, method],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert (run.returncode, run.stderr) == (0, "")
-        got = spans(rx)
-    assert [span.name for span in got] == ["chat llama3.1:8b"] * 4
+    run, got = _run(tmp_path, POOL, emulator.url, url, method)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert got == ["chat llama3.1:8b"] * 4
     assert len(Ledger(url).latest(SpanFilter(), limit=10)) == 4
 
 
@@ -165,23 +158,6 @@ def test_a_child_whose_main_thread_never_runs_python_again_still_dies_of_sigterm
     pool's exit waited for it for ever (seen once in 15 runs of a two-worker pool). The
     signal reaches a thread of ometer's that stops telemetry and ends the process, with the
     status SIGTERM gives."""
-    script = tmp_path / "blocked.py"
-    script.write_text(BLOCKED)
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with OtlpHttpReceiver() as rx:
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
-            "PYTHONPATH": str(Path(__file__).parents[2]),
-        }
-        run = subprocess.run(
-            [sys.executable, str(script), emulator.url, url],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert (run.returncode, run.stdout, run.stderr) == (0, f"{-signal.SIGTERM}\n", "")
-        got = spans(rx)
-    assert [span.name for span in got] == ["chat llama3.1:8b"]
+    run, got = _run(tmp_path, BLOCKED, emulator.url, f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert (run.returncode, run.stdout, run.stderr) == (0, f"{-signal.SIGTERM}\n", "")
+    assert got == ["chat llama3.1:8b"]

@@ -856,9 +856,7 @@ def test_metric_points_a_collector_refuses_in_a_partial_success_are_said(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url)
         telemetry = Telemetry(load_settings())
         for _ in range(2):
-            span = make_storable(make_span())
-            telemetry.observer.on_start(span)
-            telemetry.observer.on_end(span)
+            _end_spans(telemetry, 1)
             assert telemetry.flush()
         telemetry.shutdown()
     assert telemetry.failures() == []
