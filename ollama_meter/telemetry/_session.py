@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import threading
 import time
@@ -31,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ollama_meter._text import one_line
 from ollama_meter.records import storable_text
 
 MAX_ANSWER = 64 * 1024
@@ -39,7 +39,6 @@ page from a proxy fits)."""
 _CHUNK = 8 * 1024
 MAX_REASON = 200
 """Characters of a collector's reason for refusing spans said in the log."""
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _PLAIN = frozenset(
     {"accept", "accept-encoding", "connection", "content-encoding", "content-length"}
     | {"content-type", "host", "transfer-encoding", "user-agent"}
@@ -266,6 +265,6 @@ def refused(answer: bytes, what: str) -> tuple[int, str]:
     except DecodeError:
         return 0, ""
     # The reason goes into a log line: one line, short, nothing a terminal acts on.
-    why = storable_text(_CONTROL.sub("\ufffd", partial.error_message), MAX_REASON)
+    why = storable_text(one_line(storable_text(partial.error_message, MAX_REASON)), MAX_REASON)
     count = partial.rejected_spans if what == "spans" else partial.rejected_data_points
     return max(0, count), why
