@@ -76,6 +76,7 @@ OUTPUTS = {
         "_names",
         "records",
         "_forks",
+        "_text",  # the one list of what a log reader acts on, for a collector's words
     }
 }
 """Outputs the meter writes to: what each may import. Nothing they do reads back."""

@@ -342,9 +342,9 @@ class Meter(Admitting):
 
     # -- upkeep --------------------------------------------------------------------------
 
-    def recover_interrupted(self) -> int:
+    def recover_interrupted(self, exporters: Sequence[SpanObserver] = ()) -> int:
         """Record the calls dead processes left open in the journal (see ``_recovery.py``)."""
-        return recover_interrupted(self.ledger, self.prices)
+        return recover_interrupted(self.ledger, self.prices, exporters)
 
     def keep_fresh(self) -> None:
         """Read prices and budgets now (in force if the ledger goes away); calls read snapshots."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ollama_meter.meter._elsewhere import behind_locked
+from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import SpanRecord, Status, Stored, TokenSource, make_storable
 
@@ -25,13 +26,18 @@ INTERRUPTED_MESSAGE = (
 )
 
 
-def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
+def recover_interrupted(
+    ledger: Ledger, prices: Callable[[], PriceBook], exporters: Sequence[SpanObserver] = ()
+) -> int:
     """Record the calls dead processes left open in the journal, as ``interrupted``.
 
     Ollama received each of them; how they ended is unknown. The prompt's estimated
     tokens are charged, nothing more. Returns how many there were. ``prices`` is read
     only when there are some. A call whose whole span was noted (answered, its commit
-    lost with the process) is recorded as it was, and not counted.
+    lost with the process) is recorded as it was, and not counted. ``exporters`` (the
+    telemetry's observers) end an interrupted call's span as recorded: the process that made
+    it never did, and it reached neither a collector nor the cost metrics. Not an answered
+    one's: its process ended it, and may have sent it.
     """
     spans, interrupted = [], 0
     with ledger.journal.orphans() as orphans:
@@ -49,6 +55,7 @@ def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
                 span.token_source = TokenSource.ESTIMATED
                 make_storable(span)
                 span.apply_cost(prices().cost_of(span))
+                notify(exporters, "on_end", span)  # its ids as exported go in the row
                 interrupted += 1
             spans.append(span)
         if spans or elsewhere:

@@ -60,7 +60,7 @@ def build_meter(
             settings,
             lease_share=GATEWAY_LEASE_SHARE if source == Source.GATEWAY else 0.0,
         ),
-        observers=[*observers, *telemetry_observers(settings)],
+        observers=[*observers, *(exporters := telemetry_observers(settings))],
         capture_content=settings.capture_content,
         reply_cap=settings.budget_reply_cap,
         journal=settings.journal,
@@ -70,7 +70,7 @@ def build_meter(
             else [settings.ollama_host]
         ),
     )
-    meter.recover_interrupted()
+    meter.recover_interrupted(exporters)
     return meter
 
 

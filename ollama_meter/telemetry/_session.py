@@ -6,7 +6,8 @@ trickling body kept the export thread reading forever, in gigabytes, and every s
 it waited in the queue and was dropped without a word. An OTLP answer is an empty message
 or a short ``partial_success``: :data:`MAX_ANSWER` bytes, read before the request's own
 timeout runs out, or the connection is dropped and the export fails like any other. A
-redirect fails it too (:class:`Redirected`). Imported only when an OTLP/HTTP exporter is made.
+redirect fails it too (:class:`Redirected`), and so does a success that is a web page
+(:class:`NotOtlp`). Imported only when an OTLP/HTTP exporter is made.
 
 The timeout bounds the whole exchange, not each read: a collector that trickled its status
 line or headers a byte at a time (each read within the timeout) held the export thread for
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import threading
 import time
@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ollama_meter._text import one_line
 from ollama_meter.records import storable_text
 
 MAX_ANSWER = 64 * 1024
@@ -38,7 +39,6 @@ page from a proxy fits)."""
 _CHUNK = 8 * 1024
 MAX_REASON = 200
 """Characters of a collector's reason for refusing spans said in the log."""
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _PLAIN = frozenset(
     {"accept", "accept-encoding", "connection", "content-encoding", "content-length"}
     | {"content-type", "host", "transfer-encoding", "user-agent"}
@@ -54,6 +54,11 @@ class AnswerOutOfBounds(requests.RequestException):
 class Redirected(requests.RequestException):
     """A collector answered a redirect: the SDK's exporter counts any 3xx as delivered, and
     follows none, so the spans were lost while every export 'succeeded'."""
+
+
+class NotOtlp(requests.RequestException):
+    """A collector answered success with a web page: a proxy's sign-in page in front of it, or
+    a web application at a wrong endpoint. Every export "succeeded" and none got there."""
 
 
 class _Cut:
@@ -202,6 +207,9 @@ class BoundedSession(requests.Session):
         if 300 <= response.status_code < 400:
             where = response.headers.get("location") or "nowhere said"
             raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
+        kind = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if response.ok and kind == "text/html":  # no OTLP receiver answers one
+            raise NotOtlp(f"answered {response.status_code} with a web page, not OTLP")
         return response
 
     @staticmethod
@@ -236,21 +244,27 @@ def _parts(response: requests.Response) -> Iterable[bytes]:
         yield chunk
 
 
-def refused_spans(answer: bytes) -> tuple[int, str]:
-    """The spans a collector's answer to a successful export says it refused, and why.
+def refused(answer: bytes, what: str) -> tuple[int, str]:
+    """The spans (``what``: ``spans``), or metric points, a collector's answer to a successful
+    export says it refused, and why.
 
     OTLP says a collector that keeps part of an export answers 200 with ``partial_success``
-    (a count and a message); the SDK's exporter reads no answer, so those spans were lost
-    without a word. An answer that is not OTLP says nothing refused."""
+    (a count and a message); the SDK's exporters read no answer, so those were lost without a
+    word. An answer that is not OTLP says nothing refused."""
     from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceResponse,
+    )
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceResponse,
     )
 
+    kind = ExportTraceServiceResponse if what == "spans" else ExportMetricsServiceResponse
     try:
-        partial = ExportTraceServiceResponse.FromString(answer).partial_success
+        partial = kind.FromString(answer).partial_success
     except DecodeError:
         return 0, ""
     # The reason goes into a log line: one line, short, nothing a terminal acts on.
-    why = storable_text(_CONTROL.sub("\ufffd", partial.error_message), MAX_REASON)
-    return max(0, partial.rejected_spans), why
+    why = storable_text(one_line(storable_text(partial.error_message, MAX_REASON)), MAX_REASON)
+    count = partial.rejected_spans if what == "spans" else partial.rejected_data_points
+    return max(0, count), why

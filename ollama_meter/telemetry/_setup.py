@@ -30,6 +30,7 @@ from ollama_meter._forks import ChildLock
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
+from ollama_meter.telemetry._terminated import stop_on_sigterm
 from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -161,7 +162,9 @@ def _metric_exporter(settings: Settings) -> WatchedMetrics | None:
     endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
     if not endpoint:
         return None
-    return WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
+    session = None if settings.otlp_protocol_of("metrics") == "grpc" else _session()
+    given = settings.otlp_metrics_endpoint
+    return WatchedMetrics(*_otlp("metrics", endpoint, given, settings, session), answers=session)
 
 
 def _sampler(settings: Settings) -> sampling.Sampler:
@@ -195,6 +198,10 @@ def _resource(name: str | None) -> Resource:
 
 _open: list[Telemetry] = []
 """Every telemetry of the process not yet stopped: at exit they stop together."""
+_ending: dict[int, Telemetry] = {}
+"""Every telemetry whose stop has begun and not ended, by id: a SIGTERM waits for them."""
+_timeouts: set[float] = set()
+"""Each ``OMETER_EXPORT_TIMEOUT`` a telemetry of the process was given."""
 _lock = ChildLock()
 
 
@@ -206,7 +213,11 @@ def stop_together(telemetries: Sequence[Telemetry]) -> None:
     Traceloop key is one): stopped one after the other at exit, each waited its whole timeout
     for a collector that never answered (three clients, three times the bound and three
     lines)."""
-    begun = [telemetry for telemetry in telemetries if telemetry._begin_stop()]
+    _waited([telemetry for telemetry in telemetries if telemetry._begin_stop()])
+
+
+def _waited(begun: Sequence[Telemetry]) -> None:
+    """Wait for the stops ``begun``, each up to its deadline; one warning line for them."""
     failed: list[str] = []
     late: list[str] = []
     waited = 0.0
@@ -240,7 +251,8 @@ def _stop_at_a_childs_exit(_: object = None) -> None:
     each it starts): such a child leaves by ``os._exit``, running no :mod:`atexit` handler, and
     the spans of its last calls were never sent. After the calls it left open are closed
     (their finalizer's priority is 0, this one's -1); the child's own finalizers only, which
-    it clears as it starts: so this is registered anew in each."""
+    it clears as it starts: so this is registered anew in each. A SIGTERM (how a pool ends
+    its workers) stops it too (``_terminated``)."""
     from multiprocessing import util
 
     if os.getpid() in _at_a_childs_exit:
@@ -248,6 +260,15 @@ def _stop_at_a_childs_exit(_: object = None) -> None:
     _at_a_childs_exit.append(os.getpid())
     util.Finalize(None, _stop_open, exitpriority=-1)
     util.register_after_fork(_CHILDREN, _stop_at_a_childs_exit)
+    stop_on_sigterm(_stop_all, lambda: max(_timeouts, default=0.0))  # how a pool ends workers
+
+
+def _stop_all() -> None:
+    """Stop the open telemetries, and wait for those another thread is stopping: a pool's
+    worker may be exiting on its own when the pool's SIGTERM comes, which cut that stop."""
+    with _lock:
+        telemetries, ending = list(_open), list(_ending.values())
+    _waited([*[telemetry for telemetry in telemetries if telemetry._begin_stop()], *ending])
 
 
 def _stop_open() -> None:
@@ -275,6 +296,7 @@ class Telemetry:
         self.owner = owner  # the runtime that shares it, if one does
         resource = _resource(settings.otel_service_name)
         self.timeout = settings.export_timeout
+        _timeouts.add(self.timeout)
         self.span_exporters = _span_exporters(settings)
         # The SDK's own exit hooks flush again, unbounded (a flush ignores its timeout, and a
         # collector that never answers costs the export timeout per batch queued): only
@@ -321,6 +343,7 @@ class Telemetry:
         self._closed = False
         self._flushing: list[tuple[str, threading.Thread]] = []
         self._stopping: tuple[threading.Thread, float] | None = None  # the worker, its deadline
+        self._stopped = threading.Event()
         with _lock:
             if not _open:
                 atexit.register(_stop_open)
@@ -356,21 +379,22 @@ class Telemetry:
             self._closed = True
             if self in _open:
                 _open.remove(self)
+            # Known as stopping before its thread starts (it ends by taking itself out): a
+            # SIGTERM's handler that interrupts this thread here waits for it all the same.
+            worker = threading.Thread(target=self._stop, name="ometer-telemetry-exit", daemon=True)
+            self._stopping, _ending[id(self)] = (worker, time.monotonic() + self.timeout), self
         for exporter in self._watchers():
             exporter.quiet = True  # the line stop_together writes says it
-        worker = threading.Thread(target=self._stop, name="ometer-telemetry-exit", daemon=True)
         worker.start()
-        self._stopping = (worker, time.monotonic() + self.timeout)
         return True
 
     def _end_stop(self) -> tuple[list[str], list[str]]:
         """Wait for the stop begun, up to its deadline: the places that failed, and the places
         still exporting when it passed."""
         assert self._stopping is not None
-        worker, deadline = self._stopping
-        worker.join(max(0.0, deadline - time.monotonic()))
+        self._stopped.wait(max(0.0, self._stopping[1] - time.monotonic()))
         failed = self.failures()
-        if not worker.is_alive():
+        if self._stopped.is_set():  # not the thread: it may never start (see _begin_stop)
             return failed, []
         late = [name for name, flush in self._flushing if flush.is_alive()]
         return failed, list(dict.fromkeys([*failed, *late])) or self.exporter_names()
@@ -420,3 +444,6 @@ class Telemetry:
                 self.meter_provider.shutdown(timeout_millis=self.timeout * 1000)
         except Exception:  # exit must not fail because a collector did
             log.debug("telemetry shutdown failed", exc_info=True)
+        finally:
+            _ending.pop(id(self), None)
+            self._stopped.set()

@@ -8,6 +8,7 @@ ASCII and not for Chinese or emoji, whose exports were refused whole, every span
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -78,3 +79,65 @@ def exports(
         total += size
     if part:
         yield part, its
+
+
+_POINT = 64
+"""A data point's times, count, sum, min, max and framing, from above."""
+
+
+def point_bytes(point: Any) -> int:
+    """What a metric data point takes in an export, from above: its attributes, its buckets
+    (a bound and a count, 8 bytes each, and an exponential histogram's counts) and its
+    exemplars."""
+    size = _POINT + _attributes(point.attributes)
+    size += 2 * _FIELD * len(getattr(point, "bucket_counts", ()))
+    for side in ("positive", "negative"):
+        size += 2 * _FIELD * len(getattr(getattr(point, side, None), "bucket_counts", ()))
+    for exemplar in getattr(point, "exemplars", ()):
+        size += _POINT + _attributes(exemplar.filtered_attributes)
+    return size
+
+
+Placed = tuple[Any, Any, Any, Any]
+"""A data point with its resource, scope and metric: what a metrics export is cut into."""
+
+
+def points_of(data: Any) -> list[Placed]:
+    """Each data point of ``data`` (the SDK's ``MetricsData``) in order, with where it is."""
+    return [
+        (resource, scope, metric, point)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+
+
+def metrics_data(points: Sequence[Placed]) -> Any:
+    """``points`` (of :func:`points_of`) as ``MetricsData`` again: each resource, scope and
+    metric once, with its points among them."""
+    from opentelemetry.sdk.metrics.export import MetricsData
+
+    tree: dict[int, tuple[Any, dict[int, tuple[Any, dict[int, tuple[Any, list[Any]]]]]]] = {}
+    for resource, scope, metric, point in points:
+        scopes = tree.setdefault(id(resource), (resource, {}))[1]
+        metrics = scopes.setdefault(id(scope), (scope, {}))[1]
+        metrics.setdefault(id(metric), (metric, []))[1].append(point)
+    return MetricsData(
+        resource_metrics=[
+            replace(
+                resource,
+                scope_metrics=[
+                    replace(
+                        scope,
+                        metrics=[
+                            replace(metric, data=replace(metric.data, data_points=its))
+                            for metric, its in metrics.values()
+                        ],
+                    )
+                    for scope, metrics in scopes.values()
+                ],
+            )
+            for resource, scopes in tree.values()
+        ]
+    )

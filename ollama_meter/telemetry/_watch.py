@@ -8,6 +8,7 @@ when failing starts and ends and at most every :data:`SAY_DROPS_EVERY` seconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -21,7 +22,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from ollama_meter._forks import ChildLock
 from ollama_meter._urls import shown
-from ollama_meter.telemetry._size import MAX_REQUEST_BYTES, exports, span_bytes
+from ollama_meter.telemetry._size import (
+    MAX_REQUEST_BYTES,
+    Placed,
+    exports,
+    metrics_data as metrics_data_of,
+    point_bytes,
+    points_of,
+    span_bytes,
+)
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -84,7 +93,87 @@ class Reporting:
             )
 
 
-class Watched(Reporting, SpanExporter):
+class CutToFit(Reporting):
+    """A place whose exports are cut to the bytes it takes: one it refuses as too large (413:
+    a proxy's body limit in front of it) is sent again in halves, and the exports after it
+    are cut that small from the start; said once. Spans and metrics alike: metrics were
+    refused whole every minute, for the life of the process."""
+
+    answers: Any  # the BoundedSession of an OTLP/HTTP exporter, if it is one
+    what: str  # what it exports, for the log
+    limit = MAX_REQUEST_BYTES  # bytes an export holds: less once the place said so
+    _said_too_large = _said_refused = False
+
+    def _sent(
+        self, items: list[Any], sizes: list[int], send: Callable[[list[Any], bool], bool | None]
+    ) -> int:
+        """How many of ``items`` (in order) got there, in exports of at most :attr:`limit`
+        bytes; ``send(part, splittable)``: None if it got there, True if refused as too large
+        (only when ``splittable``), False if it failed."""
+        done, refused = 0, 0
+        while done < len(items):
+            part, its = next(exports(items[done:], sizes[done:], self.limit))
+            too_large = send(part, len(part) > 1)
+            if too_large is None:
+                done += len(part)
+                continue
+            smaller = max(sum(its) // 2, _SMALLEST_LIMIT)
+            if not too_large or smaller >= sum(its):
+                if too_large:  # as small as exports get: failed
+                    self._saw(False, self.what)
+                break
+            refused = refused or sum(its)
+            self.limit = min(self.limit, smaller)
+        if refused and not self._said_too_large and not self.quiet:
+            self._said_too_large = True
+            log.warning(
+                "%s refused an export of %d KiB as too large (413); exports to it are now cut "
+                "to %d KiB (raise its body limit to send fewer); said once",
+                self.name,
+                refused // 1024,
+                self.limit // 1024,
+            )
+        return done
+
+    def _part(
+        self, send: Callable[[], object], success: object, part: list[Any], splittable: bool
+    ) -> bool | None:
+        """Send ``part`` by ``send()``, which answers ``success`` when it got there, as
+        :meth:`_sent` sends a part; what the place took but refused (its OTLP
+        ``partial_success``, which the SDK's exporters never read) is said once."""
+        if self.answers is not None:
+            self.answers.last, self.answers.status = b"", 0
+        try:
+            ok = send() is success
+        except Exception:
+            ok = False
+        if not ok and splittable and self.answers is not None and self.answers.status == 413:
+            return True
+        self._saw(ok, self.what)
+        if not ok:
+            return False
+        if self.answers is not None and self.answers.last:
+            self._refused(self.answers.last, len(part))
+        return None
+
+    def _refused(self, answer: bytes, sent: int) -> None:
+        from ollama_meter.telemetry._session import refused
+
+        count, why = refused(answer, self.what)
+        count = min(count, sent)  # a collector that says it refused more is not believed
+        if not count:
+            return
+        if not self._said_refused and not self.quiet:
+            self._said_refused = True
+            unit = "spans" if self.what == "spans" else "metric points"
+            log.warning("%s refused %d %s of an export: %s; said once", self.name, count, unit, why)
+        self._lost(count)
+
+    def _lost(self, count: int) -> None:
+        """``count`` items the place refused (metrics are cumulative: sent again next time)."""
+
+
+class Watched(CutToFit, SpanExporter):
     """A span exporter, and the count of spans that did not reach its place.
 
     The SDK's queue drops a span when it is full (a collector slower than the calls, or one
@@ -95,9 +184,8 @@ class Watched(Reporting, SpanExporter):
     def __init__(self, name: str, inner: SpanExporter, answers: Any = None) -> None:
         self.name = shown(name)
         self.inner = inner
-        self.answers = answers  # the BoundedSession of an OTLP/HTTP exporter
-        self._said_refused = self._said_too_large = False
-        self.limit = MAX_REQUEST_BYTES  # bytes an export holds: less once the place said so
+        self.answers = answers
+        self.what = "spans"
         self.clock: Callable[[], float] = time.monotonic
         self.queue_size = _queue_size()
         self.dropped = 0  # in all, since the process started
@@ -154,73 +242,19 @@ class Watched(Reporting, SpanExporter):
         with self._lock:
             self._waiting = max(0, self._waiting - len(spans))
             self._waiting_bytes = max(0, self._waiting_bytes - sum(sizes))
-        delivered = self._sent(list(spans), sizes)
+        delivered = self._sent(list(spans), sizes, self._export)
         if delivered < len(spans):
             self._drop(len(spans) - delivered)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
-    def _sent(self, spans: list[ReadableSpan], sizes: list[int]) -> int:
-        """How many of ``spans`` (in order) got there, in exports of at most :attr:`limit`
-        bytes. An export the place refuses as too large (413: a proxy's body limit in front of
-        it) halves the limit, for the rest of these and the exports after them."""
-        done, refused = 0, 0
-        while done < len(spans):
-            part, its = next(exports(spans[done:], sizes[done:], self.limit))
-            too_large = self._export(part, splittable=len(part) > 1)
-            if too_large is None:
-                done += len(part)
-                continue
-            smaller = max(sum(its) // 2, _SMALLEST_LIMIT)
-            if not too_large or smaller >= sum(its):
-                if too_large:  # as small as exports get: failed
-                    self._saw(False, "spans")
-                break
-            refused = refused or sum(its)
-            self.limit = min(self.limit, smaller)
-        if refused and not self._said_too_large and not self.quiet:
-            self._said_too_large = True
-            log.warning(
-                "%s refused an export of %d KiB as too large (413); exports to it are now cut "
-                "to %d KiB (raise its body limit to send fewer); said once",
-                self.name,
-                refused // 1024,
-                self.limit // 1024,
-            )
-        return done
+    def _export(self, spans: list[ReadableSpan], splittable: bool) -> bool | None:
+        return self._part(
+            lambda: self.inner.export(spans), SpanExportResult.SUCCESS, spans, splittable
+        )
 
-    def _export(self, spans: Sequence[ReadableSpan], *, splittable: bool) -> bool | None:
-        """Export ``spans``: None if it worked, True if refused as too large (``splittable``:
-        said by the caller, which splits it), False if it failed."""
-        if self.answers is not None:
-            self.answers.last, self.answers.status = b"", 0
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS and splittable and self._too_large():
-            return True
-        self._saw(result is SpanExportResult.SUCCESS, "spans")
-        if result is not SpanExportResult.SUCCESS:
-            return False
-        if self.answers is not None and self.answers.last:
-            self._refused(self.answers.last, len(spans))
-        return None
-
-    def _too_large(self) -> bool:
-        return self.answers is not None and self.answers.status == 413
-
-    def _refused(self, answer: bytes, sent: int) -> None:
-        from ollama_meter.telemetry._session import refused_spans
-
-        count, why = refused_spans(answer)
-        count = min(count, sent)  # a collector that says it refused more is not believed
-        if not count:
-            return
-        if not self._said_refused and not self.quiet:
-            self._said_refused = True  # the count goes on in the drop lines
-            log.warning("%s refused %d spans of an export: %s; said once", self.name, count, why)
-        self._drop(count)
+    def _lost(self, count: int) -> None:
+        self._drop(count)  # the count goes on in the drop lines
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -252,24 +286,32 @@ class Bounded(SpanProcessor):
         return self.batch.force_flush(timeout_millis)
 
 
-class WatchedMetrics(Reporting, MetricExporter):
-    def __init__(self, name: str, inner: MetricExporter) -> None:
+class WatchedMetrics(CutToFit, MetricExporter):
+    """A metric exporter, its exports cut to what its place takes (:class:`CutToFit`)."""
+
+    def __init__(self, name: str, inner: MetricExporter, answers: Any = None) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
         self.name = shown(name)
         self.inner = inner
+        self.answers = answers
+        self.what = "metrics"
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:
-            result = MetricExportResult.FAILURE
-        self._saw(result is MetricExportResult.SUCCESS, "metrics")
-        return result
+        points = points_of(metrics_data)
+        sizes = [point_bytes(point[3]) for point in points]
+
+        def send(part: list[Placed], splittable: bool) -> bool | None:
+            data = metrics_data_of(part)
+            export = functools.partial(self.inner.export, data, timeout_millis, **kwargs)
+            return self._part(export, MetricExportResult.SUCCESS, part, splittable)
+
+        done = self._sent(points, sizes, send)
+        return MetricExportResult.SUCCESS if done == len(points) else MetricExportResult.FAILURE
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)

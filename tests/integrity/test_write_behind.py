@@ -26,8 +26,11 @@ from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.records import SpanRecord, make_storable
+from ollama_meter.telemetry import _semconv as sc
+from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests._committed import unsettled
+from tests._otlp import OtlpHttpReceiver, metric_points, spans as otlp_spans
 from tests.factories import make_span
 from tests.gateway.test_processes import logged, start_gateway
 from tests.integrity.test_isolation import hostile_text
@@ -342,3 +345,32 @@ def test_a_rotated_journal_keeps_the_answered_spans_not_yet_committed(
     assert {i: span_json(s) for i, s in stored.items()} == {
         s.id: span_json(s) for s in answered[6:]
     }
+
+
+def test_a_call_a_dead_process_left_open_is_exported_as_it_is_recorded(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call its process died in (``kill -9``, a pool's SIGTERM mid-call) is recorded as
+    interrupted by the next process, charged its prompt; it never reached the collector, nor
+    the cost metrics: the process that made it never ended its span, and the one that
+    recorded it exported nothing. It is exported as recorded, with the row's ids."""
+    ledger = Ledger(sqlite_url)
+    in_flight = make_span(request_model="llama3.1:8b", operation="chat")
+    writer = Journal(tmp_path)
+    writer.opened(in_flight, 5)
+    assert writer._path is not None
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(writer._path, ledger.journal.directory / "9-x.journal")
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        telemetry = Telemetry(load_settings())
+        assert recover_interrupted(ledger, _no_prices, [telemetry.observer]) == 1
+        assert telemetry.flush()
+        telemetry.shutdown()
+        (got,) = otlp_spans(rx)
+        requests = metric_points(rx)[sc.METRIC_REQUESTS]
+    (stored,) = ledger.latest(SpanFilter(), 10)
+    assert stored.status == "interrupted"
+    assert got.name == "chat llama3.1:8b"
+    assert (got.trace_id, got.span_id) == (stored.trace_id, stored.span_id)
+    assert {point.value for point in requests} == {1}  # cumulative: each export says 1

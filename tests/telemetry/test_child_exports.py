@@ -9,12 +9,14 @@ never sent, while its ledger rows were written.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests._otlp import OtlpHttpReceiver, spans
 
@@ -41,6 +43,31 @@ if __name__ == "__main__":
 """
 
 
+def _run(
+    tmp_path: Path, source: str, *args: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``source`` with ``args`` (after the emulator's and a ledger's URL, which the caller
+    passes) against a collector; how it ended, and the names of the spans the collector got."""
+    script = tmp_path / "program.py"
+    script.write_text(source)
+    with OtlpHttpReceiver() as rx:
+        environment = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
+            "PYTHONPATH": str(Path(__file__).parents[2]),
+            **env,
+        }
+        run = subprocess.run(
+            [sys.executable, str(script), *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return run, [span.name for span in spans(rx)]
+
+
 @pytest.mark.parametrize(
     ("made", "method"),
     [("in the parent", "fork"), ("in the child", "fork"), ("in the child", "forkserver")],
@@ -48,24 +75,89 @@ if __name__ == "__main__":
 def test_the_spans_of_a_multiprocessing_childs_calls_are_exported_as_it_exits(
     emulator: OllamaEmulator, tmp_path: Path, made: str, method: str
 ) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    with OtlpHttpReceiver() as rx:
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
-            "OTEL_BSP_SCHEDULE_DELAY": "600000",  # sent at exit only
-            "PYTHONPATH": str(Path(__file__).parents[2]),
-        }
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        run = subprocess.run(
-            [sys.executable, str(script), emulator.url, url, made, method],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert (run.returncode, run.stderr) == (0, "")
-        got = spans(rx)
-    assert [span.name for span in got] == ["chat llama3.1:8b"]
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    sent_at_exit_only = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    run, got = _run(tmp_path, CHILD, emulator.url, url, made, method, **sent_at_exit_only)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert got == ["chat llama3.1:8b"]
+
+
+POOL = """
+import multiprocessing, sys
+from ollama_meter import MeteredClient
+
+host, url, method = sys.argv[1:]
+
+
+def call(n):
+    MeteredClient(host, db_url=url).chat(
+        model="llama3.1:8b", messages=[{"role": "user", "content": f"hi {n}"}]
+    )
+
+
+if __name__ == "__main__":
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        pool.map(call, range(4))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_the_spans_of_pool_workers_ended_by_sigterm_are_exported(
+    emulator: OllamaEmulator, tmp_path: Path, method: str
+) -> None:
+    """``with multiprocessing.Pool() as pool:`` ends its workers by SIGTERM as the block exits
+    (``Pool.terminate``). The signal's default action killed them at once: no finalizer ran,
+    and the spans of their calls, waiting for the exporter's next batch, never left (0 of 4
+    reached the collector; the ledger had all 4 rows). Under ``ometer run`` the same workers'
+    clients lost their spans of the gateway's calls."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    run, got = _run(tmp_path, POOL, emulator.url, url, method)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert got == ["chat llama3.1:8b"] * 4
+    assert len(Ledger(url).latest(SpanFilter(), limit=10)) == 4
+
+
+BLOCKED = """
+import multiprocessing, signal, sys, threading
+from ollama_meter import MeteredClient
+
+host, url = sys.argv[1:]
+
+
+def work(ready):
+    MeteredClient(host, db_url=url).chat(
+        model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}]
+    )
+    # As a worker waiting on the pool's queue lock when the signal came to another thread:
+    # the main thread never runs Python again.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    ready.set()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    child = context.Process(target=work, args=(ready,))
+    child.start()
+    assert ready.wait(60)
+    child.terminate()
+    child.join(20)
+    if child.exitcode is None:
+        child.kill()
+    print(child.exitcode)
+"""
+
+
+def test_a_child_whose_main_thread_never_runs_python_again_still_dies_of_sigterm(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """A Python signal handler runs only when the main thread next runs Python. A pool's
+    worker blocked on the queue's lock as the SIGTERM came (to another of its threads, or
+    just before the wait began) never ran it: it neither sent its spans nor died, and the
+    pool's exit waited for it for ever (seen once in 15 runs of a two-worker pool). The
+    signal reaches a thread of ometer's that stops telemetry and ends the process, with the
+    status SIGTERM gives."""
+    run, got = _run(tmp_path, BLOCKED, emulator.url, f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert (run.returncode, run.stdout, run.stderr) == (0, f"{-signal.SIGTERM}\n", "")
+    assert got == ["chat llama3.1:8b"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,8 +14,9 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -24,10 +26,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter._runtime import reset_runtime
+from ollama_meter._text import ACTED_ON
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import make_storable, storable_text
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver, _messages
+from ollama_meter.telemetry._session import refused
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import (
@@ -836,3 +840,45 @@ def test_a_dead_collector_never_costs_langfuse_its_spans_at_exit(
     assert got == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert dead_url in line and lf_url not in line
+
+
+def test_metric_points_a_collector_refuses_in_a_partial_success_are_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A metrics collector's partial_success (200, with the points refused and why) was read
+    by nobody: the points were lost without a word, where refused spans were said."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    refused = metrics_service_pb2.ExportMetricsServiceResponse(
+        partial_success=metrics_service_pb2.ExportMetricsPartialSuccess(
+            rejected_data_points=2, error_message="point too old"
+        )
+    )
+    with OtlpHttpReceiver() as rx:
+        rx.answer = refused.SerializeToString()
+        url = f"{rx.url}/v1/metrics"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        for _ in range(2):
+            _end_spans(telemetry, 1)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    assert telemetry.failures() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [f"{url} refused 2 metric points of an export: point too old; said once"]
+
+
+@given(st.text())
+@example("bad\u200eorder\u061c")
+@settings(max_examples=200)
+def test_a_collectors_reason_reaches_the_log_with_nothing_a_reader_acts_on(why: str) -> None:
+    """The reason a collector gives for refusing spans is said in the log, whatever handler an
+    application that embeds ometer logs with: its left-to-right and Arabic letter marks (which
+    reorder what a terminal shows around them) went into the line as they came."""
+    answer = trace_service_pb2.ExportTraceServiceResponse(
+        partial_success=trace_service_pb2.ExportTracePartialSuccess(
+            rejected_spans=1, error_message=why
+        )
+    ).SerializeToString()
+    count, said = refused(answer, "spans")
+    assert count == 1
+    assert not re.search(f"[\x00-\x1f{ACTED_ON}]", said), ascii(said)

@@ -32,6 +32,11 @@ HOSTILE = {
     "413-too-large": _answer(b"413 Content Too Large", b"Connection: close", body=b"\xff" * 99),
     "redirect-to-itself": _answer(b"301 Moved Permanently", b"Location: /v1/traces"),
     "redirect-elsewhere": _answer(b"307 Temporary Redirect", b"Location: http://example.com/"),
+    # A sign-in page of a proxy in front of the collector, or a web app at a wrong endpoint:
+    # 200, so every export "succeeded" and nothing got there, without a word.
+    "200-web-page": _answer(
+        b"200 OK", b"Content-Type: text/html; charset=utf-8", body=b"<html>Sign in</html>"
+    ),
     "closes-mid-answer": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc",
     "not-http": b"SSH-2.0-OpenSSH_9.6\r\n",
     "hangs-up-at-once": b"\r\n",
