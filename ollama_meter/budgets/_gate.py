@@ -55,6 +55,7 @@ from ollama_meter.budgets._leases import (
     hold_id,
     holder_of,
     settled,
+    stale_unless_hard,
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
@@ -70,8 +71,7 @@ log = logging.getLogger("ollama_meter.budgets")
 
 def close_gates(*, give_back: bool = True) -> None:
     """Close every gate of this process that keeps leases (a host shutting down; each test's
-    end, whose gates would otherwise go on renewing in the next test's time, against a
-    database it dropped). ``give_back=False`` leaves the leases' rows to expire."""
+    end: else they renew on, against a dropped database); ``give_back=False``: rows expire."""
     for gate in list(KEEPING):
         gate.close(give_back=give_back)
 
@@ -141,7 +141,9 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
         if self._zone is not None:
             self.tz = self._zone()
-        return Known(*self.ledger.readable_budgets())
+        known = Known(*self.ledger.readable_budgets())
+        stale_unless_hard(list(self._leases.values()), known.budgets)
+        return known
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
@@ -166,13 +168,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         return known.covering(tenant, department)
 
     def reload_soon(self) -> None:
-        """Read the budgets again on the next call (after this process changed them)."""
-        self._budgets.expire()
+        self._budgets.expire()  # read again on the next call (this process changed them)
 
     @property
     def cache(self) -> Reloaded[Known]:
-        """The budgets as loaded from the ledger (a server refreshes them in the background)."""
-        return self._budgets
+        return self._budgets  # as loaded from the ledger (a server refreshes them meanwhile)
 
     # -- admission ---------------------------------------------------------------------------
 

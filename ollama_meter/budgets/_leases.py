@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -147,6 +147,18 @@ class Lease:
         if self.taken:
             return False
         return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
+
+
+def stale_unless_hard(leases: Iterable[Lease], budgets: Iterable[Budget]) -> None:
+    """Mark ``leases`` whose budget is not among the hard ``budgets`` now (made soft, or
+    removed) to be renewed before any call is admitted against them again. Meanwhile calls
+    it covered held nothing and spent freely: a budget hard again that kept its lease (a
+    call in flight held it) admitted against it in memory as if nothing had been spent
+    (99 spent of a limit of 100 while soft, then 20 more admitted)."""
+    hard = {budget.id for budget in budgets if budget.hard}
+    for lease in leases:
+        if lease.budget.id not in hard:
+            lease.stale = True
 
 
 def recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
