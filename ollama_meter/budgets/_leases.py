@@ -154,7 +154,7 @@ def stale_unless_hard(leases: Iterable[Lease], budgets: Iterable[Budget]) -> Non
     removed) to be renewed before any call is admitted against them again. Meanwhile calls
     it covered held nothing and spent freely: a budget hard again that kept its lease (a
     call in flight held it) admitted against it in memory as if nothing had been spent
-    (99 spent of a limit of 100 while soft, then 20 more admitted)."""
+    (99 spent of a limit of 100 while soft, then 20 more admitted: test_lease_model.py)."""
     hard = {budget.id for budget in budgets if budget.hard}
     for lease in leases:
         if lease.budget.id not in hard:
