@@ -155,8 +155,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self._closing = threading.Event()
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
-        """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds;
-        LedgerError when a row that may cover it cannot be read."""
+        """The budgets covering a caller (read every ``ttl`` s); LedgerError: one unreadable."""
         return self._budgets.get().covering(tenant, department)
 
     def cached_budgets_for(self, tenant: str, department: str) -> list[Budget] | None:
@@ -313,9 +312,10 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         ``hint`` says in a refusal what the call can change to fit.
 
         Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them;
-        ``refused`` then has an alert per budget whose spend leaves no room for it.
-        """
+        ``refused`` then has an alert per budget whose spend leaves no room for it. A lease a
+        reload found not hard meanwhile (``unheld``) stays stale: read again before use."""
         self.renewals += 1
+        unheld = {id(le): le.unheld for le in leases}
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
             at = store.clock(now)  # after the lock: a wait for it does not age the time
@@ -350,7 +350,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         renewed = self._clock()
         for lease, amount, spent in sizes:
             lease.amount, lease.renewed, lease.spent = amount, renewed, spent
-            lease.used, lease.stale = 0, False
+            lease.used, lease.stale = 0, lease.unheld != unheld[id(lease)]
             lease.counted(found)
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:

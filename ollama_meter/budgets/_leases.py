@@ -98,6 +98,9 @@ class Lease:
     last_used: float = 0.0
     stale: bool = True
     """Not written yet, or written long enough ago to renew before its row expires."""
+    unheld: int = 0
+    """Reloads that found its budget not hard (:func:`stale_unless_hard`): a renewal that
+    began before the latest leaves it stale."""
     expires_at: datetime = NEVER_WRITTEN
     """When its row expires by this host's wall clock, which may step (see :meth:`due`); the
     row itself says so by the ledger's clock, which other processes judge it by."""
@@ -158,7 +161,7 @@ def stale_unless_hard(leases: Iterable[Lease], budgets: Iterable[Budget]) -> Non
     hard = {budget.id for budget in budgets if budget.hard}
     for lease in leases:
         if lease.budget.id not in hard:
-            lease.stale = True
+            lease.stale, lease.unheld = True, lease.unheld + 1
 
 
 def recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:

@@ -3,8 +3,11 @@ settlements, time and budget edits."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -143,3 +146,55 @@ def test_hard_admissions_never_pass_the_limit(
         for g in gates:
             g.close()
         ledger.dispose()
+
+
+def test_a_soft_spell_seen_while_a_renewal_waits_for_the_ledger_is_not_forgotten(
+    tmp_path: Path,
+) -> None:
+    """A reload that finds the budget soft while a renewal of its lease waits for the write
+    lock: the renewal, ending after it, marked the lease fresh again, and once hard again it
+    admitted 20 more in memory on the room it had before 99 were spent while soft."""
+    db = tmp_path / "l.db"
+    ledger = Ledger(f"sqlite:///{db}")
+    budget = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=100 * UNIT, currency="USD")
+    )
+    clock = [0.0]
+    gate = BudgetGate(
+        ledger, tz=ZoneInfo("UTC"), lease_share=0.25, ttl=3600, clock=lambda: clock[0]
+    )
+
+    def admit(amount: int) -> Reservation | None:
+        return gate.admit(
+            call_id=new_span_row_id(),
+            tenant="acme",
+            department="sales",
+            estimate=Estimate(amount * UNIT, "USD"),
+            now=NOV,
+        )
+
+    first = admit(1)  # a lease of 25, 1 held
+    ledger.save_budget(replace(budget, hard=False))  # this gate reads it in an hour, or when told
+    clock[0] += 8 * 60  # past half the lease's life: the next call renews it
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, which the renewal waits for
+    second: list[Reservation | None] = []
+    renewing = threading.Thread(target=lambda: second.append(admit(1)))
+    renewing.start()
+    while gate.renewals < 2:  # inside the renewal, waiting for the lock
+        threading.Event().wait(0.01)
+    gate.reload_soon()
+    assert [b.hard for b in gate.budgets_for("acme", "sales")] == [False]  # seen meanwhile
+    holder.execute("ROLLBACK")
+    renewing.join()
+    ledger.record([make_span(started_at=NOV, cost_total=99 * UNIT)])  # spent while soft
+    ledger.save_budget(budget)  # hard again: 99 spent, 2 held
+    gate.reload_soon()
+    with pytest.raises(BudgetExceeded):
+        admit(20)
+    for done in (first, *second):
+        assert done is not None
+        gate.settle(done, recorded=False)
+    gate.close()
+    holder.close()
+    ledger.dispose()
