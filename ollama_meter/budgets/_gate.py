@@ -55,6 +55,7 @@ from ollama_meter.budgets._leases import (
     hold_id,
     holder_of,
     settled,
+    stale_unless_hard,
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
@@ -70,8 +71,7 @@ log = logging.getLogger("ollama_meter.budgets")
 
 def close_gates(*, give_back: bool = True) -> None:
     """Close every gate of this process that keeps leases (a host shutting down; each test's
-    end, whose gates would otherwise go on renewing in the next test's time, against a
-    database it dropped). ``give_back=False`` leaves the leases' rows to expire."""
+    end: else they renew on, against a dropped database); ``give_back=False``: rows expire."""
     for gate in list(KEEPING):
         gate.close(give_back=give_back)
 
@@ -141,7 +141,9 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
         if self._zone is not None:
             self.tz = self._zone()
-        return Known(*self.ledger.readable_budgets())
+        known = Known(*self.ledger.readable_budgets())
+        stale_unless_hard(list(self._leases.values()), known.budgets)
+        return known
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
@@ -153,8 +155,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self._closing = threading.Event()
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
-        """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds;
-        LedgerError when a row that may cover it cannot be read."""
+        """The budgets covering a caller (read every ``ttl`` s); LedgerError: one unreadable."""
         return self._budgets.get().covering(tenant, department)
 
     def cached_budgets_for(self, tenant: str, department: str) -> list[Budget] | None:
@@ -166,13 +167,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         return known.covering(tenant, department)
 
     def reload_soon(self) -> None:
-        """Read the budgets again on the next call (after this process changed them)."""
-        self._budgets.expire()
+        self._budgets.expire()  # read again on the next call (this process changed them)
 
     @property
     def cache(self) -> Reloaded[Known]:
-        """The budgets as loaded from the ledger (a server refreshes them in the background)."""
-        return self._budgets
+        return self._budgets  # as loaded from the ledger (a server refreshes them meanwhile)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -313,9 +312,10 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         ``hint`` says in a refusal what the call can change to fit.
 
         Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them;
-        ``refused`` then has an alert per budget whose spend leaves no room for it.
-        """
+        ``refused`` then has an alert per budget whose spend leaves no room for it. A lease a
+        reload found not hard meanwhile (``unheld``) stays stale: read again before use."""
         self.renewals += 1
+        unheld = {id(le): le.unheld for le in leases}
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
             at = store.clock(now)  # after the lock: a wait for it does not age the time
@@ -350,7 +350,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         renewed = self._clock()
         for lease, amount, spent in sizes:
             lease.amount, lease.renewed, lease.spent = amount, renewed, spent
-            lease.used, lease.stale = 0, False
+            lease.used, lease.stale = 0, lease.unheld != unheld[id(lease)]
             lease.counted(found)
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -98,6 +98,9 @@ class Lease:
     last_used: float = 0.0
     stale: bool = True
     """Not written yet, or written long enough ago to renew before its row expires."""
+    unheld: int = 0
+    """Reloads that found its budget not hard (:func:`stale_unless_hard`): a renewal that
+    began before the latest leaves it stale."""
     expires_at: datetime = NEVER_WRITTEN
     """When its row expires by this host's wall clock, which may step (see :meth:`due`); the
     row itself says so by the ledger's clock, which other processes judge it by."""
@@ -147,6 +150,18 @@ class Lease:
         if self.taken:
             return False
         return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
+
+
+def stale_unless_hard(leases: Iterable[Lease], budgets: Iterable[Budget]) -> None:
+    """Mark ``leases`` whose budget is not among the hard ``budgets`` now (made soft, or
+    removed) to be renewed before any call is admitted against them again. Meanwhile calls
+    it covered held nothing and spent freely: a budget hard again that kept its lease (a
+    call in flight held it) admitted against it in memory as if nothing had been spent
+    (99 spent of a limit of 100 while soft, then 20 more admitted: test_lease_model.py)."""
+    hard = {budget.id for budget in budgets if budget.hard}
+    for lease in leases:
+        if lease.budget.id not in hard:
+            lease.stale, lease.unheld = True, lease.unheld + 1
 
 
 def recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
