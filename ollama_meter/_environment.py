@@ -21,8 +21,10 @@ from ollama_meter.errors import ConfigError
 _ENV_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 GATEWAY_ENV = frozenset({
     "OMETER_ADMIN_TOKEN", "OMETER_MAX_BODY_BYTES", "OMETER_MAX_HEADER_BYTES", "OMETER_ORIGINS",
+    "FORWARDED_ALLOW_IPS",
 })  # fmt: skip
-"""Variables ``ometer serve`` reads for its own options, beside the settings."""
+"""Variables ``ometer serve`` reads for its own options, beside the settings
+(``FORWARDED_ALLOW_IPS`` is uvicorn's name for ``--trusted-proxies``, kept for those who set it)."""
 TEST_ENV = "OMETER_TEST_"
 """The prefix of the test suite's own variables (``OMETER_TEST_PG_URL``, ...): never settings."""
 _warned: set[str] = set()

@@ -288,7 +288,9 @@ def _usage_error(exc: Exception) -> bool:
         show()  # a bare command: its help
         return True
     # typer validates through pydantic, whose ValueError text starts "Value error, ".
-    line = " ".join(str(message()).split()).replace(": Value error, ", ": ")
+    # One line, its breaks as spaces; runs of spaces kept: a value's own ("n  .csv") is said as given.
+    line = re.sub(r"[ \t]*[\r\n]+\s*", " ", str(message()).strip())
+    line = line.replace(": Value error, ", ": ")
     context = getattr(exc, "ctx", None)
     if context is not None:
         line += f" (see `{context.command_path} --help`)"

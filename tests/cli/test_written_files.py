@@ -96,6 +96,7 @@ def ledger_url(tmp_path: Path) -> Iterator[str]:
 @example(command="report", parts=["file.txt", "missing"], name="n.csv")
 @example(command="chargeback", parts=["dir"], name="n\r.csv")
 @example(command="db backup", parts=[], name="na\nb.db")
+@example(command="chargeback", parts=["dir", "dir"], name="n  ")  # CI run 133: spaces kept
 def test_a_file_the_user_names_is_written_or_one_line_says_why(
     cli: Any, tmp_path: Path, ledger_url: str, command: str, parts: list[str], name: str
 ) -> None:
