@@ -210,9 +210,19 @@ class WriteBehind:
                 idle = False
                 quiet = time.monotonic() + SPOOL_RETRY_S
                 while not self._waiting and not self._stopping and not idle:
+                    # Until the gathering time since the last commit is up, the thread wakes by
+                    # itself: a call ending meanwhile does not wake it (a thread woken, and the
+                    # GIL taken back, before the call's last write: once a commit, on the
+                    # event loop's path).
+                    now = time.monotonic()
+                    window = began + self._gather - now
+                    self._gathering = window > 0 and not self._hurried
+                    if self._gathering:
+                        self._turn.wait(window)
+                        continue
                     # Quiet for a while, with spans spooled or held: bring them in now. By the
                     # clock: settle() wakes the thread, and one called often kept it from idling.
-                    if (left := quiet - time.monotonic()) > 0:
+                    if (left := quiet - now) > 0:
                         self._turn.wait(left)
                         continue
                     idle = self._meter.ledger.kept_aside
@@ -247,6 +257,8 @@ class WriteBehind:
             finally:
                 with self._turn:
                     self._busy = False
+                    # (gathering at once: a call ending before the thread naps wakes it not)
+                    self._gathering = time.monotonic() < began + self._gather
                     self._held -= len(batch)
                     self._bytes -= sum(_text(span, call) for span, call in batch)
                     self._turn.notify_all()

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import ollama
@@ -21,7 +22,7 @@ from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._journal import Journal
 from ollama_meter.ledger._spool import span_json
-from ollama_meter.meter import Attribution, Meter
+from ollama_meter.meter import Attribution, Meter, _behind as behind_module
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
@@ -243,6 +244,46 @@ def test_calls_ending_close_together_commit_in_one_transaction_with_the_same_row
     for span in meter.ledger.latest(SpanFilter(), limit=10):
         one_by_one.record([span])
     assert _rows(sqlite_url) == _rows(one_by_one.url)
+
+
+def test_calls_ending_while_a_commit_gathers_do_not_wake_its_thread(
+    sqlite_url: str, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a commit the committing thread wakes by itself once the gathering time is up:
+    a call ending meanwhile queues its span without waking it. Woken by the first such call,
+    the thread took the GIL back from the event loop before that call's last write, once a
+    commit. A call after a quiet spell still wakes it: committed at once."""
+    woken: list[str] = []
+
+    class Counted(threading.Condition):
+        def notify(self, n: int = 1) -> None:  # (notify_all's too: the thread's own, not counted)
+            if threading.current_thread().name != "ometer-write-behind":
+                woken.append(threading.current_thread().name)
+            super().notify(n)
+
+    # Its own condition counts the wake-ups (the thread, and all else, as they were).
+    monkeypatch.setattr(
+        behind_module, "threading", SimpleNamespace(Condition=Counted, Thread=threading.Thread)
+    )
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    behind = WriteBehind(meter, gather=3600)
+    monkeypatch.undo()
+    calls = [meter.open(_opening(f"call {n}")) for n in range(4)]
+    try:
+        assert meter.close_now(calls[0])  # after a quiet spell: the thread is woken
+        for _ in range(1000):  # committed, and the commit's end noted
+            if calls[0].stored == "committed" and behind._held == 0:
+                break
+            time.sleep(0.01)
+        assert woken == ["MainThread"]
+        for call in calls[1:]:
+            assert meter.close_now(call)
+        assert woken == ["MainThread"]  # none of them woke it
+        assert [call.stored for call in calls[1:]] == [None, None, None]
+    finally:
+        assert behind.stop(30)
+    assert all(call.stored == "committed" for call in calls)
 
 
 def _rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
