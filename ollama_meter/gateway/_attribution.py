@@ -61,7 +61,10 @@ def resolve(
     default_user: str | None = None,
 ) -> Attribution:
     """Attribution for a call; raises :class:`Forbidden` or ``ValidationError`` (names)."""
-    headers = _once(given)
+    ours = {name for name, _ in given.raw if name.startswith(b"x-ometer-")}  # one pass, not 19
+    if not ours and key is None:  # nothing names anyone: the defaults (made once, checked once)
+        return _unkeyed(settings.tenant, settings.department, default_user)
+    headers = _once(given, ours)
     if require_key and key is not None:
         # With keys required, the key decides: headers cannot move a call to another budget.
         tenant, department = key.tenant, key.department
@@ -121,11 +124,11 @@ def _unkeyed(tenant: str, department: str, user: str | None) -> Attribution:
 _NO_TAGS: Mapping[str, str] = types.MappingProxyType({})
 
 
-def _once(headers: Headers) -> dict[str, str]:
+def _once(headers: Headers, given: set[bytes]) -> dict[str, str]:
     """The attribution headers, each given at most once: two would charge the call to whichever
-    one a proxy on the way reads, so ``ValidationError``."""
+    one a proxy on the way reads, so ``ValidationError``. ``given``: the names of ``headers``
+    that are ometer's."""
     found: dict[str, str] = {}
-    given = {key for key, _ in headers.raw if key.startswith(b"x-ometer-")}  # one pass, not 19
     for name in _ATTRIBUTION:
         if name.encode() not in given:
             continue

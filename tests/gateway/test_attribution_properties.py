@@ -323,3 +323,38 @@ def test_the_defaults_a_call_is_charged_to_are_each_gateways_own_and_carry_no_ta
     assert vouched(None, given_, user) is charged
     with pytest.raises(TypeError):
         charged.tags["x"] = "y"  # type: ignore[index]
+
+
+_OTHER_HEADER = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True).filter(
+    lambda name: not name.startswith("x-ometer-")
+)
+
+
+@given(
+    headers=st.lists(st.tuples(_OTHER_HEADER, st.text(max_size=20)), max_size=8),
+    tenant=st.sampled_from(["acme", "globex"]),
+    department=st.sampled_from(["sales", "unassigned"]),
+    user=st.sampled_from([None, "ana"]),
+    require_key=st.booleans(),
+)
+def test_a_call_whose_headers_name_nobody_is_charged_to_the_defaults(
+    headers: list[tuple[str, str]],
+    tenant: str,
+    department: str,
+    user: str | None,
+    require_key: bool,
+) -> None:
+    """Without a key and without a header of ometer's, a call is the defaults' (the shared
+    attribution, not one made and checked at every call), whatever other headers it carries;
+    the same attribution as one made from headers and settings."""
+    from starlette.datastructures import Headers
+
+    from ollama_meter.config import Settings
+    from ollama_meter.gateway._attribution import resolve, vouched
+    from ollama_meter.meter import Attribution
+
+    given_ = Settings(tenant=tenant, department=department)
+    raw = [(name.encode(), value.encode()) for name, value in headers]
+    charged = resolve(Headers(raw=raw), None, given_, require_key=require_key, default_user=user)
+    assert charged == Attribution(tenant=tenant, department=department, user=user, tags={})
+    assert charged is vouched(None, given_, user)
