@@ -11,6 +11,8 @@ dropped without a word (an end).
 
 from __future__ import annotations
 
+import functools
+import shutil
 import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
@@ -32,13 +34,25 @@ _COLUMNS = (
 )
 
 
+@functools.cache
+def _empty_0005(folder: Path) -> Path:
+    """A SQLite ledger at revision 0005 holding nothing, made once in ``folder`` (the session's
+    base folder) and copied for each ledger: the migrations to 0005, run for each generated
+    example, took 57 ms of CPU each under coverage; a copy takes 3 ms."""
+    made = folder / "empty-0005.db"
+    engine = create_ledger_engine(f"sqlite:///{made}")
+    upgrade(engine, "0005")
+    engine.dispose()
+    with closing(sqlite3.connect(made)) as db:  # all in the one file, to be copied alone
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return made
+
+
 def _at_0005(path: Path, rows: list[tuple[str, object, object]]) -> str:
     """A SQLite ledger at revision 0005 holding a span per (id, started_at, ended_at), the
     times stored exactly as given."""
     url = f"sqlite:///{path}"
-    engine = create_ledger_engine(url)
-    upgrade(engine, "0005")
-    engine.dispose()
+    shutil.copyfile(_empty_0005(path.parent.parent), path)
     with closing(sqlite3.connect(path)) as db, db:
         db.executemany(
             f"INSERT INTO spans ({_COLUMNS}) VALUES (?, 't', 's', ?, ?, 'acme', 'sales', 'cli', "

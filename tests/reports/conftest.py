@@ -7,24 +7,34 @@ from typing import Any
 
 import pytest
 
-from ollama_meter.ledger import _aggregate
+from ollama_meter.ledger import Ledger, _aggregate
+from tests._templates import LedgerTemplates
 from tests.conftest import _MADE, _fresh_pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def new_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_server: str | None
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_server: str | None,
+    templates: LedgerTemplates,
 ) -> Callable[[], str]:
-    """A maker of empty ledgers, one per generated example, on each backend."""
+    """A maker of empty ledgers, one per generated example, on each backend: copies of one
+    ``Ledger(url)`` made on nothing (no zone, no id yet: the test's ``Ledger(url, zone=...)``
+    adopts its zone as on a new one). Made anew, each took 13.6 ms of CPU on SQLite under
+    coverage (a copy: 3.2 ms), and a database and its schema on PostgreSQL 95 ms (a copy of
+    the template: 50 ms)."""
     if request.param == "postgres" and pg_server is None:
         pytest.skip("no PostgreSQL server available")
 
     def make() -> str:
         if request.param == "sqlite":
-            return f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
-        assert pg_server is not None
-        url = _fresh_pg_database(pg_server)
-        _MADE.append((pg_server, url.rsplit("/", 1)[1]))  # dropped when the test ends
+            url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
+        else:
+            assert pg_server is not None
+            url = _fresh_pg_database(pg_server)
+            _MADE.append((pg_server, url.rsplit("/", 1)[1]))  # dropped when the test ends
+        templates.copy(url, "empty", Ledger)
         return url
 
     return make
