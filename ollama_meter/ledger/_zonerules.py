@@ -102,10 +102,13 @@ def zone_rules_differ(conn: Connection) -> str | None:
 
 
 def first_year_apart(ours: str, kept: str) -> int:
-    """The first year whose rules the two fingerprints give differently."""
-    first, mine = ours.split(":")
-    _, theirs = kept.split(":")
-    for n in range(0, max(len(mine), len(theirs)), 3):
+    """The first year whose rules the two fingerprints give differently; the first year
+    compared when ``kept`` is none of ours (another window, a value edited by hand)."""
+    first, _, mine = ours.partition(":")
+    head, _, theirs = kept.partition(":")
+    if head != first:
+        return int(first)
+    for n in range(0, len(mine), 3):
         if mine[n : n + 3] != theirs[n : n + 3]:
             return int(first) + n // 3
     return int(first)

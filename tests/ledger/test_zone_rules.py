@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, rebuild
+from ollama_meter.ledger._meta import set_meta
 from ollama_meter.ledger._zonerules import first_year_apart, zone_rules
 from tests.factories import make_span
 
@@ -115,3 +116,20 @@ def test_the_first_year_named_is_where_the_two_zones_first_disagree(a: str, b: s
     apart = first_year_apart(ra, rb)
     assert agree(year(2000), year(apart), timedelta(hours=12))
     assert not agree(year(apart), year(apart + 1), timedelta(hours=1))
+
+
+@pytest.mark.parametrize("kept", ["", "garbage", "1990:abc", "2000:" + "f" * 300, "2000:"])
+def test_a_fingerprint_that_is_none_of_ours_is_said_to_differ_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kept: str
+) -> None:
+    """A value another version kept, or one edited by hand: `first, mine = kept.split(":")`
+    raised at every open, so no command could read the ledger. Now it differs, from the
+    first year compared (or the first that differs), and the ledger opens."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url, zone="Europe/Berlin")
+    with ledger.write() as conn:
+        set_meta(conn, "zone_rules", kept)
+    with caplog.at_level(logging.WARNING, logger="ollama_meter.ledger"):
+        Ledger(url).record([make_span()])
+    [said] = _warned(caplog)
+    assert "other rules than the ledger's days were cut with, from 2000 on" in said
