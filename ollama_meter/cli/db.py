@@ -323,7 +323,7 @@ def prune_command(
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
         f"{_mb(result.bytes_after)})"
     )
-    if note := result.held_note(keep_days):
+    if note := result.clock_note(keep_days):
         err.print(note)
     if result.wal_bytes:
         err.print(

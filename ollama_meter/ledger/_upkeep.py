@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,15 +55,31 @@ class PruneResult:
     held_by: datetime | None = None
     """The newest span's start when the days were counted back from it rather than from the
     clock, whose day was later (a host clock far ahead, or a ledger idle for a while)."""
+    ahead: tuple[int, datetime] | None = None
+    """Spans that started more than :data:`AHEAD` after ``now``, and the latest start: a
+    host whose clock ran ahead recorded them, in cells of days to come."""
 
     @property
     def reclaimed(self) -> int:
         return max(0, self.bytes_before - self.bytes_after)
 
-    def held_note(self, keep_days: int) -> str | None:
-        """What to tell the user when the days were counted back from the newest span."""
+    def clock_note(self, keep_days: int) -> str | None:
+        """What to tell the user when the days were counted back from the newest span, or
+        spans started days after the clock."""
+        if self.ahead is not None:
+            count, latest = self.ahead
+            return (
+                f"{count:,} span(s) started more than a day after this clock's now, the latest "
+                f"{latest:%Y-%m-%d %H:%M} UTC: a host whose clock ran ahead recorded them, and "
+                "they count in those days' cells, not the days the calls were made; put that "
+                "host's clock right (NTP)"
+            ) + ("" if self.held_by is None else f"; {self._held(keep_days)}")
         if self.held_by is None:
             return None
+        return self._held(keep_days)
+
+    def _held(self, keep_days: int) -> str:
+        assert self.held_by is not None
         return (
             f"the newest span started {self.held_by:%Y-%m-%d %H:%M} UTC, more than {keep_days} "
             "day(s) before this clock's today: kept the raw spans of the "
@@ -139,6 +155,7 @@ def prune(
         if now is None:
             now = ledger_now(conn, clock())
             held = _newest_before(conn, now)
+        ahead = _ahead_of(conn, now)
         # The day holding now, not the wall clock's date: in Santiago's first hour after
         # the clock went back from 00:00 to 23:00 it read Saturday, and kept a day too many.
         today = day_of(now, zone or UTC).toordinal()
@@ -149,7 +166,7 @@ def prune(
             else:
                 held = None
         if today - keep_days < _EPOCH_DAY:  # back before 1970: no span is that old
-            return PruneResult(from_us(0), 0, before, before, 0, held_by=held)
+            return PruneResult(from_us(0), 0, before, before, 0, held_by=held, ahead=ahead)
         day = date.fromordinal(today - keep_days)
         cutoff_us = floor_cell(
             Grain.DAY, to_us(datetime(day.year, day.month, day.day, tzinfo=zone or UTC)), zone
@@ -171,7 +188,7 @@ def prune(
     while found:
         if stop():
             return PruneResult(
-                cutoff, removed, before, _size(ledger), 0, stopped=True, held_by=held
+                cutoff, removed, before, _size(ledger), 0, stopped=True, held_by=held, ahead=ahead
             )
         with ledger.write() as conn:
             ids = select(SPANS.c.id).where(*gone).limit(chunk)
@@ -190,7 +207,19 @@ def prune(
             "again (it removes nothing more, and gives the space back)"
         ) from exc
     stopped = free > 0 and stop()
-    return PruneResult(cutoff, removed, before, _size(ledger), free, stopped, wal, held)
+    return PruneResult(cutoff, removed, before, _size(ledger), free, stopped, wal, held, ahead)
+
+
+AHEAD = timedelta(days=1)
+"""How far past a prune's now a span may start before it is said to be stamped ahead."""
+
+
+def _ahead_of(conn: Connection, now: datetime) -> tuple[int, datetime] | None:
+    """Spans that started more than :data:`AHEAD` after ``now``, and the latest start."""
+    count, latest = conn.execute(
+        select(func.count(), func.max(SPANS.c.started_at)).where(SPANS.c.started_at > now + AHEAD)
+    ).one()
+    return (int(count), latest) if count else None
 
 
 def _newest_before(conn: Connection, now: datetime) -> datetime | None:

@@ -70,3 +70,22 @@ def test_db_prune_on_a_host_a_year_ahead_keeps_the_recent_spans_and_says_why(
     assert f"the newest span started {newest:%Y-%m-%d %H:%M} UTC" in said
     assert "if this host's clock is wrong (timedatectl), put it right" in said
     assert Ledger(sqlite_url).count() == 2
+
+
+def test_db_prune_flags_spans_stamped_days_after_its_clock(cli: Any, sqlite_url: str) -> None:
+    """A gateway whose host clock ran ahead stamps its calls in days to come: they sit in
+    those days' cells, today's reports lack them, and nothing said so. A prune counts them
+    (more than a day past its clock) and says which is the latest."""
+    now = datetime.now(UTC)
+    ahead = [now + timedelta(days=30, minutes=n) for n in range(3)]
+    Ledger(sqlite_url).record(
+        [make_span(started_at=s) for s in [now, now + timedelta(hours=2), *ahead]]
+    )
+    done = cli("db", "prune", "--keep-days", "30", "--db", sqlite_url)
+    assert done.code == 0, done
+    said = " ".join(done.stderr.split())
+    assert (
+        f"3 span(s) started more than a day after this clock's now, the latest "
+        f"{ahead[-1]:%Y-%m-%d %H:%M} UTC" in said
+    ), said
+    assert Ledger(sqlite_url).count() == 5
