@@ -58,6 +58,7 @@ class _Job:
         self.early: list[int] = []  # signals that came while the program was being started
         self.ended = False
         self._terminal: int | None = None
+        self._apart = True  # the program in a group of its own
         self._before: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def __enter__(self) -> "_Job":
@@ -65,27 +66,36 @@ class _Job:
         taken += [s for s in (*_GROUPS, *_PASSED) if signal.getsignal(s) != signal.SIG_IGN]
         self._before = {sig: signal.signal(sig, self._signalled) for sig in {*taken}}
         self._before[signal.SIGCONT] = signal.signal(signal.SIGCONT, self._continued)
+        self._terminal = _terminal()
+        # On a terminal, a group of its own only where ometer was given one (a job of a shell
+        # with job control): in a script's group (no job control) the terminal is the
+        # script's, and a program handed it would take Ctrl-C and the terminal from it.
+        self._apart = self._terminal is None or os.getpgrp() == os.getpid()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         for sig, handler in self._before.items():
             signal.signal(sig, handler)
+        if self._terminal is not None:
+            os.close(self._terminal)
+            self._terminal = None
 
     def _signalled(self, sig: int, _frame: object) -> None:
         program = self.program
         if self.ended or (program is not None and program.returncode is not None):
             if sig in _ENDING:
                 self.cut()
+        elif sig in _GROUPS and not self._apart and self._ours():
+            pass  # from the terminal to the group the program shares: it has it too
         elif program is None:
             self.early.append(sig)
         else:
             self._pass(program, sig)
 
-    @staticmethod
-    def _pass(program: "subprocess.Popen[bytes]", sig: int) -> None:
+    def _pass(self, program: "subprocess.Popen[bytes]", sig: int) -> None:
         """``sig`` to the program: a terminal's to its whole group, as the terminal sends it."""
         try:
-            if sig in _GROUPS:
+            if sig in _GROUPS and self._apart:
                 os.killpg(program.pid, sig)
             else:
                 program.send_signal(sig)
@@ -99,9 +109,8 @@ class _Job:
 
     def foreground(self, command: list[str], env: dict[str, str]) -> int:
         """Run ``command``; its exit status, as a shell gives it (ended by a signal: 128 + it)."""
-        self._terminal = _terminal()
         try:
-            self.program = _started(command, env)
+            self.program = _started(command, env, apart=self._apart)
             self._give()
             for sig in self.early:
                 self._pass(self.program, sig)
@@ -109,9 +118,6 @@ class _Job:
         finally:
             self.ended = True
             self._take()
-            if self._terminal is not None:
-                os.close(self._terminal)
-                self._terminal = None
         return 128 - code if code < 0 else code
 
     def _waited(self, program: "subprocess.Popen[bytes]") -> int:
@@ -121,8 +127,8 @@ class _Job:
             if seen is None or seen.si_code != os.CLD_STOPPED:
                 return program.wait()  # ended: reaped as Popen reaps it
             os.waitid(os.P_PID, program.pid, os.WSTOPPED | os.WNOHANG)  # the stop, taken
-            if self._terminal is None:
-                continue  # stopped by a signal sent to it: whoever sent it continues it
+            if self._terminal is None or not self._apart:
+                continue  # stopped by a signal sent to it (or its group): whoever sent it goes on
             wanted = seen.si_status in (signal.SIGTTIN, signal.SIGTTOU)
             if not (wanted and self._ours()):  # Ctrl-Z, or the terminal wanted while not ours
                 self._take()
@@ -139,12 +145,12 @@ class _Job:
 
     def _give(self) -> None:
         """The terminal to the program's group, while ometer's has it."""
-        if self.program is not None and self._ours():
+        if self.program is not None and self._apart and self._ours():
             _foreground(self._terminal, self.program.pid)
 
     def _take(self) -> None:
         """The terminal back to ometer's group, if the program's has it."""
-        if self.program is None or self._terminal is None:
+        if self.program is None or self._terminal is None or not self._apart:
             return
         try:
             held = os.tcgetpgrp(self._terminal) == self.program.pid
@@ -199,27 +205,29 @@ def _orphan_signal() -> Callable[[], None] | None:
     return lambda: prctl(1, term, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def _popen(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":
+def _popen(command: list[str], env: dict[str, str], apart: bool) -> "subprocess.Popen[bytes]":
     return subprocess.Popen(
         command,
         env=env,
-        process_group=0,
-        preexec_fn=_orphan_signal(),  # noqa: PLW1509
+        process_group=0 if apart else None,
+        preexec_fn=_orphan_signal() if apart else None,  # noqa: PLW1509
     )
 
 
-def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":
+def _started(
+    command: list[str], env: dict[str, str], *, apart: bool = True
+) -> "subprocess.Popen[bytes]":
     """``command`` started as a shell starts it: an executable text file with no ``#!`` line
     (a legacy shell script) is run by ``/bin/sh``, as POSIX ``execvp`` (and so ``nice``,
     ``env``, ``timeout``) runs it; Python alone refused it (Exec format error)."""
     try:
         try:
-            return _popen(command, env)
+            return _popen(command, env, apart)
         except OSError as exc:
             script = _shell_script(command[0], env) if exc.errno == errno.ENOEXEC else None
             if script is None:
                 raise
-            return _popen(["/bin/sh", script, *command[1:]], env)
+            return _popen(["/bin/sh", script, *command[1:]], env, apart)
     except OSError as exc:  # none by that name, not executable, a folder, ...
         raise _not_run(command[0], exc) from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import shlex
 import signal
 import subprocess
@@ -46,6 +47,12 @@ def _env(emulator: OllamaEmulator, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def _heard_once_and_metered(stderr: str, env: dict[str, str]) -> None:
+    assert "heard 1\n" in stderr, stderr
+    (span,) = logged(env)
+    assert (span["status"], span["department"]) == ("ok", "sales")
+
+
 def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -78,9 +85,7 @@ def test_a_signal_to_ometers_process_group_reaches_the_program_once(
     go.touch()
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert "heard 1\n" in stderr, stderr
-    (span,) = logged(env)
-    assert (span["status"], span["department"]) == ("ok", "sales")
+    _heard_once_and_metered(stderr, env)
 
 
 def test_kill_int_percent_1_on_a_background_run_reaches_the_program_once(
@@ -119,9 +124,7 @@ def test_kill_int_percent_1_on_a_background_run_reaches_the_program_once(
         os.close(terminal)
     stderr = (tmp_path / "err").read_text()
     assert "status 0" in said, (said, stderr)
-    assert "heard 1\n" in stderr, stderr
-    (span,) = logged(env)
-    assert (span["status"], span["department"]) == ("ok", "sales")
+    _heard_once_and_metered(stderr, env)
 
 
 def test_ctrl_z_stops_the_job_fg_goes_on_and_the_program_reads_its_terminal(
@@ -184,5 +187,56 @@ def test_ctrl_z_stops_the_job_fg_goes_on_and_the_program_reads_its_terminal(
     stderr = (tmp_path / "err").read_text()
     assert b"stopped 148" in said and b"status 0" in said, (said, stderr)
     assert "heard 1 read hello" in stderr, stderr
+    (span,) = logged(env)
+    assert (span["status"], span["department"]) == ("ok", "sales")
+
+
+def test_a_script_without_job_control_keeps_its_terminal_while_a_run_goes_on_beside_it(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """A script (no job control: `ometer run` in the script's own group) runs `ometer run --
+    PROGRAM &` and reads a line from its terminal meanwhile. Had ometer handed the terminal to
+    its program's group, as it does for a job of its own, the script's read would have
+    stopped it (SIGTTIN) for good; in a group it does not lead, ometer leaves it alone."""
+    env = _env(emulator, tmp_path)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    run = shlex.join(
+        [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c",
+         _program(int(signal.SIGINT), ready, go)]
+    )  # fmt: skip
+    err = shlex.quote(str(tmp_path / "err"))
+    script = (
+        f"set +m\n{run} </dev/null 2>{err} &\n"
+        f"while [ ! -e {shlex.quote(str(ready))} ]; do sleep 0.02; done\nsleep 0.3\n"
+        "read line\necho got $line\nwait\n"
+    )
+    main, terminal = pty.openpty()
+    said = b""
+    try:
+        shell = subprocess.Popen(
+            ["bash", "-c", script],
+            env=env,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            start_new_session=True,
+            preexec_fn=_controlling(terminal),  # noqa: PLW1509
+        )
+        _wait_for(ready, shell)  # type: ignore[arg-type]
+        time.sleep(0.3)
+        os.write(main, b"hello\n")
+        deadline = time.monotonic() + 20
+        while b"got " not in said and time.monotonic() < deadline and shell.poll() is None:
+            ready_fds = select.select([main], [], [], 0.2)[0]
+            if ready_fds:
+                said += os.read(main, 1000)
+        go.touch()
+        shell.wait(timeout=60)
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+        os.close(main)
+        os.close(terminal)
+    assert b"got hello" in said, said
     (span,) = logged(env)
     assert (span["status"], span["department"]) == ("ok", "sales")
