@@ -3,6 +3,7 @@ signal reaches the program already; ometer passing it on as well made it hear it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -240,3 +241,39 @@ def test_a_script_without_job_control_keeps_its_terminal_while_a_run_goes_on_bes
     assert b"got hello" in said, said
     (span,) = logged(env)
     assert (span["status"], span["department"]) == ("ok", "sales")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_a_program_whose_ometer_is_killed_outright_is_told_to_end(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """`kill -9 %1` reached the program too while it shared ometer's group; in a group of its
+    own it went on with its gateway gone, every call refused. It is sent SIGTERM now."""
+    ready, told, stop = tmp_path / "ready", tmp_path / "told", tmp_path / "stop"
+    program = (
+        "import pathlib, signal, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: pathlib.Path({str(told)!r}).touch())\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        f"while not pathlib.Path({str(stop)!r}).exists():  # a test that failed ends it\n"
+        "    time.sleep(0.02)\n"
+    )
+    proc = subprocess.Popen(
+        [*OMETER, "run", "--", sys.executable, "-c", program],
+        env=_env(emulator, tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(ready, proc)  # type: ignore[arg-type]
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not told.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.touch()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert told.exists()
