@@ -4,20 +4,18 @@ less the days kept, so a clock a year ahead removes no recent span and sets no f
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, SpanFilter, prune
+from ollama_meter.periods import day_of, local_midnight
 from tests.factories import make_span
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 @settings(
@@ -27,10 +25,11 @@ def _midnight(day: date) -> datetime:
     minutes=st.lists(st.integers(0, 400 * 24 * 60), min_size=1, max_size=12, unique=True),
     keep=st.integers(1, 60),
     ahead_days=st.integers(-30, 800),
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "America/Santiago", "Pacific/Chatham"]),
 )
-@example(minutes=[300 * 24 * 60, 350 * 24 * 60], keep=30, ahead_days=365)  # a year ahead
+@example(minutes=[300 * 24 * 60, 350 * 24 * 60], keep=30, ahead_days=365, zone="UTC")
 def test_a_prune_by_a_clock_far_ahead_keeps_the_days_before_the_newest_span(
-    tmp_path_factory: Any, minutes: list[int], keep: int, ahead_days: int
+    tmp_path_factory: Any, minutes: list[int], keep: int, ahead_days: int, zone: str
 ) -> None:
     """`ometer db prune --keep-days 30` on a host whose clock read a year ahead removed every
     span, the ones recorded an hour before too, and set the horizon 11 months into the future:
@@ -38,14 +37,16 @@ def test_a_prune_by_a_clock_far_ahead_keeps_the_days_before_the_newest_span(
     the clock's horizon would take every span, it is now midnight N days before the newest
     span's day; elsewhere the clock's, as it was."""
     path: Path = tmp_path_factory.mktemp("clock") / "ledger.db"
-    ledger = Ledger(f"sqlite:///{path}")
+    ledger = Ledger(f"sqlite:///{path}", zone=zone)
+    tz = ZoneInfo(zone)
     starts = [START + timedelta(minutes=m) for m in minutes]
     ledger.record([make_span(started_at=s, ended_at=s + timedelta(seconds=1)) for s in starts])
     newest = max(starts)
     clock = newest + timedelta(days=ahead_days)
     result = prune(ledger, keep, clock=lambda: clock)
-    far = newest.date() < clock.date() - timedelta(days=keep)  # the clock's horizon took all
-    cutoff = _midnight((newest if far else clock).date() - timedelta(days=keep))
+    # days of the ledger's zone: the clock's horizon would take every span, or not
+    far = day_of(newest, tz) < day_of(clock, tz) - timedelta(days=keep)
+    cutoff = local_midnight(day_of(newest if far else clock, tz) - timedelta(days=keep), tz)
     assert (result.cutoff, result.held_by) == (cutoff, newest if far else None)
     kept = sorted(s.started_at for s in ledger.latest(SpanFilter(), limit=100))
     assert kept == sorted(s for s in starts if s >= cutoff)
