@@ -121,8 +121,9 @@ class _Job:
         return 128 - code if code < 0 else code
 
     def _waited(self, program: "subprocess.Popen[bytes]") -> int:
-        """Wait for the program to end, taking its stops as a shell takes a job's."""
-        while True:
+        """Wait for the program to end, taking its stops as a shell takes a job's (not on
+        macOS, where Python has no ``waitid``: there a stopped program waits for ``fg``)."""
+        while hasattr(os, "waitid"):
             seen = os.waitid(os.P_PID, program.pid, os.WEXITED | os.WSTOPPED | os.WNOWAIT)
             if seen is None or seen.si_code != os.CLD_STOPPED:
                 return program.wait()  # ended: reaped as Popen reaps it
@@ -135,6 +136,7 @@ class _Job:
                 os.killpg(os.getpgrp(), _stop(seen.si_status))  # the job stopped, as it was
             self._give()
             os.killpg(program.pid, signal.SIGCONT)
+        return program.wait()
 
     def _ours(self) -> bool:
         """Whether ometer's group is its terminal's foreground job."""
