@@ -54,6 +54,28 @@ def _heard_once_and_metered(stderr: str, env: dict[str, str]) -> None:
     assert (span["status"], span["department"]) == ("ok", "sales")
 
 
+def _run_line(ready: Path, go: Path) -> str:
+    """``ometer run`` of a program counting SIGINTs, as a shell line."""
+    program = _program(int(signal.SIGINT), ready, go)
+    return shlex.join([*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c", program])
+
+
+def _bash_on(
+    terminal: int, script: str, env: dict[str, str], output: int | None = None
+) -> subprocess.Popen[bytes]:
+    """``bash -c script`` as the first process of a session whose controlling terminal is
+    ``terminal`` (as a login shell is), its output there unless told otherwise."""
+    return subprocess.Popen(
+        ["bash", "-c", script],
+        env=env,
+        stdin=terminal,
+        stdout=terminal if output is None else output,
+        stderr=terminal if output is None else subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_controlling(terminal),  # noqa: PLW1509
+    )
+
+
 def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -97,10 +119,7 @@ def test_kill_int_percent_1_on_a_background_run_reaches_the_program_once(
     ometer, not the terminal's foreground, passed it on too: the program heard it twice."""
     env = _env(emulator, tmp_path)
     ready, go = tmp_path / "ready", tmp_path / "go"
-    run = shlex.join(
-        [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c",
-         _program(int(signal.SIGINT), ready, go)]
-    )  # fmt: skip
+    run = _run_line(ready, go)
     script = (
         f"set -m\n{run} </dev/null 2>{shlex.quote(str(tmp_path / 'err'))} &\n"
         f"while [ ! -e {shlex.quote(str(ready))} ]; do sleep 0.02; done\n"
@@ -109,17 +128,8 @@ def test_kill_int_percent_1_on_a_background_run_reaches_the_program_once(
     )
     main, terminal = pty.openpty()
     try:
-        shell = subprocess.Popen(
-            ["bash", "-c", script],
-            env=env,
-            stdin=terminal,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            preexec_fn=_controlling(terminal),  # noqa: PLW1509
-        )
-        said, _ = shell.communicate(timeout=120)
+        shell = _bash_on(terminal, script, env, output=subprocess.PIPE)
+        said = shell.communicate(timeout=120)[0].decode()
     finally:
         os.close(main)
         os.close(terminal)
@@ -164,15 +174,7 @@ def test_ctrl_z_stops_the_job_fg_goes_on_and_the_program_reads_its_terminal(
             said += os.read(main, 1000)
 
     try:
-        shell = subprocess.Popen(
-            ["bash", "-c", script],
-            env=env,
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            start_new_session=True,
-            preexec_fn=_controlling(terminal),  # noqa: PLW1509
-        )
+        shell = _bash_on(terminal, script, env)
         _wait_for(ready, shell)  # type: ignore[arg-type]
         os.write(main, b"\x1a")  # Ctrl-Z
         read_until(b"stopped ")
@@ -201,10 +203,7 @@ def test_a_script_without_job_control_keeps_its_terminal_while_a_run_goes_on_bes
     stopped it (SIGTTIN) for good; in a group it does not lead, ometer leaves it alone."""
     env = _env(emulator, tmp_path)
     ready, go = tmp_path / "ready", tmp_path / "go"
-    run = shlex.join(
-        [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c",
-         _program(int(signal.SIGINT), ready, go)]
-    )  # fmt: skip
+    run = _run_line(ready, go)
     err = shlex.quote(str(tmp_path / "err"))
     script = (
         f"set +m\n{run} </dev/null 2>{err} &\n"
@@ -214,15 +213,7 @@ def test_a_script_without_job_control_keeps_its_terminal_while_a_run_goes_on_bes
     main, terminal = pty.openpty()
     said = b""
     try:
-        shell = subprocess.Popen(
-            ["bash", "-c", script],
-            env=env,
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            start_new_session=True,
-            preexec_fn=_controlling(terminal),  # noqa: PLW1509
-        )
+        shell = _bash_on(terminal, script, env)
         _wait_for(ready, shell)  # type: ignore[arg-type]
         time.sleep(0.3)
         os.write(main, b"hello\n")
