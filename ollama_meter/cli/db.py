@@ -323,6 +323,8 @@ def prune_command(
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
         f"{_mb(result.bytes_after)})"
     )
+    if note := result.clock_note(keep_days):
+        err.print(note)
     if result.wal_bytes:
         err.print(
             f"the ledger's WAL ({named(ledger.path)}-wal) holds {_mb(result.wal_bytes)} of it "

@@ -1,17 +1,12 @@
 """``ometer run``: a program run with OLLAMA_HOST pointed at a short-lived gateway, as a shell
 runs a foreground job (its signals, its exit status), and what that gateway metered."""
 
-import errno
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 import typer
@@ -26,6 +21,7 @@ from ollama_meter.cli._common import (
     settings,
 )
 from ollama_meter.cli._console import err
+from ollama_meter.cli._job import _Job
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Source, SpanRecord, Status
 
@@ -213,147 +209,3 @@ def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
             f"{server.drain_s:g} s to finish (Ctrl-C stops them now)"
         )
     thread.join()
-
-
-_GROUPS = (signal.SIGINT, signal.SIGQUIT)
-"""What a terminal sends its whole foreground group (Ctrl-C, Ctrl-\\): the program has it too;
-sent to ometer alone (no terminal), it is passed on."""
-_PASSED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-"""Signals sent to ``ometer`` alone that would end it, passed on to its program."""
-_ENDING = (*_GROUPS, signal.SIGTERM, signal.SIGHUP)
-"""Signals that, once the program has exited, cut the gateway's drain."""
-
-
-class _Job:
-    """ometer's signals from before its program starts until its gateway has drained.
-
-    While the program runs, as a shell runs a foreground job: Ctrl-C and Ctrl-\\ reach the
-    program from the terminal (the whole group gets them), so here they do nothing: the
-    program decides what they mean (a JVM prints its threads on Ctrl-\\ and goes on), and its
-    gateway meters what it still does. With no terminal they came to ometer alone (``docker
-    run`` without ``-t`` passes Ctrl-C to the container's first process): passed on. A SIGTERM, SIGHUP, SIGUSR1 or SIGUSR2 sent to ``ometer``
-    is passed on (as ``timeout`` passes its signal): each ended ometer and its gateway by
-    default, and what the program did after it went unmetered (its calls refused).
-
-    Once the program has exited (or could not start), a Ctrl-C, Ctrl-\\, SIGTERM or SIGHUP calls
-    ``cut``: the drain ends there and then, or as it begins (each call stopped with a clear
-    last answer, its span written); they ended ometer under it, each call cut with no answer
-    and its span left in the journal. One set of handlers for both: one that came between
-    the two (the program gone, the drain not yet begun) was lost, the drain ran its 10 s.
-
-    In place before the program starts: a SIGTERM in between ended ometer alone and left the
-    program running, unmetered. Ctrl-C gets a handler, not SIG_IGN, which the program would
-    inherit (unless ometer has it so: a shell's background job); a signal ometer ignores
-    (a hang-up under nohup) is left ignored for the program to inherit.
-    """
-
-    def __init__(self, cut: Callable[[], None] = lambda: None) -> None:
-        self.cut = cut
-        self.program: subprocess.Popen[bytes] | None = None
-        self.early: list[int] = []  # signals that came while the program was being started
-        self.ended = False
-        self._before: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
-
-    def __enter__(self) -> "_Job":
-        taken = [signal.SIGTERM]
-        taken += [s for s in (*_GROUPS, *_PASSED) if signal.getsignal(s) != signal.SIG_IGN]
-        self._before = {sig: signal.signal(sig, self._signalled) for sig in {*taken}}
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for sig, handler in self._before.items():
-            signal.signal(sig, handler)
-
-    def _signalled(self, sig: int, _frame: object) -> None:
-        program = self.program
-        if self.ended or (program is not None and program.returncode is not None):
-            if sig in _ENDING:
-                self.cut()
-        elif sig in _GROUPS and _from_terminal():
-            pass  # the program has it too: its to decide
-        elif program is None:
-            self.early.append(sig)
-        else:
-            program.send_signal(sig)
-
-    def foreground(self, command: list[str], env: dict[str, str]) -> int:
-        """Run ``command``; its exit status, as a shell gives it (ended by a signal: 128 + it)."""
-        try:
-            self.program = _started(command, env)
-            for sig in self.early:
-                self.program.send_signal(sig)
-            code = self.program.wait()
-        finally:
-            self.ended = True
-        return 128 - code if code < 0 else code
-
-
-def _from_terminal() -> bool:
-    """Whether a Ctrl-C or Ctrl-\\ came from ometer's terminal to its whole foreground group
-    (the program too): ometer is that group. With no terminal (a container's first process,
-    ``docker run`` without ``-t`` passing a Ctrl-C on, ``kill -INT``) it came to ometer alone,
-    and the program would never hear it."""
-    try:
-        terminal = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
-    except OSError:
-        return False
-    try:
-        return os.tcgetpgrp(terminal) == os.getpgrp()
-    except OSError:
-        return False
-    finally:
-        os.close(terminal)
-
-
-def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":
-    """``command`` started as a shell starts it: an executable text file with no ``#!`` line
-    (a legacy shell script) is run by ``/bin/sh``, as POSIX ``execvp`` (and so ``nice``,
-    ``env``, ``timeout``) runs it; Python alone refused it (Exec format error)."""
-    try:
-        try:
-            return subprocess.Popen(command, env=env)
-        except OSError as exc:
-            script = _shell_script(command[0], env) if exc.errno == errno.ENOEXEC else None
-            if script is None:
-                raise
-            return subprocess.Popen(["/bin/sh", script, *command[1:]], env=env)
-    except OSError as exc:  # none by that name, not executable, a folder, ...
-        raise _not_run(command[0], exc) from None
-
-
-def _shell_script(program: str, env: dict[str, str]) -> str | None:
-    """The file ``program`` names (on PATH when it has no slash), if its first line holds
-    no NUL byte: text for a shell, not a binary of another machine (as bash decides)."""
-    found = shutil.which(program, path=env.get("PATH", os.defpath))
-    if found is None:
-        return None
-    with open(found, "rb") as file:
-        head = file.read(80)
-    return None if b"\0" in head.split(b"\n", 1)[0] else found
-
-
-def _not_run(name: str, exc: OSError) -> ValidationError:
-    """The error for a program that could not be started, with the status a shell gives
-    it (127: not found, 126: found but not runnable), so scripts tell it from the program's.
-    The system's word alone (``cannot run : Permission denied`` for an empty name, the same
-    for a folder) said neither what was wrong nor what to do."""
-    if not name:
-        message, status = (
-            "the program to run is empty: give its name after --, e.g. ometer run -- python job.py",
-            127,
-        )
-    elif isinstance(exc, FileNotFoundError):
-        message, status = f"no such program: {name}", 127
-    elif os.path.isdir(name):
-        message, status = f"cannot run {name}: it is a folder, not a program", 126
-    elif isinstance(exc, PermissionError) and os.path.isfile(name):
-        message, status = (
-            f"cannot run {name}: it is not executable: chmod +x {name}, or put the program "
-            f"that runs it first (e.g. ometer run -- python {name})",
-            126,
-        )
-    else:
-        message, status = f"cannot run {name}: {exc.strerror or exc}", 126
-    error = ValidationError(message)
-    error.exit_code = status
-    return error

@@ -45,6 +45,8 @@ def _prune_once(ledger: Ledger, keep_days: int, stop: threading.Event, retry: fl
         )  # fmt: skip
         return False
     before = f"{result.cutoff:%Y-%m-%d %H:%M} UTC"
+    if note := result.clock_note(keep_days):
+        log.warning("OMETER_KEEP_DAYS=%d: %s", keep_days, note)
     if result.stopped:
         log.warning(
             "the gateway is stopping: pruning stopped after removing %s span(s) started before "

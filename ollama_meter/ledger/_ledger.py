@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from ollama_meter.ledger import (
     _rebuild,
     _rezone,
     _spans,
+    _zonerules,
 )
 from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from ollama_meter.ledger._keys import ApiKey
 else:  # loaded when first used: a command that reads spans needs none of them
     lazy_modules(globals(), "ollama_meter.ledger", "_currencies _keys _limits")
+
+log = logging.getLogger("ollama_meter.ledger")
 
 MAX_ROW_ID = 2**31 - 1
 """Rules, budgets and keys have 32-bit ids (PostgreSQL's INTEGER): a larger number names none."""
@@ -95,6 +99,25 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         _rebuild.build_if_stale(self)
         if self._zone is not None:
             self.adopt_zone(self._zone)
+        self._check_zone_rules()
+
+    def _check_zone_rules(self) -> None:
+        """Say once, at open, when this host's zone data cuts the ledger's days otherwise than
+        the data its cells were cut with (:mod:`._zonerules`); a ledger from before the
+        fingerprint was kept takes this host's."""
+        try:
+            with self.read() as conn:
+                note = _zonerules.zone_rules_differ(conn)
+                missing = _meta.get_meta(conn, _zonerules.KEY) is None
+                missing = missing and _meta.zone_name(conn) != "UTC"
+            if missing:
+                with self.write() as conn:
+                    if _meta.get_meta(conn, _zonerules.KEY) is None:
+                        _zonerules.record_zone_rules(conn)
+        except LedgerError:  # a zone this host lacks: each use of it says so
+            return
+        if note is not None:
+            log.warning("%s", note)
 
     def on_new_file(self) -> None:
         """A new or restored file at the path is made a ledger, as a process starting would."""

@@ -52,6 +52,7 @@ from ollama_meter.ledger._rollup import (
 )
 from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger._zonerules import record_zone_rules
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import NO_HOST
 
@@ -95,6 +96,7 @@ def rebuild(
         try:
             total = _rebuild_all(write, read, _Told(progress, planned))
             with write() as conn:
+                record_zone_rules(conn)  # every day is cut by this host's zone data now
                 set_meta(conn, "rollups", "current")
                 set_meta(conn, "rebuilding", None)
         except BaseException:  # stopped (Ctrl-C, SIGTERM, an error): the next open finishes it

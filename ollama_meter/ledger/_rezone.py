@@ -17,6 +17,7 @@ from ollama_meter.ledger._cells import Grain, floor_cell, next_cell
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
 from ollama_meter.ledger._rollup import BUSY_CELLS, HISTOGRAMS, ROLLUPS, lock_cells
 from ollama_meter.ledger._types import from_us
+from ollama_meter.ledger._zonerules import record_zone_rules
 
 
 def zone_key(zone: str) -> str:
@@ -38,6 +39,7 @@ def change_zone(write: Callable[[], Any], zone: str) -> None:
             return
         if _cut_alike(conn, ledger_zone(conn), ZoneInfo(key)):
             set_meta(conn, "zone", key)  # another name (Etc/UTC for UTC): nothing to cut again
+            record_zone_rules(conn)
             return
         if (horizon := pruned_before(conn)) is not None:
             raise ValidationError(
@@ -45,6 +47,7 @@ def change_zone(write: Callable[[], Any], zone: str) -> None:
                 f"and month rollups cannot be cut again at {key}'s midnight; keep the ledger's zone"
             )
         set_meta(conn, "zone", key)
+        record_zone_rules(conn)
         # Until every day is cut again, cells of both zones are mixed and reports read
         # nothing for the days not yet redone: if the rebuild dies, whichever process
         # opens the ledger next finishes it (build_if_stale).
@@ -84,4 +87,5 @@ def adopt_zone(conn: Connection, zone: str) -> bool:
     if not can_adopt_zone(conn):
         return False
     set_meta(conn, "zone", zone_key(zone))
+    record_zone_rules(conn)
     return True

@@ -11,11 +11,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, text
+from sqlalchemy import ColumnElement, Connection, delete, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 
 from ollama_meter._paths import resolved
@@ -52,10 +52,41 @@ class PruneResult:
     wal_bytes: int = 0
     """The SQLite WAL's size when another process kept it from being cut back (a read of an
     older snapshot under way: an export, a backup): it shrinks at a write after that read."""
+    held_by: datetime | None = None
+    """The newest span's start when the days were counted back from it rather than from the
+    clock, whose day was later (a host clock far ahead, or a ledger idle for a while)."""
+    ahead: tuple[int, datetime] | None = None
+    """Spans that started more than :data:`AHEAD` after ``now``, and the latest start: a
+    host whose clock ran ahead recorded them, in cells of days to come."""
 
     @property
     def reclaimed(self) -> int:
         return max(0, self.bytes_before - self.bytes_after)
+
+    def clock_note(self, keep_days: int) -> str | None:
+        """What to tell the user when the days were counted back from the newest span, or
+        spans started days after the clock."""
+        if self.ahead is not None:
+            count, latest = self.ahead
+            return (
+                f"{count:,} span(s) started more than a day after this clock's now, the latest "
+                f"{latest:%Y-%m-%d %H:%M} UTC: a host whose clock ran ahead recorded them, and "
+                "they count in those days' cells, not the days the calls were made; put that "
+                "host's clock right (NTP)"
+            ) + ("" if self.held_by is None else f"; {self._held(keep_days)}")
+        if self.held_by is None:
+            return None
+        return self._held(keep_days)
+
+    def _held(self, keep_days: int) -> str:
+        assert self.held_by is not None
+        return (
+            f"the newest span started {self.held_by:%Y-%m-%d %H:%M} UTC, more than {keep_days} "
+            "day(s) before this clock's today: kept the raw spans of the "
+            f"{keep_days} day(s) before that span, not before the clock (a prune never removes "
+            "the newest calls). If no call was metered since, that is all; if this host's "
+            "clock is wrong (timedatectl), put it right"
+        )
 
 
 @bulk
@@ -64,6 +95,7 @@ def prune(
     keep_days: int,
     *,
     now: datetime | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     vacuum: bool = False,
     chunk: int = 20_000,
     stop: Callable[[], bool] = lambda: False,
@@ -84,8 +116,10 @@ def prune(
     first, about how many there are to remove (those that started before the cutoff: the few
     still busy after it stay), so a bar can say how far along it is.
 
-    ``now``: the instant the days are counted back from; by default the ledger's clock (the
-    PostgreSQL server's, :func:`ledger_now`), not this host's. A horizon is for every process
+    ``now``: the instant the days are counted back from, when the caller knows it. Else the
+    ledger's clock (the PostgreSQL server's, :func:`ledger_now`; ``clock``, this host's, on
+    SQLite), which may be wrong: the newest span's start when the clock's horizon would
+    remove the newest span too (:func:`_newest_before`; the result's ``held_by`` says so). A horizon is for every process
     on the ledger and never moves back: a gateway whose host clock ran two days ahead (NTP not
     yet run, a VM resumed) set it two days into the future with ``--keep-days 1``, removed
     today's raw spans, and set aside every call the other gateways recorded until that day came.
@@ -117,13 +151,22 @@ def prune(
         # Midnight in the ledger's zone, so its day cells before the horizon are whole; days
         # by the calendar (now less keep_days * 24 h is a day off across a DST change).
         zone = ledger_zone(conn)
+        held = None
         if now is None:
-            now = ledger_now(conn, datetime.now(UTC))
+            now = ledger_now(conn, clock())
+            held = _newest_before(conn, now)
+        ahead = _ahead_of(conn, now)
         # The day holding now, not the wall clock's date: in Santiago's first hour after
         # the clock went back from 00:00 to 23:00 it read Saturday, and kept a day too many.
         today = day_of(now, zone or UTC).toordinal()
+        if held is not None:
+            newest = day_of(held, zone or UTC).toordinal()
+            if newest < today - keep_days:  # the clock's horizon would take every span
+                today = newest
+            else:
+                held = None
         if today - keep_days < _EPOCH_DAY:  # back before 1970: no span is that old
-            return PruneResult(from_us(0), 0, before, before, 0)
+            return PruneResult(from_us(0), 0, before, before, 0, held_by=held, ahead=ahead)
         day = date.fromordinal(today - keep_days)
         cutoff_us = floor_cell(
             Grain.DAY, to_us(datetime(day.year, day.month, day.day, tzinfo=zone or UTC)), zone
@@ -144,7 +187,9 @@ def prune(
     removed = 0
     while found:
         if stop():
-            return PruneResult(cutoff, removed, before, _size(ledger), 0, stopped=True)
+            return PruneResult(
+                cutoff, removed, before, _size(ledger), 0, stopped=True, held_by=held, ahead=ahead
+            )
         with ledger.write() as conn:
             ids = select(SPANS.c.id).where(*gone).limit(chunk)
             done = conn.execute(delete(SPANS).where(SPANS.c.id.in_(ids.scalar_subquery())))
@@ -162,7 +207,33 @@ def prune(
             "again (it removes nothing more, and gives the space back)"
         ) from exc
     stopped = free > 0 and stop()
-    return PruneResult(cutoff, removed, before, _size(ledger), free, stopped, wal)
+    return PruneResult(cutoff, removed, before, _size(ledger), free, stopped, wal, held, ahead)
+
+
+AHEAD = timedelta(days=1)
+"""How far past a prune's now a span may start before it is said to be stamped ahead."""
+
+
+def _ahead_of(conn: Connection, now: datetime) -> tuple[int, datetime] | None:
+    """Spans that started more than :data:`AHEAD` after ``now``, and the latest start."""
+    count, latest = conn.execute(
+        select(func.count(), func.max(SPANS.c.started_at)).where(SPANS.c.started_at > now + AHEAD)
+    ).one()
+    return (int(count), latest) if count else None
+
+
+def _newest_before(conn: Connection, now: datetime) -> datetime | None:
+    """The newest span's start when it is before ``now``, else None.
+
+    Days are counted back from it when the clock's horizon would take every span, the newest
+    too: a host whose clock read a year ahead (a dead RTC battery, a VM restored from an old
+    snapshot with its clock set by hand) removed every span of the last year, and set a
+    horizon a year ahead, so every call recorded after the clock was put right was set aside
+    as before it. The newest N days of calls always stay; a ledger idle for longer than N days
+    keeps them until calls come again (the clock alone cannot tell the two apart).
+    """
+    newest = conn.execute(select(func.max(SPANS.c.started_at))).scalar_one()
+    return newest if newest is not None and newest < now else None
 
 
 def _prunable(cutoff_us: int) -> list[ColumnElement[bool]]:

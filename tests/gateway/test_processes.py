@@ -300,7 +300,7 @@ def test_a_sigterm_that_comes_as_the_program_starts_is_passed_on_to_it(
     """``ometer run`` put its handlers in place after starting the program: a service manager's
     SIGTERM in between ended ometer alone (its own handler), its gateway with it, and left
     the program running, unmetered. Here the SIGTERM comes the moment the program exists."""
-    from ollama_meter.cli import _terminate, run
+    from ollama_meter.cli import _job as run, _terminate
 
     started: list[subprocess.Popen[bytes]] = []
     real = subprocess.Popen

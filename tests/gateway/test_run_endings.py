@@ -151,7 +151,7 @@ def test_a_ctrl_c_as_the_program_exits_and_before_the_drain_starts_cuts_the_drai
     Now it cuts the drain as one that came during it does; so does a SIGTERM (passed on to
     the program gone, it too was lost). It is sent in that gap itself: the moment ometer has
     seen its program end."""
-    from ollama_meter.cli import run
+    from ollama_meter.cli import _job as run
 
     started, real_wait = [], subprocess.Popen.wait
 

@@ -623,7 +623,8 @@ def test_prune_says_when_its_cutoff_is_to_the_minute(cli: Any, tmp_path: Path) -
     """The cutoff is midnight in the ledger's zone: in Berlin 23:00 UTC the day before. It was
     shown as the UTC date alone ("started before 2026-11-10 UTC"), 23 hours from the truth."""
     db = f"sqlite:///{tmp_path / 'l.db'}"
-    Ledger(db, zone="Europe/Berlin").record(_spans(20))
+    # and a call now: with none in 30 days the clock's horizon would take every span
+    Ledger(db, zone="Europe/Berlin").record([*_spans(20), make_span(started_at=datetime.now(UTC))])
     done = cli("db", "prune", "--keep-days", "30", "--db", db)
     assert done.code == 0, done.stderr
     with Ledger(db).read() as conn:
