@@ -252,7 +252,7 @@ def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_
     def started(*program: str) -> subprocess.Popen[str]:
         ready.unlink(missing_ok=True)
         proc = subprocess.Popen(
-            [*OMETER, "run", "--dept", "finance", "--", *program],
+            [*HEARING, "run", "--dept", "finance", "--", *program],  # hangs up, even under nohup
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
