@@ -41,6 +41,7 @@ from ollama_meter.gateway._attribution import Forbidden, resolve, vouched
 from ollama_meter.gateway._dash import KEY_SCOPE, METRICS_NEED_TOKEN, NO_STORE, dashboard_routes
 from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
+from ollama_meter.gateway._health import LEDGER, UPSTREAM, SharedCheck, ledger_health
 from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._ledger_name import LedgerName
@@ -94,6 +95,8 @@ class Gateway:
         self.relay = Relay(meter, fleet, keyed=options.require_key)
         self.access = Access(options, meter.ledger)
         self.ledger_name = LedgerName(meter.ledger)  # named on its answers
+        self.ledger_check = SharedCheck(functools.partial(ledger_health, meter.ledger), LEDGER)
+        self.upstream_check = SharedCheck(fleet.health, UPSTREAM)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -295,14 +298,8 @@ class Gateway:
         return await forward(self.fleet, request, body=body)
 
     async def healthz(self, request: Request) -> Response:
-        checks: dict[str, str] = {}
-        try:
-            await in_thread(self.meter.ledger.zone)  # one row: a probe every few seconds
-            failing = self.meter.ledger.failing  # the writes' own word: a damaged page the
-            checks["ledger"] = "ok" if failing is None else f"failed: {failing}"  # row misses
-        except Exception as exc:
-            checks["ledger"] = f"failed: {exc}"
-        checks["upstream"] = await self.fleet.health()
+        ledger, upstream = await asyncio.gather(self.ledger_check(), self.upstream_check())
+        checks = {"ledger": ledger, "upstream": upstream}
         healthy = all(v == "ok" for v in checks.values())
         if self.options.guarded:  # open to anyone: say what failed, not how
             checks = {name: value.split(":")[0] for name, value in checks.items()}
