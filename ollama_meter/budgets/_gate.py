@@ -54,6 +54,7 @@ from ollama_meter.budgets._leases import (
     Watches,
     hold_id,
     holder_of,
+    in_force,
     settled,
     stale_unless_hard,
 )
@@ -319,6 +320,8 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
             at = store.clock(now)  # after the lock: a wait for it does not age the time
+            if in_force(store, leases):  # read again before the next admission
+                self._budgets.expire()
             for lease in leases if adopt else ():  # this call's: not another's hold, nor twice
                 store.take_hold(hold_id(adopt or "", lease.key.budget_id), lease.key)
             sizes: list[tuple[Lease, int, int]] = []
@@ -361,7 +364,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         """The call cost ``cost``: what it holds from now until it settles, not its bound.
         No lock (an event loop calls it): only its own settle, later, takes its entry out."""
         self._refused.forget(reservation.keys)  # room may have come back
-        for lease in filter(None, map(self._leases.get, _slots(reservation))):
+        for lease in filter(None, map(self._leases.get, reservation.slots)):
             if reservation.id in lease.in_flight:
                 lease.in_flight[reservation.id] = cost
 
@@ -376,7 +379,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         give_back: list[Lease] = []
         with self._lock:
             self._refused.forget(reservation.keys)
-            for slot in _slots(reservation):
+            for slot in reservation.slots:
                 if (lease := self._leases.get(slot)) is None:
                     continue
                 held = lease.in_flight.pop(reservation.id, 0)  # its bound, or its cost (ended)
@@ -443,8 +446,3 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             self._closing.set()  # the keeper ends once no call is in flight
         if leases and give_back:
             self._give_back(leases)
-
-
-def _slots(reservation: Reservation) -> list[Slot]:
-    """Where the leases that hold ``reservation`` are kept."""
-    return [(key, reservation.holder) for key in reservation.keys]

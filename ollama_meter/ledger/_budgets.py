@@ -259,6 +259,11 @@ class BudgetTables:
                     text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x6F6D, "b": budget_id}
                 )
 
+    def budgets(self, budget_ids: Collection[int]) -> dict[int, Budget]:
+        query = select(BUDGETS).where(BUDGETS.c.id.in_(sorted(budget_ids)))
+        found, _ = readable_records(self._conn, _BUDGETS, query, _to_budget, **_NAMED)
+        return {b.id: b for b in found if b.id is not None}
+
     def spent(self, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
         return spent(self._conn, budget, tenant, start, end)
 
