@@ -202,6 +202,8 @@ class WriteBehind:
             call.stored = stored.get(span.id)
             if meter.budgets is not None:
                 settle(meter.budgets, call, meter.failures)
+        if meter.budgets is not None:  # a limit lowered elsewhere: in force from the next call
+            meter.budgets.cache.refresh()
 
     def _run(self) -> None:
         began = -float("inf")  # when the last commit began (monotonic)
