@@ -428,16 +428,26 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
 
     ``code`` is the status to answer with; anything but OK plays a failing
     collector. Rejected requests are recorded too, with the code they got.
+    ``max_receive``: bytes of a request past which gRPC itself refuses it with
+    RESOURCE_EXHAUSTED, unrecorded (a collector's ``max_recv_msg_size_mib``; 4 MiB unset).
     """
 
-    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
+    def __init__(
+        self, code: grpc.StatusCode = grpc.StatusCode.OK, max_receive: int | None = None
+    ) -> None:
         super().__init__()
         self.code = code
+        self.max_receive = max_receive
         self._server: grpc.Server | None = None
         self._port: int | None = None
 
     def __enter__(self) -> OtlpGrpcReceiver:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        options = (
+            []
+            if self.max_receive is None
+            else [("grpc.max_receive_message_length", self.max_receive)]
+        )
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), server)
         self._port = server.add_insecure_port("127.0.0.1:0")

@@ -153,7 +153,13 @@ class BoundedSession(requests.Session):
         """The body of the last answer (an exporter sends one request at a time)."""
         self.status = 0
         """The status of the last answer (0: none came)."""
+        self.refusal = "413"
+        """How the place says an export is too large, for the log."""
         self._pid = os.getpid()
+
+    @property
+    def too_large(self) -> bool:
+        return self.status == 413
 
     def _mount_cut(self) -> None:
         # Mounted anew, not closed: in a forked child the parent still uses its connections.

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ollama_meter import load_settings
 from ollama_meter.records import make_storable
 from ollama_meter.telemetry import _semconv as sc
-from ollama_meter.telemetry._observer import MAX_HOOKED_BYTES, exportable
+from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, MAX_HOOKED_BYTES, exportable
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.telemetry._size import metrics_data, point_bytes, points_of, span_bytes
 from ollama_meter.telemetry._watch import MAX_WAITING_BYTES
@@ -171,17 +171,61 @@ def test_a_collector_behind_a_body_limit_gets_exports_cut_to_it(
     assert len(said) == 1 and "too large (413)" in said[0], said
 
 
-def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
+def test_a_grpc_collector_with_a_small_receive_limit_gets_exports_cut_to_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gRPC collector refuses a request past its ``max_recv_msg_size_mib`` with
+    RESOURCE_EXHAUSTED, as an HTTP proxy refuses one past its body limit with 413. 413 had the
+    export sent again in halves; RESOURCE_EXHAUSTED had the SDK send the same export again
+    and again (it takes the code as retryable, which OTLP says it is only with a RetryInfo)
+    until the timeout, and every span in it was dropped. Each span arrives once, whole."""
+    monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    made: list[str] = []
+    with OtlpGrpcReceiver(max_receive=256 * 1024) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
+            for _ in range(150):
+                span = make_storable(make_span(prompt="p" * 20_000, reply="r" * 20_000))
+                telemetry.observer.on_start(span)
+                telemetry.observer.on_end(span)
+                made.append(span.span_id)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    got = spans(rx)
+    assert sorted(view.span_id for view in got) == sorted(made)  # each once
+    head, tail = '[{"role": "user", "parts": [{"type": "text", "content": "', '…"}]}]'
+    prompt = head + "p" * (MAX_EXPORTED_TEXT - len(head) - len(tail)) + tail  # whole JSON
+    assert {view.attributes["gen_ai.input.messages"] for view in got} == {prompt}
+    assert telemetry.failures() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert len(said) == 1 and "too large (RESOURCE_EXHAUSTED)" in said[0], said
+
+
+@pytest.mark.parametrize(
+    ("protocol", "refusal"), [("http/protobuf", "413"), ("grpc", "RESOURCE_EXHAUSTED")]
+)
+def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str, refusal: str
 ) -> None:
     """Spans refused as too large (413) were sent again in halves; metrics were not: an export
     of 1,000 points (a few hundred model names) past a proxy's body limit was refused every
     minute, for the life of the process, and the log said only that exports failed. Both go
-    through one mechanism now: the export is cut to what the place takes, said once."""
+    through one mechanism now: the export is cut to what the place takes, said once. So over
+    gRPC, where a collector past its receive limit answers RESOURCE_EXHAUSTED (0 points of
+    the 300 calls arrived: the SDK sent the export again until its timeout)."""
     calls = 300
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "5")
-    with OtlpHttpReceiver(max_body=128 * 1024) as rx:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"{rx.url}/v1/metrics")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    rx: OtlpHttpReceiver | OtlpGrpcReceiver
+    if protocol == "grpc":
+        rx, where = OtlpGrpcReceiver(max_receive=128 * 1024), ""  # refused: not recorded
+    else:
+        rx, where = OtlpHttpReceiver(max_body=128 * 1024), "/v1/metrics"
+    with rx:
+        endpoint = rx.endpoint if isinstance(rx, OtlpGrpcReceiver) else rx.url
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint + where)
         telemetry = Telemetry(load_settings())
         with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
             for n in range(calls):
@@ -190,7 +234,7 @@ def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
                 telemetry.observer.on_start(span)
                 telemetry.observer.on_end(span)
             assert telemetry.flush()
-            taken = [request.message for request in rx.requests if request.status == 200]
+            taken = [r.message for r in rx.requests if getattr(r, "status", 200) == 200]
         telemetry.shutdown()
     counted = [
         point.as_int
@@ -201,10 +245,10 @@ def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
         if metric.name == sc.METRIC_REQUESTS
         for point in metric.sum.data_points
     ]
-    assert sum(counted) == calls  # one flush: each point once
+    assert sorted(counted) == [1] * calls  # one flush: each point once
     assert telemetry.failures() == []
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
-    assert len(said) == 1 and "too large (413)" in said[0], said
+    assert len(said) == 1 and f"too large ({refusal})" in said[0], said
 
 
 @given(

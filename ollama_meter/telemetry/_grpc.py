@@ -1,0 +1,92 @@
+"""The OTLP/gRPC exporters, and what a gRPC collector answered them.
+
+The SDK's exporters keep no answer: :class:`Heard` wraps their stub, so that an export a
+collector refused as too large is known as such and cut (``_watch.CutToFit``), as a 413 is
+over HTTP. A gRPC server refuses a request past its receive limit (a collector's
+``max_recv_msg_size_mib``) with RESOURCE_EXHAUSTED; OTLP says that code is retryable only
+when the server adds a RetryInfo (it is throttling), and the SDK retried it regardless: the
+same export, refused again until the timeout, and every span in it dropped. Imported only
+when a gRPC exporter is made; owns nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+_RETRY_INFO = "google.rpc.retryinfo-bin"
+
+
+class TooLarge(Exception):
+    """A collector refused an export as too large, with no RetryInfo: the same export would
+    be refused again. Not the SDK's ``RpcError``, so it does not send it again."""
+
+
+class GrpcAnswers:
+    """What a gRPC collector answered the last export (one at a time), read as
+    ``BoundedSession`` is over HTTP: ``last``, the answer's bytes; ``status``, the code's name
+    of a failed one (0: none)."""
+
+    refusal = "RESOURCE_EXHAUSTED"
+    """How the place says an export is too large, for the log."""
+
+    def __init__(self) -> None:
+        self.last = b""
+        self.status: int | str = 0
+
+    @property
+    def too_large(self) -> bool:
+        return self.status == TooLarge.__name__
+
+
+class _Stub:
+    """The SDK's stub, its answers heard."""
+
+    def __init__(self, stub: Any, answers: GrpcAnswers) -> None:
+        self.stub = stub
+        self.answers = answers
+
+    def Export(self, request: Any, **options: Any) -> Any:  # the stub's own name
+        import grpc  # type: ignore[import-untyped]
+
+        try:
+            answer = self.stub.Export(request, **options)
+        except grpc.RpcError as error:
+            code = error.code()
+            throttled = _RETRY_INFO in dict(error.trailing_metadata() or ())
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not throttled:
+                self.answers.status = TooLarge.__name__
+                raise TooLarge(error.details()) from None
+            self.answers.status = getattr(code, "name", str(code))
+            raise
+        self.answers.status = 0
+        return answer
+
+
+def heard(exporter: type[Any], answers: GrpcAnswers, **options: Any) -> Any:
+    """An ``exporter`` (the SDK's OTLP/gRPC span or metric exporter) of ``options``, whose
+    answers go to ``answers``: also on the channel it makes anew (after an UNAVAILABLE)."""
+
+    class Heard(exporter):  # type: ignore[misc]
+        def _initialize_channel_and_stub(self) -> None:
+            super()._initialize_channel_and_stub()
+            self._client: Any = _Stub(self._client, answers)
+
+    return Heard(**options)
+
+
+def import_grpc_quietly() -> None:
+    """Import gRPC with its C library's own log at errors only, unless set otherwise.
+
+    It writes to stderr, outside Python's logging, a line per failed TLS handshake
+    (``https://`` to a plain collector) at every try of every export: a gateway's log filled
+    with them. Read once at import; the environment is put back, so that a program ``ometer
+    run`` starts has its own say."""
+    if "grpc" in sys.modules or "GRPC_VERBOSITY" in os.environ:
+        return
+    os.environ["GRPC_VERBOSITY"] = "ERROR"
+    try:
+        import grpc  # noqa: F401
+    finally:
+        os.environ.pop("GRPC_VERBOSITY", None)
