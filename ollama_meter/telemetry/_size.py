@@ -63,15 +63,19 @@ def span_bytes(span: ReadableSpan) -> int:
 
 
 def exports(
-    spans: Sequence[ReadableSpan], sizes: Sequence[int], limit: int = MAX_REQUEST_BYTES
+    spans: Sequence[ReadableSpan],
+    sizes: Sequence[int],
+    limit: int = MAX_REQUEST_BYTES,
+    most: int | None = None,
 ) -> Iterator[tuple[list[Any], list[int]]]:
     """``spans`` (of :func:`span_bytes` ``sizes``) in order, cut into exports of at most
-    ``limit`` bytes (a span larger alone: an export of its own), each with its sizes."""
+    ``limit`` bytes (a span larger alone: an export of its own) and ``most`` items, each with
+    its sizes."""
     part: list[ReadableSpan] = []
     its: list[int] = []
     total = 0
     for span, size in zip(spans, sizes, strict=True):
-        if part and total + size > limit:
+        if part and (total + size > limit or len(part) == most):
             yield part, its
             part, its, total = [], [], 0
         part.append(span)

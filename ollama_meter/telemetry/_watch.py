@@ -103,6 +103,9 @@ class CutToFit(Reporting):
     answers: Any  # what reads the place's answers (an OTLP exporter's), if any
     what: str  # what it exports, for the log
     limit = MAX_REQUEST_BYTES  # bytes an export holds: less once the place said so
+    most: int | None = None
+    """Items an export holds at most: what the exporter sends in one request. It sends a
+    larger one in several, and one refused after another got there had the whole sent again."""
     _said_too_large = _said_refused = False
 
     def _sent(
@@ -113,7 +116,7 @@ class CutToFit(Reporting):
         (only when ``splittable``), False if it failed."""
         done, refused = 0, 0
         while done < len(items):
-            part, its = next(exports(items[done:], sizes[done:], self.limit))
+            part, its = next(exports(items[done:], sizes[done:], self.limit, self.most))
             too_large = send(part, len(part) > 1)
             if too_large is None:
                 done += len(part)
@@ -300,6 +303,7 @@ class WatchedMetrics(CutToFit, MetricExporter):
         self.inner = inner
         self.answers = answers
         self.what = "metrics"
+        self.most = getattr(inner, "_max_export_batch_size", None)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any

@@ -30,7 +30,7 @@ from ollama_meter.records import make_storable
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, MAX_HOOKED_BYTES, exportable
 from ollama_meter.telemetry._setup import Telemetry
-from ollama_meter.telemetry._size import metrics_data, point_bytes, points_of, span_bytes
+from ollama_meter.telemetry._size import exports, metrics_data, point_bytes, points_of, span_bytes
 from ollama_meter.telemetry._watch import MAX_WAITING_BYTES
 from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
@@ -251,6 +251,46 @@ def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
     assert len(said) == 1 and f"too large ({refusal})" in said[0], said
 
 
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_metric_points_refused_as_too_large_after_a_batch_got_there_are_not_sent_twice(
+    monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    """The SDK's metric exporter sends an export in requests of 1,000 points: when the first
+    got there and the next was refused as too large, the whole export was sent again in
+    halves, and the first 1,000 points arrived twice (a delta's sum counted twice). Exports
+    are cut to what one request holds, so a refusal is of all of it or none."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    reader = InMemoryMetricReader()
+    counter = MeterProvider(metric_readers=[reader]).get_meter("m").create_counter("c")
+    for n in range(1200):  # 1,000 small points, then 200 of 2 KB: 400 KB in one request
+        counter.add(1, {"n": n, "pad": "x" * (2000 if n >= 1000 else 0)})
+    data = reader.get_metrics_data()
+    assert data is not None
+    rx: OtlpHttpReceiver | OtlpGrpcReceiver
+    if protocol == "grpc":
+        rx, where = OtlpGrpcReceiver(max_receive=256 * 1024), ""
+    else:
+        rx, where = OtlpHttpReceiver(max_body=256 * 1024), "/v1/metrics"
+    with rx:
+        endpoint = rx.endpoint if isinstance(rx, OtlpGrpcReceiver) else rx.url
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint + where)
+        telemetry = Telemetry(load_settings())
+        assert telemetry.metric_exporter is not None
+        assert telemetry.metric_exporter.export(data).name == "SUCCESS"
+        taken = [r.message for r in rx.requests if getattr(r, "status", 200) == 200]
+        telemetry.shutdown()
+    got = [
+        next(kv.value.int_value for kv in point.attributes if kv.key == "n")
+        for message in taken
+        for resource in message.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "c"
+        for point in metric.sum.data_points
+    ]
+    assert sorted(got) == list(range(1200))
+
+
 @given(
     st.lists(
         st.tuples(
@@ -302,3 +342,19 @@ def _points_of(message: Any) -> list[Any]:
         for metric in scope.metrics
         for point in getattr(metric, metric.WhichOneof("data")).data_points
     ]
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=500)),
+    st.integers(min_value=1, max_value=1000),
+    st.none() | st.integers(min_value=1, max_value=20),
+)
+def test_exports_carry_each_item_once_in_order_within_their_bytes_and_count(
+    sizes: list[int], limit: int, most: int | None
+) -> None:
+    parts = list(exports(list(range(len(sizes))), sizes, limit, most))
+    assert [item for part, _ in parts for item in part] == list(range(len(sizes)))
+    for part, its in parts:
+        assert its == [sizes[item] for item in part]
+        assert sum(its) <= limit or len(part) == 1
+        assert most is None or len(part) <= most
