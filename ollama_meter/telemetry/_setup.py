@@ -250,7 +250,7 @@ def _stop_at_a_childs_exit(_: object = None) -> None:
     the spans of its last calls were never sent. After the calls it left open are closed
     (their finalizer's priority is 0, this one's -1); the child's own finalizers only, which
     it clears as it starts: so this is registered anew in each. A SIGTERM (how a pool ends
-    its workers) stops it too (``_terminated``)."""
+    its workers, and a service manager a program) stops it too (``_terminated``)."""
     from multiprocessing import util
 
     if os.getpid() in _at_a_childs_exit:
@@ -258,7 +258,7 @@ def _stop_at_a_childs_exit(_: object = None) -> None:
     _at_a_childs_exit.append(os.getpid())
     util.Finalize(None, _stop_open, exitpriority=-1)
     util.register_after_fork(_CHILDREN, _stop_at_a_childs_exit)
-    stop_on_sigterm(_stop_all, lambda: max(_timeouts, default=0.0))  # how a pool ends workers
+    stop_on_sigterm(_stop_all, lambda: max(_timeouts, default=0.0))
 
 
 def _stop_all() -> None:

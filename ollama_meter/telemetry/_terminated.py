@@ -1,12 +1,13 @@
-"""A :mod:`multiprocessing` child ended by SIGTERM sends its spans before it dies of it.
+"""A process ended by SIGTERM sends its spans before it dies of it.
 
-``with multiprocessing.Pool() as pool:`` ends its workers by SIGTERM as the block exits
+A service manager stops a program by SIGTERM (``systemctl stop``, Kubernetes, ``timeout``), and
+``with multiprocessing.Pool() as pool:`` ends its workers by it as the block exits
 (``Pool.terminate``), as ``Process.terminate()`` ends a process. The signal's default action
 killed them at once: no finalizer ran, and the spans of their last calls, waiting for the
 exporter's next batch, never left (their ledger rows were written as each call ended); a
 worker exiting on its own as the signal came lost the stop it was making.
 
-Here a child whose SIGTERM does its default has it stop telemetry first (within
+Here a process whose SIGTERM does its default has it stop telemetry first (within
 ``OMETER_EXPORT_TIMEOUT``, on a thread of its own, so that a lock the interrupted code held
 bounds the wait rather than hangs it), then die of the signal as before: its exit status, and
 a parent's reading of it, are unchanged. A Python handler alone runs only when the main thread
@@ -15,9 +16,10 @@ another thread, or just before the wait began) never ran it, never died, and the
 waited for it for ever. So the signal's byte also goes to a pipe (``signal.set_wakeup_fd``)
 that a thread of ours reads, whatever the main thread is doing; that thread stops telemetry
 and ends the process (the main thread, interrupted anywhere, may hold a lock the stop needs,
-and goes on meanwhile). A handler or wakeup fd of the
-program's own is left alone, and so is a process that is not a multiprocessing child (the
-signal is the program's to handle there). Owns nothing else.
+and goes on meanwhile). A handler, an ignored SIGTERM or a wakeup fd of the program's own is
+left alone: a program that handles the signal ends as it chooses (``sys.exit`` runs the
+:mod:`atexit` flush), and one that set its handler after ours replaced it. Armed once, from
+the main thread, as the process's first telemetry starts. Owns nothing else.
 """
 
 from __future__ import annotations
@@ -49,11 +51,9 @@ _state = _State()
 
 def stop_on_sigterm(stop: Callable[[], None], bound: Callable[[], float]) -> None:
     """Have a SIGTERM run ``stop`` (waited ``bound()`` seconds at most) and then end the
-    process as the signal would have; only in a multiprocessing child's main thread whose
-    SIGTERM does its default (or is ours, inherited from the parent at a fork)."""
-    import multiprocessing
-
-    if os.name != "posix" or multiprocessing.parent_process() is None or _state.pipe is not None:
+    process as the signal would have; only from the main thread of a process whose SIGTERM
+    does its default (or is ours, inherited from the parent at a fork)."""
+    if os.name != "posix" or _state.pipe is not None:
         return  # elsewhere a process is ended without a signal
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set a handler

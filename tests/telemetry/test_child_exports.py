@@ -161,3 +161,52 @@ def test_a_child_whose_main_thread_never_runs_python_again_still_dies_of_sigterm
     run, got = _run(tmp_path, BLOCKED, emulator.url, f"sqlite:///{tmp_path / 'ledger.db'}")
     assert (run.returncode, run.stdout, run.stderr) == (0, f"{-signal.SIGTERM}\n", "")
     assert got == ["chat llama3.1:8b"]
+
+
+PLAIN = """
+import sys, time
+from ollama_meter import MeteredClient
+
+host, url = sys.argv[1:]
+MeteredClient(host, db_url=url).chat(
+    model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}]
+)
+print("called", flush=True)
+time.sleep(60)  # a service's worker, waiting for its next job when it is stopped
+"""
+
+
+def test_a_plain_programs_spans_are_exported_when_it_is_ended_by_sigterm(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """A program using the Python API, stopped by SIGTERM (``systemctl stop``, Kubernetes,
+    ``timeout``) while its last spans wait for the exporter's next batch: the signal's default
+    killed it at once, and they never reached the collector (the ledger had the call). Its
+    spans are sent, and it dies of the signal as before."""
+    script = tmp_path / "program.py"
+    script.write_text(PLAIN)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with OtlpHttpReceiver() as rx:
+        environment = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
+            "PYTHONPATH": str(Path(__file__).parents[2]),
+        }
+        with subprocess.Popen(
+            [sys.executable, str(script), emulator.url, url],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as program:
+            assert program.stdout is not None
+            assert program.stdout.readline() == "called\n"
+            program.send_signal(signal.SIGTERM)
+            out, err = program.communicate(timeout=60)
+        got = spans(rx)
+    assert (program.returncode, out, err) == (-signal.SIGTERM, "", "")
+    assert [(span.name, span.attributes["ometer.status"]) for span in got] == [
+        ("chat llama3.1:8b", "ok")
+    ]
+    (row,) = Ledger(url).latest(SpanFilter(), limit=10)
+    assert got[0].attributes["ometer.span.id"] == row.id
