@@ -407,6 +407,9 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         context: grpc.ServicerContext,
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         self._receiver._handle(TRACE_METHOD, request, context)
+        answer = self._receiver.answer
+        if isinstance(answer, trace_service_pb2.ExportTraceServiceResponse):
+            return answer
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -420,6 +423,9 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
         context: grpc.ServicerContext,
     ) -> metrics_service_pb2.ExportMetricsServiceResponse:
         self._receiver._handle(METRICS_METHOD, request, context)
+        answer = self._receiver.answer
+        if isinstance(answer, metrics_service_pb2.ExportMetricsServiceResponse):
+            return answer
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
@@ -430,6 +436,8 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
     collector. Rejected requests are recorded too, with the code they got.
     ``max_receive``: bytes of a request past which gRPC itself refuses it with
     RESOURCE_EXHAUSTED, unrecorded (a collector's ``max_recv_msg_size_mib``; 4 MiB unset).
+    ``answer``: the response to a successful export of its signal instead of an empty one
+    (a ``partial_success``).
     """
 
     def __init__(
@@ -438,6 +446,7 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
         super().__init__()
         self.code = code
         self.max_receive = max_receive
+        self.answer: Message | None = None
         self._server: grpc.Server | None = None
         self._port: int | None = None
 

@@ -1,8 +1,8 @@
 """The OTLP/gRPC exporters, and what a gRPC collector answered them.
 
-The SDK's exporters keep no answer: :class:`Heard` wraps their stub, so that an export a
-collector refused as too large is known as such and cut (``_watch.CutToFit``), as a 413 is
-over HTTP. A gRPC server refuses a request past its receive limit (a collector's
+The SDK's exporters keep no answer: :class:`Heard` wraps their stub, so that what a collector
+took but refused (its ``partial_success``) is counted and said, and an export it refused as too
+large is known as such and cut (``_watch.CutToFit``), as over HTTP. A gRPC server refuses a request past its receive limit (a collector's
 ``max_recv_msg_size_mib``) with RESOURCE_EXHAUSTED; OTLP says that code is retryable only
 when the server adds a RetryInfo (it is throttling), and the SDK retried it regardless: the
 same export, refused again until the timeout, and every span in it dropped. Imported only
@@ -15,12 +15,20 @@ import os
 import sys
 from typing import Any
 
+from ollama_meter.telemetry._size import MAX_ANSWER
+
 _RETRY_INFO = "google.rpc.retryinfo-bin"
 
 
 class TooLarge(Exception):
     """A collector refused an export as too large, with no RetryInfo: the same export would
     be refused again. Not the SDK's ``RpcError``, so it does not send it again."""
+
+
+class AnswerTooLarge(Exception):
+    """A collector's answer went past :data:`MAX_ANSWER` bytes. gRPC says so with the code a
+    request too large gets, RESOURCE_EXHAUSTED: but this export got there, and sent again (as
+    the SDK did, or in halves) it would get there twice. It fails, as over HTTP."""
 
 
 class GrpcAnswers:
@@ -55,12 +63,17 @@ class _Stub:
         except grpc.RpcError as error:
             code = error.code()
             throttled = _RETRY_INFO in dict(error.trailing_metadata() or ())
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "CLIENT" in (error.details() or ""):
+                self.answers.status = AnswerTooLarge.__name__  # gRPC's own words say whose
+                raise AnswerTooLarge(error.details()) from None
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not throttled:
                 self.answers.status = TooLarge.__name__
                 raise TooLarge(error.details()) from None
             self.answers.status = getattr(code, "name", str(code))
             raise
         self.answers.status = 0
+        # Its partial_success, which the SDK never reads, read as over HTTP.
+        self.answers.last = answer.SerializeToString() if answer is not None else b""
         return answer
 
 
@@ -73,7 +86,8 @@ def heard(exporter: type[Any], answers: GrpcAnswers, **options: Any) -> Any:
             super()._initialize_channel_and_stub()
             self._client: Any = _Stub(self._client, answers)
 
-    return Heard(**options)
+    bounded = (("grpc.max_receive_message_length", MAX_ANSWER),)
+    return Heard(channel_options=bounded, **options)
 
 
 def import_grpc_quietly() -> None:

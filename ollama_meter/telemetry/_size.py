@@ -16,6 +16,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 MAX_REQUEST_BYTES = 3 * 2**20
 """Spans' bytes in one export at most: under the 4 MiB a gRPC collector takes by default,
 with room for the resource, the scope and the framing."""
+MAX_ANSWER = 64 * 1024
+"""Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
+page from a proxy fits)."""
 _FIELD = 8
 """A field's tag and length, from above."""
 _SPAN = 160

@@ -765,6 +765,64 @@ def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
     ]
 
 
+def test_spans_a_grpc_collector_refuses_in_a_partial_success_are_counted_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same over gRPC, where the SDK's exporter reads no answer either: spans a collector
+    refused in its partial_success were lost without a word (0 counted, nothing said)."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    with OtlpGrpcReceiver() as rx:
+        rx.answer = trace_service_pb2.ExportTraceServiceResponse(
+            partial_success=trace_service_pb2.ExportTracePartialSuccess(
+                rejected_spans=2, error_message="span too old\nERROR forged"
+            )
+        )
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url := rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        exporter.clock = lambda: 0.0
+        for _ in range(2):
+            _end_spans(telemetry, 3)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(spans(rx)) == 6 and exporter.dropped == 4 and telemetry.failures() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [
+        f"{url} refused 2 spans of an export: span too old\\nERROR forged; said once",
+        f"spans not sent to {url}: 2 (the ledger keeps every call)",
+    ]
+
+
+def test_a_grpc_collectors_answer_too_large_to_read_has_no_span_sent_twice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gRPC client refuses an answer past its receive limit with RESOURCE_EXHAUSTED, as a
+    server refuses a request: the export got there, and was sent again as if it had not (in
+    halves, each got there too: 5 MB answers, 24 spans arrived for 8). Over HTTP an answer is
+    read up to 64 KiB, and one longer fails the export, not sent again: so over gRPC."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    with OtlpGrpcReceiver() as rx:
+        rx.answer = trace_service_pb2.ExportTraceServiceResponse(
+            partial_success=trace_service_pb2.ExportTracePartialSuccess(
+                rejected_spans=1, error_message="x" * 5_000_000
+            )
+        )
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url := rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        for _ in range(8):  # 260 KB: an export large enough to be cut
+            span = make_storable(make_span(prompt="p" * 20_000, reply="r" * 20_000))
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert len(rx.requests) == 1 and len(spans(rx)) == 8
+    assert telemetry.failures() == [url]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 def test_a_collector_that_claims_more_refused_than_it_was_sent_is_not_believed(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
