@@ -30,7 +30,7 @@ from ollama_meter._forks import ChildLock
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
-from ollama_meter.telemetry._terminated import stop_on_sigterm
+from ollama_meter.telemetry._terminated import stop_on_sigterm, unless_ending
 from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -270,6 +270,7 @@ def _stop_all() -> None:
 
 
 def _stop_open() -> None:
+    unless_ending()
     with _lock:
         telemetries = list(_open)
     stop_together(telemetries)

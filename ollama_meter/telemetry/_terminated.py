@@ -43,6 +43,8 @@ class _State:
     """What a SIGTERM runs, and the seconds it is given at most."""
     pipe: tuple[int, int] | None = None
     """The wakeup pipe (read, write) this process's watcher reads."""
+    heard = False
+    """A SIGTERM came, and the watcher heard it."""
     ending = ChildLock()
 
 
@@ -80,6 +82,17 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     in 2 of 10 pools' exits, which lost their spans after the whole bound."""
     if _state.pipe is None or not _heard(_state.pipe[1]):
         _end()
+    _state.heard = True  # the watcher ends the process: nothing else may
+
+
+def unless_ending() -> None:
+    """Wait here if a SIGTERM is ending the process: its stop is under way on another thread
+    and ends the process within its bound, as the signal would have. At exit: the main
+    thread, given back by the handler, may end the program meanwhile (a ``signal.pause()``
+    returns), and it exited 0 with the stop cut (1 run in 2). Bounded all the same, should
+    the watcher never end it."""
+    if _state.armed is not None and (_state.heard or _state.ending.locked()):
+        threading.Event().wait(_state.armed[1]() + 2 * _MARGIN)
 
 
 def _heard(write: int) -> bool:
@@ -126,6 +139,7 @@ def _end() -> None:
 def _after_fork() -> None:
     """A forked child shares the parent's pipe: a SIGTERM to it woke the parent's watcher,
     which ended the parent. The child lets go of it (a multiprocessing child arms anew)."""
+    _state.heard = False
     if _state.pipe is None:
         return
     (read, write), _state.pipe = _state.pipe, None
