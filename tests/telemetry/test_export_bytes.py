@@ -10,7 +10,9 @@ spans, refused whole, and 8 MB a span in the queue that waits for a collector.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -203,6 +205,28 @@ def test_a_grpc_collector_with_a_small_receive_limit_gets_exports_cut_to_it(
     assert len(said) == 1 and "too large (RESOURCE_EXHAUSTED)" in said[0], said
 
 
+@contextlib.contextmanager
+def _metrics_limited_to(
+    limit: int, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[OtlpHttpReceiver | OtlpGrpcReceiver]:
+    """A collector that refuses a request past ``limit`` bytes as too large (413 over HTTP,
+    RESOURCE_EXHAUSTED over gRPC, which records none), where metrics go by ``protocol``."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    if protocol == "grpc":
+        with OtlpGrpcReceiver(max_receive=limit) as grpc_rx:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", grpc_rx.endpoint)
+            yield grpc_rx
+        return
+    with OtlpHttpReceiver(max_body=limit) as http_rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"{http_rx.url}/v1/metrics")
+        yield http_rx
+
+
+def _taken(rx: OtlpHttpReceiver | OtlpGrpcReceiver) -> list[Any]:
+    """The exports ``rx`` took (refused ones are recorded over HTTP, with their status)."""
+    return [r.message for r in rx.requests if getattr(r, "status", 200) == 200]
+
+
 @pytest.mark.parametrize(
     ("protocol", "refusal"), [("http/protobuf", "413"), ("grpc", "RESOURCE_EXHAUSTED")]
 )
@@ -217,15 +241,7 @@ def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
     the 300 calls arrived: the SDK sent the export again until its timeout)."""
     calls = 300
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "5")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    rx: OtlpHttpReceiver | OtlpGrpcReceiver
-    if protocol == "grpc":
-        rx, where = OtlpGrpcReceiver(max_receive=128 * 1024), ""  # refused: not recorded
-    else:
-        rx, where = OtlpHttpReceiver(max_body=128 * 1024), "/v1/metrics"
-    with rx:
-        endpoint = rx.endpoint if isinstance(rx, OtlpGrpcReceiver) else rx.url
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint + where)
+    with _metrics_limited_to(128 * 1024, protocol, monkeypatch) as rx:
         telemetry = Telemetry(load_settings())
         with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
             for n in range(calls):
@@ -234,7 +250,7 @@ def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
                 telemetry.observer.on_start(span)
                 telemetry.observer.on_end(span)
             assert telemetry.flush()
-            taken = [r.message for r in rx.requests if getattr(r, "status", 200) == 200]
+            taken = _taken(rx)
         telemetry.shutdown()
     counted = [
         point.as_int
@@ -259,25 +275,17 @@ def test_metric_points_refused_as_too_large_after_a_batch_got_there_are_not_sent
     got there and the next was refused as too large, the whole export was sent again in
     halves, and the first 1,000 points arrived twice (a delta's sum counted twice). Exports
     are cut to what one request holds, so a refusal is of all of it or none."""
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     reader = InMemoryMetricReader()
     counter = MeterProvider(metric_readers=[reader]).get_meter("m").create_counter("c")
     for n in range(1200):  # 1,000 small points, then 200 of 2 KB: 400 KB in one request
         counter.add(1, {"n": n, "pad": "x" * (2000 if n >= 1000 else 0)})
     data = reader.get_metrics_data()
     assert data is not None
-    rx: OtlpHttpReceiver | OtlpGrpcReceiver
-    if protocol == "grpc":
-        rx, where = OtlpGrpcReceiver(max_receive=256 * 1024), ""
-    else:
-        rx, where = OtlpHttpReceiver(max_body=256 * 1024), "/v1/metrics"
-    with rx:
-        endpoint = rx.endpoint if isinstance(rx, OtlpGrpcReceiver) else rx.url
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint + where)
+    with _metrics_limited_to(256 * 1024, protocol, monkeypatch) as rx:
         telemetry = Telemetry(load_settings())
         assert telemetry.metric_exporter is not None
         assert telemetry.metric_exporter.export(data).name == "SUCCESS"
-        taken = [r.message for r in rx.requests if getattr(r, "status", 200) == 200]
+        taken = _taken(rx)
         telemetry.shutdown()
     got = [
         next(kv.value.int_value for kv in point.attributes if kv.key == "n")
