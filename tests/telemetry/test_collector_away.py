@@ -735,6 +735,23 @@ def test_a_collector_that_redirects_has_not_taken_the_spans(
     assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
 
 
+def test_a_grpc_collector_out_of_a_resource_with_no_retry_info_is_asked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RESOURCE_EXHAUSTED with no RetryInfo: OTLP says it is not to be retried (the same
+    export gets the same answer), and the SDK sent it again with backoff until its timeout
+    (3 requests in 3 s). An export too small to cut is asked once, and fails."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with OtlpGrpcReceiver(code=grpc.StatusCode.RESOURCE_EXHAUSTED) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url := rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 2)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert [r.code for r in rx.requests] == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
+
+
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
