@@ -24,7 +24,9 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -437,7 +439,7 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
     ``max_receive``: bytes of a request past which gRPC itself refuses it with
     RESOURCE_EXHAUSTED, unrecorded (a collector's ``max_recv_msg_size_mib``; 4 MiB unset).
     ``answer``: the response to a successful export of its signal instead of an empty one
-    (a ``partial_success``).
+    (a ``partial_success``). ``retry_after``: seconds a failure's RetryInfo says to wait.
     """
 
     def __init__(
@@ -447,6 +449,7 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
         self.code = code
         self.max_receive = max_receive
         self.answer: Message | None = None
+        self.retry_after: float | None = None
         self._server: grpc.Server | None = None
         self._port: int | None = None
 
@@ -486,6 +489,12 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
         metadata = {item.key: item.value for item in context.invocation_metadata()}
         self._record(GrpcRequest(method, metadata, message, code))
         if code is not grpc.StatusCode.OK:
+            if self.retry_after is not None:  # a throttling collector says when to come back
+                delay = Duration(
+                    seconds=int(self.retry_after), nanos=int(self.retry_after % 1 * 1e9)
+                )
+                info = RetryInfo(retry_delay=delay).SerializeToString()
+                context.set_trailing_metadata((("google.rpc.retryinfo-bin", info),))
             context.abort(code, "simulated collector failure")  # raises
 
 

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from hypothesis import example, given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.grpc.exporter import _MAX_RETRYS
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.metrics import MeterProvider
@@ -33,6 +34,7 @@ from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver, _messages
 from ollama_meter.telemetry._session import refused
 from ollama_meter.telemetry._setup import Telemetry
+from ollama_meter.telemetry._size import MAX_REQUEST_BYTES
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import (
     EndlessCollector,
@@ -750,6 +752,27 @@ def test_a_grpc_collector_out_of_a_resource_with_no_retry_info_is_asked_once(
         telemetry.shutdown()
     assert [r.code for r in rx.requests] == [grpc.StatusCode.RESOURCE_EXHAUSTED]
     assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
+
+
+def test_a_grpc_collector_that_throttles_is_asked_again_when_it_says(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RESOURCE_EXHAUSTED with a RetryInfo is a collector throttling, not an export too large:
+    the SDK asks again after the delay it says, and exports are not cut."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "1")
+    with OtlpGrpcReceiver(code=grpc.StatusCode.RESOURCE_EXHAUSTED) as rx:
+        rx.retry_after = 0.01
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        _end_spans(telemetry, 2)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert len(rx.requests) == _MAX_RETRYS  # the SDK's tries, each after the delay said
+    assert exporter.limit == MAX_REQUEST_BYTES and exporter.dropped == 2
+    assert not [r for r in caplog.records if "too large" in r.getMessage()]
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
