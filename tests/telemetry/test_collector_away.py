@@ -958,3 +958,55 @@ def test_a_collectors_reason_reaches_the_log_with_nothing_a_reader_acts_on(why: 
     count, said = refused(answer, "spans")
     assert count == 1
     assert not re.search(f"[\x00-\x1f{ACTED_ON}]", said), ascii(said)
+
+
+class _Refused(grpc.RpcError):  # type: ignore[misc]
+    """What a gRPC stub raises for a failed call, as the channel's own error says it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[Any, ...]) -> None:
+        self._code, self._details, self._trailing = code, details, trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[Any, ...]:
+        return self._trailing
+
+
+class _Failing:
+    def __init__(self, error: _Refused) -> None:
+        self.error = error
+
+    def Export(self, request: object, **options: object) -> None:
+        raise self.error
+
+
+@given(
+    st.sampled_from(list(grpc.StatusCode)),
+    st.sampled_from(["SERVER: ", "CLIENT: ", "Stream removed (CLIENT: ", ""]),
+    st.booleans(),
+)
+def test_only_a_request_refused_as_too_large_is_cut_and_only_an_answer_too_large_is_not_retried(
+    code: grpc.StatusCode, side: str, throttled: bool
+) -> None:
+    """RESOURCE_EXHAUSTED says three things: the collector refused the request as too large
+    (cut it: TooLarge), it is throttling (a RetryInfo: the SDK asks again), or this client
+    refused the answer as too large (the export got there: AnswerTooLarge, neither cut nor
+    sent again). Every other failure is the SDK's, as it was."""
+    from ollama_meter.telemetry._grpc import AnswerTooLarge, GrpcAnswers, TooLarge, _Stub
+
+    trailing = (("google.rpc.retryinfo-bin", b""),) if throttled else ()
+    error = _Refused(code, f"{side}Received message larger than max (9 vs. 1)", trailing)
+    answers = GrpcAnswers()
+    exhausted = code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    expected: type[Exception] = grpc.RpcError
+    if exhausted and "CLIENT" in side:
+        expected = AnswerTooLarge
+    elif exhausted and not throttled:
+        expected = TooLarge
+    with pytest.raises(expected):
+        _Stub(_Failing(error), answers).Export(object())
+    assert answers.too_large is (expected is TooLarge)
