@@ -11,6 +11,7 @@ when a gRPC exporter is made; owns nothing else.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any
@@ -77,17 +78,26 @@ class _Stub:
         return answer
 
 
-def heard(exporter: type[Any], answers: GrpcAnswers, **options: Any) -> Any:
+def heard(exporter: Any, answers: GrpcAnswers, **options: Any) -> Any:
     """An ``exporter`` (the SDK's OTLP/gRPC span or metric exporter) of ``options``, whose
-    answers go to ``answers``: also on the channel it makes anew (after an UNAVAILABLE)."""
-
-    class Heard(exporter):  # type: ignore[misc]
-        def _initialize_channel_and_stub(self) -> None:
-            super()._initialize_channel_and_stub()
-            self._client: Any = _Stub(self._client, answers)
-
+    answers go to ``answers``, read up to :data:`MAX_ANSWER` bytes."""
     bounded = (("grpc.max_receive_message_length", MAX_ANSWER),)
-    return Heard(channel_options=bounded, **options)
+    return _heard(exporter)(answers, channel_options=bounded, **options)
+
+
+@functools.cache
+def _heard(exporter: Any) -> Any:
+    class Heard(exporter):  # type: ignore[misc]
+        def __init__(self, answers: GrpcAnswers, **options: Any) -> None:
+            self._answers = answers
+            super().__init__(**options)
+
+        def _initialize_channel_and_stub(self) -> None:
+            """Also the channel it makes anew, after an UNAVAILABLE."""
+            super()._initialize_channel_and_stub()
+            self._client: Any = _Stub(self._client, self._answers)
+
+    return Heard
 
 
 def import_grpc_quietly() -> None:
