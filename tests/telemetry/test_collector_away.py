@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -775,6 +776,23 @@ def test_a_grpc_collector_that_throttles_is_asked_again_when_it_says(
     assert not [r for r in caplog.records if "too large" in r.getMessage()]
 
 
+@contextlib.contextmanager
+def _answering(
+    answer: Any, protocol: str, signal: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[OtlpHttpReceiver | OtlpGrpcReceiver, str]]:
+    """A collector of ``protocol`` that answers each export of ``signal`` with ``answer``, set
+    as where that signal goes; and its URL as the log names it."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    rx = OtlpGrpcReceiver() if protocol == "grpc" else OtlpHttpReceiver()
+    with rx:
+        if isinstance(rx, OtlpGrpcReceiver):
+            rx.answer, url = answer, rx.endpoint
+        else:
+            rx.answer, url = answer.SerializeToString(), f"{rx.url}/v1/{signal}"
+        monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", url)
+        yield rx, url
+
+
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
@@ -788,14 +806,7 @@ def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
             rejected_spans=2, error_message="span too old"
         )
     )
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    rx = OtlpGrpcReceiver() if protocol == "grpc" else OtlpHttpReceiver()
-    with rx:
-        if isinstance(rx, OtlpGrpcReceiver):
-            rx.answer, url = refused, rx.endpoint
-        else:
-            rx.answer, url = refused.SerializeToString(), f"{rx.url}/v1/traces"
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+    with _answering(refused, protocol, "traces", monkeypatch) as (rx, url):
         telemetry = Telemetry(load_settings())
         (exporter,) = telemetry.span_exporters
         exporter.clock = lambda: 0.0
@@ -918,8 +929,9 @@ def test_a_dead_collector_never_costs_langfuse_its_spans_at_exit(
     assert dead_url in line and lf_url not in line
 
 
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_metric_points_a_collector_refuses_in_a_partial_success_are_said(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:
     """A metrics collector's partial_success (200, with the points refused and why) was read
     by nobody: the points were lost without a word, where refused spans were said."""
@@ -929,15 +941,13 @@ def test_metric_points_a_collector_refuses_in_a_partial_success_are_said(
             rejected_data_points=2, error_message="point too old"
         )
     )
-    with OtlpHttpReceiver() as rx:
-        rx.answer = refused.SerializeToString()
-        url = f"{rx.url}/v1/metrics"
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url)
+    with _answering(refused, protocol, "metrics", monkeypatch) as (rx, url):
         telemetry = Telemetry(load_settings())
         for _ in range(2):
             _end_spans(telemetry, 1)
             assert telemetry.flush()
         telemetry.shutdown()
+    assert metric_points(rx)[sc.METRIC_REQUESTS][-1].value == 2  # taken: the two calls
     assert telemetry.failures() == []
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
     assert said == [f"{url} refused 2 metric points of an export: point too old; said once"]
