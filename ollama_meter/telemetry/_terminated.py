@@ -111,7 +111,8 @@ def _watch(read: int) -> None:
             return
         if not said:
             return
-        if signal.SIGTERM in said:
+        # Ours only while it is the handler: a program's own, set since, answers for itself.
+        if signal.SIGTERM in said and signal.getsignal(signal.SIGTERM) is _stopped:
             _end()
 
 

@@ -222,3 +222,31 @@ def test_a_plain_programs_spans_are_exported_when_it_is_ended_by_sigterm(
     ]
     (row,) = Ledger(url).latest(SpanFilter(), limit=10)
     assert got[0].attributes["ometer.span.id"] == row.id
+
+
+OWN_HANDLER = """
+import os, signal, sys, time
+from ollama_meter import MeteredClient
+
+host, url = sys.argv[1:]
+MeteredClient(host, db_url=url).chat(
+    model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}]
+)
+signal.signal(signal.SIGTERM, lambda signum, frame: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(1)  # room for anything else that heard the signal to act on it
+print("went on")
+"""
+
+
+def test_a_sigterm_handler_the_program_sets_later_is_the_one_that_answers(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """A program that sets a SIGTERM handler of its own after its first client (the CLI, a
+    web server, a worker that finishes its job first) replaced ometer's: but the thread that
+    hears signals through the wakeup pipe still ended the process on any SIGTERM, the
+    program's handler run or not (a test worker was killed by a SIGTERM its handler had
+    taken). The program's handler answers, and the program goes on."""
+    run, got = _run(tmp_path, OWN_HANDLER, emulator.url, f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert (run.returncode, run.stdout, run.stderr) == (0, "handled\nwent on\n", "")
+    assert got == ["chat llama3.1:8b"]  # sent at exit, as any program's
