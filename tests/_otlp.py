@@ -24,7 +24,9 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -407,6 +409,9 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         context: grpc.ServicerContext,
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         self._receiver._handle(TRACE_METHOD, request, context)
+        answer = self._receiver.answer
+        if isinstance(answer, trace_service_pb2.ExportTraceServiceResponse):
+            return answer
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -420,6 +425,9 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
         context: grpc.ServicerContext,
     ) -> metrics_service_pb2.ExportMetricsServiceResponse:
         self._receiver._handle(METRICS_METHOD, request, context)
+        answer = self._receiver.answer
+        if isinstance(answer, metrics_service_pb2.ExportMetricsServiceResponse):
+            return answer
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
@@ -428,16 +436,30 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
 
     ``code`` is the status to answer with; anything but OK plays a failing
     collector. Rejected requests are recorded too, with the code they got.
+    ``max_receive``: bytes of a request past which gRPC itself refuses it with
+    RESOURCE_EXHAUSTED, unrecorded (a collector's ``max_recv_msg_size_mib``; 4 MiB unset).
+    ``answer``: the response to a successful export of its signal instead of an empty one
+    (a ``partial_success``). ``retry_after``: seconds a failure's RetryInfo says to wait.
     """
 
-    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
+    def __init__(
+        self, code: grpc.StatusCode = grpc.StatusCode.OK, max_receive: int | None = None
+    ) -> None:
         super().__init__()
         self.code = code
+        self.max_receive = max_receive
+        self.answer: Message | None = None
+        self.retry_after: float | None = None
         self._server: grpc.Server | None = None
         self._port: int | None = None
 
     def __enter__(self) -> OtlpGrpcReceiver:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        options = (
+            []
+            if self.max_receive is None
+            else [("grpc.max_receive_message_length", self.max_receive)]
+        )
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), server)
         self._port = server.add_insecure_port("127.0.0.1:0")
@@ -467,6 +489,12 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
         metadata = {item.key: item.value for item in context.invocation_metadata()}
         self._record(GrpcRequest(method, metadata, message, code))
         if code is not grpc.StatusCode.OK:
+            if self.retry_after is not None:  # a throttling collector says when to come back
+                delay = Duration(
+                    seconds=int(self.retry_after), nanos=int(self.retry_after % 1 * 1e9)
+                )
+                info = RetryInfo(retry_delay=delay).SerializeToString()
+                context.set_trailing_metadata((("google.rpc.retryinfo-bin", info),))
             context.abort(code, "simulated collector failure")  # raises
 
 

@@ -32,10 +32,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ollama_meter._text import one_line
 from ollama_meter.records import storable_text
+from ollama_meter.telemetry._size import MAX_ANSWER
 
-MAX_ANSWER = 64 * 1024
-"""Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
-page from a proxy fits)."""
 _CHUNK = 8 * 1024
 MAX_REASON = 200
 """Characters of a collector's reason for refusing spans said in the log."""
@@ -153,7 +151,13 @@ class BoundedSession(requests.Session):
         """The body of the last answer (an exporter sends one request at a time)."""
         self.status = 0
         """The status of the last answer (0: none came)."""
+        self.refusal = "413"
+        """How the place says an export is too large, for the log."""
         self._pid = os.getpid()
+
+    @property
+    def too_large(self) -> bool:
+        return self.status == 413
 
     def _mount_cut(self) -> None:
         # Mounted anew, not closed: in a forked child the parent still uses its connections.

@@ -30,7 +30,7 @@ from ollama_meter._forks import ChildLock
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
-from ollama_meter.telemetry._terminated import stop_on_sigterm
+from ollama_meter.telemetry._terminated import stop_on_sigterm, unless_ending
 from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -58,7 +58,9 @@ def _otlp(
     exporter: Any
     grpc = settings.otlp_protocol_of(signal) == "grpc"
     if grpc:
-        _import_grpc_quietly()
+        from ollama_meter.telemetry._grpc import import_grpc_quietly
+
+        import_grpc_quietly()
     if signal == "traces" and grpc:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as exporter,
@@ -83,26 +85,13 @@ def _otlp(
     if signal == "metrics":
         options["max_export_batch_size"] = METRIC_BATCH
     if grpc:
+        from ollama_meter.telemetry._grpc import heard
+
         insecure = endpoint.startswith("http://")
-        return endpoint, exporter(endpoint=endpoint, insecure=insecure, **options)
+        options.update(endpoint=endpoint, insecure=insecure)
+        return endpoint, heard(exporter, session, **options)
     url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
     return url, exporter(endpoint=url, session=session or _session(), **options)
-
-
-def _import_grpc_quietly() -> None:
-    """Import gRPC with its C library's own log at errors only, unless set otherwise.
-
-    It writes to stderr, outside Python's logging, a line per failed TLS handshake
-    (``https://`` to a plain collector) at every try of every export: a gateway's log filled
-    with them. Read once at import; the environment is put back, so that a program ``ometer
-    run`` starts has its own say."""
-    if "grpc" in sys.modules or "GRPC_VERBOSITY" in os.environ:
-        return
-    os.environ["GRPC_VERBOSITY"] = "ERROR"
-    try:
-        import grpc  # type: ignore[import-untyped]  # noqa: F401
-    finally:
-        os.environ.pop("GRPC_VERBOSITY", None)
 
 
 def _session(*, only: dict[str, str] | None = None) -> Any:
@@ -114,12 +103,21 @@ def _session(*, only: dict[str, str] | None = None) -> Any:
     return BoundedSession(keep=None if only is None else only.keys())
 
 
+def _answers(settings: Settings, signal: str) -> Any:
+    """What the collector's answers to ``signal``'s exports are read by, by protocol."""
+    if settings.otlp_protocol_of(signal) != "grpc":
+        return _session()
+    from ollama_meter.telemetry._grpc import GrpcAnswers
+
+    return GrpcAnswers()
+
+
 def _span_exporters(settings: Settings) -> list[Watched]:
     timeout = settings.export_timeout
     exporters: list[Watched] = []
     traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
     if traces:
-        session = None if settings.otlp_protocol_of("traces") == "grpc" else _session()
+        session = _answers(settings, "traces")
         exporters.append(
             Watched(
                 *_otlp("traces", traces, settings.otlp_traces_endpoint, settings, session),
@@ -162,7 +160,7 @@ def _metric_exporter(settings: Settings) -> WatchedMetrics | None:
     endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
     if not endpoint:
         return None
-    session = None if settings.otlp_protocol_of("metrics") == "grpc" else _session()
+    session = _answers(settings, "metrics")
     given = settings.otlp_metrics_endpoint
     return WatchedMetrics(*_otlp("metrics", endpoint, given, settings, session), answers=session)
 
@@ -252,7 +250,7 @@ def _stop_at_a_childs_exit(_: object = None) -> None:
     the spans of its last calls were never sent. After the calls it left open are closed
     (their finalizer's priority is 0, this one's -1); the child's own finalizers only, which
     it clears as it starts: so this is registered anew in each. A SIGTERM (how a pool ends
-    its workers) stops it too (``_terminated``)."""
+    its workers, and a service manager a program) stops it too (``_terminated``)."""
     from multiprocessing import util
 
     if os.getpid() in _at_a_childs_exit:
@@ -260,7 +258,7 @@ def _stop_at_a_childs_exit(_: object = None) -> None:
     _at_a_childs_exit.append(os.getpid())
     util.Finalize(None, _stop_open, exitpriority=-1)
     util.register_after_fork(_CHILDREN, _stop_at_a_childs_exit)
-    stop_on_sigterm(_stop_all, lambda: max(_timeouts, default=0.0))  # how a pool ends workers
+    stop_on_sigterm(_stop_all, lambda: max(_timeouts, default=0.0))
 
 
 def _stop_all() -> None:
@@ -272,6 +270,7 @@ def _stop_all() -> None:
 
 
 def _stop_open() -> None:
+    unless_ending()
     with _lock:
         telemetries = list(_open)
     stop_together(telemetries)

@@ -16,6 +16,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 MAX_REQUEST_BYTES = 3 * 2**20
 """Spans' bytes in one export at most: under the 4 MiB a gRPC collector takes by default,
 with room for the resource, the scope and the framing."""
+MAX_ANSWER = 64 * 1024
+"""Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
+page from a proxy fits)."""
 _FIELD = 8
 """A field's tag and length, from above."""
 _SPAN = 160
@@ -63,15 +66,19 @@ def span_bytes(span: ReadableSpan) -> int:
 
 
 def exports(
-    spans: Sequence[ReadableSpan], sizes: Sequence[int], limit: int = MAX_REQUEST_BYTES
+    spans: Sequence[ReadableSpan],
+    sizes: Sequence[int],
+    limit: int = MAX_REQUEST_BYTES,
+    most: int | None = None,
 ) -> Iterator[tuple[list[Any], list[int]]]:
     """``spans`` (of :func:`span_bytes` ``sizes``) in order, cut into exports of at most
-    ``limit`` bytes (a span larger alone: an export of its own), each with its sizes."""
+    ``limit`` bytes (a span larger alone: an export of its own) and ``most`` items, each with
+    its sizes."""
     part: list[ReadableSpan] = []
     its: list[int] = []
     total = 0
     for span, size in zip(spans, sizes, strict=True):
-        if part and total + size > limit:
+        if part and (total + size > limit or len(part) == most):
             yield part, its
             part, its, total = [], [], 0
         part.append(span)

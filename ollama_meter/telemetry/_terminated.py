@@ -1,12 +1,13 @@
-"""A :mod:`multiprocessing` child ended by SIGTERM sends its spans before it dies of it.
+"""A process ended by SIGTERM sends its spans before it dies of it.
 
-``with multiprocessing.Pool() as pool:`` ends its workers by SIGTERM as the block exits
+A service manager stops a program by SIGTERM (``systemctl stop``, Kubernetes, ``timeout``), and
+``with multiprocessing.Pool() as pool:`` ends its workers by it as the block exits
 (``Pool.terminate``), as ``Process.terminate()`` ends a process. The signal's default action
 killed them at once: no finalizer ran, and the spans of their last calls, waiting for the
 exporter's next batch, never left (their ledger rows were written as each call ended); a
 worker exiting on its own as the signal came lost the stop it was making.
 
-Here a child whose SIGTERM does its default has it stop telemetry first (within
+Here a process whose SIGTERM does its default has it stop telemetry first (within
 ``OMETER_EXPORT_TIMEOUT``, on a thread of its own, so that a lock the interrupted code held
 bounds the wait rather than hangs it), then die of the signal as before: its exit status, and
 a parent's reading of it, are unchanged. A Python handler alone runs only when the main thread
@@ -15,9 +16,10 @@ another thread, or just before the wait began) never ran it, never died, and the
 waited for it for ever. So the signal's byte also goes to a pipe (``signal.set_wakeup_fd``)
 that a thread of ours reads, whatever the main thread is doing; that thread stops telemetry
 and ends the process (the main thread, interrupted anywhere, may hold a lock the stop needs,
-and goes on meanwhile). A handler or wakeup fd of the
-program's own is left alone, and so is a process that is not a multiprocessing child (the
-signal is the program's to handle there). Owns nothing else.
+and goes on meanwhile). A handler, an ignored SIGTERM or a wakeup fd of the program's own is
+left alone: a program that handles the signal ends as it chooses (``sys.exit`` runs the
+:mod:`atexit` flush), and one that set its handler after ours replaced it. Armed once, from
+the main thread, as the process's first telemetry starts. Owns nothing else.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class _State:
     """What a SIGTERM runs, and the seconds it is given at most."""
     pipe: tuple[int, int] | None = None
     """The wakeup pipe (read, write) this process's watcher reads."""
+    heard = False
+    """A SIGTERM came, and the watcher heard it."""
     ending = ChildLock()
 
 
@@ -49,11 +53,9 @@ _state = _State()
 
 def stop_on_sigterm(stop: Callable[[], None], bound: Callable[[], float]) -> None:
     """Have a SIGTERM run ``stop`` (waited ``bound()`` seconds at most) and then end the
-    process as the signal would have; only in a multiprocessing child's main thread whose
-    SIGTERM does its default (or is ours, inherited from the parent at a fork)."""
-    import multiprocessing
-
-    if os.name != "posix" or multiprocessing.parent_process() is None or _state.pipe is not None:
+    process as the signal would have; only from the main thread of a process whose SIGTERM
+    does its default (or is ours, inherited from the parent at a fork)."""
+    if os.name != "posix" or _state.pipe is not None:
         return  # elsewhere a process is ended without a signal
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set a handler
@@ -80,6 +82,17 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     in 2 of 10 pools' exits, which lost their spans after the whole bound."""
     if _state.pipe is None or not _heard(_state.pipe[1]):
         _end()
+    _state.heard = True  # the watcher ends the process: nothing else may
+
+
+def unless_ending() -> None:
+    """Wait here if a SIGTERM is ending the process: its stop is under way on another thread
+    and ends the process within its bound, as the signal would have. At exit: the main
+    thread, given back by the handler, may end the program meanwhile (a ``signal.pause()``
+    returns), and it exited 0 with the stop cut (1 run in 2). Bounded all the same, should
+    the watcher never end it."""
+    if _state.armed is not None and (_state.heard or _state.ending.locked()):
+        threading.Event().wait(_state.armed[1]() + 2 * _MARGIN)
 
 
 def _heard(write: int) -> bool:
@@ -98,7 +111,8 @@ def _watch(read: int) -> None:
             return
         if not said:
             return
-        if signal.SIGTERM in said:
+        # Ours only while it is the handler: a program's own, set since, answers for itself.
+        if signal.SIGTERM in said and signal.getsignal(signal.SIGTERM) is _stopped:
             _end()
 
 
@@ -126,6 +140,7 @@ def _end() -> None:
 def _after_fork() -> None:
     """A forked child shares the parent's pipe: a SIGTERM to it woke the parent's watcher,
     which ended the parent. The child lets go of it (a multiprocessing child arms anew)."""
+    _state.heard = False
     if _state.pipe is None:
         return
     (read, write), _state.pipe = _state.pipe, None

@@ -95,13 +95,17 @@ class Reporting:
 
 class CutToFit(Reporting):
     """A place whose exports are cut to the bytes it takes: one it refuses as too large (413:
-    a proxy's body limit in front of it) is sent again in halves, and the exports after it
+    a proxy's body limit in front of it; gRPC's RESOURCE_EXHAUSTED: a collector's receive
+    limit) is sent again in halves, and the exports after it
     are cut that small from the start; said once. Spans and metrics alike: metrics were
     refused whole every minute, for the life of the process."""
 
-    answers: Any  # the BoundedSession of an OTLP/HTTP exporter, if it is one
+    answers: Any  # what reads the place's answers (an OTLP exporter's), if any
     what: str  # what it exports, for the log
     limit = MAX_REQUEST_BYTES  # bytes an export holds: less once the place said so
+    most: int | None = None
+    """Items an export holds at most: what the exporter sends in one request. It sends a
+    larger one in several, and one refused after another got there had the whole sent again."""
     _said_too_large = _said_refused = False
 
     def _sent(
@@ -112,7 +116,7 @@ class CutToFit(Reporting):
         (only when ``splittable``), False if it failed."""
         done, refused = 0, 0
         while done < len(items):
-            part, its = next(exports(items[done:], sizes[done:], self.limit))
+            part, its = next(exports(items[done:], sizes[done:], self.limit, self.most))
             too_large = send(part, len(part) > 1)
             if too_large is None:
                 done += len(part)
@@ -127,10 +131,11 @@ class CutToFit(Reporting):
         if refused and not self._said_too_large and not self.quiet:
             self._said_too_large = True
             log.warning(
-                "%s refused an export of %d KiB as too large (413); exports to it are now cut "
-                "to %d KiB (raise its body limit to send fewer); said once",
+                "%s refused an export of %d KiB as too large (%s); exports to it are now cut "
+                "to %d KiB (raise its limit to send fewer); said once",
                 self.name,
                 refused // 1024,
+                self.answers.refusal,
                 self.limit // 1024,
             )
         return done
@@ -147,7 +152,7 @@ class CutToFit(Reporting):
             ok = send() is success
         except Exception:
             ok = False
-        if not ok and splittable and self.answers is not None and self.answers.status == 413:
+        if not ok and splittable and self.answers is not None and self.answers.too_large:
             return True
         self._saw(ok, self.what)
         if not ok:
@@ -298,6 +303,7 @@ class WatchedMetrics(CutToFit, MetricExporter):
         self.inner = inner
         self.answers = answers
         self.what = "metrics"
+        self.most = getattr(inner, "_max_export_batch_size", None)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any

@@ -8,6 +8,7 @@ never sent, while its ledger rows were written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.testing import OllamaEmulator
-from tests._otlp import OtlpHttpReceiver, spans
+from tests._otlp import OtlpHttpReceiver, spans, wait_for
 
 CHILD = """
 import multiprocessing, sys
@@ -161,3 +162,91 @@ def test_a_child_whose_main_thread_never_runs_python_again_still_dies_of_sigterm
     run, got = _run(tmp_path, BLOCKED, emulator.url, f"sqlite:///{tmp_path / 'ledger.db'}")
     assert (run.returncode, run.stdout, run.stderr) == (0, f"{-signal.SIGTERM}\n", "")
     assert got == ["chat llama3.1:8b"]
+
+
+PLAIN = """
+import signal, sys, time
+from ollama_meter import MeteredClient
+
+host, url, wait = sys.argv[1:]
+MeteredClient(host, db_url=url).chat(
+    model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}]
+)
+print("called", flush=True)
+if wait == "sleep":
+    time.sleep(60)  # a service's worker, waiting for its next job when it is stopped
+else:
+    signal.pause()  # returns once a handler ran: the program ends on its own
+"""
+
+
+@pytest.mark.parametrize("wait", ["sleep", "pause"])
+def test_a_plain_programs_spans_are_exported_when_it_is_ended_by_sigterm(
+    emulator: OllamaEmulator, tmp_path: Path, wait: str
+) -> None:
+    """A program using the Python API, stopped by SIGTERM (``systemctl stop``, Kubernetes,
+    ``timeout``) while its last spans wait for the exporter's next batch: the signal's default
+    killed it at once, and they never reached the collector (the ledger had the call). Its
+    spans are sent, and it dies of the signal as before: also one whose main thread, given
+    back by the handler, would end the program on its own meanwhile (``signal.pause``)."""
+    script = tmp_path / "program.py"
+    script.write_text(PLAIN)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with OtlpHttpReceiver() as rx:
+        environment = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/v1/traces",
+            "OMETER_EXPORT_TIMEOUT": "60",
+            "PYTHONPATH": str(Path(__file__).parents[2]),
+        }
+        with subprocess.Popen(
+            [sys.executable, str(script), emulator.url, url, wait],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as program:
+            assert program.stdout is not None
+            assert program.stdout.readline() == "called\n"
+            rx.answering.clear()  # a collector that takes a while: the program ends meanwhile
+            program.send_signal(signal.SIGTERM)
+            wait_for(lambda: rx.requests, 60, what="the export")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                program.wait(1)  # an exit before the answer: the spans cut, exit 0
+            rx.answering.set()
+            out, err = program.communicate(timeout=60)
+        got = spans(rx)
+    assert (program.returncode, out, err) == (-signal.SIGTERM, "", "")
+    assert [(span.name, span.attributes["ometer.status"]) for span in got] == [
+        ("chat llama3.1:8b", "ok")
+    ]
+    (row,) = Ledger(url).latest(SpanFilter(), limit=10)
+    assert got[0].attributes["ometer.span.id"] == row.id
+
+
+OWN_HANDLER = """
+import os, signal, sys, time
+from ollama_meter import MeteredClient
+
+host, url = sys.argv[1:]
+MeteredClient(host, db_url=url).chat(
+    model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}]
+)
+signal.signal(signal.SIGTERM, lambda signum, frame: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(1)  # room for anything else that heard the signal to act on it
+print("went on")
+"""
+
+
+def test_a_sigterm_handler_the_program_sets_later_is_the_one_that_answers(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """A program that sets a SIGTERM handler of its own after its first client (the CLI, a
+    web server, a worker that finishes its job first) replaced ometer's: but the thread that
+    hears signals through the wakeup pipe still ended the process on any SIGTERM, the
+    program's handler run or not (a test worker was killed by a SIGTERM its handler had
+    taken). The program's handler answers, and the program goes on."""
+    run, got = _run(tmp_path, OWN_HANDLER, emulator.url, f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert (run.returncode, run.stdout, run.stderr) == (0, "handled\nwent on\n", "")
+    assert got == ["chat llama3.1:8b"]  # sent at exit, as any program's

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import grpc
 import pytest
 from hypothesis import example, given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.grpc.exporter import _MAX_RETRYS
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.metrics import MeterProvider
@@ -33,6 +35,7 @@ from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver, _messages
 from ollama_meter.telemetry._session import refused
 from ollama_meter.telemetry._setup import Telemetry
+from ollama_meter.telemetry._size import MAX_REQUEST_BYTES
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import (
     EndlessCollector,
@@ -735,21 +738,75 @@ def test_a_collector_that_redirects_has_not_taken_the_spans(
     assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
 
 
-def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
+def test_a_grpc_collector_out_of_a_resource_with_no_retry_info_is_asked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RESOURCE_EXHAUSTED with no RetryInfo: OTLP says it is not to be retried (the same
+    export gets the same answer), and the SDK sent it again with backoff until its timeout
+    (3 requests in 3 s). An export too small to cut is asked once, and fails."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with OtlpGrpcReceiver(code=grpc.StatusCode.RESOURCE_EXHAUSTED) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url := rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 2)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert [r.code for r in rx.requests] == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
+
+
+def test_a_grpc_collector_that_throttles_is_asked_again_when_it_says(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """RESOURCE_EXHAUSTED with a RetryInfo is a collector throttling, not an export too large:
+    the SDK asks again after the delay it says, and exports are not cut."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "1")
+    with OtlpGrpcReceiver(code=grpc.StatusCode.RESOURCE_EXHAUSTED) as rx:
+        rx.retry_after = 0.01
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        _end_spans(telemetry, 2)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert len(rx.requests) == _MAX_RETRYS  # the SDK's tries, each after the delay said
+    assert exporter.limit == MAX_REQUEST_BYTES and exporter.dropped == 2
+    assert not [r for r in caplog.records if "too large" in r.getMessage()]
+
+
+@contextlib.contextmanager
+def _answering(
+    answer: Any, protocol: str, signal: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[OtlpHttpReceiver | OtlpGrpcReceiver, str]]:
+    """A collector of ``protocol`` that answers each export of ``signal`` with ``answer``, set
+    as where that signal goes; and its URL as the log names it."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    rx = OtlpGrpcReceiver() if protocol == "grpc" else OtlpHttpReceiver()
+    with rx:
+        if isinstance(rx, OtlpGrpcReceiver):
+            rx.answer, url = answer, rx.endpoint
+        else:
+            rx.answer, url = answer.SerializeToString(), f"{rx.url}/v1/{signal}"
+        monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", url)
+        yield rx, url
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
     """OTLP's partial_success: 200, with the spans refused and why. The exporter read no
-    answer: refused spans were lost without a word."""
+    answer: refused spans were lost without a word (over gRPC too, where the SDK's exporter
+    reads none either: 0 counted, nothing said)."""
     caplog.set_level("WARNING", logger="ollama_meter.telemetry")
     refused = trace_service_pb2.ExportTraceServiceResponse(
         partial_success=trace_service_pb2.ExportTracePartialSuccess(
             rejected_spans=2, error_message="span too old"
         )
     )
-    with OtlpHttpReceiver() as rx:
-        rx.answer = refused.SerializeToString()
-        url = f"{rx.url}/v1/traces"
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+    with _answering(refused, protocol, "traces", monkeypatch) as (rx, url):
         telemetry = Telemetry(load_settings())
         (exporter,) = telemetry.span_exporters
         exporter.clock = lambda: 0.0
@@ -757,12 +814,42 @@ def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
             _end_spans(telemetry, 3)
             assert telemetry.flush()
         telemetry.shutdown()
-    assert len(rx.requests) == 2 and exporter.dropped == 4 and telemetry.failures() == []
+    assert len(rx.requests) == 2 and len(spans(rx)) == 6
+    assert exporter.dropped == 4 and telemetry.failures() == []
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
     assert said == [
         f"{url} refused 2 spans of an export: span too old; said once",
         f"spans not sent to {url}: 2 (the ledger keeps every call)",
     ]
+
+
+def test_a_grpc_collectors_answer_too_large_to_read_has_no_span_sent_twice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gRPC client refuses an answer past its receive limit with RESOURCE_EXHAUSTED, as a
+    server refuses a request: the export got there, and was sent again as if it had not (in
+    halves, each got there too: 5 MB answers, 24 spans arrived for 8). Over HTTP an answer is
+    read up to 64 KiB, and one longer fails the export, not sent again: so over gRPC."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    with OtlpGrpcReceiver() as rx:
+        rx.answer = trace_service_pb2.ExportTraceServiceResponse(
+            partial_success=trace_service_pb2.ExportTracePartialSuccess(
+                rejected_spans=1, error_message="x" * 5_000_000
+            )
+        )
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url := rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        for _ in range(8):  # 260 KB: an export large enough to be cut
+            span = make_storable(make_span(prompt="p" * 20_000, reply="r" * 20_000))
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert len(rx.requests) == 1 and len(spans(rx)) == 8
+    assert telemetry.failures() == [url]
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_a_collector_that_claims_more_refused_than_it_was_sent_is_not_believed(
@@ -842,8 +929,9 @@ def test_a_dead_collector_never_costs_langfuse_its_spans_at_exit(
     assert dead_url in line and lf_url not in line
 
 
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_metric_points_a_collector_refuses_in_a_partial_success_are_said(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:
     """A metrics collector's partial_success (200, with the points refused and why) was read
     by nobody: the points were lost without a word, where refused spans were said."""
@@ -853,15 +941,13 @@ def test_metric_points_a_collector_refuses_in_a_partial_success_are_said(
             rejected_data_points=2, error_message="point too old"
         )
     )
-    with OtlpHttpReceiver() as rx:
-        rx.answer = refused.SerializeToString()
-        url = f"{rx.url}/v1/metrics"
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url)
+    with _answering(refused, protocol, "metrics", monkeypatch) as (rx, url):
         telemetry = Telemetry(load_settings())
         for _ in range(2):
             _end_spans(telemetry, 1)
             assert telemetry.flush()
         telemetry.shutdown()
+    assert metric_points(rx)[sc.METRIC_REQUESTS][-1].value == 2  # taken: the two calls
     assert telemetry.failures() == []
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
     assert said == [f"{url} refused 2 metric points of an export: point too old; said once"]
@@ -882,3 +968,55 @@ def test_a_collectors_reason_reaches_the_log_with_nothing_a_reader_acts_on(why: 
     count, said = refused(answer, "spans")
     assert count == 1
     assert not re.search(f"[\x00-\x1f{ACTED_ON}]", said), ascii(said)
+
+
+class _Refused(grpc.RpcError):  # type: ignore[misc]
+    """What a gRPC stub raises for a failed call, as the channel's own error says it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[Any, ...]) -> None:
+        self._code, self._details, self._trailing = code, details, trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[Any, ...]:
+        return self._trailing
+
+
+class _Failing:
+    def __init__(self, error: _Refused) -> None:
+        self.error = error
+
+    def Export(self, request: object, **options: object) -> None:
+        raise self.error
+
+
+@given(
+    st.sampled_from(list(grpc.StatusCode)),
+    st.sampled_from(["SERVER: ", "CLIENT: ", "Stream removed (CLIENT: ", ""]),
+    st.booleans(),
+)
+def test_only_a_request_refused_as_too_large_is_cut_and_only_an_answer_too_large_is_not_retried(
+    code: grpc.StatusCode, side: str, throttled: bool
+) -> None:
+    """RESOURCE_EXHAUSTED says three things: the collector refused the request as too large
+    (cut it: TooLarge), it is throttling (a RetryInfo: the SDK asks again), or this client
+    refused the answer as too large (the export got there: AnswerTooLarge, neither cut nor
+    sent again). Every other failure is the SDK's, as it was."""
+    from ollama_meter.telemetry._grpc import AnswerTooLarge, GrpcAnswers, TooLarge, _Stub
+
+    trailing = (("google.rpc.retryinfo-bin", b""),) if throttled else ()
+    error = _Refused(code, f"{side}Received message larger than max (9 vs. 1)", trailing)
+    answers = GrpcAnswers()
+    exhausted = code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    expected: type[Exception] = grpc.RpcError
+    if exhausted and "CLIENT" in side:
+        expected = AnswerTooLarge
+    elif exhausted and not throttled:
+        expected = TooLarge
+    with pytest.raises(expected):
+        _Stub(_Failing(error), answers).Export(object())
+    assert answers.too_large is (expected is TooLarge)

@@ -10,7 +10,9 @@ spans, refused whole, and 8 MB a span in the queue that waits for a collector.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -28,9 +30,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ollama_meter import load_settings
 from ollama_meter.records import make_storable
 from ollama_meter.telemetry import _semconv as sc
-from ollama_meter.telemetry._observer import MAX_HOOKED_BYTES, exportable
+from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, MAX_HOOKED_BYTES, exportable
 from ollama_meter.telemetry._setup import Telemetry
-from ollama_meter.telemetry._size import metrics_data, point_bytes, points_of, span_bytes
+from ollama_meter.telemetry._size import exports, metrics_data, point_bytes, points_of, span_bytes
 from ollama_meter.telemetry._watch import MAX_WAITING_BYTES
 from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
@@ -171,17 +173,75 @@ def test_a_collector_behind_a_body_limit_gets_exports_cut_to_it(
     assert len(said) == 1 and "too large (413)" in said[0], said
 
 
-def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
+def test_a_grpc_collector_with_a_small_receive_limit_gets_exports_cut_to_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gRPC collector refuses a request past its ``max_recv_msg_size_mib`` with
+    RESOURCE_EXHAUSTED, as an HTTP proxy refuses one past its body limit with 413. 413 had the
+    export sent again in halves; RESOURCE_EXHAUSTED had the SDK send the same export again
+    and again (it takes the code as retryable, which OTLP says it is only with a RetryInfo)
+    until the timeout, and every span in it was dropped. Each span arrives once, whole."""
+    monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    made: list[str] = []
+    with OtlpGrpcReceiver(max_receive=256 * 1024) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.endpoint)
+        telemetry = Telemetry(load_settings())
+        with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
+            for _ in range(150):
+                span = make_storable(make_span(prompt="p" * 20_000, reply="r" * 20_000))
+                telemetry.observer.on_start(span)
+                telemetry.observer.on_end(span)
+                made.append(span.span_id)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    got = spans(rx)
+    assert sorted(view.span_id for view in got) == sorted(made)  # each once
+    head, tail = '[{"role": "user", "parts": [{"type": "text", "content": "', '…"}]}]'
+    prompt = head + "p" * (MAX_EXPORTED_TEXT - len(head) - len(tail)) + tail  # whole JSON
+    assert {view.attributes["gen_ai.input.messages"] for view in got} == {prompt}
+    assert telemetry.failures() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert len(said) == 1 and "too large (RESOURCE_EXHAUSTED)" in said[0], said
+
+
+@contextlib.contextmanager
+def _metrics_limited_to(
+    limit: int, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[OtlpHttpReceiver | OtlpGrpcReceiver]:
+    """A collector that refuses a request past ``limit`` bytes as too large (413 over HTTP,
+    RESOURCE_EXHAUSTED over gRPC, which records none), where metrics go by ``protocol``."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    if protocol == "grpc":
+        with OtlpGrpcReceiver(max_receive=limit) as grpc_rx:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", grpc_rx.endpoint)
+            yield grpc_rx
+        return
+    with OtlpHttpReceiver(max_body=limit) as http_rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"{http_rx.url}/v1/metrics")
+        yield http_rx
+
+
+def _taken(rx: OtlpHttpReceiver | OtlpGrpcReceiver) -> list[Any]:
+    """The exports ``rx`` took (refused ones are recorded over HTTP, with their status)."""
+    return [r.message for r in rx.requests if getattr(r, "status", 200) == 200]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "refusal"), [("http/protobuf", "413"), ("grpc", "RESOURCE_EXHAUSTED")]
+)
+def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str, refusal: str
 ) -> None:
     """Spans refused as too large (413) were sent again in halves; metrics were not: an export
     of 1,000 points (a few hundred model names) past a proxy's body limit was refused every
     minute, for the life of the process, and the log said only that exports failed. Both go
-    through one mechanism now: the export is cut to what the place takes, said once."""
+    through one mechanism now: the export is cut to what the place takes, said once. So over
+    gRPC, where a collector past its receive limit answers RESOURCE_EXHAUSTED (0 points of
+    the 300 calls arrived: the SDK sent the export again until its timeout)."""
     calls = 300
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "5")
-    with OtlpHttpReceiver(max_body=128 * 1024) as rx:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"{rx.url}/v1/metrics")
+    with _metrics_limited_to(128 * 1024, protocol, monkeypatch) as rx:
         telemetry = Telemetry(load_settings())
         with caplog.at_level(logging.INFO, "ollama_meter.telemetry"):
             for n in range(calls):
@@ -190,7 +250,7 @@ def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
                 telemetry.observer.on_start(span)
                 telemetry.observer.on_end(span)
             assert telemetry.flush()
-            taken = [request.message for request in rx.requests if request.status == 200]
+            taken = _taken(rx)
         telemetry.shutdown()
     counted = [
         point.as_int
@@ -201,10 +261,42 @@ def test_metrics_to_a_collector_behind_a_body_limit_get_exports_cut_to_it(
         if metric.name == sc.METRIC_REQUESTS
         for point in metric.sum.data_points
     ]
-    assert sum(counted) == calls  # one flush: each point once
+    assert sorted(counted) == [1] * calls  # one flush: each point once
     assert telemetry.failures() == []
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
-    assert len(said) == 1 and "too large (413)" in said[0], said
+    assert len(said) == 1 and f"too large ({refusal})" in said[0], said
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_metric_points_refused_as_too_large_after_a_batch_got_there_are_not_sent_twice(
+    monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    """The SDK's metric exporter sends an export in requests of 1,000 points: when the first
+    got there and the next was refused as too large, the whole export was sent again in
+    halves, and the first 1,000 points arrived twice (a delta's sum counted twice). Exports
+    are cut to what one request holds, so a refusal is of all of it or none."""
+    reader = InMemoryMetricReader()
+    counter = MeterProvider(metric_readers=[reader]).get_meter("m").create_counter("c")
+    for n in range(1200):  # 1,000 small points, then 200 of 2 KB: 400 KB in one request
+        counter.add(1, {"n": n, "pad": "x" * (2000 if n >= 1000 else 0)})
+    data = reader.get_metrics_data()
+    assert data is not None
+    with _metrics_limited_to(256 * 1024, protocol, monkeypatch) as rx:
+        telemetry = Telemetry(load_settings())
+        assert telemetry.metric_exporter is not None
+        assert telemetry.metric_exporter.export(data).name == "SUCCESS"
+        taken = _taken(rx)
+        telemetry.shutdown()
+    got = [
+        next(kv.value.int_value for kv in point.attributes if kv.key == "n")
+        for message in taken
+        for resource in message.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "c"
+        for point in metric.sum.data_points
+    ]
+    assert sorted(got) == list(range(1200))
 
 
 @given(
@@ -258,3 +350,19 @@ def _points_of(message: Any) -> list[Any]:
         for metric in scope.metrics
         for point in getattr(metric, metric.WhichOneof("data")).data_points
     ]
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=500)),
+    st.integers(min_value=1, max_value=1000),
+    st.none() | st.integers(min_value=1, max_value=20),
+)
+def test_exports_carry_each_item_once_in_order_within_their_bytes_and_count(
+    sizes: list[int], limit: int, most: int | None
+) -> None:
+    parts = list(exports(list(range(len(sizes))), sizes, limit, most))
+    assert [item for part, _ in parts for item in part] == list(range(len(sizes)))
+    for part, its in parts:
+        assert its == [sizes[item] for item in part]
+        assert sum(its) <= limit or len(part) == 1
+        assert most is None or len(part) <= most
