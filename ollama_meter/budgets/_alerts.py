@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
-from ollama_meter.budgets._channels import Channel
+from ollama_meter.budgets._channels import Channel, Undeliverable
 from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
@@ -46,6 +46,10 @@ than a delivery takes (three tries per channel, each bounded by :data:`~ollama_m
 a process that dies mid-delivery holds it that long, then the next run tries it again."""
 
 
+UNDELIVERABLE = "undeliverable: "
+"""How a channel's refusal for good is on record: that channel is not tried again."""
+
+
 def deliver(
     alert: Alert,
     channels: Sequence[Channel],
@@ -55,22 +59,29 @@ def deliver(
     backoff: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
     took: Callable[[dict[str, str]], None] | None = None,
+    failing: set[str] | None = None,
 ) -> tuple[dict[str, str], bool]:
-    """Send to every channel not yet done, retrying with jittered backoff; never raises.
+    """Send to every channel still owed the alert, retrying with jittered backoff; never raises.
 
     ``took`` is told the outcome so far each time a channel takes the alert, before the next
-    is tried. Returns what happened per channel and whether all of them have it now.
+    is tried. ``failing``: the channels whose failure is said already (a process's, kept
+    across alerts): a channel failing for an hour is one line, not a line an alert and try.
+    Returns what happened per channel and whether all of them have it now.
     """
     outcome = dict(done or {})
     if not outcome.get("log", "").startswith("sent"):
         said(alert)
     outcome["log"] = "sent"
+    failing = set() if failing is None else failing
     for channel in channels:
-        if outcome.get(channel.name, "").startswith("sent"):
+        if not _owed(outcome.get(channel.name, "")):
             continue
         for attempt in range(1, attempts + 1):
             try:
                 outcome[channel.name] = channel.send(alert)
+            except Undeliverable as exc:  # another try meets it again: said, not made
+                outcome[channel.name] = f"{UNDELIVERABLE}{exc}"[:500]
+                break
             except Exception as exc:  # a channel's failure must never reach the call
                 outcome[channel.name] = f"failed: {exc}"[:500]
                 if attempt < attempts:
@@ -79,12 +90,40 @@ def deliver(
                 if took is not None:
                     took(dict(outcome))
                 break
-        if not outcome[channel.name].startswith("sent"):
-            log.warning(
-                "alert %d not delivered by %s: %s", alert.id, channel.name, outcome[channel.name]
-            )
+        if outcome[channel.name].startswith("sent"):
+            if channel.name in failing:
+                failing.discard(channel.name)
+                log.info("alerts reach %s again", channel.name)
+        elif channel.name not in failing:
+            failing.add(channel.name)
+            log.warning(_failed(channel.name, outcome[channel.name]))
     delivered = all(value.startswith("sent") for value in outcome.values())
     return outcome, delivered
+
+
+def _owed(outcome: str) -> bool:
+    """Whether a channel with ``outcome`` on record is still to be tried."""
+    return not outcome.startswith(("sent", UNDELIVERABLE))
+
+
+def given_up(alert: Alert) -> bool:
+    """Whether no run tries ``alert`` again: its runs are spent, or every channel on record
+    that does not have it refused it for good."""
+    left = [what for what in alert.deliveries.values() if not what.startswith("sent")]
+    return alert.attempts >= MAX_RUNS or (bool(left) and not any(map(_owed, left)))
+
+
+def _failed(channel: str, outcome: str) -> str:
+    """The line that says a channel fails, once while it does: why, and what comes next."""
+    if outcome.startswith(UNDELIVERABLE):
+        why, then = outcome.removeprefix(UNDELIVERABLE), "not tried again"
+    else:
+        why = outcome.removeprefix("failed: ")
+        then = f"each is tried again, {MAX_RUNS} attempts in all"
+    return (
+        f"alerts not delivered by {channel}: {why}; {then}, and later alerts there are not "
+        "logged again until it takes one (`ometer budget status` lists them)"
+    )
 
 
 def said(alert: Alert) -> Alert:
@@ -129,6 +168,8 @@ class AlertDispatcher:
         self._recording = threading.Lock()
         self._closed = self._part = False
         self._failures = Throttled(log)
+        self._failing: set[str] = set()
+        """Channels whose failure is said (:func:`deliver`): said again once one recovers."""
         renew_after_fork(self)
 
     def _after_fork(self) -> None:
@@ -218,6 +259,10 @@ class AlertDispatcher:
         # channel) still uses up one of its runs. And it is claimed: a process starting sent
         # again one another was still delivering. The claim hands back the alert as it
         # stands, so what another process delivered since ``alert`` was read is not resent.
+        if self.channels and not any(
+            _owed(alert.deliveries.get(c.name, "")) for c in self.channels
+        ):
+            return  # each channel has it, or refused it for good: no attempt to count
         with self._recording:
             claimed = (
                 None
@@ -237,11 +282,12 @@ class AlertDispatcher:
 
         done = {**alert.deliveries, **claimed.deliveries}  # the log has it since dispatch
         outcome, delivered = deliver(
-            claimed, self.channels, done=done, backoff=self.backoff, took=took
-        )
+            claimed, self.channels, done=done, backoff=self.backoff, took=took,
+            failing=self._failing,
+        )  # fmt: skip
         with self._recording:
             if self._closed:
                 return
             self.ledger.record_alert_delivery(alert.id, outcome, delivered)
-        if not delivered:
+        if any(_owed(outcome.get(c.name, "")) for c in self.channels):
             self._retry_later(replace(claimed, deliveries=outcome))

@@ -144,6 +144,6 @@ def test_an_smtp_password_never_goes_over_a_connection_without_tls() -> None:
     assert seen == []
     assert not delivered
     assert outcome["email"] == (
-        "failed: 127.0.0.1 does not offer STARTTLS: the OMETER_SMTP_USER login is not sent "
-        "in clear (use a server or port that offers STARTTLS, or no user)"
+        "undeliverable: 127.0.0.1 does not offer STARTTLS: the OMETER_SMTP_USER login is not "
+        "sent in clear (use a server or port that offers STARTTLS, or no user)"
     )
