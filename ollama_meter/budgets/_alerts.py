@@ -38,6 +38,11 @@ RETRY_AFTER = (60.0, 300.0, 1800.0, 7200.0)
 """Seconds after the 1st, 2nd... failed attempt at which the process that made it (if it
 still runs) makes the next: a webhook down for minutes, or two hours, still gets the alert."""
 
+MAX_HELD = 1_000
+"""Alerts a process holds to deliver (queued, or waiting for a retry). Past it they wait in
+the ledger, where each is a row, and are read back as held ones are done: a channel that
+hangs holds an attempt some ten seconds, and every alert fired meanwhile (an hour of
+crossings, a budget per tenant) was held in memory."""
 EXIT_WAIT = 1.0
 """Seconds a process that is ending waits for alerts still being delivered."""
 CLAIM_SECONDS = 120.0
@@ -154,8 +159,10 @@ class AlertDispatcher:
         backoff: float = 0.5,
         claim_seconds: float = CLAIM_SECONDS,
         retry_after: Sequence[float] = RETRY_AFTER,
+        max_held: int = MAX_HELD,
     ) -> None:
         self.ledger = ledger
+        self.max_held = max_held
         self.channels = list(channels)
         self.backoff = backoff
         self.claim_seconds = claim_seconds
@@ -170,13 +177,23 @@ class AlertDispatcher:
         self._failures = Throttled(log)
         self._failing: set[str] = set()
         """Channels whose failure is said (:func:`deliver`): said again once one recovers."""
+        self._held: set[int] = set()
+        """The ids of the alerts queued or waiting for a retry: at most :attr:`max_held`."""
+        self._left_from: int | None = None
+        """The first id of an alert left in the ledger for want of room, while any is."""
         renew_after_fork(self)
+
+    @property
+    def held(self) -> int:
+        """How many alerts this process holds to deliver (queued, or waiting for a retry)."""
+        return len(self._held)
 
     def _after_fork(self) -> None:
         """A forked child delivers its own alerts, on a thread of its own (the parent's is not
         there); what the parent had queued is the parent's to send."""
         self._queue = queue.Queue()
         self._later = []
+        self._held, self._left_from = set(), None
         self._thread = None
         self._lock, self._recording = threading.Lock(), threading.Lock()
 
@@ -198,6 +215,12 @@ class AlertDispatcher:
                 runtime().shared("alerts", id(self), lambda: self, AlertDispatcher.close)
                 with self._recording:
                     self._closed, self._part = False, True
+            if alert.id in self._held:
+                return  # queued, or waiting for its retry, already
+            if len(self._held) >= self.max_held:  # it waits in the ledger: read back later
+                self._left_from = min(alert.id, self._left_from or alert.id)
+                return
+            self._held.add(alert.id)
         self._queue.put(alert)
 
     def close(self) -> None:
@@ -208,6 +231,8 @@ class AlertDispatcher:
             self._closed, self._part = True, False
         with self._lock:
             self._later.clear()  # the ledger closes: the next run tries them
+            self._held.clear()
+            self._left_from = None
 
     def flush(self, timeout: float = 15.0) -> bool:
         """Wait (bounded) until every queued alert has been tried; True if all were (once
@@ -226,13 +251,49 @@ class AlertDispatcher:
             except queue.Empty:
                 self._queue_due()
                 continue
+            kept = False
             try:
-                self._deliver(alert)
+                kept = self._deliver(alert)
             except Exception as exc:  # the database is away: a line per kind every 10 s
                 self._failures.failed("delivering or recording alert %d", exc, alert.id)
             finally:
-                self._queue_due()  # before this one is done: flush() sees a retry due now
+                if not kept:
+                    with self._lock:
+                        self._held.discard(alert.id)
+                # Before this one is done: flush() sees a retry due now, and those read back.
+                self._queue_due()
+                self._read_back()
                 self._queue.task_done()
+
+    def _read_back(self) -> None:
+        """Queue alerts left in the ledger for want of room, oldest first, as room frees."""
+        with self._lock:
+            start, room = self._left_from, self.max_held - len(self._held)
+        if start is None or room <= 0:
+            return
+        try:
+            page = self.ledger.alerts(
+                undelivered_only=True, max_attempts=MAX_RUNS, from_id=start, limit=room
+            )
+        except Exception as exc:  # the database is away: the next alert done tries again
+            self._failures.failed("reading back alerts left in the ledger", exc)
+            return
+        with self._lock:
+            if self._closed:
+                return
+            rest = page[-1].id + 1 if len(page) == room else None
+            if self._left_from != start and self._left_from is not None:  # left meanwhile
+                rest = min(self._left_from, rest or self._left_from)
+            self._left_from = rest
+            # Each was logged as it fired (dispatch): the log has it.
+            fresh = [
+                replace(a, deliveries={**a.deliveries, "log": "sent"})
+                for a in page
+                if a.id not in self._held
+            ]
+            self._held.update(a.id for a in fresh)
+        for alert in fresh:
+            self._queue.put(alert)
 
     def _until_due(self) -> float | None:
         """Seconds until the next retry is due; None (wait for an alert) when none is."""
@@ -244,17 +305,21 @@ class AlertDispatcher:
             while self._later and self._later[0][0] <= time.monotonic():
                 self._queue.put(heapq.heappop(self._later)[2])
 
-    def _retry_later(self, alert: Alert) -> None:
+    def _retry_later(self, alert: Alert) -> bool:
+        """Schedule the next attempt at ``alert``; whether one is (not after the last)."""
         if alert.attempts >= MAX_RUNS:
             _give_up(alert, dict(alert.deliveries))
-            return
+            return False
         delay = self.retry_after[min(alert.attempts, len(self.retry_after)) - 1]
         with self._lock:
-            if not self._closed:
-                due = time.monotonic() + delay
-                heapq.heappush(self._later, (due, next(self._order), alert))
+            if self._closed:
+                return False
+            due = time.monotonic() + delay
+            heapq.heappush(self._later, (due, next(self._order), alert))
+            return True
 
-    def _deliver(self, alert: Alert) -> None:
+    def _deliver(self, alert: Alert) -> bool:
+        """One attempt at ``alert``; whether it is kept for another."""
         # The attempt counts before it is made: a process that ends mid-delivery (or a hung
         # channel) still uses up one of its runs. And it is claimed: a process starting sent
         # again one another was still delivering. The claim hands back the alert as it
@@ -262,7 +327,7 @@ class AlertDispatcher:
         if self.channels and not any(
             _owed(alert.deliveries.get(c.name, "")) for c in self.channels
         ):
-            return  # each channel has it, or refused it for good: no attempt to count
+            return False  # each channel has it, or refused it for good: no attempt to count
         with self._recording:
             claimed = (
                 None
@@ -270,7 +335,7 @@ class AlertDispatcher:
                 else self.ledger.claim_alert_attempt(alert.id, self.claim_seconds)
             )
         if claimed is None:
-            return
+            return False
 
         def took(outcome: dict[str, str]) -> None:
             # Each channel's delivery is on record before the next is tried: a process that
@@ -287,7 +352,8 @@ class AlertDispatcher:
         )  # fmt: skip
         with self._recording:
             if self._closed:
-                return
+                return False
             self.ledger.record_alert_delivery(alert.id, outcome, delivered)
         if any(_owed(outcome.get(c.name, "")) for c in self.channels):
-            self._retry_later(replace(claimed, deliveries=outcome))
+            return self._retry_later(replace(claimed, deliveries=outcome))
+        return False

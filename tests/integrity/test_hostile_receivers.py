@@ -9,16 +9,19 @@ Real loopback servers (sockets and threads in the test) that count what reaches 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
-from ollama_meter.budgets import AlertDispatcher, EmailChannel, WebhookChannel, given_up
+from ollama_meter.budgets import Alert, AlertDispatcher, EmailChannel, WebhookChannel, given_up
 from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
 from ollama_meter.ledger import Ledger
+from tests.budgets.test_alert_once import NOV
 from tests.integrity.test_slow_channels import fired
 
 NOW = (0.0,) * (MAX_RUNS - 1)
@@ -180,3 +183,61 @@ def test_a_server_failing_for_now_is_tried_again_and_its_failure_said_once(
         "logged again until it takes one (`ometer budget status` lists them)"
     ]
     assert len(lines) == 1 + 3  # and each alert's give-up, after its fifth attempt
+
+
+class Holding:
+    """A webhook that takes each POST and answers 200 only once let go: hanging, as long as
+    the test wants, with every alert that reaches it counted by its tenant."""
+
+    def __init__(self) -> None:
+        self.let_go = threading.Event()
+        self.got: list[str] = []
+        self.server = Counting(self._handle)
+
+    def _handle(self, conn: socket.socket, port: int) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request and (got := conn.recv(65_536)):
+            request += got
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length and (got := conn.recv(65_536)):
+            body += got
+        self.let_go.wait(60)
+        self.got.append(json.loads(body)["tenant"])
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+
+def _crossed(ledger: Ledger, tenant: str) -> Alert:
+    """A threshold alert of budget 1's ``tenant``, stored as a gate stores it."""
+    alert = Alert(0, 1, tenant, None, "month", "2026-11", NOV, 90, 9, 10, "USD")
+    with ledger.budget_transaction() as store:
+        alert_id = store.claim_alert(alert, NOV)
+    assert alert_id is not None
+    return replace(alert, id=alert_id)
+
+
+def test_alerts_fired_while_a_webhook_hangs_wait_in_the_ledger_not_in_memory(
+    sqlite_url: str,
+) -> None:
+    """Delivery is one thread, and a hanging webhook holds an attempt some ten seconds (three
+    tries of 3 s): every alert fired meanwhile (an hour of crossings, a budget per tenant)
+    was queued in memory, as was every one a starting gateway found undelivered. Each is a
+    row in the ledger: past ``max_held`` they wait there, and are read back as room frees,
+    each delivered once."""
+    hook = Holding()
+    ledger = Ledger(sqlite_url)
+    channel = WebhookChannel(f"http://127.0.0.1:{hook.server.port}/hook", timeout=30)
+    dispatcher = AlertDispatcher(ledger, [channel], backoff=0, retry_after=NOW, max_held=10)
+    tenants = [f"t{n}" for n in range(60)]
+    try:
+        for tenant in tenants:
+            dispatcher.dispatch(_crossed(ledger, tenant))
+        assert dispatcher.held == 10  # the first in the webhook's hands, nine queued
+        hook.let_go.set()
+        assert dispatcher.flush(600.0)  # a hang guard, not a measure
+    finally:
+        hook.let_go.set()
+        hook.server.listener.close()
+    assert sorted(hook.got) == sorted(tenants)  # each once
+    assert [a.delivered for a in ledger.alerts()] == [True] * 60
+    assert dispatcher.held == 0
