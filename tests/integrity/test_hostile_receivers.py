@@ -14,14 +14,13 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 import pytest
 
-from ollama_meter.budgets import Alert, AlertDispatcher, EmailChannel, WebhookChannel, given_up
+from ollama_meter.budgets import AlertDispatcher, EmailChannel, WebhookChannel, given_up
 from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
 from ollama_meter.ledger import Ledger
-from tests.budgets.test_alert_once import NOV
+from tests.budgets.test_alert_once import fired as stored
 from tests.integrity.test_slow_channels import fired
 
 NOW = (0.0,) * (MAX_RUNS - 1)
@@ -207,15 +206,6 @@ class Holding:
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
 
-def _crossed(ledger: Ledger, tenant: str) -> Alert:
-    """A threshold alert of budget 1's ``tenant``, stored as a gate stores it."""
-    alert = Alert(0, 1, tenant, None, "month", "2026-11", NOV, 90, 9, 10, "USD")
-    with ledger.budget_transaction() as store:
-        alert_id = store.claim_alert(alert, NOV)
-    assert alert_id is not None
-    return replace(alert, id=alert_id)
-
-
 def test_alerts_fired_while_a_webhook_hangs_wait_in_the_ledger_not_in_memory(
     sqlite_url: str,
 ) -> None:
@@ -231,7 +221,7 @@ def test_alerts_fired_while_a_webhook_hangs_wait_in_the_ledger_not_in_memory(
     tenants = [f"t{n}" for n in range(60)]
     try:
         for tenant in tenants:
-            dispatcher.dispatch(_crossed(ledger, tenant))
+            dispatcher.dispatch(stored(ledger, tenant))
         assert dispatcher.held == 10  # the first in the webhook's hands, nine queued
         hook.let_go.set()
         assert dispatcher.flush(600.0)  # a hang guard, not a measure
