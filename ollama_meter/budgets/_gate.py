@@ -30,6 +30,7 @@ quarter of the room and gives back what it did not use when idle or shutting dow
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -55,11 +56,13 @@ from ollama_meter.budgets._leases import (
     hold_id,
     holder_of,
     settled,
+    slots_of,
     stale_unless_hard,
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
 from ollama_meter.errors import BudgetExceeded, UnreadableRow
+from ollama_meter.ledger import once_more_if_ended
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 
@@ -253,7 +256,8 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                             again, tenant, estimate.amount, now, self.tz, said, estimate.hint
                         )
                     adopted = None if adopt is None else holder_of(adopt, department, model)
-                    self._renew(short, estimate.amount, now, said, adopted, estimate.hint)
+                    renew = functools.partial(self._renew, short, estimate.amount, now, said)
+                    once_more_if_ended(lambda: renew(adopted, estimate.hint))
                 except BaseException:
                     self._forget_empty(leases)
                     raise
@@ -361,7 +365,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         """The call cost ``cost``: what it holds from now until it settles, not its bound.
         No lock (an event loop calls it): only its own settle, later, takes its entry out."""
         self._refused.forget(reservation.keys)  # room may have come back
-        for lease in filter(None, map(self._leases.get, _slots(reservation))):
+        for lease in filter(None, map(self._leases.get, slots_of(reservation))):
             if reservation.id in lease.in_flight:
                 lease.in_flight[reservation.id] = cost
 
@@ -376,7 +380,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         give_back: list[Lease] = []
         with self._lock:
             self._refused.forget(reservation.keys)
-            for slot in _slots(reservation):
+            for slot in slots_of(reservation):
                 if (lease := self._leases.get(slot)) is None:
                     continue
                 held = lease.in_flight.pop(reservation.id, 0)  # its bound, or its cost (ended)
@@ -443,8 +447,3 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             self._closing.set()  # the keeper ends once no call is in flight
         if leases and give_back:
             self._give_back(leases)
-
-
-def _slots(reservation: Reservation) -> list[Slot]:
-    """Where the leases that hold ``reservation`` are kept."""
-    return [(key, reservation.holder) for key in reservation.keys]

@@ -256,3 +256,8 @@ class Watches:
 def crossed(budget: Budget, before: int, after: int) -> bool:
     """Whether spend going from ``before`` to ``after`` reaches a threshold not reached before."""
     return any(before * 100 < t * budget.limit <= after * 100 for t in budget.thresholds)
+
+
+def slots_of(reservation: Reservation) -> list[Slot]:
+    """Where the leases that hold ``reservation`` are kept."""
+    return [(key, reservation.holder) for key in reservation.keys]
