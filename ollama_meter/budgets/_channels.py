@@ -96,7 +96,12 @@ class WebhookChannel:
             watchdog.cancel()
         answered = f"{self.where} answered {status} {reason}"
         if 300 <= status < 400:  # never followed: the alert goes where the setting says only
-            elsewhere = shown(str(httpx.URL(self.url).join(moved)), path=False) if moved else "?"
+            try:  # the server's words: anything at all
+                elsewhere = shown(str(httpx.URL(self.url).join(moved)), path=False)
+            except Exception:
+                moved = ""
+            if not moved:
+                elsewhere = "an address it does not say (no readable Location)"
             raise Undeliverable(
                 f"{answered}, redirecting to {elsewhere}: an alert is posted only to "
                 "OMETER_ALERT_WEBHOOK_URL, never on; set it to the address the redirect names"

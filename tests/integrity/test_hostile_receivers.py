@@ -100,6 +100,12 @@ HOOKS = {
         "https://hooks.example.org: an alert is posted only to OMETER_ALERT_WEBHOOK_URL, "
         "never on; set it to the address the redirect names",
     ),
+    "redirect to no address": (
+        _answer(b"307 Temporary Redirect"),
+        "http://127.0.0.1:{port} answered 307 Temporary Redirect, redirecting to an address it "
+        "does not say (no readable Location): an alert is posted only to "
+        "OMETER_ALERT_WEBHOOK_URL, never on; set it to the address the redirect names",
+    ),
     "not there": (
         _answer(b"404 Not Found"),
         "http://127.0.0.1:{port} answered 404 Not Found: no later try changes that; check "
