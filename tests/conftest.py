@@ -143,7 +143,7 @@ def _close_ledgers() -> Iterator[None]:
     """Each test's ledgers (and budget gates) are its own: release them when it ends."""
     before = sys.gettrace(), threading.gettrace()
     yield
-    if gates := sys.modules.get("ollama_meter.budgets._gate"):
+    if gates := sys.modules.get("ollama_meter.budgets._keeper"):
         # Their keepers renewed leases in the next test's time (its caplog), against a
         # database the test's end dropped.
         gates.close_gates(give_back=False)

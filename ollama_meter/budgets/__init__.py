@@ -16,7 +16,8 @@ from ollama_meter.budgets._estimate import (
     HiddenPrompts,
     bound_cost,
 )
-from ollama_meter.budgets._gate import BudgetGate, close_gates
+from ollama_meter.budgets._gate import BudgetGate
+from ollama_meter.budgets._keeper import close_gates
 from ollama_meter.budgets._leases import Reservation
 from ollama_meter.budgets._refusals import unbounded
 from ollama_meter.budgets._shown import ShownPrompts

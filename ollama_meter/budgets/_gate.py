@@ -30,7 +30,6 @@ quarter of the room and gives back what it did not use when idle or shutting dow
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -45,7 +44,7 @@ from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
-from ollama_meter.budgets._keeper import KEEPING, LeaseKeeper
+from ollama_meter.budgets._keeper import LeaseKeeper
 from ollama_meter.budgets._leases import (
     IDLE_RELEASE_SECONDS,
     RESERVATION_TTL,
@@ -55,8 +54,8 @@ from ollama_meter.budgets._leases import (
     Watches,
     hold_id,
     holder_of,
+    in_force,
     settled,
-    slots_of,
     stale_unless_hard,
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
@@ -70,13 +69,6 @@ if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
-
-
-def close_gates(*, give_back: bool = True) -> None:
-    """Close every gate of this process that keeps leases (a host shutting down; each test's
-    end: else they renew on, against a dropped database); ``give_back=False``: rows expire."""
-    for gate in list(KEEPING):
-        gate.close(give_back=give_back)
 
 
 @dataclass(frozen=True)
@@ -137,16 +129,24 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self.renewals = 0  # lease renewals so far: the admissions that had to go to the ledger
         # While the database is away the budgets loaded before stay in force, so callers
         # no budget covers keep being served.
-        self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets")
+        self._version: str | None = None  # the budgets' as last loaded
+        self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets", changed=self._changed)
         renew_after_fork(self)
 
     def _load_budgets(self) -> Known:
         """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
         if self._zone is not None:
             self.tz = self._zone()
+        self._version = self.ledger.budgets_version()  # read first: a change after it is seen
         known = Known(*self.ledger.readable_budgets())
         stale_unless_hard(list(self._leases.values()), known.budgets)
         return known
+
+    def _changed(self) -> bool:
+        """A budget saved or removed since they were read: a gateway's write-behind thread
+        asks after each commit (:meth:`Reloaded.refresh`), so a limit lowered elsewhere is in
+        force within a commit, not 5 s of calls admitted against leases in memory."""
+        return self.ledger.budgets_version() != self._version
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
@@ -249,15 +249,14 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             if short:
                 if not blocking:
                     raise WouldBlock("a budget lease is renewed in the ledger")
+                cap, hint = estimate.amount, estimate.hint
                 try:  # one read while this thread waited for the lock: not read again
                     if adopt is None:  # (the client's hold may be the room a refusal lacked)
                         again = [le.budget for le in short]
-                        self._refused.again(
-                            again, tenant, estimate.amount, now, self.tz, said, estimate.hint
-                        )
+                        self._refused.again(again, tenant, cap, now, self.tz, said, hint)
                     adopted = None if adopt is None else holder_of(adopt, department, model)
-                    renew = functools.partial(self._renew, short, estimate.amount, now, said)
-                    once_more_if_ended(lambda: renew(adopted, estimate.hint))
+                    # A session the server ended under it (pg_terminate_backend): once more.
+                    once_more_if_ended(lambda: self._renew(short, cap, now, said, adopted, hint))
                 except BaseException:
                     self._forget_empty(leases)
                     raise
@@ -323,6 +322,8 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
             at = store.clock(now)  # after the lock: a wait for it does not age the time
+            if in_force(store, leases):  # read again before the next admission
+                self._budgets.expire()
             for lease in leases if adopt else ():  # this call's: not another's hold, nor twice
                 store.take_hold(hold_id(adopt or "", lease.key.budget_id), lease.key)
             sizes: list[tuple[Lease, int, int]] = []
@@ -365,7 +366,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         """The call cost ``cost``: what it holds from now until it settles, not its bound.
         No lock (an event loop calls it): only its own settle, later, takes its entry out."""
         self._refused.forget(reservation.keys)  # room may have come back
-        for lease in filter(None, map(self._leases.get, slots_of(reservation))):
+        for lease in filter(None, map(self._leases.get, reservation.slots)):
             if reservation.id in lease.in_flight:
                 lease.in_flight[reservation.id] = cost
 
@@ -380,7 +381,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         give_back: list[Lease] = []
         with self._lock:
             self._refused.forget(reservation.keys)
-            for slot in slots_of(reservation):
+            for slot in reservation.slots:
                 if (lease := self._leases.get(slot)) is None:
                     continue
                 held = lease.in_flight.pop(reservation.id, 0)  # its bound, or its cost (ended)

@@ -23,6 +23,13 @@ KEEPING: weakref.WeakSet[Any] = weakref.WeakSet()
 """Gates whose keeper thread runs: ``close_gates`` ends them."""
 
 
+def close_gates(*, give_back: bool = True) -> None:
+    """Close every gate of this process that keeps leases (a host shutting down; each test's
+    end: else they renew on, against a dropped database); ``give_back=False``: rows expire."""
+    for gate in list(KEEPING):
+        gate.close(give_back=give_back)
+
+
 class LeaseKeeper:
     """The gate's lease keeper; the gate provides the attributes below."""
 

@@ -71,6 +71,11 @@ class Reservation:
     holder: str = ""
     """The call its leases hold for alone (a per-call reservation), or "" (shared leases)."""
 
+    @property
+    def slots(self) -> list[Slot]:
+        """Where the leases that hold it are kept in its process."""
+        return [(key, self.holder) for key in self.keys]
+
 
 @dataclass(slots=True)
 class Lease:
@@ -162,6 +167,26 @@ def stale_unless_hard(leases: Iterable[Lease], budgets: Iterable[Budget]) -> Non
     for lease in leases:
         if lease.budget.id not in hard:
             lease.stale, lease.unheld = True, lease.unheld + 1
+
+
+def in_force(store: BudgetReads, leases: Iterable[Lease]) -> bool:
+    """Have ``leases`` renewed against their budgets as the ledger has them now, not as this
+    process last read them; whether any was other. A limit lowered elsewhere was read only
+    every 5 s, and each renewal meanwhile took a new slice of the old limit (two gateways
+    spent 100 of a limit lowered from 100 to 5: test_lowered_limit.py). One made soft,
+    removed or moved to another currency keeps the limit read before (it only refuses more)
+    until the budgets are read again."""
+    leases = list(leases)
+    fresh = store.budgets([lease.key.budget_id for lease in leases])
+    changed = False
+    for lease in leases:
+        budget = fresh.get(lease.key.budget_id)
+        if budget == lease.budget:
+            continue
+        changed = True
+        if budget is not None and budget.hard and budget.currency == lease.budget.currency:
+            lease.budget, lease.stale = budget, True  # refused now, it stays to renew
+    return changed
 
 
 def recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
@@ -256,8 +281,3 @@ class Watches:
 def crossed(budget: Budget, before: int, after: int) -> bool:
     """Whether spend going from ``before`` to ``after`` reaches a threshold not reached before."""
     return any(before * 100 < t * budget.limit <= after * 100 for t in budget.thresholds)
-
-
-def slots_of(reservation: Reservation) -> list[Slot]:
-    """Where the leases that hold ``reservation`` are kept."""
-    return [(key, reservation.holder) for key in reservation.keys]

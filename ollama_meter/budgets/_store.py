@@ -19,6 +19,11 @@ from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 class BudgetReads(Protocol):
     """Questions about spend and leases, answered inside one transaction."""
 
+    def budgets(self, budget_ids: Collection[int]) -> dict[int, Budget]:
+        """The budgets ``budget_ids`` as they are now, by id (one removed, or edited by hand so
+        it cannot be read, is not there)."""
+        ...
+
     def spent(self, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
         """Settled spend in ``budget``'s currency and scope for ``tenant`` in [start, end)."""
         ...
@@ -122,6 +127,10 @@ class BudgetStore(AlertLog, Protocol):
     def budgets(self) -> list[Budget]: ...
 
     def readable_budgets(self) -> tuple[list[Budget], list[UnreadableBudget]]: ...
+
+    def budgets_version(self) -> str | None:
+        """What changes with every budget saved or removed: one short read."""
+        ...
 
     def budget_transaction(self) -> AbstractContextManager[BudgetWrites]: ...
 

@@ -8,6 +8,7 @@ alerts ask, and writes their rows, so the gate decides and the ledger keeps SQL.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, Text, cast, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from ollama_meter.ledger._meta import get_meta, set_meta
 from ollama_meter.ledger._stored import read_records, readable_records
 from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS, BUDGETS, SPANS
 from ollama_meter.records import (
@@ -74,8 +76,19 @@ def readable_budgets(conn: Connection) -> tuple[list[Budget], list[UnreadableBud
     return budgets, unreadable
 
 
+def budgets_version(conn: Connection) -> str | None:
+    """What every save or removal of a budget changes: a gateway looks after each commit of
+    its spans (one key's read), not only when it reads the budgets again every 5 s."""
+    return get_meta(conn, "budgets_version")
+
+
+def _new_version(conn: Connection) -> None:
+    set_meta(conn, "budgets_version", secrets.token_hex(8))  # not a count: two at once differ
+
+
 def save_budget(conn: Connection, budget: Budget) -> Budget:
     """Insert, or replace the budget with the same scope, period and source."""
+    _new_version(conn)
     same = conn.execute(
         select(BUDGETS.c.id).where(
             BUDGETS.c.tenant == budget.tenant,
@@ -97,6 +110,7 @@ def save_budget(conn: Connection, budget: Budget) -> Budget:
 
 
 def remove_budget(conn: Connection, budget_id: int) -> bool:
+    _new_version(conn)
     conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.budget_id == budget_id))
     return conn.execute(delete(_BUDGETS).where(_BUDGETS.c.id == budget_id)).rowcount > 0
 
@@ -258,6 +272,11 @@ class BudgetTables:
                 self._conn.execute(
                     text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x6F6D, "b": budget_id}
                 )
+
+    def budgets(self, budget_ids: Collection[int]) -> dict[int, Budget]:
+        query = select(BUDGETS).where(BUDGETS.c.id.in_(sorted(budget_ids)))
+        found, _ = readable_records(self._conn, _BUDGETS, query, _to_budget, **_NAMED)
+        return {b.id: b for b in found if b.id is not None}
 
     def spent(self, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
         return spent(self._conn, budget, tenant, start, end)

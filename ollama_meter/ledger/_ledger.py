@@ -205,6 +205,11 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         with self.read() as conn:
             return _prices.rules_version(conn)
 
+    def budgets_version(self) -> str | None:
+        """What changes whenever ometer saves or removes a budget: one short read."""
+        with self.read() as conn:
+            return _budgets.budgets_version(conn)
+
     def add_price_rule(self, rule: PriceRule) -> PriceRule:
         """Add ``rule``, or return the identical rule already there (the same rule is the same rule)."""
         return self.add_price_rules([rule])[0][0]

@@ -208,6 +208,10 @@ class WriteBehind:
             call.stored = stored.get(span.id)
             if meter.budgets is not None:
                 settle(meter.budgets, call, meter.failures)
+        if meter.budgets is not None and Stored.COMMITTED in stored.values():
+            # A limit lowered elsewhere: in force from the next call, not 5 s of calls on. Only
+            # after the ledger took spans: one away or frozen is not waited for again here.
+            meter.budgets.cache.refresh()
 
     def _run(self) -> None:
         began = -float("inf")  # when the last commit began (monotonic)
