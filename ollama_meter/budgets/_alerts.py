@@ -101,7 +101,8 @@ def deliver(
                 log.info("alerts reach %s again", channel.name)
         elif channel.name not in failing:
             failing.add(channel.name)
-            log.warning(_failed(channel.name, outcome[channel.name]))
+            check = getattr(channel, "check", f"the {channel.name} channel's server")
+            log.warning(_failed(channel.name, outcome[channel.name], check))
     delivered = all(value.startswith("sent") for value in outcome.values())
     return outcome, delivered
 
@@ -118,15 +119,16 @@ def given_up(alert: Alert) -> bool:
     return alert.attempts >= MAX_RUNS or (bool(left) and not any(map(_owed, left)))
 
 
-def _failed(channel: str, outcome: str) -> str:
-    """The line that says a channel fails, once while it does: why, and what comes next."""
+def _failed(channel: str, outcome: str, check: str) -> str:
+    """The line that says a channel fails, once while it does: why, what comes next, and
+    what to look at (a refusal for good says what to change itself)."""
     if outcome.startswith(UNDELIVERABLE):
         why, then = outcome.removeprefix(UNDELIVERABLE), "not tried again"
     else:
         why = outcome.removeprefix("failed: ")
-        then = f"each is tried again, {MAX_RUNS} attempts in all"
+        then = f"each is tried again, {MAX_RUNS} attempts in all: check {check}"
     return (
-        f"alerts not delivered by {channel}: {why}; {then}, and later alerts there are not "
+        f"alerts not delivered by {channel}: {why}; {then}. Later alerts there are not "
         "logged again until it takes one (`ometer budget status` lists them)"
     )
 

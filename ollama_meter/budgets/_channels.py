@@ -60,6 +60,7 @@ class _Cut:
 
 class WebhookChannel:
     name = "webhook"
+    check = "the server OMETER_ALERT_WEBHOOK_URL names"
 
     def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
         self.url = url
@@ -180,6 +181,7 @@ SMTPS_PORT = 465
 
 class EmailChannel:
     name = "email"
+    check = "the SMTP server OMETER_SMTP_HOST and OMETER_SMTP_PORT name"
 
     def __init__(
         self,

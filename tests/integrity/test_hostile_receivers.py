@@ -160,9 +160,8 @@ def test_an_alert_a_server_refuses_for_good_is_offered_once_and_said_once(
     ] == [(False, 1, f"undeliverable: {expected}", True)] * 2  # what `budget status` says
     lines = [r.getMessage() for r in caplog.records if "budget alert:" not in r.getMessage()]
     assert lines == [
-        f"alerts not delivered by {channel.name}: {expected}; not tried again, and later "
-        f"alerts there are not logged again until it takes one (`ometer budget status` lists "
-        f"them)"
+        f"alerts not delivered by {channel.name}: {expected}; not tried again. Later alerts "
+        "there are not logged again until it takes one (`ometer budget status` lists them)"
     ]
 
 
@@ -184,8 +183,9 @@ def test_a_server_failing_for_now_is_tried_again_and_its_failure_said_once(
     failing = [line for line in lines if not line.startswith("giving up")]
     assert failing == [
         f"alerts not delivered by webhook: http://127.0.0.1:{server.port} answered 503 Service "
-        "Unavailable; each is tried again, 5 attempts in all, and later alerts there are not "
-        "logged again until it takes one (`ometer budget status` lists them)"
+        "Unavailable; each is tried again, 5 attempts in all: check the server "
+        "OMETER_ALERT_WEBHOOK_URL names. Later alerts there are not logged again until it "
+        "takes one (`ometer budget status` lists them)"
     ]
     assert len(lines) == 1 + 3  # and each alert's give-up, after its fifth attempt
 
