@@ -4,7 +4,7 @@ Reads spend from the ledger's spans and keeps reservations and alerts there.
 The meter calls in (admit, settle, check alerts); nothing here calls the meter.
 """
 
-from ollama_meter.budgets._alerts import MAX_RUNS, AlertDispatcher, deliver
+from ollama_meter.budgets._alerts import MAX_RUNS, AlertDispatcher, deliver, given_up
 from ollama_meter.budgets._channels import Channel, EmailChannel, WebhookChannel
 from ollama_meter.budgets._estimate import (
     IMAGE_TOKENS,
@@ -54,6 +54,7 @@ __all__ = [
     "budget_status",
     "close_gates",
     "deliver",
+    "given_up",
     "parse_limit",
     "parse_thresholds",
     "project",

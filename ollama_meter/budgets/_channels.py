@@ -34,6 +34,11 @@ CHANNEL_TIMEOUT = 3.0
 """Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
 
 
+class Undeliverable(OSError):
+    """The server refused the alert in a way no later try changes (a redirect, a 404, every
+    recipient refused for good): not tried again. The message says what to change."""
+
+
 class _Cut:
     """Ends an HTTP exchange from another thread: called, it shuts the connection's socket
     (a read waiting on it returns at once). ``trace`` is the httpcore hook that finds it."""
@@ -55,6 +60,7 @@ class _Cut:
 
 class WebhookChannel:
     name = "webhook"
+    check = "the server OMETER_ALERT_WEBHOOK_URL names"
 
     def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
         self.url = url
@@ -79,6 +85,7 @@ class WebhookChannel:
                 watchdog.start()
                 response = client.send(request, stream=True)
                 status, reason = response.status_code, response.reason_phrase
+                moved = response.headers.get("location", "")
                 response.close()
         except httpx.HTTPError as exc:
             if cut.done:
@@ -88,9 +95,30 @@ class WebhookChannel:
             raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
         finally:
             watchdog.cancel()
+        answered = f"{self.where} answered {status} {reason}"
+        if 300 <= status < 400:  # never followed: the alert goes where the setting says only
+            try:  # the server's words: anything at all
+                elsewhere = shown(str(httpx.URL(self.url).join(moved)), path=False)
+            except Exception:
+                moved = ""
+            if not moved:
+                elsewhere = "an address it does not say (no readable Location)"
+            raise Undeliverable(
+                f"{answered}, redirecting to {elsewhere}: an alert is posted only to "
+                "OMETER_ALERT_WEBHOOK_URL, never on; set it to the address the redirect names"
+            )
+        if 400 <= status < 500 and status not in _FOR_NOW:
+            raise Undeliverable(
+                f"{answered}: no later try changes that; check OMETER_ALERT_WEBHOOK_URL "
+                "(its path is the webhook's secret)"
+            )
         if not 200 <= status < 300:
-            raise OSError(f"{self.where} answered {status} {reason}")
+            raise OSError(answered)
         return f"sent to {self.where}"
+
+
+_FOR_NOW = frozenset({408, 425, 429})
+"""The 4xx answers that mean "later" (a timeout, too early, too many): tried again."""
 
 
 SMTP_REPLY_BYTES = 256 * 1024
@@ -153,6 +181,7 @@ SMTPS_PORT = 465
 
 class EmailChannel:
     name = "email"
+    check = "the SMTP server OMETER_SMTP_HOST and OMETER_SMTP_PORT name"
 
     def __init__(
         self,
@@ -192,6 +221,13 @@ class EmailChannel:
             watchdog.start()
             try:
                 refused, unsendable = self._send(smtp, message, owed)
+            except smtplib.SMTPResponseException as exc:
+                raise self._for_good(exc) from None
+            except smtplib.SMTPRecipientsRefused as exc:  # each for good: 4xx return above
+                raise Undeliverable(
+                    f"{self.host} refused every recipient: {_answers(exc.recipients)}; "
+                    "check OMETER_ALERT_EMAIL_TO"
+                ) from None
             finally:
                 watchdog.cancel()
                 smtp.close()
@@ -216,6 +252,19 @@ class EmailChannel:
             outcome += f"; not sent to {why}"
         return outcome
 
+    def _for_good(self, exc: smtplib.SMTPResponseException) -> OSError:
+        """``exc`` as an :class:`Undeliverable` when the server's 5xx says no try changes it."""
+        if not 500 <= exc.smtp_code < 600:
+            return exc
+        said = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+        if isinstance(exc, smtplib.SMTPSenderRefused):
+            what = f"refused the sender {exc.sender} ({said}); check OMETER_SMTP_FROM"
+        elif isinstance(exc, smtplib.SMTPAuthenticationError):
+            what = f"refused the login ({said}); check OMETER_SMTP_USER and OMETER_SMTP_PASSWORD"
+        else:
+            what = f"refused the alert ({said}); check the server's log for why"
+        return Undeliverable(f"{self.host} {what}")
+
     def _send(
         self, smtp: smtplib.SMTP, message: EmailMessage, to: list[str]
     ) -> tuple[dict[str, tuple[int, bytes]], list[str]]:
@@ -229,7 +278,7 @@ class EmailChannel:
             smtp.starttls(context=ssl.create_default_context())
             smtp.ehlo()
         elif self.user:  # no offer (or one stripped on the way): the password stays here
-            raise OSError(
+            raise Undeliverable(
                 f"{self.host} does not offer STARTTLS: the OMETER_SMTP_USER login is not "
                 "sent in clear (use a server or port that offers STARTTLS, or no user)"
             )
@@ -239,11 +288,13 @@ class EmailChannel:
         # refused the whole message for one such recipient where it is not offered, each try.
         utf8 = smtp.has_extn("smtputf8")
         if not utf8 and not (sender := parseaddr(self.sender)[1]).isascii():
-            raise OSError(f"not sent from {_no_smtputf8(self.host, [sender], 'OMETER_SMTP_FROM')}")
+            raise Undeliverable(
+                f"not sent from {_no_smtputf8(self.host, [sender], 'OMETER_SMTP_FROM')}"
+            )
         unsendable = [] if utf8 else [a for a in to if not a.isascii()]
         sendable = [a for a in to if a not in unsendable]
         if not sendable:
-            raise OSError(f"not sent to {_no_smtputf8(self.host, unsendable)}")
+            raise Undeliverable(f"not sent to {_no_smtputf8(self.host, unsendable)}")
         if unsendable:  # nor named where they get nothing, in a header they would garble
             del message["To"]
             message["To"] = ", ".join(r for r in self.recipients if parseaddr(r)[1].isascii())
@@ -285,9 +336,11 @@ def _sent_before(outcome: str | None) -> set[str]:
 
 
 def _answers(refused: dict[str, tuple[int, bytes]]) -> str:
-    return ", ".join(
-        f"{r} ({code} {text.decode(errors='replace')})" for r, (code, text) in refused.items()
-    )
+    return ", ".join(f"{r} ({code} {_text(text)})" for r, (code, text) in refused.items())
+
+
+def _text(said: bytes | str) -> str:
+    return said.decode(errors="replace") if isinstance(said, bytes) else said
 
 
 def _dns_domain(address: str) -> str:

@@ -61,6 +61,7 @@ from ollama_meter.budgets._leases import (
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
 from ollama_meter.errors import BudgetExceeded, UnreadableRow
+from ollama_meter.ledger import once_more_if_ended
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 
@@ -248,14 +249,14 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             if short:
                 if not blocking:
                     raise WouldBlock("a budget lease is renewed in the ledger")
+                cap, hint = estimate.amount, estimate.hint
                 try:  # one read while this thread waited for the lock: not read again
                     if adopt is None:  # (the client's hold may be the room a refusal lacked)
                         again = [le.budget for le in short]
-                        self._refused.again(
-                            again, tenant, estimate.amount, now, self.tz, said, estimate.hint
-                        )
+                        self._refused.again(again, tenant, cap, now, self.tz, said, hint)
                     adopted = None if adopt is None else holder_of(adopt, department, model)
-                    self._renew(short, estimate.amount, now, said, adopted, estimate.hint)
+                    # A session the server ended under it (pg_terminate_backend): once more.
+                    once_more_if_ended(lambda: self._renew(short, cap, now, said, adopted, hint))
                 except BaseException:
                     self._forget_empty(leases)
                     raise

@@ -96,8 +96,15 @@ class AlertLog(Protocol):
     """Where alert deliveries are recorded."""
 
     def alerts(
-        self, *, undelivered_only: bool = False, max_attempts: int | None = None
-    ) -> list[Alert]: ...
+        self,
+        *,
+        undelivered_only: bool = False,
+        max_attempts: int | None = None,
+        from_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Alert]:
+        """The alerts by id, from ``from_id`` on, at most ``limit`` of them."""
+        ...
 
     def claim_alert_attempt(self, alert_id: int, seconds: float) -> Alert | None:
         """Count an attempt and hold the alert ``seconds``; it as it stands, or None when it

@@ -174,7 +174,10 @@ class ThresholdAlerts:
             return 0
         from ollama_meter.budgets._alerts import MAX_RUNS
 
-        pending = self.ledger.alerts(undelivered_only=True, max_attempts=MAX_RUNS)
+        # One more than it may hold: the rest it reads back from the ledger as room frees.
+        pending = self.ledger.alerts(
+            undelivered_only=True, max_attempts=MAX_RUNS, limit=self.alerts.max_held + 1
+        )
         for alert in pending:
             self.alerts.dispatch(alert)
         return len(pending)

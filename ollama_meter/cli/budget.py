@@ -172,7 +172,7 @@ def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
 
 def alert_to_dict(alert: "Alert") -> dict[str, Any]:
-    from ollama_meter.budgets import MAX_RUNS
+    from ollama_meter.budgets import given_up
 
     return {
         "id": alert.id,
@@ -181,16 +181,16 @@ def alert_to_dict(alert: "Alert") -> dict[str, Any]:
         "period_label": alert.period_label,
         "deliveries": dict(alert.deliveries),
         "runs": alert.attempts,
-        "given_up": alert.attempts >= MAX_RUNS,
+        "given_up": given_up(alert),
     }
 
 
 def _undelivered_line(alert: "Alert") -> str:
-    from ollama_meter.budgets import MAX_RUNS
+    from ollama_meter.budgets import MAX_RUNS, given_up
 
     failed = [name for name, what in alert.deliveries.items() if not what.startswith("sent")]
     where = f"not delivered by {', '.join(failed)}" if failed else "not delivered yet"
-    then = "given up" if alert.attempts >= MAX_RUNS else "the next run tries again"
+    then = "given up" if given_up(alert) else "the next run tries again"
     what = "refused a call" if alert.kind == "refused" else f"crossed {alert.threshold}%"
     return (
         f"alert {alert.id}: budget {alert.budget_id} ({alert.scope}) {what} "

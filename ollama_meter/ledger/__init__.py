@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     )
     from ollama_meter.ledger._cells import COLD_LOAD_NS as COLD_LOAD_NS, Metric as Metric
     from ollama_meter.ledger._deadline import bulk as bulk, unbounded as unbounded
+    from ollama_meter.ledger._failing import once_more_if_ended as once_more_if_ended
     from ollama_meter.ledger._jsonl import (
         BATCH_BYTES as BATCH_BYTES,
         ImportSummary as ImportSummary,
@@ -69,6 +70,7 @@ _NAMES = {
     "._aggregate": "FailureCount SpendSums capped_note",
     "._cells": "COLD_LOAD_NS Metric",
     "._deadline": "bulk unbounded",
+    "._failing": "once_more_if_ended",
     "._jsonl": "BATCH_BYTES ImportSummary export_lines import_lines iso_utc span_to_dict",
     "._keys": "KEY_PREFIX ApiKey",
     "._line": "MAX_LINE_BYTES span_from_line",

@@ -60,9 +60,17 @@ def record_delivery(
 
 
 def alerts(
-    conn: Connection, *, undelivered_only: bool = False, max_attempts: int | None = None
+    conn: Connection,
+    *,
+    undelivered_only: bool = False,
+    max_attempts: int | None = None,
+    from_id: int = 0,
+    limit: int | None = None,
 ) -> list[Alert]:
-    query = select(BUDGET_ALERTS).order_by(BUDGET_ALERTS.c.id)
+    """The alerts by id, from ``from_id`` on, at most ``limit`` of them."""
+    query = select(BUDGET_ALERTS).where(BUDGET_ALERTS.c.id >= from_id).order_by(BUDGET_ALERTS.c.id)
+    if limit is not None:
+        query = query.limit(limit)
     if undelivered_only:
         query = query.where(BUDGET_ALERTS.c.delivered == False)  # noqa: E712
     if max_attempts is not None:

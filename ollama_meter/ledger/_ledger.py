@@ -310,11 +310,20 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
             yield _budgets.BudgetTables(conn)
 
     def alerts(
-        self, *, undelivered_only: bool = False, max_attempts: int | None = None
+        self,
+        *,
+        undelivered_only: bool = False,
+        max_attempts: int | None = None,
+        from_id: int = 0,
+        limit: int | None = None,
     ) -> list[Alert]:
         with self.read() as conn:
             return _alert_rows.alerts(
-                conn, undelivered_only=undelivered_only, max_attempts=max_attempts
+                conn,
+                undelivered_only=undelivered_only,
+                max_attempts=max_attempts,
+                from_id=from_id,
+                limit=limit,
             )
 
     def claim_alert_attempt(self, alert_id: int, seconds: float) -> Alert | None:

@@ -85,6 +85,10 @@ class WriteBehind:
         self._waiting: list[tuple[SpanRecord, MeteredCall]] = []
         self._busy = False
         self._stopping = False
+        self._more = False
+        """The last write or bring-in reached the database, and spans are still spooled: the
+        next slice is brought in as soon as no call waits, not after an idle wait. One slice
+        each wait (5 s) took an hour's outage (36,000 spans) eight minutes to come in."""
         self._start()
         renew_after_fork(self)
         if meter.journal:
@@ -198,6 +202,8 @@ class WriteBehind:
                 exc,
             )
             stored = {}
+        # The database took it: what is left in the spool comes in next, a slice at a time.
+        self._more = Stored.COMMITTED in stored.values() and meter.ledger.kept_aside
         for span, call in calls:
             call.stored = stored.get(span.id)
             if meter.budgets is not None:
@@ -212,7 +218,7 @@ class WriteBehind:
         while True:
             with self._turn:
                 idle = False
-                quiet = time.monotonic() + SPOOL_RETRY_S
+                quiet = time.monotonic() + (0.0 if self._more else SPOOL_RETRY_S)
                 while not self._waiting and not self._stopping and not idle:
                     # Until the gathering time since the last commit is up, the thread wakes by
                     # itself: a call ending meanwhile does not wake it (a thread woken, and the
@@ -269,10 +275,15 @@ class WriteBehind:
 
     def _bring_in(self) -> None:
         """Write what waits in memory or the spool while no call gives a write to do it."""
+        self._more = False
         try:
-            self._meter.ledger.bring_in()
+            brought = self._meter.ledger.bring_in()
         except Exception as exc:  # the spans stay spooled; the next try or write brings them
             self._meter.failures.failed("bringing in spooled spans", exc)
+            return
+        # Progress, and more to do: again at once (a slice is short, and a call waiting goes
+        # first); none (the database away, a file no slice can take): after the idle wait.
+        self._more = bool(brought) and self._meter.ledger.kept_aside
 
 
 def _text(span: SpanRecord, call: MeteredCall) -> int:

@@ -84,7 +84,9 @@ def test_each_recipient_the_server_can_take_gets_the_alert_once_and_the_others_a
     said = outcome["email"]
     notes = [r.getMessage() for r in caplog.records if "SMTPUTF8" in r.getMessage()]
     if not takes:  # nobody to send to: a failure on record, saying why
-        assert not delivered and said.startswith(f"failed: not sent to {', '.join(cannot)}: ")
+        assert not delivered and said.startswith(
+            f"undeliverable: not sent to {', '.join(cannot)}: "
+        )
         assert "SMTPUTF8" in said and "OMETER_ALERT_EMAIL_TO" in said
         assert box.taken == []
         return
@@ -116,7 +118,9 @@ def test_a_sender_beyond_ascii_is_named_where_the_server_cannot_take_it(
     channel = box.channel(["it@example.org"], sender="jürgen@example.org")
     outcome, delivered = deliver(ALERT, [channel], attempts=1, sleep=lambda _: None)
     assert not delivered and box.taken == []
-    assert outcome["email"].startswith("failed: not sent from jürgen@example.org: 127.0.0.1 ")
+    assert outcome["email"].startswith(
+        "undeliverable: not sent from jürgen@example.org: 127.0.0.1 "
+    )
     assert "OMETER_SMTP_FROM" in outcome["email"]
     utf8 = mailboxes[True].channel(["it@example.org"], sender="jürgen@example.org")
     sent, delivered = deliver(ALERT, [utf8])

@@ -53,8 +53,9 @@ class Stuck:
         raise OSError("connection lost")
 
 
-def fired(ledger: Ledger) -> Alert:
-    alert = Alert(0, 1, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+def fired(ledger: Ledger, tenant: str = "acme") -> Alert:
+    """Budget 1's 90 % alert for ``tenant``, stored as a gate stores it."""
+    alert = Alert(0, 1, tenant, "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
     with ledger.budget_transaction() as store:
         alert_id = store.claim_alert(alert, NOV)
     assert alert_id is not None
@@ -144,6 +145,6 @@ def test_an_smtp_password_never_goes_over_a_connection_without_tls() -> None:
     assert seen == []
     assert not delivered
     assert outcome["email"] == (
-        "failed: 127.0.0.1 does not offer STARTTLS: the OMETER_SMTP_USER login is not sent "
-        "in clear (use a server or port that offers STARTTLS, or no user)"
+        "undeliverable: 127.0.0.1 does not offer STARTTLS: the OMETER_SMTP_USER login is not "
+        "sent in clear (use a server or port that offers STARTTLS, or no user)"
     )

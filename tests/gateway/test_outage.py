@@ -349,6 +349,105 @@ def test_an_idle_gateway_brings_in_the_outages_spans_once_the_server_is_back(
     assert gw.meter.ledger.spool.pending() == []
 
 
+def test_an_idle_gateway_brings_in_a_long_outages_spool_back_to_back(
+    cluster: PgCluster,
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle gateway recorded one slice of the spool (0.2 s of it) each idle wait (5 s):
+    600 spans spooled took two waits, 10 s, and an hour's outage at 10 calls a second
+    (36,000 spans, some 80 a second) eight minutes of reports and budget leases behind;
+    nothing else waits meanwhile. With the wait made an hour here and a slice a file, the
+    first call after the outage recorded one file of ten, and the other nine waited the hour."""
+    from ollama_meter.meter import _behind
+
+    monkeypatch.setattr(_behind, "SPOOL_RETRY_S", 3600.0)
+    url = f"{cluster.url}/postgres"
+    gw = app_on(emulator.url, url)
+    gw.meter.ledger.drain_slice = 0.0  # a slice is one file: a batch's spans
+
+    def chat() -> str:
+        answer = gw.client.post(
+            "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+        )
+        assert answer.status_code == 200
+        gw.settle()  # a commit of its own: a file of its own in the spool
+        return answer.headers["x-ometer-span-id"]
+
+    cluster.stop()
+    answered = [chat() for _ in range(10)]
+    assert len(gw.meter.ledger.spool.pending()) == 10
+    cluster.start()
+    answered.append(chat())  # a write that succeeds: its commit records a slice
+    deadline = time.monotonic() + 60  # a hang guard, not a measure
+    while gw.meter.ledger.spool.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(gw.meter.ledger.spool.pending()) == 0
+    recorded = [s.id for s in gw.ledger.latest(SpanFilter(), 100)]
+    assert sorted(recorded) == sorted(answered)
+
+
+def test_healthz_says_why_the_ledgers_server_fails_and_ok_once_it_is_back(
+    cluster: PgCluster, app_on: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    """Stopped, then at its connection limit: calls are answered, ``/healthz`` is 503 with the
+    server's words and what to do, and ok again with every span in once, no restart."""
+    import psycopg
+
+    url = f"{cluster.url}/postgres"
+    gw = app_on(emulator.url, url)
+    gw.meter.ledger.drain_slice = 60.0  # the whole spool in the first write that succeeds
+
+    def chat() -> str:
+        answer = gw.client.post(
+            "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+        )
+        assert answer.status_code == 200
+        gw.settle()
+        return answer.headers["x-ometer-span-id"]
+
+    def health() -> tuple[int, str]:
+        said = gw.client.get("/healthz")
+        return said.status_code, said.json()["ledger"]
+
+    answered = [chat()]
+    cluster.stop()
+    answered.append(chat())
+    status, said = health()
+    assert status == 503 and said.endswith(
+        "Connection refused: no server answers at that address: start it, or correct the host "
+        "and port in OMETER_DB_URL; spans wait in the spool meanwhile"
+    ), said
+    cluster.start()
+    answered.append(chat())  # its write takes the spool in too
+    assert health() == (200, "ok")
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")  # fmt: skip
+    taken: list[Any] = []
+    try:
+        while True:  # every connection the server has (a superuser's reserve too)
+            taken.append(psycopg.connect(url.replace("+psycopg", "")))
+    except psycopg.OperationalError:
+        pass
+    try:
+        answered.append(chat())
+        status, said = health()
+    finally:
+        for conn in taken:
+            conn.close()
+    assert status == 503 and said.endswith(
+        "too many clients already: the server is at its connection limit (max_connections, or "
+        "the user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the limit "
+        "or stop idle clients; spans wait in the spool meanwhile"
+    ), said
+    answered.append(chat())
+    assert health() == (200, "ok")
+    assert gw.meter.ledger.spool.pending() == []
+    assert sorted(s.id for s in gw.ledger.latest(SpanFilter(), 100)) == sorted(answered)
+
+
 def test_a_gateway_that_loses_its_database_before_its_first_call_serves_and_prices_it(
     cluster: PgCluster, app_on: Callable[..., Gateway], emulator: OllamaEmulator
 ) -> None:
