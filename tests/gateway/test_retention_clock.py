@@ -35,6 +35,8 @@ START = datetime(2026, 6, 1, 9, tzinfo=UTC)
 @example(
     history=[60, 10 * 24 * 60, 40 * 24 * 60], keep=30, jump=365 * 24 * 60, hours=24, stamped=[5]
 )
+@example(history=[1], keep=1, jump=0, hours=39, stamped=[0])  # idle: its newest days kept
+@example(history=[1981], keep=1, jump=2880, hours=1, stamped=[0])  # not idle: one ahead
 def test_a_clock_stepped_ahead_moves_no_horizon_past_the_time_that_went_by(
     tmp_path_factory: Any,
     caplog: pytest.LogCaptureFixture,
@@ -68,7 +70,11 @@ def test_a_clock_stepped_ahead_moves_no_horizon_past_the_time_that_went_by(
         ledger.record([make_span(started_at=s, ended_at=s + timedelta(seconds=1)) for s in ahead])
         assert _prune_once(ledger, keep, threading.Event(), 60.0, clock)
     now = START + went_by
-    cutoff = local_midnight(day_of(now, UTC) - timedelta(days=keep), UTC)
+    today = day_of(now, UTC)
+    newest = max([*real, *ahead])
+    if newest < now and day_of(newest, UTC) < today - timedelta(days=keep):
+        today = day_of(newest, UTC)  # an idle ledger keeps its newest days (_upkeep.prune)
+    cutoff = local_midnight(today - timedelta(days=keep), UTC)
     kept = sorted(s.started_at for s in ledger.latest(SpanFilter(), limit=100))
     assert kept == sorted(s for s in [*real, *ahead] if s >= cutoff)
     assert jump == 0 or set(ahead) <= set(kept)  # stamped ahead: kept

@@ -144,7 +144,7 @@ def test_ctrl_z_stops_the_job_fg_goes_on_and_the_program_reads_its_terminal(
     """The program in a group of its own must still be the terminal's job as it was in
     ometer's: Ctrl-Z typed stops it and the shell sees the job stopped, `fg` continues it,
     and it reads a line typed on the terminal (a read from a group not in the foreground
-    would stop it). A Ctrl-C typed reaches it once."""
+    would stop it). A Ctrl-C typed once it is continued reaches it once."""
     env = _env(emulator, tmp_path)
     ready, go = tmp_path / "ready", tmp_path / "go"
     program = (
@@ -168,17 +168,30 @@ def test_ctrl_z_stops_the_job_fg_goes_on_and_the_program_reads_its_terminal(
     said = b""
 
     def read_until(text: bytes) -> None:
+        """What the terminal shows until ``text``: a minute at most, and no longer than the
+        shell runs (a read with nothing to read blocked for good)."""
         nonlocal said
         deadline = time.monotonic() + 60
         while text not in said and time.monotonic() < deadline:
-            said += os.read(main, 1000)
+            if select.select([main], [], [], 0.2)[0]:
+                said += os.read(main, 1000)
+            elif shell.poll() is not None:
+                break
+
+    def job_in_front() -> None:
+        """Until the terminal's foreground is the job again (after `fg`), not the shell: a
+        Ctrl-C typed while the shell had it (the job stopped) ended the shell."""
+        deadline = time.monotonic() + 60
+        while os.tcgetpgrp(main) == shell.pid and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     try:
         shell = _bash_on(terminal, script, env)
         _wait_for(ready, shell)  # type: ignore[arg-type]
         os.write(main, b"\x1a")  # Ctrl-Z
         read_until(b"stopped ")
-        os.write(main, b"\x03")  # Ctrl-C: stopped, it has it when continued
+        job_in_front()
+        os.write(main, b"\x03")  # Ctrl-C, once `fg` has continued it
         go.touch()
         os.write(main, b"hello\n")
         read_until(b"status ")
