@@ -29,6 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_names",
             "_paths",
             "_kinds",
+            "_jitter",
             "_lazy",
             "_forks",
             "_runtime",

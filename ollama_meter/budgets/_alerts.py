@@ -12,7 +12,6 @@ import heapq
 import itertools
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ollama_meter._forks import renew_after_fork
+from ollama_meter._jitter import jittered
 from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
 from ollama_meter.budgets._channels import Channel, Undeliverable
@@ -90,7 +90,7 @@ def deliver(
             except Exception as exc:  # a channel's failure must never reach the call
                 outcome[channel.name] = f"failed: {exc}"[:500]
                 if attempt < attempts:
-                    sleep(backoff * 2 ** (attempt - 1) * (1 + random.random() / 2))
+                    sleep(jittered(backoff * 2 ** (attempt - 1)))
             else:
                 if took is not None:
                     took(dict(outcome))

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from ollama_meter._forks import ChildLock
+from ollama_meter._jitter import jittered
 from ollama_meter._names import model_cache_key
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import CircuitOpen, UpstreamError
@@ -89,7 +89,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds before retry ``attempt`` (1-based): doubling, capped, with up to 50 % jitter."""
         base = min(self.backoff * 2.0 ** (attempt - 1), self.max_backoff)
-        return float(base * (1 + random.random() / 2))
+        return float(jittered(base))
 
     def wait(self, attempt: int, asked: float | None = None) -> float | None:
         """Seconds before retry ``attempt``, at least what the upstream ``asked`` (``Retry-After``).
