@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from ollama_meter.ledger import Ledger
 from ollama_meter.meter import SpanRecord, new_span_row_id
 from ollama_meter.pricing import PriceRule
 from ollama_meter.records import new_otel_span_id, new_trace_id
@@ -20,6 +23,19 @@ def token_prices(pattern: str = "*", **fields: Any) -> PriceRule:
         output_per_1m=Decimal(2000),
         **fields,
     )
+
+
+@contextmanager
+def opened(url: str, **options: Any) -> Iterator[Ledger]:
+    """A ledger disposed of as the block ends: what a property's examples each open. Left to
+    the test's end, each example's ledger kept its PostgreSQL sessions, and a failing
+    property shrinking through hundreds of examples ran the server out of connections
+    ("sorry, too many clients already") under the real failure (tests/test_hygiene.py)."""
+    ledger = Ledger(url, **options)
+    try:
+        yield ledger
+    finally:
+        ledger.dispose()
 
 
 def make_span(**fields: Any) -> SpanRecord:

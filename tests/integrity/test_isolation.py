@@ -18,7 +18,7 @@ from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import GroupCommitWriter, Stored
 from ollama_meter.records import TEXT_LIMITS, make_storable
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.gateway.conftest import Gateway
 
 hostile_text = st.text(
@@ -142,25 +142,25 @@ def test_a_damaged_line_in_a_spool_file_costs_only_that_span(
 ) -> None:
     """One damaged line (a cut end, a flipped byte) set the whole file aside: spans in its
     other lines, completed calls, never reached the ledger."""
-    ledger = Ledger(sqlite_url)
-    before = ledger.count()
-    spans = [make_span() for _ in range(count + 1)]
-    path = ledger.spool.put(spans)
-    lines = path.read_bytes().splitlines(keepends=True)
-    at = damaged.draw(st.integers(0, count), label="damaged line")
-    lines[at] = {
-        "cut": lines[at][: len(lines[at]) // 2] + (b"" if at == count else b"\n"),  # cut end
-        "not utf-8": lines[at].replace(b'"', b'\xff"', 1),
-        "not json": b"{" + lines[at],
-        "not a span": b'{"id": "x", "what": 1}\n',
-    }[damage]
-    path.write_bytes(b"".join(lines))
-    assert ledger.recover() == count
-    assert ledger.count() == before + count and ledger.spool.pending() == []
-    kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"
-    assert kept.read_bytes().rstrip(b"\n") == lines[at].rstrip(b"\n")  # for a human
-    recorded = {s.id for s in ledger.latest(SpanFilter(), before + count + 1)}
-    assert recorded >= {s.id for i, s in enumerate(spans) if i != at}
+    with opened(sqlite_url) as ledger:
+        before = ledger.count()
+        spans = [make_span() for _ in range(count + 1)]
+        path = ledger.spool.put(spans)
+        lines = path.read_bytes().splitlines(keepends=True)
+        at = damaged.draw(st.integers(0, count), label="damaged line")
+        lines[at] = {
+            "cut": lines[at][: len(lines[at]) // 2] + (b"" if at == count else b"\n"),  # cut end
+            "not utf-8": lines[at].replace(b'"', b'\xff"', 1),
+            "not json": b"{" + lines[at],
+            "not a span": b'{"id": "x", "what": 1}\n',
+        }[damage]
+        path.write_bytes(b"".join(lines))
+        assert ledger.recover() == count
+        assert ledger.count() == before + count and ledger.spool.pending() == []
+        kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"
+        assert kept.read_bytes().rstrip(b"\n") == lines[at].rstrip(b"\n")  # for a human
+        recorded = {s.id for s in ledger.latest(SpanFilter(), before + count + 1)}
+        assert recorded >= {s.id for i, s in enumerate(spans) if i != at}
 
 
 def test_hostile_model_names_through_the_gateway_cost_no_one_a_span(
@@ -244,36 +244,36 @@ def test_a_spool_line_is_stored_as_written_or_set_aside(
 ) -> None:
     """A hand-damaged line (``cost_total: 1.5``, a number for a status, a text for the tags)
     was stored as written, unchecked: a float amount of money in the ledger."""
-    ledger = Ledger(sqlite_url)
-    before = ledger.count()
-    good = [make_span(), make_span()]
-    line = json.dumps(row).encode()
-    path = ledger.spool.directory / "1-damaged.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        b"\n".join([encode_span(good[0]).encode(), line, encode_span(good[1]).encode()])
-    )
-    recorded = ledger.recover()  # never raises: a line that is no span is set aside
-    assert ledger.spool.pending() == []
-    if path.exists():  # a whole span with a column this ometer lacks: a newer ometer's file
-        known = json.loads(encode_span(good[0])).keys()
-        assert recorded == 0 and ledger.count() == before and row.keys() - known
-        path.unlink()
-        return
-    # The spans of this example by their ids (the ledger holds every example's: reading them
-    # all made the examples slower as they went).
-    wanted = [s.id for s in good] + ([row["id"]] if isinstance(row.get("id"), str) else [])
-    with ledger.read() as conn:
-        found = conn.execute(select_spans().where(SPANS.c.id.in_(wanted)))
-        stored = {s.id: s for s in map(row_to_span, found)}
-    assert {s.id for s in good} <= stored.keys()
-    kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"
-    if recorded == 3:
-        assert not kept.exists()
-        written = json.loads(encode_span(stored[row["id"]]))
-        assert {key: written[key] for key in row} == row  # as written, every type its own
-        assert ledger.count() == before + 3
-    else:
-        assert recorded == 2 and ledger.count() == before + 2
-        assert kept.read_bytes().rstrip(b"\n") == line
-        kept.unlink()
+    with opened(sqlite_url) as ledger:
+        before = ledger.count()
+        good = [make_span(), make_span()]
+        line = json.dumps(row).encode()
+        path = ledger.spool.directory / "1-damaged.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(
+            b"\n".join([encode_span(good[0]).encode(), line, encode_span(good[1]).encode()])
+        )
+        recorded = ledger.recover()  # never raises: a line that is no span is set aside
+        assert ledger.spool.pending() == []
+        if path.exists():  # a whole span with a column this ometer lacks: a newer ometer's file
+            known = json.loads(encode_span(good[0])).keys()
+            assert recorded == 0 and ledger.count() == before and row.keys() - known
+            path.unlink()
+            return
+        # The spans of this example by their ids (the ledger holds every example's: reading them
+        # all made the examples slower as they went).
+        wanted = [s.id for s in good] + ([row["id"]] if isinstance(row.get("id"), str) else [])
+        with ledger.read() as conn:
+            found = conn.execute(select_spans().where(SPANS.c.id.in_(wanted)))
+            stored = {s.id: s for s in map(row_to_span, found)}
+        assert {s.id for s in good} <= stored.keys()
+        kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"
+        if recorded == 3:
+            assert not kept.exists()
+            written = json.loads(encode_span(stored[row["id"]]))
+            assert {key: written[key] for key in row} == row  # as written, every type its own
+            assert ledger.count() == before + 3
+        else:
+            assert recorded == 2 and ledger.count() == before + 2
+            assert kept.read_bytes().rstrip(b"\n") == line
+            kept.unlink()

@@ -32,7 +32,7 @@ from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests._committed import unsettled
 from tests._otlp import OtlpHttpReceiver, metric_points, spans as otlp_spans
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.gateway.test_processes import logged, start_gateway
 from tests.integrity.test_isolation import hostile_text
 from tests.integrity.test_journal_lines import _no_prices
@@ -61,23 +61,23 @@ def finished_spans(draw: st.DrawFn) -> SpanRecord:
 def test_a_span_a_dead_process_answered_before_its_commit_is_recorded_as_it_was(
     sqlite_url: str, tmp_path_factory: pytest.TempPathFactory, span: SpanRecord
 ) -> None:
-    ledger = Ledger(sqlite_url)
-    writer = Journal(tmp_path_factory.mktemp("journal"))
-    writer.opened(span, 3)
-    assert writer.finished(span)
-    # the file as a killed process leaves it: nobody holds its lock
-    assert writer._path is not None
-    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
-    dead = ledger.journal.directory / f"9-{span.id}.journal"
-    shutil.copy(writer._path, dead)
-    writer.close()
-    assert ledger.recover() == 1  # what opening the ledger does
-    assert not dead.exists()
-    # Every example's span stays in the one ledger: read them all, not the latest 100 (past
-    # 100 examples an earlier started_at was not among them)
-    (stored,) = [s for s in ledger.latest(SpanFilter(), ledger.count()) if s.id == span.id]
-    assert span_json(stored) == span_json(span)
-    assert ledger.recover() == 0  # once
+    with opened(sqlite_url) as ledger:
+        writer = Journal(tmp_path_factory.mktemp("journal"))
+        writer.opened(span, 3)
+        assert writer.finished(span)
+        # the file as a killed process leaves it: nobody holds its lock
+        assert writer._path is not None
+        ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+        dead = ledger.journal.directory / f"9-{span.id}.journal"
+        shutil.copy(writer._path, dead)
+        writer.close()
+        assert ledger.recover() == 1  # what opening the ledger does
+        assert not dead.exists()
+        # Every example's span stays in the one ledger: read them all, not the latest 100 (past
+        # 100 examples an earlier started_at was not among them)
+        (stored,) = [s for s in ledger.latest(SpanFilter(), ledger.count()) if s.id == span.id]
+        assert span_json(stored) == span_json(span)
+        assert ledger.recover() == 0  # once
 
 
 def test_a_journal_with_calls_still_open_stays_for_the_meter_which_counts_each_once(

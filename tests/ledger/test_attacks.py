@@ -51,7 +51,7 @@ from ollama_meter.records import (
     format_micros,
     make_storable,
 )
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.ledger.test_keep_attacks import _restored_beside_a_killed_gateways_wal
 from tests.ledger.test_transfer import BERLIN, NOW, _monthly, _spans, _tables
 
@@ -697,16 +697,18 @@ def test_the_prune_horizon_is_local_midnight_keep_days_calendar_days_ago(
     Sunday to 23:01 until 2011, and in the hour that read Saturday the prune kept a day too
     many (as every other period there already had it)."""
     db = tmp_path_factory.getbasetemp() / f"prune-{zone.replace('/', '-')}.db"
-    ledger = Ledger(f"sqlite:///{db}", zone=zone)
-    tz = ZoneInfo(zone)
+    with opened(f"sqlite:///{db}", zone=zone) as ledger:
+        tz = ZoneInfo(zone)
 
-    def midnight(day: date) -> datetime:
-        return datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
+        def midnight(day: date) -> datetime:
+            return datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
 
-    near = now.astimezone(tz).date()
-    today = max(d for d in (near - timedelta(1), near, near + timedelta(1)) if midnight(d) <= now)
-    expected = midnight(today - timedelta(days=keep_days))
-    assert prune(ledger, keep_days, now=now).cutoff == expected
+        near = now.astimezone(tz).date()
+        today = max(
+            d for d in (near - timedelta(1), near, near + timedelta(1)) if midnight(d) <= now
+        )
+        expected = midnight(today - timedelta(days=keep_days))
+        assert prune(ledger, keep_days, now=now).cutoff == expected
 
 
 def test_a_prune_across_the_autumn_change_keeps_yesterday(tmp_path: Path) -> None:

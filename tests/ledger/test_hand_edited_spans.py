@@ -24,7 +24,7 @@ from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers
 from ollama_meter.ledger._aggregate import SUMMED
 from ollama_meter.ledger.models import ROLLUP_HISTOGRAMS as HISTOGRAMS, ROLLUPS, SPANS
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import make_span
+from tests.factories import make_span, opened
 
 READERS = (
     ("log",),
@@ -231,20 +231,20 @@ def test_a_hostile_span_never_counts_in_the_history_a_new_call_is_bounded_by(
     the raw spans: a 'n/a' there failed every new call (``'n/a' > 0``), a REAL bounded it
     by a fraction. A row that holds no whole number in range is left out of the history."""
     url = f"sqlite:///{tmp_path_factory.mktemp('usage') / 'l.db'}"
-    ledger = Ledger(url)
-    good = make_span(input_tokens=10, output_tokens=20, prompt_eval_duration_ns=1000)
-    bad = make_span(input_tokens=11, output_tokens=21, prompt_eval_duration_ns=1001)
-    ledger.record([good, bad])
-    try:
-        _edit(url, f'UPDATE spans SET "{column}" = ? WHERE id = ?', value, bad.id)
-    except sa.exc.IntegrityError:
-        return
-    history = ledger.recent_usage(good.request_model)
-    for past in history:
-        for name in ("input_tokens", "output_tokens", "prompt_eval_ns", "eval_ns", "load_ns"):
-            number = getattr(past, name)
-            assert type(number) is int and number >= 0, history
-    assert len(history) in (1, 2)
+    with opened(url) as ledger:
+        good = make_span(input_tokens=10, output_tokens=20, prompt_eval_duration_ns=1000)
+        bad = make_span(input_tokens=11, output_tokens=21, prompt_eval_duration_ns=1001)
+        ledger.record([good, bad])
+        try:
+            _edit(url, f'UPDATE spans SET "{column}" = ? WHERE id = ?', value, bad.id)
+        except sa.exc.IntegrityError:
+            return
+        history = ledger.recent_usage(good.request_model)
+        for past in history:
+            for name in ("input_tokens", "output_tokens", "prompt_eval_ns", "eval_ns", "load_ns"):
+                number = getattr(past, name)
+                assert type(number) is int and number >= 0, history
+        assert len(history) in (1, 2)
 
 
 @pytest.mark.parametrize(

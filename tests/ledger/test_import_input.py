@@ -21,6 +21,7 @@ from ollama_meter.ledger import Ledger, rebuild, span_from_line, span_to_dict
 from ollama_meter.ledger._jsonl import export_line
 from ollama_meter.ledger._line import CutShort
 from ollama_meter.ledger._members import each_key_once
+from tests.factories import opened
 from tests.ledger.test_transfer import _spans, _tables
 
 
@@ -443,7 +444,9 @@ def test_a_file_saved_in_another_encoding_says_to_convert_it_and_imports_once_co
         f"and import again; the {at} span(s) before it are recorded (spans already there are "
         "skipped)\n",
     )
-    assert Ledger(url).count() == at
+    with opened(url) as ledger:
+        assert ledger.count() == at
     done = cli("db", "import", "-", "--db", url, stdin=text)
     assert done.code == 0 and f"({at:,} already there)" in done.stdout, done
-    assert Ledger(url).count() == 5
+    with opened(url) as ledger:
+        assert ledger.count() == 5

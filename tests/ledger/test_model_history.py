@@ -18,7 +18,7 @@ from ollama_meter.ledger import Ledger, close_ledgers
 from ollama_meter.ledger._history import KEPT
 from ollama_meter.meter import SpanRecord
 from ollama_meter.records import PastCall, counted_model
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.ledger.test_ledger import downgrade
 from tests.ledger.test_rollups import MODELS, spelled
 
@@ -72,20 +72,20 @@ def test_a_models_history_is_its_latest_ok_calls_in_every_spelling(
 ) -> None:
     """Written in batches of any size, in any order (an import of older calls after newer
     ones), and cut back to the latest KEPT of each model as they go."""
-    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('history') / 'l.db'}")
-    batches = [spans[a:b] for a, b in itertools.pairwise([0, *sorted(cuts), len(spans)])]
-    shuffled.shuffle(batches)
-    for batch in batches:
-        ledger.record(batch)
-    wanted = [
-        _past(span)
-        for span in reversed(spans)
-        if span.status == "ok" and counted_model(span.request_model) == counted_model(asked)
-    ][:limit]
-    assert ledger.recent_usage(asked, limit) == wanted
-    with ledger.engine.connect() as conn:
-        kept = conn.execute(sa.text("SELECT model, count(*) FROM model_history GROUP BY model"))
-        assert all(count <= 2 * KEPT for _, count in kept)
+    with opened(f"sqlite:///{tmp_path_factory.mktemp('history') / 'l.db'}") as ledger:
+        batches = [spans[a:b] for a, b in itertools.pairwise([0, *sorted(cuts), len(spans)])]
+        shuffled.shuffle(batches)
+        for batch in batches:
+            ledger.record(batch)
+        wanted = [
+            _past(span)
+            for span in reversed(spans)
+            if span.status == "ok" and counted_model(span.request_model) == counted_model(asked)
+        ][:limit]
+        assert ledger.recent_usage(asked, limit) == wanted
+        with ledger.engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT model, count(*) FROM model_history GROUP BY model"))
+            assert all(count <= 2 * KEPT for _, count in kept)
 
 
 def test_a_thousand_spellings_of_a_model_are_one_history_of_the_latest(tmp_path: Path) -> None:

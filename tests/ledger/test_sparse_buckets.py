@@ -34,7 +34,7 @@ from ollama_meter.periods import (
 )
 from ollama_meter.reports import DashQuery, dashboard_report, perf_report, spend_report
 from ollama_meter.reports._spend import held_buckets, spend_axis
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.ledger.test_rollups import _fill
 from tests.ledger.test_sparse_windows import CELLS_PER_DAY, NOW, ZONES, planned_cells
 
@@ -104,45 +104,45 @@ def test_a_window_of_millennia_builds_the_buckets_of_its_calls_and_sums_them_exa
 ) -> None:
     # Calls far apart, and a few hours after the first of them (in its bucket, or next ones).
     moments = moments + [moments[0] + timedelta(hours=hours) for hours in near if moments]
-    ledger = Ledger(db_url)
-    spans = [
-        make_span(
-            started_at=moment,
-            department=["sales", "ops"][index % 2],
-            cost_total=index + 1,
-            latency_ns=10**6 * (index + 1),
-        )
-        for index, moment in enumerate(moments)
-    ]
-    _fill(ledger, [spans], ZoneInfo(cells))
-    tz = ZoneInfo(zone)
-    window = window_between("1970-01-01", "9998-12-31", tz=tz, now=NOW)
-    inside = [s for s in spans if window.start <= s.started_at < window.end]
-    held = sorted({label_of(s.started_at, unit, tz) for s in inside})
+    with opened(db_url) as ledger:
+        spans = [
+            make_span(
+                started_at=moment,
+                department=["sales", "ops"][index % 2],
+                cost_total=index + 1,
+                latency_ns=10**6 * (index + 1),
+            )
+            for index, moment in enumerate(moments)
+        ]
+        _fill(ledger, [spans], ZoneInfo(cells))
+        tz = ZoneInfo(zone)
+        window = window_between("1970-01-01", "9998-12-31", tz=tz, now=NOW)
+        inside = [s for s in spans if window.start <= s.started_at < window.end]
+        held = sorted({label_of(s.started_at, unit, tz) for s in inside})
 
-    built = held_buckets(ledger, window, unit, tz)
-    labels = [label for _, _, label in built]
-    assert labels == sorted(set(labels))  # in time order, each once
-    assert set(held) <= set(labels)
-    # A cell of the ledger's days (or months) overlaps at most three buckets of another zone;
-    # cut at the same midnights, a bucket is built only if a call is in it.
-    assert len(built) <= 3 * cells_held([s.started_at for s in inside], unit, ZoneInfo(cells))
-    if zone == cells:
-        assert labels == held
+        built = held_buckets(ledger, window, unit, tz)
+        labels = [label for _, _, label in built]
+        assert labels == sorted(set(labels))  # in time order, each once
+        assert set(held) <= set(labels)
+        # A cell of the ledger's days (or months) overlaps at most three buckets of another zone;
+        # cut at the same midnights, a bucket is built only if a call is in it.
+        assert len(built) <= 3 * cells_held([s.started_at for s in inside], unit, ZoneInfo(cells))
+        if zone == cells:
+            assert labels == held
 
-    with statements(ledger) as run:
-        report = spend_report(ledger, window, ["department", unit], tz=tz)
-    assert len(run) <= STATEMENTS, run
-    assert sorted({row.label(unit) for row in report.rows}) == held  # no row without calls
-    assert sum(r.requests for r in report.rows) == len(inside)
-    assert sum(int(r.cost) for r in report.rows) == sum(s.cost_total for s in inside)
-    perf = perf_report(ledger, window, [], unit=unit, tz=tz)
-    assert [row.label(unit) for row in perf.rows] == held
-    by_user = perf_report(ledger, window, ["user"], unit=unit, tz=tz)  # histograms of raw spans
-    with raw_spans():
-        assert report.rows == spend_report(ledger, window, ["department", unit], tz=tz).rows
-        assert perf.rows == perf_report(ledger, window, [], unit=unit, tz=tz).rows
-        assert by_user.rows == perf_report(ledger, window, ["user"], unit=unit, tz=tz).rows
+        with statements(ledger) as run:
+            report = spend_report(ledger, window, ["department", unit], tz=tz)
+        assert len(run) <= STATEMENTS, run
+        assert sorted({row.label(unit) for row in report.rows}) == held  # no row without calls
+        assert sum(r.requests for r in report.rows) == len(inside)
+        assert sum(int(r.cost) for r in report.rows) == sum(s.cost_total for s in inside)
+        perf = perf_report(ledger, window, [], unit=unit, tz=tz)
+        assert [row.label(unit) for row in perf.rows] == held
+        by_user = perf_report(ledger, window, ["user"], unit=unit, tz=tz)  # histograms of raw spans
+        with raw_spans():
+            assert report.rows == spend_report(ledger, window, ["department", unit], tz=tz).rows
+            assert perf.rows == perf_report(ledger, window, [], unit=unit, tz=tz).rows
+            assert by_user.rows == perf_report(ledger, window, ["user"], unit=unit, tz=tz).rows
 
 
 def test_the_calls_of_1970_and_9998_are_two_buckets_and_a_chart_of_two_columns(

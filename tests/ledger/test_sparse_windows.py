@@ -25,7 +25,7 @@ from ollama_meter.ledger._timings import HistogramResult
 from ollama_meter.ledger._types import to_us
 from ollama_meter.periods import Window, walk_buckets, window_between
 from ollama_meter.reports import chargeback, perf_report, spend_report
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.ledger.test_rollups import _fill
 
 ZONES = [
@@ -93,34 +93,34 @@ def counted(result: HistogramResult) -> dict[Any, Any]:
 def test_a_long_window_of_few_calls_plans_the_cells_of_their_days_and_sums_them_exactly(
     db_url: str, moments: list[datetime], zone: str, cells: str, unit: str | None
 ) -> None:
-    ledger = Ledger(db_url)
-    spans = [
-        make_span(
-            started_at=moment,
-            department=["sales", "ops"][index % 2],
-            cost_total=index + 1,
-            latency_ns=10**6 * (index + 1),
+    with opened(db_url) as ledger:
+        spans = [
+            make_span(
+                started_at=moment,
+                department=["sales", "ops"][index % 2],
+                cost_total=index + 1,
+                latency_ns=10**6 * (index + 1),
+            )
+            for index, moment in enumerate(moments)
+        ]
+        _fill(ledger, [spans], ZoneInfo(cells))
+        tz = ZoneInfo(zone)
+        window = window_between("2024-01-01", "2026-12-31", tz=tz, now=NOW)  # 1,096 days
+        assert planned_cells(ledger, window, unit, tz) <= CELLS_PER_DAY * days_held(
+            moments, ZoneInfo(cells)
         )
-        for index, moment in enumerate(moments)
-    ]
-    _fill(ledger, [spans], ZoneInfo(cells))
-    tz = ZoneInfo(zone)
-    window = window_between("2024-01-01", "2026-12-31", tz=tz, now=NOW)  # 1,096 days
-    assert planned_cells(ledger, window, unit, tz) <= CELLS_PER_DAY * days_held(
-        moments, ZoneInfo(cells)
-    )
-    starts = every_bucket(window, unit, tz)
-    where = SpanFilter(since=window.start, until=window.end)
-    sums, histograms = ledger.timings(where, ["department"], starts)
-    failures = ledger.failures(where)
-    with raw_spans():
-        raw_sums, raw_histograms = ledger.timings(where, ["department"], starts)
-        assert sorted(failures) == sorted(ledger.failures(where))
-    assert sorted(sums, key=repr) == sorted(raw_sums, key=repr)
-    assert counted(histograms) == counted(raw_histograms)
-    inside = [s for s in spans if window.start <= s.started_at < window.end]
-    assert sum(s.requests for s in sums) == len(inside)
-    assert sum(s.cost for s in sums) == sum(s.cost_total for s in inside)
+        starts = every_bucket(window, unit, tz)
+        where = SpanFilter(since=window.start, until=window.end)
+        sums, histograms = ledger.timings(where, ["department"], starts)
+        failures = ledger.failures(where)
+        with raw_spans():
+            raw_sums, raw_histograms = ledger.timings(where, ["department"], starts)
+            assert sorted(failures) == sorted(ledger.failures(where))
+        assert sorted(sums, key=repr) == sorted(raw_sums, key=repr)
+        assert counted(histograms) == counted(raw_histograms)
+        inside = [s for s in spans if window.start <= s.started_at < window.end]
+        assert sum(s.requests for s in sums) == len(inside)
+        assert sum(s.cost for s in sums) == sum(s.cost_total for s in inside)
 
 
 def test_report_since_1970_by_day_in_another_zone_reads_the_two_days_of_its_calls(

@@ -12,12 +12,12 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger
+from ollama_meter._names import zone_problem
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.periods import window_between
 from ollama_meter.records import SpanRecord
 from ollama_meter.reports import chargeback, perf_report, spend_report
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.ledger.test_rollups import _fill
 
 NAMED = [
@@ -25,7 +25,11 @@ NAMED = [
     "Etc/GMT+12", "Asia/Kathmandu", "Australia/Eucla", "Pacific/Chatham", "Pacific/Apia",
     "America/St_Johns", "America/Havana", "America/Santiago", "Africa/Monrovia",
 ]  # fmt: skip
-ANY_ZONE = st.sampled_from(NAMED) | st.sampled_from(sorted(available_timezones()))
+# Every zone this host lists that ometer takes: not "localtime" or "Factory", which it refuses
+# with a clear error (tests/test_config.py); drawn once in 599, CI hit "localtime".
+ANY_ZONE = st.sampled_from(NAMED) | st.sampled_from(
+    sorted(zone for zone in available_timezones() if zone_problem(zone) is None)
+)
 ANCHORS = [
     datetime(2026, 11, 1, 6, tzinfo=UTC),  # New York, Havana back
     datetime(2026, 3, 29, 1, tzinfo=UTC),  # Europe forward
@@ -94,29 +98,34 @@ def test_any_window_in_any_zone_from_rollups_is_the_raw_report_perf_and_bill(
     unit: str | None,
 ) -> None:
     spans = data.draw(spans_near(anchor))
-    ledger = Ledger(db_url)
-    _fill(ledger, [spans], ZoneInfo(cells))
-    tz = ZoneInfo(zone)
-    since = anchor.astimezone(tz).date() + timedelta(days=first)
-    until = since + timedelta(days=days)
-    window = window_between(str(since), str(until), tz=tz, now=NOW)
-    by = ["department", unit] if unit else ["department"]
-    report = spend_report(ledger, window, by, tz=tz)
-    with raw_spans():
-        expected = spend_report(ledger, window, by, tz=tz)
-    assert report.rows == expected.rows
-    perf = perf_report(ledger, window, ["model"], unit=unit, tz=tz)
-    with raw_spans():
-        assert perf.rows == perf_report(ledger, window, ["model"], unit=unit, tz=tz).rows
-    month = since.strftime("%Y-%m")
-    options: dict[str, Any] = {"tz": tz, "now": NOW, "currency": "USD", "fixed_cost": Decimal(100)}
-    bill = chargeback(ledger, month, **options)
-    with raw_spans():
-        expected = chargeback(ledger, month, **options)
-    assert (bill.rows, bill.busy_ns) == (expected.rows, expected.busy_ns)
-    inside = [s for s in spans if window.start <= s.started_at < window.end]
-    assert sum(row.requests for row in report.rows) == len(inside)
-    assert sum(int(row.cost) for row in report.rows) == sum(s.cost_total for s in inside)
+    with opened(db_url) as ledger:
+        _fill(ledger, [spans], ZoneInfo(cells))
+        tz = ZoneInfo(zone)
+        since = anchor.astimezone(tz).date() + timedelta(days=first)
+        until = since + timedelta(days=days)
+        window = window_between(str(since), str(until), tz=tz, now=NOW)
+        by = ["department", unit] if unit else ["department"]
+        report = spend_report(ledger, window, by, tz=tz)
+        with raw_spans():
+            expected = spend_report(ledger, window, by, tz=tz)
+        assert report.rows == expected.rows
+        perf = perf_report(ledger, window, ["model"], unit=unit, tz=tz)
+        with raw_spans():
+            assert perf.rows == perf_report(ledger, window, ["model"], unit=unit, tz=tz).rows
+        month = since.strftime("%Y-%m")
+        options: dict[str, Any] = {
+            "tz": tz,
+            "now": NOW,
+            "currency": "USD",
+            "fixed_cost": Decimal(100),
+        }
+        bill = chargeback(ledger, month, **options)
+        with raw_spans():
+            expected = chargeback(ledger, month, **options)
+        assert (bill.rows, bill.busy_ns) == (expected.rows, expected.busy_ns)
+        inside = [s for s in spans if window.start <= s.started_at < window.end]
+        assert sum(row.requests for row in report.rows) == len(inside)
+        assert sum(int(row.cost) for row in report.rows) == sum(s.cost_total for s in inside)
 
 
 def test_since_and_until_are_whole_local_days_across_a_dst_change() -> None:

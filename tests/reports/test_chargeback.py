@@ -18,7 +18,7 @@ from ollama_meter.periods import parse_period
 from ollama_meter.pricing import from_micros
 from ollama_meter.records import NO_HOST
 from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv
-from tests.factories import make_span
+from tests.factories import make_span, opened
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 SEC = 1_000_000_000
@@ -401,34 +401,41 @@ def test_the_fixed_cost_is_billed_to_the_cent_in_any_zone_and_month(
     from zoneinfo import ZoneInfo
 
     tz = ZoneInfo(zone)
-    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('cb') / 'ledger.db'}")
-    first = datetime.fromisoformat(month + "-01").replace(tzinfo=UTC) - timedelta(days=27)
-    ledger.record(
-        [
-            span(dept, first + timedelta(seconds=at), busy, busy * 1000, host=host,
-                 tenant=tenant, currency=currency)
-            for tenant, dept, at, busy, currency, host in calls
-        ]
-    )  # fmt: skip
-    fixed = Decimal(cents).scaleb(-2)
+    with opened(f"sqlite:///{tmp_path_factory.mktemp('cb') / 'ledger.db'}") as ledger:
+        first = datetime.fromisoformat(month + "-01").replace(tzinfo=UTC) - timedelta(days=27)
+        ledger.record(
+            [
+                span(dept, first + timedelta(seconds=at), busy, busy * 1000, host=host,
+                     tenant=tenant, currency=currency)
+                for tenant, dept, at, busy, currency, host in calls
+            ]
+        )  # fmt: skip
+        fixed = Decimal(cents).scaleb(-2)
 
-    def run() -> tuple[str, list[object]]:
-        result = chargeback(
-            ledger, month, tz=tz, now=NOW, currency="USD", fixed_cost=fixed, idle=idle, gpus=gpus
+        def run() -> tuple[str, list[object]]:
+            result = chargeback(
+                ledger,
+                month,
+                tz=tz,
+                now=NOW,
+                currency="USD",
+                fixed_cost=fixed,
+                idle=idle,
+                gpus=gpus,
+            )
+            return to_csv(CHARGEBACK_COLUMNS, result.rows), result.rows
+
+        text, rows = run()
+        shares = [row["fixed_cost_share"] for row in rows]
+        assert all(
+            isinstance(s, Decimal) and s >= 0 and s == s.quantize(Decimal("0.01")) for s in shares
         )
-        return to_csv(CHARGEBACK_COLUMNS, result.rows), result.rows
-
-    text, rows = run()
-    shares = [row["fixed_cost_share"] for row in rows]
-    assert all(
-        isinstance(s, Decimal) and s >= 0 and s == s.quantize(Decimal("0.01")) for s in shares
-    )
-    assert sum(shares, Decimal(0)) == fixed
-    for row in rows:
-        assert row["total_cost"] == row["usage_cost"] + int(row["fixed_cost_share"] * 1_000_000)
-        if row["currency"] != "USD":
-            assert row["fixed_cost_share"] == 0
-    assert run()[0] == text
+        assert sum(shares, Decimal(0)) == fixed
+        for row in rows:
+            assert row["total_cost"] == row["usage_cost"] + int(row["fixed_cost_share"] * 1_000_000)
+            if row["currency"] != "USD":
+                assert row["fixed_cost_share"] == 0
+        assert run()[0] == text
 
 
 @settings(

@@ -18,7 +18,7 @@ from ollama_meter.ledger import Ledger
 from ollama_meter.periods import parse_period
 from ollama_meter.records import NO_HOST
 from ollama_meter.reports import allocate, chargeback
-from tests.factories import make_span
+from tests.factories import make_span, opened
 
 NOW = datetime(2027, 1, 2, tzinfo=UTC)
 US = timedelta(microseconds=1)
@@ -142,28 +142,28 @@ def test_a_fixed_cost_of_nothing_is_the_bill_without_one(
     busy time) billed an ``__idle__`` row of zeros that the bill without it has not."""
     tz = ZoneInfo("Europe/Berlin")
     start = parse_period("2026-11", tz=tz, now=NOW).start
-    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('zero') / 'ledger.db'}")
-    ledger.record(
-        [
-            make_span(
-                tenant=tenant,
-                department=department,
-                started_at=start + offset * US,
-                ended_at=start + (offset + busy) * US,
-                eval_duration_ns=busy * 1000,
-                cost_total=busy,
-                cost_tokens=busy,
-                currency=currency,
-                upstream_host=host,
-            )
-            for (tenant, department), _, offset, busy, currency, host in calls
-        ]
-    )
-    options = {"tz": tz, "now": NOW, "currency": "USD", "idle": idle}
-    plain = chargeback(ledger, month, **options)  # type: ignore[arg-type]
-    nothing = chargeback(ledger, month, fixed_cost=Decimal(zero), **options)  # type: ignore[arg-type]
-    assert nothing.rows == plain.rows
-    assert all(row.tenant != "__idle__" for row in nothing.rows)
+    with opened(f"sqlite:///{tmp_path_factory.mktemp('zero') / 'ledger.db'}") as ledger:
+        ledger.record(
+            [
+                make_span(
+                    tenant=tenant,
+                    department=department,
+                    started_at=start + offset * US,
+                    ended_at=start + (offset + busy) * US,
+                    eval_duration_ns=busy * 1000,
+                    cost_total=busy,
+                    cost_tokens=busy,
+                    currency=currency,
+                    upstream_host=host,
+                )
+                for (tenant, department), _, offset, busy, currency, host in calls
+            ]
+        )
+        options = {"tz": tz, "now": NOW, "currency": "USD", "idle": idle}
+        plain = chargeback(ledger, month, **options)  # type: ignore[arg-type]
+        nothing = chargeback(ledger, month, fixed_cost=Decimal(zero), **options)  # type: ignore[arg-type]
+        assert nothing.rows == plain.rows
+        assert all(row.tenant != "__idle__" for row in nothing.rows)
 
 
 def test_a_month_with_spaces_around_it_is_that_month_as_every_date_option_takes_it(

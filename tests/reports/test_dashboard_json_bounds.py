@@ -23,7 +23,7 @@ from ollama_meter.records import SpanRecord
 from ollama_meter.reports import DashQuery, dashboard_report
 from ollama_meter.reports._dashboard import LISTED, TOP
 from ollama_meter.reports._dashboard_json import dashboard_json
-from tests.factories import OFFICE_NOW, make_span
+from tests.factories import OFFICE_NOW, make_span, opened
 from tests.reports.test_dashboard_page_bounds import DEPARTMENTS, MODELS, crowd
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -136,10 +136,10 @@ def test_every_list_adds_up_to_the_spend_whatever_is_folded(
 ) -> None:
     """Names that differ by case or by Unicode normalisation, direction marks, zero-width
     characters, markup, 300 characters: each name its own row, each list adding up."""
-    ledger = Ledger(new_url())
-    ledger.record(call_spans(calls, datetime(2026, 11, 1, 8, tzinfo=UTC), timedelta(days=1)))
-    dash = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW)
-    assert_lists_add_up(dashboard_json(dash, listed=listed, top=top), listed, top)
+    with opened(new_url()) as ledger:
+        ledger.record(call_spans(calls, datetime(2026, 11, 1, 8, tzinfo=UTC), timedelta(days=1)))
+        dash = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW)
+        assert_lists_add_up(dashboard_json(dash, listed=listed, top=top), listed, top)
 
 
 def test_a_thousand_departments_make_an_answer_of_a_few_hundred_rows(tmp_path: Any) -> None:

@@ -22,7 +22,7 @@ from ollama_meter.records import SpanRecord
 from ollama_meter.reports import DashQuery, dashboard_report
 from ollama_meter.reports._dashboard import dash_window
 from ollama_meter.reports._dashboard_json import dashboard_json
-from tests.factories import OFFICE_NOW, make_span
+from tests.factories import OFFICE_NOW, make_span, opened
 from tests.reports.test_dashboard_json_bounds import Call, call_spans
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -159,13 +159,20 @@ def test_every_list_of_the_dashboard_is_the_spans_sums(
 ) -> None:
     """Departments with their models, users and days, models, users and the series per
     department and day, for any filter: each row the exact sums of its spans."""
-    ledger = Ledger(new_url())
-    spans = call_spans(calls, datetime(2026, 10, 15, tzinfo=UTC), timedelta(minutes=1))
-    ledger.record(spans)
-    for query in queries:
-        dash = dashboard_report(ledger, query, tz=UTC_ZONE, now=OFFICE_NOW, top=ALL)
-        data = dashboard_json(dash, listed=ALL, top=ALL)
-        want, got = _oracle(spans, query), _shown(data)
-        for kind in ("departments", "models", "top_users", "series", "dept_models", "dept_days"):
-            assert got.get(kind, {}) == want.get(kind, {}), (kind, query)
-        assert got.get("dept_users", {}) == want.get("dept_users", {}), query
+    with opened(new_url()) as ledger:
+        spans = call_spans(calls, datetime(2026, 10, 15, tzinfo=UTC), timedelta(minutes=1))
+        ledger.record(spans)
+        for query in queries:
+            dash = dashboard_report(ledger, query, tz=UTC_ZONE, now=OFFICE_NOW, top=ALL)
+            data = dashboard_json(dash, listed=ALL, top=ALL)
+            want, got = _oracle(spans, query), _shown(data)
+            for kind in (
+                "departments",
+                "models",
+                "top_users",
+                "series",
+                "dept_models",
+                "dept_days",
+            ):
+                assert got.get(kind, {}) == want.get(kind, {}), (kind, query)
+            assert got.get("dept_users", {}) == want.get("dept_users", {}), query

@@ -33,7 +33,7 @@ from ollama_meter.reports import (
 from ollama_meter.reports._dashboard import chart_unit, dash_window, previous_window
 from ollama_meter.reports._dashboard_json import budget_json
 from tests._templates import LedgerTemplates
-from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
+from tests.factories import OFFICE_NOW, make_span, office_spans, opened, two_currencies
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -237,33 +237,35 @@ _example = itertools.count()
 def test_per_currency_sums_hold_for_any_mix(
     sqlite_url: str, calls: list[tuple[str, str, int, int]]
 ) -> None:
-    ledger = Ledger(sqlite_url)
-    name = f"t{next(_example)}"  # one tenant per example: examples share the ledger
-    ledger.record(
-        [
-            make_span(
-                started_at=NOVEMBER_START + timedelta(days=day, hours=8),
-                tenant=name,
-                department=dept,
-                currency=currency,
-                cost_total=cost,
-            )
-            for currency, dept, cost, day in calls
-        ]
-    )
-    data = dashboard_report(ledger, DashQuery(tenant=name), tz=UTC_ZONE, now=OFFICE_NOW).to_json()
-    expected: dict[str, int] = defaultdict(int)
-    for currency, _, cost, _ in calls:
-        expected[currency] += cost
-    assert {s["currency"]: s["cost"] for s in data["spend"]} == {
-        c: format_micros(v) for c, v in expected.items()
-    }
-    for section in ("spend_by_department_by_day", "departments", "models", "top_users"):
-        sums: dict[str, Decimal] = defaultdict(Decimal)
-        for row in data[section]:
-            sums[row["currency"]] += Decimal(row["cost"])
-        assert sums == {c: Decimal(format_micros(v)) for c, v in expected.items()}, section
-    assert_every_amount_has_a_currency(data)
+    with opened(sqlite_url) as ledger:
+        name = f"t{next(_example)}"  # one tenant per example: examples share the ledger
+        ledger.record(
+            [
+                make_span(
+                    started_at=NOVEMBER_START + timedelta(days=day, hours=8),
+                    tenant=name,
+                    department=dept,
+                    currency=currency,
+                    cost_total=cost,
+                )
+                for currency, dept, cost, day in calls
+            ]
+        )
+        data = dashboard_report(
+            ledger, DashQuery(tenant=name), tz=UTC_ZONE, now=OFFICE_NOW
+        ).to_json()
+        expected: dict[str, int] = defaultdict(int)
+        for currency, _, cost, _ in calls:
+            expected[currency] += cost
+        assert {s["currency"]: s["cost"] for s in data["spend"]} == {
+            c: format_micros(v) for c, v in expected.items()
+        }
+        for section in ("spend_by_department_by_day", "departments", "models", "top_users"):
+            sums: dict[str, Decimal] = defaultdict(Decimal)
+            for row in data[section]:
+                sums[row["currency"]] += Decimal(row["cost"])
+            assert sums == {c: Decimal(format_micros(v)) for c, v in expected.items()}, section
+        assert_every_amount_has_a_currency(data)
 
 
 @pytest.mark.parametrize(
@@ -511,50 +513,50 @@ def test_a_department_or_user_is_a_tenants_whatever_the_names(
     in ``/api/dash`` and on the page, every department and user is per tenant, exactly."""
     from ollama_meter.reports import Links, render_dashboard
 
-    ledger = Ledger(sqlite_url)
-    day = date(2020, 1, 1) + timedelta(days=next(_example))  # examples share the ledger
-    ledger.record(
-        [
-            make_span(
-                started_at=datetime(day.year, day.month, day.day, 8, tzinfo=UTC),
-                tenant=tenant, department=dept, user=user, currency=currency, cost_total=cost,
-            )
-            for tenant, dept, user, currency, cost in calls
-        ]
-    )  # fmt: skip
-    d = dashboard_report(ledger, DashQuery(period=day.isoformat()), tz=UTC_ZONE, now=OFFICE_NOW)
-    data = d.to_json()
-    departments: dict[tuple[str, str, str], int] = defaultdict(int)
-    users: dict[tuple[str, str, str], int] = defaultdict(int)
-    for tenant, dept, user, currency, cost in calls:
-        departments[(currency, tenant, dept)] += cost
-        users[(currency, tenant, user or "")] += cost
-    expected = {key: format_micros(cost) for key, cost in departments.items()}
-    assert sorted(
-        ((r["currency"], r["tenant"], r["department"]), r["cost"]) for r in data["departments"]
-    ) == sorted(expected.items())
-    assert {
-        (r["currency"], r["tenant"], r["department"]): r["cost"]
-        for r in data["spend_by_department_by_day"]
-    } == expected and len(data["spend_by_department_by_day"]) == len(expected)
-    assert sorted(
-        ((r["currency"], r["tenant"], r["user"]), r["cost"]) for r in data["top_users"]
-    ) == sorted((key, format_micros(cost)) for key, cost in users.items())
-    several = len({tenant for tenant, *_ in calls}) > 1
-    page = render_dashboard(d, links=Links("/dashboard", {}), zone="UTC")
-    panels = re.findall(
-        r'<details id="(dept-(\w+)-\d+)" class="drill" data-department="(\w+)"'
-        r'(?: data-tenant="(\w+)")?>\s*<summary><span class="swatch [\w-]+"></span>'
-        r'<span class="name">([^<]*)</span><span class="num" title="([\d.]+) \w+">',
-        page,
-    )
-    assert len({anchor for anchor, *_ in panels}) == len(panels) == len(expected)
-    shown = {}
-    for _, currency, dept, tenant, label, cost in panels:
-        assert (tenant != "") == several
-        assert label == (f"{dept} ({tenant})" if several else dept)
-        shown[(currency, tenant or calls[0][0], dept)] = cost
-    assert shown == expected
+    with opened(sqlite_url) as ledger:
+        day = date(2020, 1, 1) + timedelta(days=next(_example))  # examples share the ledger
+        ledger.record(
+            [
+                make_span(
+                    started_at=datetime(day.year, day.month, day.day, 8, tzinfo=UTC),
+                    tenant=tenant, department=dept, user=user, currency=currency, cost_total=cost,
+                )
+                for tenant, dept, user, currency, cost in calls
+            ]
+        )  # fmt: skip
+        d = dashboard_report(ledger, DashQuery(period=day.isoformat()), tz=UTC_ZONE, now=OFFICE_NOW)
+        data = d.to_json()
+        departments: dict[tuple[str, str, str], int] = defaultdict(int)
+        users: dict[tuple[str, str, str], int] = defaultdict(int)
+        for tenant, dept, user, currency, cost in calls:
+            departments[(currency, tenant, dept)] += cost
+            users[(currency, tenant, user or "")] += cost
+        expected = {key: format_micros(cost) for key, cost in departments.items()}
+        assert sorted(
+            ((r["currency"], r["tenant"], r["department"]), r["cost"]) for r in data["departments"]
+        ) == sorted(expected.items())
+        assert {
+            (r["currency"], r["tenant"], r["department"]): r["cost"]
+            for r in data["spend_by_department_by_day"]
+        } == expected and len(data["spend_by_department_by_day"]) == len(expected)
+        assert sorted(
+            ((r["currency"], r["tenant"], r["user"]), r["cost"]) for r in data["top_users"]
+        ) == sorted((key, format_micros(cost)) for key, cost in users.items())
+        several = len({tenant for tenant, *_ in calls}) > 1
+        page = render_dashboard(d, links=Links("/dashboard", {}), zone="UTC")
+        panels = re.findall(
+            r'<details id="(dept-(\w+)-\d+)" class="drill" data-department="(\w+)"'
+            r'(?: data-tenant="(\w+)")?>\s*<summary><span class="swatch [\w-]+"></span>'
+            r'<span class="name">([^<]*)</span><span class="num" title="([\d.]+) \w+">',
+            page,
+        )
+        assert len({anchor for anchor, *_ in panels}) == len(panels) == len(expected)
+        shown = {}
+        for _, currency, dept, tenant, label, cost in panels:
+            assert (tenant != "") == several
+            assert label == (f"{dept} ({tenant})" if several else dept)
+            shown[(currency, tenant or calls[0][0], dept)] = cost
+        assert shown == expected
 
 
 @given(limit=st.integers(1, 10**15), spent=st.integers(0, 2 * 10**15))

@@ -25,7 +25,7 @@ from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dash
 from ollama_meter.reports._dashboard import TOP
 from ollama_meter.reports._dashboard_json import _folded, dashboard_json
 from ollama_meter.reports._rows import SpendRow
-from tests.factories import OFFICE_NOW, make_span
+from tests.factories import OFFICE_NOW, make_span, opened
 from tests.reports.test_dashboard_json_bounds import Call, call_spans
 
 USERS = ["", "ann", "Ann", "bo", "\u00e9mile", "e\u0301mile", "zo\u00eb", "\u00df", "Z", "_"]
@@ -177,49 +177,51 @@ def test_a_window_of_any_edges_ranks_as_the_spans_do(
 ) -> None:
     """Windows that start and end anywhere (raw spans at their edges, quarter hours and days
     added and taken away): each list is the spans' own sums, ranked and folded."""
-    ledger = Ledger(new_url())
-    spans = _spans(calls)
-    ledger.record(spans)
-    start = START + timedelta(microseconds=since)
-    end = start + timedelta(microseconds=length)
-    rankings = [
-        Ranking(("tenant", "user"), (), ("user", "tenant"), most),
-        Ranking(("tenant", "department", "user"), ("tenant", "department"), ("user",), most),
-    ]
-    _, found = ledger.spends_ranked(SpanFilter(since=start, until=end), [], rankings)
-    for ranking, got in zip(rankings, found, strict=True):
-        sums: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
-        for s in spans:
-            if start <= s.started_at < end:
-                values = {"tenant": s.tenant, "department": s.department, "user": s.user or ""}
-                cell = sums[(*(values[n] for n in ranking.by), s.currency)]
-                cell[0] += 1
-                cell[1] += s.status != "ok"
-                cell[2] += s.cost_total
-        lists: dict[tuple[str, ...], list[tuple[tuple[str, ...], str, list[int]]]] = defaultdict(
-            list
-        )
-        for key, cell in sums.items():
-            *keys, currency = key
-            part = (*(keys[ranking.by.index(n)] for n in ranking.within), currency)
-            lists[part].append((tuple(keys), currency, cell))
-        want = []
-        for part in sorted(lists):
-            ordered = sorted(
-                lists[part],
-                key=lambda g: (-g[2][2], *(g[0][ranking.by.index(n)] for n in ranking.order)),
+    with opened(new_url()) as ledger:
+        spans = _spans(calls)
+        ledger.record(spans)
+        start = START + timedelta(microseconds=since)
+        end = start + timedelta(microseconds=length)
+        rankings = [
+            Ranking(("tenant", "user"), (), ("user", "tenant"), most),
+            Ranking(("tenant", "department", "user"), ("tenant", "department"), ("user",), most),
+        ]
+        _, found = ledger.spends_ranked(SpanFilter(since=start, until=end), [], rankings)
+        for ranking, got in zip(rankings, found, strict=True):
+            sums: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
+            for s in spans:
+                if start <= s.started_at < end:
+                    values = {"tenant": s.tenant, "department": s.department, "user": s.user or ""}
+                    cell = sums[(*(values[n] for n in ranking.by), s.currency)]
+                    cell[0] += 1
+                    cell[1] += s.status != "ok"
+                    cell[2] += s.cost_total
+            lists: dict[tuple[str, ...], list[tuple[tuple[str, ...], str, list[int]]]] = (
+                defaultdict(list)
             )
-            want += [(keys, currency, *cell, 0) for keys, currency, cell in ordered[:most]]
-            if rest := ordered[most:]:
-                want.append(
-                    (
-                        part[:-1],
-                        part[-1],
-                        *(sum(g[2][i] for g in rest) for i in range(3)),
-                        len(rest),
-                    )
+            for key, cell in sums.items():
+                *keys, currency = key
+                part = (*(keys[ranking.by.index(n)] for n in ranking.within), currency)
+                lists[part].append((tuple(keys), currency, cell))
+            want = []
+            for part in sorted(lists):
+                ordered = sorted(
+                    lists[part],
+                    key=lambda g: (-g[2][2], *(g[0][ranking.by.index(n)] for n in ranking.order)),
                 )
-        assert [(r.keys, r.currency, r.requests, r.errors, r.cost, r.others) for r in got] == want
+                want += [(keys, currency, *cell, 0) for keys, currency, cell in ordered[:most]]
+                if rest := ordered[most:]:
+                    want.append(
+                        (
+                            part[:-1],
+                            part[-1],
+                            *(sum(g[2][i] for g in rest) for i in range(3)),
+                            len(rest),
+                        )
+                    )
+            assert [
+                (r.keys, r.currency, r.requests, r.errors, r.cost, r.others) for r in got
+            ] == want
 
 
 def test_the_dashboard_reads_no_row_per_user(

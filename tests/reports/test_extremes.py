@@ -39,7 +39,7 @@ from ollama_meter.reports import (
     to_csv,
     to_json,
 )
-from tests.factories import make_span
+from tests.factories import make_span, opened
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
@@ -95,34 +95,34 @@ def test_the_costliest_longest_calls_add_up_exactly_in_every_format(
         url = _fresh_pg_database(pg_server)
     else:
         url = f"sqlite:///{tmp_path / uuid.uuid4().hex}.db"
-    ledger = Ledger(url)
-    spans: list[SpanRecord] = [make_storable(make_span(unpriced=False, **f)) for f in fields]
-    ledger.record(spans)
-    want: Counter[str] = Counter()
-    for s in spans:
-        want[s.currency] += s.cost_total
-    window = parse_period("2026-11", tz=UTC_ZONE, now=NOW)
+    with opened(url) as ledger:
+        spans: list[SpanRecord] = [make_storable(make_span(unpriced=False, **f)) for f in fields]
+        ledger.record(spans)
+        want: Counter[str] = Counter()
+        for s in spans:
+            want[s.currency] += s.cost_total
+        window = parse_period("2026-11", tz=UTC_ZONE, now=NOW)
 
-    report = spend_report(ledger, window, ["department", "user", "model", "day"], tz=UTC_ZONE)
-    as_csv = list(csv.DictReader(io.StringIO(to_csv(report.columns, report.rows))))
-    as_json = json.loads(to_json(report.columns, report.rows))
-    assert _per_currency(as_csv, "cost") == _per_currency(as_json, "cost") == want
-    assert sum(int(r["requests"]) for r in as_csv) == len(spans)
-    render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=NOW, title="extremes")
-    perf = perf_report(ledger, window, ["department", "model"], tz=UTC_ZONE)
-    assert sum(row.requests for row in perf.rows) == len(spans)
+        report = spend_report(ledger, window, ["department", "user", "model", "day"], tz=UTC_ZONE)
+        as_csv = list(csv.DictReader(io.StringIO(to_csv(report.columns, report.rows))))
+        as_json = json.loads(to_json(report.columns, report.rows))
+        assert _per_currency(as_csv, "cost") == _per_currency(as_json, "cost") == want
+        assert sum(int(r["requests"]) for r in as_csv) == len(spans)
+        render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=NOW, title="extremes")
+        perf = perf_report(ledger, window, ["department", "model"], tz=UTC_ZONE)
+        assert sum(row.requests for row in perf.rows) == len(spans)
 
-    bill = chargeback(ledger, "2026-11", tz=UTC_ZONE, now=NOW, currency="USD", fixed_cost=FIXED)
-    rows = list(csv.DictReader(io.StringIO(to_csv(CHARGEBACK_COLUMNS, bill.rows))))
-    assert _per_currency(rows, "usage_cost") == want
-    assert sum(Decimal(r["fixed_cost_share"]) for r in rows) == FIXED
-    assert _per_currency(rows, "total_cost") == want + Counter({"USD": _micros(str(FIXED))})
-    render_chargeback_html(bill, tz=UTC_ZONE, zone="UTC", generated=NOW)
+        bill = chargeback(ledger, "2026-11", tz=UTC_ZONE, now=NOW, currency="USD", fixed_cost=FIXED)
+        rows = list(csv.DictReader(io.StringIO(to_csv(CHARGEBACK_COLUMNS, bill.rows))))
+        assert _per_currency(rows, "usage_cost") == want
+        assert sum(Decimal(r["fixed_cost_share"]) for r in rows) == FIXED
+        assert _per_currency(rows, "total_cost") == want + Counter({"USD": _micros(str(FIXED))})
+        render_chargeback_html(bill, tz=UTC_ZONE, zone="UTC", generated=NOW)
 
-    dash = dashboard_report(ledger, DashQuery(period="2026-11"), tz=UTC_ZONE, now=NOW)
-    spend = dash.to_json()["spend"]
-    assert {s["currency"]: _micros(s["cost"]) for s in spend} == want
-    render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+        dash = dashboard_report(ledger, DashQuery(period="2026-11"), tz=UTC_ZONE, now=NOW)
+        spend = dash.to_json()["spend"]
+        assert {s["currency"]: _micros(s["cost"]) for s in spend} == want
+        render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
 
 
 @pytest.mark.parametrize("status", ["ok", "error", "client_abort"])

@@ -17,7 +17,7 @@ from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.periods import Window, next_month, parse_period
 from ollama_meter.records import SpanRecord
 from ollama_meter.reports import spend_report
-from tests.factories import make_span
+from tests.factories import make_span, opened
 from tests.ledger.test_rollups import _fill
 
 JUMPS = {
@@ -99,26 +99,26 @@ def test_each_span_is_in_the_one_period_its_local_clock_says(
     db_url: str, case: tuple[ZoneInfo, date, list[SpanRecord]], cells: str | None
 ) -> None:
     zone, jump, spans = case
-    ledger = Ledger(db_url)
-    _fill(ledger, [spans], ZoneInfo(cells or "UTC"))
-    window = _window(zone, jump)
-    assert all(window.start <= s.started_at < window.end for s in spans)
-    for unit in ("day", "week", "month"):
-        report = spend_report(ledger, window, [unit], tz=zone)
-        got = Counter({row.label(unit): row.requests for row in report.rows})
-        assert got == Counter(_label(s.started_at, zone, unit) for s in spans), unit
-        cost = {row.label(unit): int(row.cost) for row in report.rows}
-        assert sum(cost.values()) == sum(s.cost_total for s in spans)
-        with raw_spans():
-            raw = spend_report(ledger, window, [unit], tz=zone)
-        assert raw.rows == report.rows
-    # each month on its own, as `report --period YYYY-MM` and chargeback read it
-    months = {_label(s.started_at, zone, "month") for s in spans}
-    for month in months:
-        rows = spend_report(ledger, parse_period(month, tz=zone, now=NOW), [], tz=zone).rows
-        assert sum(r.requests for r in rows) == sum(
-            _label(s.started_at, zone, "month") == month for s in spans
-        )
+    with opened(db_url) as ledger:
+        _fill(ledger, [spans], ZoneInfo(cells or "UTC"))
+        window = _window(zone, jump)
+        assert all(window.start <= s.started_at < window.end for s in spans)
+        for unit in ("day", "week", "month"):
+            report = spend_report(ledger, window, [unit], tz=zone)
+            got = Counter({row.label(unit): row.requests for row in report.rows})
+            assert got == Counter(_label(s.started_at, zone, unit) for s in spans), unit
+            cost = {row.label(unit): int(row.cost) for row in report.rows}
+            assert sum(cost.values()) == sum(s.cost_total for s in spans)
+            with raw_spans():
+                raw = spend_report(ledger, window, [unit], tz=zone)
+            assert raw.rows == report.rows
+        # each month on its own, as `report --period YYYY-MM` and chargeback read it
+        months = {_label(s.started_at, zone, "month") for s in spans}
+        for month in months:
+            rows = spend_report(ledger, parse_period(month, tz=zone, now=NOW), [], tz=zone).rows
+            assert sum(r.requests for r in rows) == sum(
+                _label(s.started_at, zone, "month") == month for s in spans
+            )
 
 
 def test_a_report_from_the_start_holds_the_first_hours_of_1970_in_new_york(db_url: str) -> None:
