@@ -41,6 +41,11 @@ gc.set_threshold(SERVING, *gc.get_threshold()[1:])
 # No timing thresholds in tests: Hypothesis' default 200 ms deadline per example fails
 # tests on a busy machine (CI shares two cores) for being slow, not for being wrong.
 settings.register_profile("ometer", deadline=None)
+# CI (`.ci/run`, `--hypothesis-profile=ci`) draws the same examples on every run and machine:
+# a clean clone keeps no example database, and a property that fails once in hundreds of
+# runs (a draw of the host's zone list, 2026-12-06) failed a submission no run before it had
+# shown. Exploring is the work of runs at a desk, which draw new examples each time.
+settings.register_profile("ci", deadline=None, derandomize=True)
 settings.load_profile("ometer")
 
 # Each test's files (its SQLite ledgers, spools, exports, a fresh clone) in memory where
