@@ -6,17 +6,24 @@ an alert sent again, moved a seeded simulation or sampled evaluation onto other 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 
 from hypothesis import given, settings, strategies as st
 
 from ollama_meter.budgets import WebhookChannel, deliver
+from ollama_meter.config import load_settings
+from ollama_meter.records import make_storable
+from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import unused_port
 from ollama_meter.upstream._resilience import RetryPolicy
+from tests._otlp import OtlpGrpcReceiver
 from tests.budgets.test_alert_email_utf8 import ALERT
+from tests.factories import make_span
 
 
 @settings(max_examples=20, deadline=None)
@@ -57,3 +64,59 @@ def test_forked_workers_wait_apart() -> None:
     )
     first, second = out.stdout.split()
     assert first != second, out
+
+
+def _unmoved(seed: int, work: Callable[[], object]) -> tuple[list[float], list[float]]:
+    """What ``random`` gave after ``seed`` and ``work``, and what it gives after ``seed`` alone."""
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        expected = [random.random() for _ in range(3)]
+        random.seed(seed)
+        work()
+        return [random.random() for _ in range(3)], expected
+    finally:
+        random.setstate(state)
+
+
+def _calls(telemetry: Telemetry, count: int) -> None:
+    for _ in range(count):
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32), calls=st.integers(1, 5))
+def test_telemetry_spans_take_no_number_from_the_programs_random(seed: int, calls: int) -> None:
+    """Each OTel span's trace and span ids came from the SDK's generator, which draws from the
+    program's ``random``: every metered call with OTLP export on moved a seeded program's
+    numbers (3 calls: 6 draws of 64 and 128 bits)."""
+    with OtlpGrpcReceiver() as rx, _env(rx.endpoint):
+        telemetry = Telemetry(load_settings())
+        try:
+            got, expected = _unmoved(seed, lambda: _calls(telemetry, calls))
+            telemetry.flush()
+        finally:
+            telemetry.shutdown()
+    assert sum(len(r.message.resource_spans[0].scope_spans[0].spans) for r in rx.requests) == calls
+    assert got == expected
+
+
+@contextlib.contextmanager
+def _env(endpoint: str) -> Iterator[None]:
+    names = {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+        "OMETER_EXPORT_TIMEOUT": "5",
+    }
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
