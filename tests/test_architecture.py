@@ -78,6 +78,7 @@ OUTPUTS = {
         "records",
         "_forks",
         "_text",  # the one list of what a log reader acts on, for a collector's words
+        "_jitter",  # ometer's own random numbers (span ids, an export's waits): a leaf
     }
 }
 """Outputs the meter writes to: what each may import. Nothing they do reads back."""

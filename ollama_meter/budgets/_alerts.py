@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,7 @@ from ollama_meter._forks import renew_after_fork
 from ollama_meter._jitter import jittered
 from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
-from ollama_meter.budgets._channels import Channel, Undeliverable
+from ollama_meter.budgets._channels import Channel, Remembering, Undeliverable
 from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
@@ -233,6 +233,7 @@ class AlertDispatcher:
             self._closed, self._part = True, False
         with self._lock:
             self._later.clear()  # the ledger closes: the next run tries them
+            self._let_go(self._held)
             self._held.clear()
             self._left_from = None
 
@@ -262,10 +263,18 @@ class AlertDispatcher:
                 if not kept:
                     with self._lock:
                         self._held.discard(alert.id)
+                    self._let_go([alert.id])
                 # Before this one is done: flush() sees a retry due now, and those read back.
                 self._queue_due()
                 self._read_back()
                 self._queue.task_done()
+
+    def _let_go(self, alert_ids: Iterable[int]) -> None:
+        """This process is done with ``alert_ids``: what a channel kept of them goes too."""
+        for channel in self.channels:
+            if isinstance(channel, Remembering):
+                for alert_id in alert_ids:
+                    channel.forget(alert_id)
 
     def _read_back(self) -> None:
         """Queue alerts left in the ledger for want of room, oldest first, as room frees."""

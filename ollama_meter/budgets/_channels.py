@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import parseaddr
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ollama_meter._urls import shown
 from ollama_meter.records import Alert
@@ -27,6 +27,16 @@ class Channel(Protocol):
 
     def send(self, alert: Alert) -> str:
         """Deliver; return where it went. Raise on failure."""
+        ...
+
+
+@runtime_checkable
+class Remembering(Protocol):
+    """A channel that keeps something of an alert from one try to the next (email: who has
+    it while others are deferred): the dispatcher tells it when it is done with the alert."""
+
+    def forget(self, alert_id: int) -> None:
+        """This process tries ``alert_id`` no more: delivered, given up, or left to the next run."""
         ...
 
 
@@ -202,7 +212,12 @@ class EmailChannel:
         # On 465 the server waits for a TLS hello: spoken in clear, each attempt timed out.
         self.implicit_tls = port == SMTPS_PORT if implicit_tls is None else implicit_tls
         self._have: dict[int, set[str]] = {}
-        """Per alert, the addresses that have it, while some the server deferred do not."""
+        """Per alert, the addresses that have it, while some the server deferred do not, and
+        the process tries it still (:meth:`forget`): an alert given up with a recipient still
+        deferred was kept for the life of the process, one more each such alert."""
+
+    def forget(self, alert_id: int) -> None:
+        self._have.pop(alert_id, None)
 
     def send(self, alert: Alert) -> str:
         have = self._have.get(alert.id, set()) | _sent_before(alert.deliveries.get(self.name))

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     )
     from ollama_meter.ledger._cells import COLD_LOAD_NS as COLD_LOAD_NS, Metric as Metric
     from ollama_meter.ledger._deadline import bulk as bulk, unbounded as unbounded
-    from ollama_meter.ledger._failing import once_more_if_ended as once_more_if_ended
     from ollama_meter.ledger._jsonl import (
         BATCH_BYTES as BATCH_BYTES,
         ImportSummary as ImportSummary,
@@ -61,6 +60,7 @@ if TYPE_CHECKING:
         page_after as page_after,
         update_costs as update_costs,
     )
+    from ollama_meter.ledger._sqlstates import once_more_if_ended as once_more_if_ended
     from ollama_meter.ledger._timings import HistogramResult as HistogramResult
     from ollama_meter.ledger._types import from_us as from_us, to_us as to_us
     from ollama_meter.ledger._upkeep import PruneResult as PruneResult, prune as prune
@@ -70,7 +70,6 @@ _NAMES = {
     "._aggregate": "FailureCount SpendSums capped_note",
     "._cells": "COLD_LOAD_NS Metric",
     "._deadline": "bulk unbounded",
-    "._failing": "once_more_if_ended",
     "._jsonl": "BATCH_BYTES ImportSummary export_lines import_lines iso_utc span_to_dict",
     "._keys": "KEY_PREFIX ApiKey",
     "._line": "MAX_LINE_BYTES span_from_line",
@@ -79,6 +78,7 @@ _NAMES = {
     "._plan": "raw_spans",
     "._ranked": "Ranked Ranking",
     "._rebuild": "rebuild",
+    "._sqlstates": "once_more_if_ended",
     "._spans": "RulesChanged SpanFilter page_after update_costs",
     "._timings": "HistogramResult",
     "._types": "from_us to_us",

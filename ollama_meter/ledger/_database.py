@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
@@ -51,9 +52,21 @@ from ollama_meter.ledger._engine import (
 )
 from ollama_meter.ledger._glance import GLANCE_S, glances, postgresql_glance, sqlite_glance
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
+from ollama_meter.ledger._sqlstates import (
+    ENDED,
+    IDLED,
+    LOCK_NOT_AVAILABLE,
+    NO_SCHEMA,
+    NOT_ALLOWED,
+    SCHEMA_CHANGED,
+    SQLITE_SCHEMA_CHANGED,
+    once_more_if_ended,
+)
 from ollama_meter.ledger._why import emptied, file_limit, full_disk, no_such, unwritable
 
 log = logging.getLogger("ollama_meter.ledger")
+
+T = TypeVar("T")
 
 
 def is_content_error(exc: BaseException) -> bool:
@@ -159,6 +172,17 @@ class Database:
                 conn.execution_options(isolation_level="REPEATABLE READ")
                 patient_read(conn)
             yield conn
+
+    def reading(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one :meth:`read`, made again on a new session if the server ended this
+        one under it (``pg_terminate_backend``): every named read of the ledger is one, so a
+        gateway's call (its key, its model's history, its budgets) is not refused for it."""
+
+        def once() -> T:
+            with self.read() as conn:
+                return work(conn)
+
+        return once_more_if_ended(once)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -403,36 +427,6 @@ class Database:
     def dispose(self) -> None:
         self.disposed = True
         self.engine.dispose()
-
-
-LOCK_NOT_AVAILABLE = "55P03"
-"""PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
-
-
-ENDED = frozenset({"57P01", "57P02"})
-"""PostgreSQL's SQLSTATEs for a session the server ended: an administrator's command
-(``pg_terminate_backend``, a fast shutdown or restart), another backend's crash."""
-
-IDLED = "25P03"  # PostgreSQL's SQLSTATE for idle_in_transaction_session_timeout
-
-NOT_ALLOWED = "42501"
-"""PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
-
-NO_SCHEMA = "3F000"  # PostgreSQL's SQLSTATE for no schema to make a table in (search path)
-
-SCHEMA_CHANGED = frozenset({"42P01", "42703", "42704", "42P07", "42701", "42710"})
-"""PostgreSQL's SQLSTATEs for a table, column or index missing, or there already: the tables
-are not what the ledger's revision says only when they, or the revision, were changed by
-hand (a write at the head, or a migration from the revision recorded)."""
-
-SQLITE_SCHEMA_CHANGED = (
-    "no such table",
-    "no such column",
-    "has no column",
-    "no such index",
-    "duplicate column",
-    "already exists",
-)
 
 
 def is_lock_timeout(exc: DBAPIError) -> bool:

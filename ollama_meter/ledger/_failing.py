@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._database import (
-    ENDED,
-    NO_SCHEMA,
-    NOT_ALLOWED,
-    SCHEMA_CHANGED,
-    is_lock_error,
-)
+from ollama_meter.ledger._database import is_lock_error
 from ollama_meter.ledger._engine import READ_ONLY
-
-T = TypeVar("T")
+from ollama_meter.ledger._sqlstates import NO_SCHEMA, NOT_ALLOWED, SCHEMA_CHANGED
 
 
 class Failing:
@@ -81,16 +72,3 @@ def spooled_level(exc: LedgerError) -> int:
     state = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None)
     lasting = state in UNTIL_CHANGED or state in SCHEMA_CHANGED
     return logging.ERROR if lasting else logging.WARNING
-
-
-def once_more_if_ended(work: Callable[[], T]) -> T:
-    """``work`` (its ledger transactions), once more if the server ended its session under
-    it (a DBA's ``pg_terminate_backend``, a pooler's): the server undid it and answers still,
-    and a call whose budget it checked was refused as if the database were away."""
-    try:
-        return work()
-    except LedgerError as exc:
-        state = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None)
-        if state not in ENDED:
-            raise
-    return work()

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from ollama_meter._lazy import lazy_modules
 from ollama_meter._runtime import runtime
@@ -133,40 +133,38 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         A ledger that holds rollups keeps its zone (changing it is a rebuild:
         ``ometer db rollup --zone``). True when the zone was set now.
         """
-        with self.read() as conn:
-            if not _rezone.can_adopt_zone(conn):
-                return False
+        if not self.reading(_rezone.can_adopt_zone):
+            return False
         with self.write() as conn:
             return _rezone.adopt_zone(conn, zone)
 
     def zone(self) -> str:
         """The zone whose midnights begin this ledger's day and month rollups."""
-        with self.read() as conn:
-            return _meta.zone_name(conn)
+        return self.reading(_meta.zone_name)
 
     def chosen_zone(self) -> str | None:
         """The zone the ledger was given (when made, or by ``ometer db rollup --zone``); None
         for a ledger from before zones were kept, whose rollups are cut in UTC."""
-        with self.read() as conn:
-            return _meta.get_meta(conn, "zone")
+        return self.reading(lambda conn: _meta.get_meta(conn, "zone"))
 
     # -- reading spans ---------------------------------------------------------------------
 
     def latest(self, where: _spans.SpanFilter, limit: int = 20) -> list[SpanRecord]:
-        with self.read() as conn:
-            return _spans.latest_spans(conn, where, limit)
+        return self.reading(lambda conn: _spans.latest_spans(conn, where, limit))
 
     def count(self, where: _spans.SpanFilter | None = None) -> int:
-        with self.read() as conn:
+
+        def counted(conn: Connection) -> int:
             clauses = where.clauses(conn) if where else []
             return int(
                 conn.execute(select(func.count()).select_from(SPANS).where(*clauses)).scalar_one()
             )
 
+        return self.reading(counted)
+
     def pruned_before(self) -> datetime | None:
         """The prune horizon: spans that started before it are gone (rollups kept); None if none."""
-        with self.read() as conn:
-            horizon = _meta.pruned_before(conn)
+        horizon = self.reading(_meta.pruned_before)
         return None if horizon is None else from_us(horizon)
 
     def names(self, column: str) -> list[str]:
@@ -178,13 +176,11 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         query = select(named).distinct().where(ROLLUPS.c.grain == int(Grain.MONTH), named != "")
         if column == "user":  # a model may be called "*"; a user never is (the overview's)
             query = query.where(named != ANYONE)
-        with self.read() as conn:
-            return sorted(conn.scalars(query))
+        return self.reading(lambda conn: sorted(conn.scalars(query)))
 
     def page_after(self, where: _spans.SpanFilter, after: str, limit: int) -> list[SpanRecord]:
         """The next ``limit`` matching spans with ids above ``after`` (keyset paging)."""
-        with self.read() as conn:
-            return _spans.page_after(conn, where, after, limit)
+        return self.reading(lambda conn: _spans.page_after(conn, where, after, limit))
 
     def update_costs(
         self, spans: Sequence[SpanRecord], rules: Sequence[PriceRule] | None = None
@@ -197,18 +193,15 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
     # -- price rules -----------------------------------------------------------------
 
     def price_rules(self) -> list[PriceRule]:
-        with self.read() as conn:
-            return _prices.list_rules(conn)
+        return self.reading(_prices.list_rules)
 
     def price_rules_version(self) -> tuple[object, ...]:
         """What changes whenever a rule is added or removed: one short read."""
-        with self.read() as conn:
-            return _prices.rules_version(conn)
+        return self.reading(_prices.rules_version)
 
     def budgets_version(self) -> str | None:
         """What changes whenever ometer saves or removes a budget: one short read."""
-        with self.read() as conn:
-            return _budgets.budgets_version(conn)
+        return self.reading(_budgets.budgets_version)
 
     def add_price_rule(self, rule: PriceRule) -> PriceRule:
         """Add ``rule``, or return the identical rule already there (the same rule is the same rule)."""
@@ -249,9 +242,8 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         only reads never waits for, or fails on, a writer's lock because of the file.
         """
         digest = hashlib.sha256(content).hexdigest()
-        with self.read() as conn:
-            if _prices.file_digest(conn, source) == digest:
-                return False
+        if self.reading(lambda conn: _prices.file_digest(conn, source)) == digest:
+            return False
         parsed = rules()
         with self.write() as conn:
             if _prices.file_digest(conn, source) == digest:  # another process got there first
@@ -263,14 +255,12 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
     def recent_usage(self, model: str, limit: int = 20) -> list[PastCall]:
         """Usage of the latest successful calls to ``model``, in any spelling of it: what
         budgets estimate from."""
-        with self.read() as conn:
-            return _history.recent_usage(conn, model, limit)
+        return self.reading(lambda conn: _history.recent_usage(conn, model, limit))
 
     # -- budgets and alerts --------------------------------------------------------------
 
     def budgets(self) -> list[Budget]:
-        with self.read() as conn:
-            return _budgets.list_budgets(conn)
+        return self.reading(_budgets.list_budgets)
 
     def save_budget(self, budget: Budget) -> Budget:
         """Insert or replace a budget; refused if it could not count calls (currency)."""
@@ -288,9 +278,8 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
 
         Unchanged, this is one read (see :meth:`sync_price_rules`).
         """
-        with self.read() as conn:
-            if not _budgets.source_differs(conn, source, budgets):
-                return False
+        if not self.reading(lambda conn: _budgets.source_differs(conn, source, budgets)):
+            return False
         with self.write() as conn:
             changed = _budgets.sync_source(conn, source, budgets)
             if changed:
@@ -317,14 +306,15 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         from_id: int = 0,
         limit: int | None = None,
     ) -> list[Alert]:
-        with self.read() as conn:
-            return _alert_rows.alerts(
+        return self.reading(
+            lambda conn: _alert_rows.alerts(
                 conn,
                 undelivered_only=undelivered_only,
                 max_attempts=max_attempts,
                 from_id=from_id,
                 limit=limit,
             )
+        )
 
     def claim_alert_attempt(self, alert_id: int, seconds: float) -> Alert | None:
         """Count an attempt at delivering the alert, hold it ``seconds`` for this process and
@@ -356,12 +346,10 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
 
     def find_key(self, secret: str) -> ApiKey | None:
         """The live key ``secret`` belongs to, or None; revocation counts at once."""
-        with self.read() as conn:
-            return _keys.find_key(conn, secret)
+        return self.reading(lambda conn: _keys.find_key(conn, secret))
 
     def keys(self) -> list[ApiKey]:
-        with self.read() as conn:
-            return _keys.list_keys(conn)
+        return self.reading(_keys.list_keys)
 
     def revoke_key(self, key_id: int) -> None:
         with self.write() as conn:
@@ -371,13 +359,11 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
     # -- limits ---------------------------------------------------------------------------
 
     def limits(self) -> list[Limit]:
-        with self.read() as conn:
-            return _limits.list_limits(conn)
+        return self.reading(_limits.list_limits)
 
     def limits_in_force(self) -> tuple[list[Limit], list[tuple[Limit, str]]]:
         """Every limit that can be read, and each row that cannot: its scope, and why."""
-        with self.read() as conn:
-            return _limits.limits_in_force(conn)
+        return self.reading(_limits.limits_in_force)
 
     def set_limit(self, limit: Limit) -> Limit:
         """Store a scope's limits (values left None keep what was stored); a key's take its names."""

@@ -26,10 +26,13 @@ class Named(Database):
         """This ledger's id (``_meta.ledger_identity``), read once; ``make``: made if it has none."""
         if self._identity is not None:
             return self._identity
-        with self.read() as conn:
+
+        def read(conn: Connection) -> tuple[str | None, str | None, str | None]:
             place = self._place(conn)
             found = _meta.ledger_identity(conn, make=False)
-            placed = None if found is None else _meta.identity_place(conn)
+            return place, found, None if found is None else _meta.identity_place(conn)
+
+        place, found, placed = self.reading(read)
         if found is not None and place is not None and placed != place:
             found = self._placed(place, trusted=found if placed is None else None)
         self._identity = found

@@ -24,16 +24,13 @@ class Readable(Database):
     cannot."""
 
     def readable_budgets(self) -> tuple[list[Budget], list[UnreadableBudget]]:
-        with self.read() as conn:
-            return _budgets.readable_budgets(conn)
+        return self.reading(_budgets.readable_budgets)
 
     def readable_price_rules(self) -> tuple[list[PriceRule], list[UnreadableRule]]:
-        with self.read() as conn:
-            return _prices.readable_rules(conn)
+        return self.reading(_prices.readable_rules)
 
     def readable_keys(self) -> tuple[list[ApiKey], list[str]]:
         """Every key whose row can be read, and what is wrong with each other row."""
         from ollama_meter.ledger import _keys
 
-        with self.read() as conn:
-            return _keys.readable_keys(conn)
+        return self.reading(_keys.readable_keys)

@@ -15,6 +15,8 @@ from ollama_meter.ledger import _spans
 from ollama_meter.ledger._database import Database
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from ollama_meter.ledger import _aggregate, _ranked, _timings
 else:  # loaded when first used: a command that reads spans needs neither
     lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _ranked _timings")
@@ -54,9 +56,14 @@ class Aggregates(Database):
     ) -> tuple[list[list[_aggregate.SpendSums]], list[list[_ranked.Ranked]]]:
         """:meth:`spends`, and each top list of ``rankings`` (see ``_ranked``), read as one
         snapshot: a department's users add up to its sums."""
-        with self.read() as conn:
+
+        def read(
+            conn: Connection,
+        ) -> tuple[list[list[_aggregate.SpendSums]], list[list[_ranked.Ranked]]]:
             sums = [_aggregate.aggregate_spend(conn, where, by, b) for by, b in groupings]
             return sums, _ranked.aggregate_ranked(conn, where, rankings)
+
+        return self.reading(read)
 
     def timings(
         self,
@@ -65,22 +72,25 @@ class Aggregates(Database):
         buckets: Buckets = (),
     ) -> tuple[list[_aggregate.SpendSums], _timings.HistogramResult]:
         """Sums and latency/TTFT/queue/speed histograms per group, read as one snapshot."""
-        with self.read() as conn:
+
+        def read(conn: Connection) -> tuple[list[_aggregate.SpendSums], _timings.HistogramResult]:
             sums = _aggregate.aggregate_spend(conn, where, by, buckets)
             return sums, _timings.aggregate_histograms(conn, where, by, buckets)
+
+        return self.reading(read)
 
     def days_with_calls(
         self, since: datetime, until: datetime, *, months: bool = False
     ) -> list[tuple[datetime, datetime]]:
         """The runs of the ledger's days (months) in which calls started, from ``since`` to
         ``until``: one lookup for each day that holds calls, however long the window."""
-        with self.read() as conn:
-            return _aggregate.held_stretches(conn, since, until, months=months)
+        return self.reading(
+            lambda conn: _aggregate.held_stretches(conn, since, until, months=months)
+        )
 
     def failures(self, where: _spans.SpanFilter) -> list[_aggregate.FailureCount]:
         """Calls that did not end ``ok``, counted per (status, error type)."""
-        with self.read() as conn:
-            return _aggregate.aggregate_failures(conn, where)
+        return self.reading(lambda conn: _aggregate.aggregate_failures(conn, where))
 
     def spend_and_busy(
         self, where: _spans.SpanFilter, by: Sequence[str], since: datetime, until: datetime
@@ -88,7 +98,10 @@ class Aggregates(Database):
         """:meth:`spend`, and the busy ns summed over upstream hosts and the number of hosts in
         [since, until), read as one snapshot: chargeback splits the one by the other, and a
         call recorded between two reads was in the busy time and in nobody's usage."""
-        with self.read() as conn:
+
+        def read(conn: Connection) -> tuple[list[_aggregate.SpendSums], int, int]:
             sums = _aggregate.aggregate_spend(conn, where, by, ())
             busy, hosts = _timings.busy_union(conn, since, until)
-        return sums, busy, hosts
+            return sums, busy, hosts
+
+        return self.reading(read)

@@ -206,12 +206,7 @@ class WriteBehind:
         self._more = Stored.COMMITTED in stored.values() and meter.ledger.kept_aside
         for span, call in calls:
             call.stored = stored.get(span.id)
-            if meter.budgets is not None:
-                settle(meter.budgets, call, meter.failures)
-        if meter.budgets is not None and Stored.COMMITTED in stored.values():
-            # A limit lowered elsewhere: in force from the next call, not 5 s of calls on. Only
-            # after the ledger took spans: one away or frozen is not waited for again here.
-            meter.budgets.cache.refresh()
+        settled(meter, [call for _, call in calls])
 
     def _run(self) -> None:
         began = -float("inf")  # when the last commit began (monotonic)
@@ -289,6 +284,23 @@ class WriteBehind:
 def _text(span: SpanRecord, call: MeteredCall) -> int:
     """Characters of text a waiting call keeps alive: its prompt, and what content capture kept."""
     return len(call.prompt_text) + len(span.prompt or "") + len(span.reply or "")
+
+
+def settled(meter: Meter, calls: list[MeteredCall]) -> None:
+    """Settle each of ``calls`` (its span written, or not: ``call.stored``), then look for
+    budgets changed elsewhere if the ledger took a span: the write-behind's commit and a
+    call's own (no write-behind, or none with room) alike. A limit lowered by another
+    process is in force from the next call, not 5 s of calls on: a gateway whose calls
+    committed their own spans (its write-behind full) admitted every call meanwhile against
+    its lease in memory. Only after the ledger took spans: one away or frozen is not waited
+    for again here."""
+    gate = meter.budgets
+    if gate is None:
+        return
+    for call in calls:
+        settle(gate, call, meter.failures)
+    if any(call.stored == Stored.COMMITTED for call in calls):
+        gate.cache.refresh()
 
 
 def settle(gate: BudgetGate, call: MeteredCall, failures: Throttled) -> None:

@@ -27,7 +27,7 @@ from ollama_meter.errors import (
 )
 from ollama_meter.meter._admit import Admitting
 from ollama_meter.meter._attribution import Attribution
-from ollama_meter.meter._behind import WriteBehind, settle
+from ollama_meter.meter._behind import WriteBehind, settled
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._elsewhere import leave_to_gateway, leaves_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
@@ -272,8 +272,8 @@ class Meter(Admitting):
         try:  # it says where the span went in call.stored (the commit thread, if it waits)
             self._record(span, storable=True, call=call, behind=behind, here=here)
         finally:
-            if self.budgets is not None and not call.behind:
-                settle(self.budgets, call, self.failures)
+            if not call.behind:  # committed here (or not): settled now, not by the commit thread
+                settled(self, [call])
         return span
 
     def _record(

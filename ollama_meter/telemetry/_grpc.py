@@ -5,8 +5,9 @@ took but refused (its ``partial_success``) is counted and said, and an export it
 large is known as such and cut (``_watch.CutToFit``), as over HTTP. A gRPC server refuses a request past its receive limit (a collector's
 ``max_recv_msg_size_mib``) with RESOURCE_EXHAUSTED; OTLP says that code is retryable only
 when the server adds a RetryInfo (it is throttling), and the SDK retried it regardless: the
-same export, refused again until the timeout, and every span in it dropped. Imported only
-when a gRPC exporter is made; owns nothing else.
+same export, refused again until the timeout, and every span in it dropped. An export that
+fails for a while is tried again here, not by the SDK (``_Stub.Export``). Imported only when
+a gRPC exporter is made; owns nothing else.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from typing import Any
 
+from ollama_meter._jitter import jittered
 from ollama_meter.telemetry._size import MAX_ANSWER
 
 _RETRY_INFO = "google.rpc.retryinfo-bin"
@@ -30,6 +33,16 @@ class AnswerTooLarge(Exception):
     """A collector's answer went past :data:`MAX_ANSWER` bytes. gRPC says so with the code a
     request too large gets, RESOURCE_EXHAUSTED: but this export got there, and sent again (as
     the SDK did, or in halves) it would get there twice. It fails, as over HTTP."""
+
+
+TRIES = 6
+"""Tries of one export, as the SDK makes them: within the export timeout, the waits doubling
+from a second, or as long as a throttling collector says (its RetryInfo)."""
+
+
+class Failed(Exception):
+    """An export that got no OK in its tries. Not the SDK's ``RpcError``: the SDK, which
+    would try it again, drew each wait's jitter from the program's ``random``."""
 
 
 class GrpcAnswers:
@@ -50,14 +63,43 @@ class GrpcAnswers:
 
 
 class _Stub:
-    """The SDK's stub, its answers heard."""
+    """The SDK's stub, its answers heard, and an export that fails tried again (with the
+    waits' jitter from ometer's own generator: ``_jitter``)."""
 
-    def __init__(self, stub: Any, answers: GrpcAnswers) -> None:
+    def __init__(self, stub: Any, answers: GrpcAnswers, exporter: Any) -> None:
         self.stub = stub
         self.answers = answers
+        self.exporter = exporter
 
-    def Export(self, request: Any, **options: Any) -> Any:  # the stub's own name
+    def Export(self, request: Any, *, timeout: float, **options: Any) -> Any:  # the stub's name
+        """``request`` sent until it gets there, at most :data:`TRIES` times within
+        ``timeout``; :class:`Failed`, :class:`TooLarge` or :class:`AnswerTooLarge` when not.
+
+        As the SDK tries: again only for a code it (or OTEL_PYTHON_EXPORTER_OTLP_GRPC_
+        RETRYABLE_ERROR_CODES) says passes, on a new channel after a first UNAVAILABLE, and not
+        once the exporter shuts down."""
         import grpc  # type: ignore[import-untyped]
+
+        exporter, deadline = self.exporter, time.monotonic() + timeout
+        for attempt in range(1, TRIES + 1):
+            stub = exporter._client  # a new one when the channel was made anew
+            try:
+                return stub.once(request, timeout=max(deadline - time.monotonic(), 0.0), **options)
+            except grpc.RpcError as error:
+                code, said = error.code(), f"{error.code()}: {error.details()}"
+                wait = _wait(error, attempt)
+                left = deadline - time.monotonic()
+                if code not in exporter._retryable_error_codes or attempt == TRIES or wait > left:
+                    raise Failed(said) from None
+                if code is grpc.StatusCode.UNAVAILABLE and attempt == 1 and exporter._channel:
+                    exporter._channel.close()
+                    exporter._initialize_channel_and_stub()
+                if exporter._shutdown or exporter._shutdown_in_progress.wait(wait):
+                    raise Failed(f"{said}; not tried again: the exporter shuts down") from None
+        raise AssertionError("unreachable")  # the last try returned or raised
+
+    def once(self, request: Any, **options: Any) -> Any:
+        import grpc
 
         try:
             answer = self.stub.Export(request, **options)
@@ -78,6 +120,19 @@ class _Stub:
         return answer
 
 
+def _wait(error: Any, attempt: int) -> float:
+    """Seconds to wait before the try after ``attempt``: what a throttling collector says in
+    its RetryInfo, else a second doubled at each try, jittered."""
+    said = dict(error.trailing_metadata() or ()).get(_RETRY_INFO)
+    if said is None:
+        return jittered(2.0 ** (attempt - 1))
+    from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
+
+    info = RetryInfo()
+    info.ParseFromString(said)
+    return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+
+
 def heard(exporter: Any, answers: GrpcAnswers, **options: Any) -> Any:
     """An ``exporter`` (the SDK's OTLP/gRPC span or metric exporter) of ``options``, whose
     answers go to ``answers``, read up to :data:`MAX_ANSWER` bytes."""
@@ -95,7 +150,7 @@ def _heard(exporter: Any) -> Any:
         def _initialize_channel_and_stub(self) -> None:
             """Also the channel it makes anew, after an UNAVAILABLE."""
             super()._initialize_channel_and_stub()
-            self._client: Any = _Stub(self._client, self._answers)
+            self._client: Any = _Stub(self._client, self._answers, self)
 
     return Heard
 

@@ -29,6 +29,7 @@ from opentelemetry.util.re import parse_env_headers
 from ollama_meter._forks import ChildLock
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
+from ollama_meter.telemetry._ids import OwnIds
 from ollama_meter.telemetry._observer import TelemetryObserver
 from ollama_meter.telemetry._terminated import stop_on_sigterm, unless_ending
 from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
@@ -300,9 +301,10 @@ class Telemetry:
         # The SDK's own exit hooks flush again, unbounded (a flush ignores its timeout, and a
         # collector that never answers costs the export timeout per batch queued): only
         # ``shutdown`` below runs at exit, within the bound.
-        self.tracer_provider = TracerProvider(
-            resource=resource, sampler=_sampler(settings), shutdown_on_exit=False
-        )
+        self.tracer_provider = TracerProvider(  # ids not from the program's ``random``
+            resource=resource, sampler=_sampler(settings), id_generator=OwnIds(),
+            shutdown_on_exit=False,
+        )  # fmt: skip
         batch = CONTENT_BATCH if settings.capture_content else PLAIN_BATCH
         self.processors = [
             Bounded(

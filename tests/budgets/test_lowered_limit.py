@@ -187,3 +187,23 @@ def test_a_gateway_refuses_past_a_limit_lowered_elsewhere_once_its_call_is_commi
     gateway.settle()
     assert ask(gateway) == 429
     assert sum(s.cost_total for s in gateway.ledger.latest(SpanFilter(status="ok"), 10)) == 3 * cost
+
+
+def test_a_gateway_whose_calls_commit_their_own_spans_refuses_past_a_lowered_limit_at_once(
+    serve: Any, emulator: OllamaEmulator, db_url: str
+) -> None:
+    """As above, on the gateway's overload path: its write-behind has no room (here: it is
+    stopped), so each call commits its own span before answering. That commit did not look
+    for changed budgets as the write-behind's does: the fourth call was admitted against the
+    lease in memory (200, 4 calls spent, not 3), and each after it until the 5 s reload."""
+    gateway = serve(emulator.url)
+    budget = cap(gateway, BOUND * 100)
+    assert [ask(gateway) for _ in range(2)] == [200, 200]
+    gateway.settle()
+    behind = gateway.meter.behind
+    assert behind is not None and behind.stop(60)  # the commits are the calls' own from now
+    cost = sum(s.cost_total for s in gateway.ledger.latest(SpanFilter(status="ok"), 10)) // 2
+    Ledger(db_url).save_budget(replace(budget, limit=2 * cost + BOUND))
+    assert ask(gateway) == 200  # it fits, and no commit has come since
+    assert ask(gateway) == 429
+    assert sum(s.cost_total for s in gateway.ledger.latest(SpanFilter(status="ok"), 10)) == 3 * cost

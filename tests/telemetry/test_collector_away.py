@@ -1005,7 +1005,7 @@ def test_only_a_request_refused_as_too_large_is_cut_and_only_an_answer_too_large
     """RESOURCE_EXHAUSTED says three things: the collector refused the request as too large
     (cut it: TooLarge), it is throttling (a RetryInfo: the SDK asks again), or this client
     refused the answer as too large (the export got there: AnswerTooLarge, neither cut nor
-    sent again). Every other failure is the SDK's, as it was."""
+    sent again). Every other failure is a try's failure, tried again as the SDK would."""
     from ollama_meter.telemetry._grpc import AnswerTooLarge, GrpcAnswers, TooLarge, _Stub
 
     trailing = (("google.rpc.retryinfo-bin", b""),) if throttled else ()
@@ -1018,5 +1018,5 @@ def test_only_a_request_refused_as_too_large_is_cut_and_only_an_answer_too_large
     elif exhausted and not throttled:
         expected = TooLarge
     with pytest.raises(expected):
-        _Stub(_Failing(error), answers).Export(object())
+        _Stub(_Failing(error), answers, exporter=None).once(object())
     assert answers.too_large is (expected is TooLarge)

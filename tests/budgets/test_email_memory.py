@@ -1,0 +1,107 @@
+"""What the email channel remembers of an alert while the server defers some of its recipients
+(who has it already, so that a later try mails only the others), and for how long: until
+the process is done with the alert, delivered or given up, never for the process's life.
+
+A real local SMTP server (aiosmtpd) that defers each recipient as many times as a test says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from ollama_meter.budgets import AlertDispatcher, EmailChannel
+from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
+from ollama_meter.ledger import Ledger
+from tests.budgets.test_alert_once import fired
+
+TO = ("it@example.org", "busy@example.org")
+TRIED = MAX_RUNS * TRIES
+"""Sessions a recipient the server defers each time is tried in, before the alert is given up."""
+
+
+class Server:
+    """Defers each address ``defer[address]`` times more, then takes it; keeps what it took."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        from ollama_meter.testing import unused_port
+
+        self.defer: dict[str, int] = {}
+        self.took: list[tuple[str, str]] = []  # (address, subject)
+        outer = self
+
+        class Handler:
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, _: Any) -> str:  # fmt: skip
+                if outer.defer.get(address, 0) > 0:
+                    outer.defer[address] -= 1
+                    return "452 4.2.2 mailbox full, try later"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                text = envelope.content.decode("utf-8", "replace")
+                subject = next(ln for ln in text.splitlines() if ln.startswith("Subject:"))
+                outer.took.extend((address, subject) for address in envelope.rcpt_tos)
+                return "250 queued"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=unused_port())
+        self.controller.start()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.controller.stop()
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    alerts=st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from([0, 1, TRIES, TRIED - 1, TRIED])),
+        min_size=1,
+        max_size=4,
+    )
+)
+@example(alerts=[(0, TRIED)] * 3)
+def test_the_channel_forgets_each_alert_once_delivered_or_given_up(
+    tmp_path_factory: pytest.TempPathFactory, server: Server, alerts: list[tuple[int, int]]
+) -> None:
+    """Alerts one after another, each with its recipients deferred so many times: each
+    recipient gets each alert once (never if deferred for every try), and once the
+    dispatcher is done with an alert the channel holds nothing of it. The pinned example
+    kept an entry for each alert given up while busy@ was still deferred: [1, 2, 3] held
+    after each of 3 alerts, one more for each such alert for as long as the gateway ran."""
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('mem')}/l.db")
+    channel = EmailChannel(
+        "127.0.0.1", server.controller.port, sender="o@example.org", recipients=list(TO)
+    )
+    dispatcher = AlertDispatcher(ledger, [channel], backoff=0, retry_after=(0.0,) * MAX_RUNS)
+    server.took.clear()
+    expected: list[tuple[str, str]] = []
+    held: list[int] = []  # alerts the channel remembers, after each is done
+    try:
+        for n, deferrals in enumerate(alerts):
+            server.defer = dict(zip(TO, deferrals, strict=True))
+            alert = fired(ledger, tenant=f"t{n}")
+            dispatcher.dispatch(alert)
+            assert dispatcher.flush(600.0)  # a bound for a hang, not a timing
+            subject = f"Subject: {alert.subject}"
+            expected += [(a, subject) for a, d in zip(TO, deferrals, strict=True) if d < TRIED]
+            held.append(len(channel._have))
+    finally:
+        dispatcher.close()
+        ledger.dispose()
+    assert held == [0] * len(alerts)
+    assert sorted(server.took) == sorted(expected)  # each once, in whatever order
+    rows = {row.tenant: row.delivered for row in Ledger(ledger.url).alerts()}
+    assert rows == {f"t{n}": max(d) < TRIED for n, d in enumerate(alerts)}
