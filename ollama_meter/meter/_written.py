@@ -240,15 +240,17 @@ def parts_in(value: object) -> int:
     count, pending = 0, [value]
     while pending:
         item = pending.pop()
-        if isinstance(item, Mapping):
+        if type(item) in _PLAIN:  # most of it (asked first, as in json_bytes): no members,
+            if type(item) is str:  # but a string of JSON's
+                pending += _json_in(item)
+        elif isinstance(item, Mapping):
             count += len(item)
             pending.extend(item.values())
         elif isinstance(item, list | tuple):
             count += len(item)
             pending.extend(item)
         elif isinstance(item, str) and item[:1] in ("{", "["):
-            with contextlib.suppress(ValueError, RecursionError):
-                pending.append(json.loads(item))
+            pending += _json_in(item)
         elif inspect.isroutine(item):  # a Python function as a tool: its schema's members
             count += _SCHEMA_PARTS + _PARAMETER_PARTS * len(_parameters(item))
         else:
@@ -257,6 +259,15 @@ def parts_in(value: object) -> int:
                 count += len(fields)
                 pending.extend(getattr(item, name, None) for name in fields)
     return count
+
+
+def _json_in(text: str) -> list[Any]:
+    """The value a string of JSON holds (``[value]``), parsed as Ollama parses a call's
+    ``arguments``; none for any other string."""
+    if text[:1] in ("{", "["):
+        with contextlib.suppress(ValueError, RecursionError):
+            return [json.loads(text)]
+    return []
 
 
 _SCHEMA_PARTS = 16

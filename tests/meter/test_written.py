@@ -12,6 +12,7 @@ from ollama_meter.meter._written import (
     _SCHEMA_BYTES,
     TOOL_BYTES,
     json_bytes,
+    parts_in,
     tools_bytes,
     written_bytes,
 )
@@ -24,6 +25,13 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | texts,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
     max_leaves=20,
+)
+
+
+with_json_texts = st.recursive(
+    json_values | st.builds(json.dumps, json_values),  # a call's arguments: JSON in a string
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=12,
 )
 
 
@@ -56,3 +64,23 @@ def test_a_python_function_as_a_tool_still_counts_as_its_schema() -> None:
     texts = ("get_weather", "The weather now in a city.", "city")
     schema = _SCHEMA_BYTES + 64 + sum(len(t) for t in texts)
     assert tools_bytes([get_weather]) == 2 + schema + TOOL_BYTES
+
+
+def members(value: Any) -> int:
+    """Members of every list and object in ``value``, a string of JSON read as its value."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return members(json.loads(value))
+        except ValueError:
+            return 0
+    if isinstance(value, dict):
+        return len(value) + sum(map(members, value.values()))
+    if isinstance(value, list):
+        return len(value) + sum(map(members, value))
+    return 0
+
+
+@given(with_json_texts)
+@example([{"function": {"arguments": '{"city": "Paris", "days": [1, 2]}'}}, "[not json", "{}"])
+def test_parts_in_counts_every_member_json_in_strings_too(value: Any) -> None:
+    assert parts_in(value) == members(value)
