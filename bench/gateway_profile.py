@@ -10,7 +10,8 @@ printed). A socket write counts apart: the process it wakes may run on the gatew
 while the write returns (Ollama's own work, or the caller's), so its share is not the
 gateway's.
 
-    python bench/gateway_profile.py [--calls 3000] [--stream] [--rate 500] [--py-spy PATH]
+    python bench/gateway_profile.py [--calls 3000] [--stream] [--body "agent chat"] [--rate 500]
+                                    [--py-spy PATH]
 
 py-spy is not one of ometer's dependencies: ``pip install py-spy`` into the venv first.
 Sampling slows the calls (their p50 is printed, for what it is worth).
@@ -36,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from bench.gateway import BODY, STREAM, sequential, start
+from bench.facts import BODIES
+from bench.gateway import sequential, start
 from ollama_meter.testing import unused_port
 
 TO_OLLAMA = "socket write to Ollama (its wake-up)"
@@ -124,6 +126,7 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--stream", action="store_true", help="streamed chat (default: whole)")
+    parser.add_argument("--body", choices=list(BODIES), default="short chat")
     parser.add_argument("--rate", type=int, default=500, help="samples a second")
     parser.add_argument("--py-spy", dest="spy", help="the py-spy program (default: the venv's)")
     args = parser.parse_args()
@@ -138,7 +141,7 @@ def main() -> None:
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{folder / 'gateway.db'}"}
     serve = ["ollama_meter", "serve", "--port", str(port), "--upstream", emulator]
     gateway = start(serve, f"{url}/healthz", env)
-    body = STREAM if args.stream else BODY
+    body = {**BODIES[args.body], "stream": args.stream}
     raw = folder / "samples.txt"
     try:
         asyncio.run(sequential(url, body, 200))
@@ -160,7 +163,9 @@ def main() -> None:
         raise SystemExit(f"py-spy wrote no samples (may it trace process {gateway.pid}?)")
     steps, python, rest, others = shares(raw)
     kind = "streamed" if args.stream else "non-streamed"
-    print(f"{args.calls} {kind} calls, p50 {statistics.median(times):.3f} ms while sampled")
+    print(
+        f"{args.calls} {kind} calls ({args.body}), p50 {statistics.median(times):.3f} ms while sampled"
+    )
     print(f"\n{'step of the event loop in Python':<64} {'samples':>8} {'share':>7}")
     for label, n in steps.most_common():
         print(f"{label:<64} {n:>8} {n / python:>7.1%}")
