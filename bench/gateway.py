@@ -9,10 +9,12 @@ on, a SQLite file) and this load generator (aiohttp). It measures:
   - the gateway process's RSS after N requests (default 50,000), sampled along the way.
 
     python bench/gateway.py [--sequential 500] [--burst 3000] [--rss-requests 50000]
-                            [--against OTHER/.venv/bin/python] [--floor]
+                            [--against OTHER/.venv/bin/python] [--floor] [--body "agent chat"]
 
 ``--against`` runs a second gateway from another install (say a worktree of the last
 release) in the same interleaved rounds: the baseline a change is judged against.
+``--body`` sends one of ``bench/facts.py``'s chats (default the one-message chat): an agent's
+(a system prompt, three tools, a tool call and its result) or a forty-turn one.
 ``--floor`` runs a bare relay (``bench/relay.py``: uvicorn and one pooled aiohttp client,
 nothing else) in the same rounds: what any relay built on them adds.
 """
@@ -34,6 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.facts import BODIES
 from ollama_meter.testing import unused_port
 
 BODY = {
@@ -142,12 +145,15 @@ def main() -> None:
         help="the Python of another ometer install (another checkout's venv): its gateway "
         "runs beside this one, measured in the same rounds",
     )
+    parser.add_argument("--body", choices=list(BODIES), default="short chat")
     parser.add_argument(
         "--floor",
         action="store_true",
         help="also measure a bare relay (bench/relay.py: uvicorn and aiohttp, nothing else)",
     )
     args = parser.parse_args()
+    whole = {**BODIES[args.body], "stream": False}
+    bodies = (("non-streamed", whole), ("streamed", {**whole, "stream": True}))
     folder = Path(tempfile.mkdtemp(prefix="ometer-gw-bench-"))
     emu_port = unused_port()
     emulator = f"http://127.0.0.1:{emu_port}"
@@ -178,7 +184,7 @@ def main() -> None:
             f"{'added p95':>10} {'CPU ms/call':>12}"
         )
         per_round = max(args.sequential // args.rounds, 1)
-        for label, body in (("non-streamed", BODY), ("streamed", STREAM)):
+        for label, body in bodies:
             times: dict[str, list[float]] = {"direct": [], **{name: [] for name in gateways}}
             cpu = dict.fromkeys(gateways, 0.0)
             for round_ in range(args.rounds):  # interleaved, so the machine's moods hit all alike
@@ -204,7 +210,7 @@ def main() -> None:
                     f"{p50 - direct:>10.3f} {p95 - direct_p95:>10.3f}{per_call}"
                 )
         print(f"\n{'throughput':<28} {'req/s':>8} {'share':>8}")
-        for label, body in (("non-streamed", BODY), ("streamed", STREAM)):
+        for label, body in bodies:
             for concurrency in (32, 64):
                 direct_rate = asyncio.run(burst(emulator, body, args.burst, concurrency))
                 print(f"{f'{label}, c={concurrency}, direct':<28} {direct_rate:>8.0f}")
@@ -228,7 +234,7 @@ def main() -> None:
         step = max(args.rss_requests // 5, 1)
         while done < args.rss_requests:
             count = min(step, args.rss_requests - done)
-            asyncio.run(burst(url, BODY, count, 32))
+            asyncio.run(burst(url, whole, count, 32))
             done += count
             samples.append((done, rss_mb(proc.pid)))
         print("  " + "  ".join(f"{n}: {mb:.1f}" for n, mb in samples))

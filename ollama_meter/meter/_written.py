@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 from collections.abc import Mapping
+from json.encoder import encode_basestring
 from typing import Any
 
 from ollama_meter.budgets._estimate import PRINT_BYTES
@@ -32,6 +33,8 @@ def written_bytes(text: str) -> int:
     ``<``, ``>`` and ``&`` (6 bytes for 1) and U+2028, U+2029 (6 for 3). Ollama's templates
     write tools and tool calls' arguments so (``{{ json . }}``), whatever the request sent."""
     escaped = text.count("<") + text.count(">") + text.count("&")
+    if text.isascii():  # a byte a character, and neither separator
+        return len(text) + 5 * escaped
     return bytes_of(text) + 5 * escaped + 3 * (text.count("\u2028") + text.count("\u2029"))
 
 
@@ -56,7 +59,9 @@ def json_bytes(value: object) -> int:
     pending = [value]
     while pending:
         item = pending.pop()
-        if isinstance(item, Mapping):
+        if type(item) in _PLAIN:  # most of it: asked first, not of the ABCs below
+            size += _scalar_bytes(item)
+        elif isinstance(item, Mapping):
             size += 2 + 4 * len(item) - (2 if item else 0)  # {}, ": " and ", "
             for key, member in item.items():
                 size += _scalar_bytes(key if isinstance(key, str) else str(key))
@@ -69,6 +74,11 @@ def json_bytes(value: object) -> int:
         else:
             size += _scalar_bytes(item)
     return size
+
+
+_PLAIN = frozenset({str, int, bool, float, type(None)})
+"""What a body read as JSON holds besides lists and objects: none of them a mapping, a list
+or a routine, which asking cost more than counting a string did."""
 
 
 def field_bytes(value: object) -> int:
@@ -101,6 +111,8 @@ def _parameters(function: object) -> list[str]:
 def _scalar_bytes(value: object) -> int:
     if isinstance(value, float):
         return _FLOAT_BYTES
+    if type(value) is str:  # what json.dumps(ensure_ascii=False) writes of a string, without
+        return written_bytes(encode_basestring(value))  # an encoder made for each one
     try:
         return written_bytes(json.dumps(value, ensure_ascii=False, default=str))
     except (TypeError, ValueError, RecursionError):  # an object whose str() fails: its repr
@@ -228,15 +240,17 @@ def parts_in(value: object) -> int:
     count, pending = 0, [value]
     while pending:
         item = pending.pop()
-        if isinstance(item, Mapping):
+        if type(item) in _PLAIN:  # most of it (asked first, as in json_bytes): no members,
+            if type(item) is str:  # but a string of JSON's
+                pending += _json_in(item)
+        elif isinstance(item, Mapping):
             count += len(item)
             pending.extend(item.values())
         elif isinstance(item, list | tuple):
             count += len(item)
             pending.extend(item)
         elif isinstance(item, str) and item[:1] in ("{", "["):
-            with contextlib.suppress(ValueError, RecursionError):
-                pending.append(json.loads(item))
+            pending += _json_in(item)
         elif inspect.isroutine(item):  # a Python function as a tool: its schema's members
             count += _SCHEMA_PARTS + _PARAMETER_PARTS * len(_parameters(item))
         else:
@@ -245,6 +259,15 @@ def parts_in(value: object) -> int:
                 count += len(fields)
                 pending.extend(getattr(item, name, None) for name in fields)
     return count
+
+
+def _json_in(text: str) -> list[Any]:
+    """The value a string of JSON holds (``[value]``), parsed as Ollama parses a call's
+    ``arguments``; none for any other string."""
+    if text[:1] in ("{", "["):
+        with contextlib.suppress(ValueError, RecursionError):
+            return [json.loads(text)]
+    return []
 
 
 _SCHEMA_PARTS = 16
