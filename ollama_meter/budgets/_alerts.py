@@ -22,7 +22,7 @@ from ollama_meter._forks import renew_after_fork
 from ollama_meter._jitter import jittered
 from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
-from ollama_meter.budgets._channels import Channel, Remembering, Undeliverable
+from ollama_meter.budgets._channels import Channel, Deferred, Remembering, Undeliverable
 from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
@@ -88,7 +88,9 @@ def deliver(
                 outcome[channel.name] = f"{UNDELIVERABLE}{exc}"[:500]
                 break
             except Exception as exc:  # a channel's failure must never reach the call
-                outcome[channel.name] = f"failed: {exc}"[:500]
+                # Cut: a hostile server's text. Not a record of who has the alert already.
+                cut = None if isinstance(exc, Deferred) else 500
+                outcome[channel.name] = f"failed: {exc}"[:cut]
                 if attempt < attempts:
                     sleep(jittered(backoff * 2 ** (attempt - 1)))
             else:

@@ -49,6 +49,17 @@ class Undeliverable(OSError):
     recipient refused for good): not tried again. The message says what to change."""
 
 
+class Deferred(OSError):
+    """The server took the alert for some recipients and deferred the others (a 4xx: try
+    later). Its text is the record a later run resumes from (:func:`_sent_before`: who has
+    it), so it is kept whole: the addresses are the configured recipients, and each of the
+    server's answers in it is cut to :data:`ANSWER` characters."""
+
+
+ANSWER = 200
+"""Characters of one server answer kept in an outcome: a hostile server's answer is its own."""
+
+
 class _Cut:
     """Ends an HTTP exchange from another thread: called, it shuts the connection's socket
     (a read waiting on it returns at once). ``trace`` is the httpcore hook that finds it."""
@@ -254,7 +265,7 @@ class EmailChannel:
         # they have it, and would get it again.
         if deferred := {a: answer for a, answer in refused.items() if 400 <= answer[0] < 500}:
             self._have[alert.id] = have
-            raise OSError(f"{SENT}{took or 'none'}{DEFERRED}{_answers(deferred)}")
+            raise Deferred(f"{SENT}{took or 'none'}{DEFERRED}{_answers(deferred)}")
         self._have.pop(alert.id, None)
         outcome = f"sent to {took}"
         if refused:
@@ -351,7 +362,7 @@ def _sent_before(outcome: str | None) -> set[str]:
 
 
 def _answers(refused: dict[str, tuple[int, bytes]]) -> str:
-    return ", ".join(f"{r} ({code} {_text(text)})" for r, (code, text) in refused.items())
+    return ", ".join(f"{r} ({code} {_text(text)[:ANSWER]})" for r, (code, text) in refused.items())
 
 
 def _text(said: bytes | str) -> str:

@@ -8,6 +8,7 @@ A real local SMTP server (aiosmtpd) that defers each recipient as many times as 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from ollama_meter.budgets import AlertDispatcher, EmailChannel
 from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
 from ollama_meter.ledger import Ledger
-from tests.budgets.test_alert_once import fired
+from ollama_meter.records import Alert
+from tests.budgets.test_alert_once import NOV, fired
 
 TO = ("it@example.org", "busy@example.org")
 TRIED = MAX_RUNS * TRIES
@@ -105,3 +107,39 @@ def test_the_channel_forgets_each_alert_once_delivered_or_given_up(
     assert sorted(server.took) == sorted(expected)  # each once, in whatever order
     rows = {row.tenant: row.delivered for row in Ledger(ledger.url).alerts()}
     assert rows == {f"t{n}": max(d) < TRIED for n, d in enumerate(alerts)}
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(many=st.integers(1, 40), length=st.integers(1, 60), busy=st.integers(1, 3))
+@example(many=30, length=30, busy=1)
+def test_a_long_list_of_recipients_gets_an_alert_once_across_runs(
+    server: Server, many: int, length: int, busy: int
+) -> None:
+    """One recipient deferred for ``busy`` runs; the others took the alert at the first. Each
+    later run (a channel of its own, as after a restart) mails only who has not got it,
+    reading who has from the outcome on record. That record was cut at 500 characters with
+    the rest of a failure's text: past about 18 addresses of 30 characters its end marker
+    was gone, the next run read that nobody had it, and mailed them all again (the pinned
+    example: each of 30 twice)."""
+    from ollama_meter.budgets import deliver
+
+    others = [f"{n:03}{'x' * length}@example.org" for n in range(many)]
+    to = [*others, "busy@example.org"]
+    server.took.clear()
+    server.defer = {"busy@example.org": busy}
+    alert = fired_alone()
+    for _ in range(busy + 1):
+        channel = EmailChannel("127.0.0.1", server.controller.port, sender="o@example.org", recipients=to)  # fmt: skip
+        outcome, delivered = deliver(alert, [channel], attempts=1)
+        alert = replace(alert, deliveries=outcome)
+    assert delivered and outcome["email"] == f"sent to {', '.join(to)}"
+    assert sorted(address for address, _ in server.took) == sorted(to)  # each once
+
+
+def fired_alone() -> Alert:
+    """An alert as the ledger hands it to a channel, none of them tried yet."""
+    return Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
