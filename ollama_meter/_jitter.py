@@ -24,3 +24,8 @@ def jittered(seconds: float) -> float:
 def own_bits(bits: int) -> int:
     """A number of ``bits`` random bits (an OTel trace or span id)."""
     return _OWN.getrandbits(bits)
+
+
+def own_uniform(low: float, high: float) -> float:
+    """A number between ``low`` and ``high``, at random."""
+    return _OWN.uniform(low, high)

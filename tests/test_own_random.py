@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from ollama_meter.budgets import WebhookChannel, deliver
@@ -23,7 +24,7 @@ from ollama_meter.records import make_storable
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import unused_port
 from ollama_meter.upstream._resilience import RetryPolicy
-from tests._otlp import OtlpGrpcReceiver
+from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver
 from tests.budgets.test_alert_email_utf8 import ALERT
 from tests.factories import make_span
 
@@ -149,12 +150,33 @@ def test_a_grpc_export_refused_once_as_unavailable_gets_there_on_a_new_channel()
     assert unmoved and failed == []
 
 
+@pytest.mark.parametrize("status", [200, 503])
+def test_an_http_export_takes_no_number_from_the_programs_random(status: int) -> None:
+    """The SDK's OTLP/HTTP client (OTLP over HTTP, Langfuse, Traceloop) drew its backoff's
+    jitter from the program's ``random`` before each try, even one the collector took: every
+    export moved a seeded program's numbers (0.151 where 0.324 was due). A 503 is still tried
+    again after about a second (0.8 to 1.2 s), and not after the next wait, which the 2 s
+    export timeout leaves no room for."""
+    with (
+        OtlpHttpReceiver(status=status) as rx,
+        _env(f"{rx.url}/v1/traces", protocol="http/protobuf", timeout="2"),
+    ):
+        telemetry = Telemetry(load_settings())
+        try:
+            _calls(telemetry, 1)
+            got, expected = _unmoved(7, telemetry.flush)
+        finally:
+            telemetry.shutdown()
+    assert [r.status for r in rx.requests] == [status] * (1 if status == 200 else 2)
+    assert got == expected
+
+
 @contextlib.contextmanager
-def _env(endpoint: str) -> Iterator[None]:
+def _env(endpoint: str, protocol: str = "grpc", timeout: str = "5") -> Iterator[None]:
     names = {
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
-        "OMETER_EXPORT_TIMEOUT": "5",
+        "OMETER_EXPORT_TIMEOUT": timeout,
     }
     before = {name: os.environ.get(name) for name in names}
     os.environ.update(names)

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from ollama_meter._forks import ChildLock
+from ollama_meter._jitter import own_uniform
 from ollama_meter._urls import shown
 from ollama_meter.telemetry._size import (
     MAX_REQUEST_BYTES,
@@ -178,6 +179,17 @@ class CutToFit(Reporting):
         """``count`` items the place refused (metrics are cumulative: sent again next time)."""
 
 
+def own_waits(exporter: Any) -> None:
+    """The jitter of ``exporter``'s waits between tries from ometer's own generator. The SDK's
+    OTLP/HTTP client (OTLP over HTTP, Langfuse, Traceloop) drew it from the program's
+    ``random`` before every try, even one that got there: each export moved a seeded
+    program's numbers. A gRPC exporter has none (:mod:`._grpc` tries again itself)."""
+    client = getattr(exporter, "_client", None)
+    if client is not None and hasattr(client, "_compute_backoff"):
+        spread = client._jitter
+        client._compute_backoff = lambda retry: 2**retry * own_uniform(1 - spread, 1 + spread)
+
+
 class Watched(CutToFit, SpanExporter):
     """A span exporter, and the count of spans that did not reach its place.
 
@@ -189,6 +201,7 @@ class Watched(CutToFit, SpanExporter):
     def __init__(self, name: str, inner: SpanExporter, answers: Any = None) -> None:
         self.name = shown(name)
         self.inner = inner
+        own_waits(inner)
         self.answers = answers
         self.what = "spans"
         self.clock: Callable[[], float] = time.monotonic
@@ -301,6 +314,7 @@ class WatchedMetrics(CutToFit, MetricExporter):
         )
         self.name = shown(name)
         self.inner = inner
+        own_waits(inner)
         self.answers = answers
         self.what = "metrics"
         self.most = getattr(inner, "_max_export_batch_size", None)
