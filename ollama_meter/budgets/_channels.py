@@ -231,8 +231,9 @@ class EmailChannel:
         self._have.pop(alert_id, None)
 
     def send(self, alert: Alert) -> str:
-        have = self._have.get(alert.id, set()) | _sent_before(alert.deliveries.get(self.name))
         addresses = [parseaddr(r)[1] for r in self.recipients]
+        said = alert.deliveries.get(self.name)
+        have = self._have.get(alert.id, set()) | _sent_before(said, addresses)
         if owed := [a for a in addresses if a not in have]:
             message = EmailMessage()
             message["Subject"] = alert.subject
@@ -248,12 +249,14 @@ class EmailChannel:
             try:
                 refused, unsendable = self._send(smtp, message, owed)
             except smtplib.SMTPResponseException as exc:
-                raise self._for_good(exc) from None
+                raise self._kept(alert, addresses, have, self._for_good(exc)) from None
             except smtplib.SMTPRecipientsRefused as exc:  # each for good: 4xx return above
                 raise Undeliverable(
                     f"{self.host} refused every recipient: {_answers(exc.recipients)}; "
                     "check OMETER_ALERT_EMAIL_TO"
                 ) from None
+            except (OSError, smtplib.SMTPException) as exc:  # no server, a timeout, cut off
+                raise self._kept(alert, addresses, have, exc) from None
             finally:
                 watchdog.cancel()
                 smtp.close()
@@ -277,6 +280,16 @@ class EmailChannel:
             log.warning("alert email not sent to %s", why)
             outcome += f"; not sent to {why}"
         return outcome
+
+    def _kept(self, alert: Alert, addresses: list[str], have: set[str], exc: Exception) -> Any:
+        """``exc``, a try that failed after an earlier one left some recipients deferred, with
+        the record of who has the alert (:func:`_sent_before`): its own text alone took the
+        record's place, and the next run mailed them all again."""
+        if not have or isinstance(exc, Undeliverable):  # none yet; or never tried again
+            return exc
+        self._have[alert.id] = have
+        took = ", ".join(a for a in addresses if a in have)
+        return Deferred(f"{SENT}{took}{UNSENT}{str(exc)[:ANSWER]}")
 
     def _for_good(self, exc: smtplib.SMTPResponseException) -> OSError:
         """``exc`` as an :class:`Undeliverable` when the server's 5xx says no try changes it."""
@@ -348,17 +361,41 @@ def _no_smtputf8(
 
 
 SENT, DEFERRED = "sent to ", "; deferred by the server (tried again): "
+UNSENT = "; the others not sent (tried again): "
 """How an attempt that left recipients deferred is on record (``failed: sent to A; deferred
-...``): the next run reads from it who has the alert already."""
+...``), or a later one that failed before them (``failed: sent to A; the others ...``): the
+next run reads from it who has the alert already."""
 
 
-def _sent_before(outcome: str | None) -> set[str]:
-    """The addresses an earlier attempt on record sent the alert to, while it left others
-    deferred (none when it did not)."""
+def _sent_before(outcome: str | None, addresses: Sequence[str]) -> set[str]:
+    """Those of ``addresses`` an earlier attempt on record sent the alert to, while it left
+    others deferred (none when it did not)."""
     said = (outcome or "").removeprefix("failed: ")
-    if not said.startswith(SENT) or DEFERRED not in said:
+    ends = [said.find(mark) for mark in (DEFERRED, UNSENT) if mark in said]
+    if not said.startswith(SENT) or not ends:
         return set()
-    return set(said[len(SENT) : said.index(DEFERRED)].split(", "))
+    return _joined(said[len(SENT) : min(ends)], addresses)
+
+
+def _joined(listed: str, addresses: Sequence[str]) -> set[str]:
+    """The ``addresses`` that ``listed``, their join with ", ", names in every reading of it.
+
+    Not its pieces between commas: a quoted address holds ", " (``"x, c@y, z"@y``), and
+    c@y, deferred, was read as having the alert. A list these addresses do not make (the
+    setting changed since) names none: mailed again rather than never."""
+    starts = [0] + [at + 2 for at in range(len(listed)) if listed.startswith(", ", at)]
+    readings: dict[int, set[str] | None] = {len(listed) + 2: set()}  # past the end: none
+    for at in reversed(starts):
+        common: set[str] | None = None
+        for address in set(addresses):
+            end = at + len(address)
+            whole = end == len(listed) or listed.startswith(", ", end)
+            if not whole or not listed.startswith(address, at):
+                continue
+            if (rest := readings.get(end + 2)) is not None:
+                common = {address} | rest if common is None else common & ({address} | rest)
+        readings[at] = common
+    return readings[0] or set()
 
 
 def _answers(refused: dict[str, tuple[int, bytes]]) -> str:
