@@ -381,8 +381,8 @@ def _joined(listed: str, addresses: Sequence[str]) -> set[str]:
     """The ``addresses`` that ``listed``, their join with ", ", names in every reading of it.
 
     Not its pieces between commas: a quoted address holds ", " (``"x, c@y, z"@y``), and
-    c@y, deferred, was read as having the alert. A list these addresses do not make (the
-    setting changed since) names none: mailed again rather than never."""
+    c@y, deferred, was read as having the alert. A list these addresses do not make (one
+    who had it since taken out of the setting) names none: mailed again rather than never."""
     starts = [0] + [at + 2 for at in range(len(listed)) if listed.startswith(", ", at)]
     readings: dict[int, set[str] | None] = {len(listed) + 2: set()}  # past the end: none
     for at in reversed(starts):
