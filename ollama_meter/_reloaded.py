@@ -103,6 +103,11 @@ class Reloaded(Generic[T]):
                     self._reload()
                 self._expired = True
 
+    @property
+    def kept_fresh(self) -> bool:
+        """Whether :meth:`keep_fresh` was called: a server's, whose readers never load."""
+        return self._background
+
     def refresh(self) -> None:
         """Reload now when a value is loaded and due (a background task's work); never raises."""
         if self._value is None or not (self._due() or self._has_changed()):

@@ -293,13 +293,14 @@ def settled(meter: Meter, calls: list[MeteredCall]) -> None:
     process is in force from the next call, not 5 s of calls on: a gateway whose calls
     committed their own spans (its write-behind full) admitted every call meanwhile against
     its lease in memory. Only after the ledger took spans: one away or frozen is not waited
-    for again here."""
+    for again here. Only a server's (its budgets kept fresh: :meth:`Meter.keep_fresh`): the
+    Python API's calls, which read the budgets again when due, each made one more read."""
     gate = meter.budgets
     if gate is None:
         return
     for call in calls:
         settle(gate, call, meter.failures)
-    if any(call.stored == Stored.COMMITTED for call in calls):
+    if gate.cache.kept_fresh and any(call.stored == Stored.COMMITTED for call in calls):
         gate.cache.refresh()
 
 

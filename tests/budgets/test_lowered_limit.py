@@ -207,3 +207,35 @@ def test_a_gateway_whose_calls_commit_their_own_spans_refuses_past_a_lowered_lim
     assert ask(gateway) == 200  # it fits, and no commit has come since
     assert ask(gateway) == 429
     assert sum(s.cost_total for s in gateway.ledger.latest(SpanFilter(status="ok"), 10)) == 3 * cost
+
+
+def test_a_python_api_call_under_a_budget_makes_no_read_for_changed_budgets(
+    emulator: OllamaEmulator, db_url: str
+) -> None:
+    """The look for changed budgets after a call commits its own span is the gateway's (its
+    write-behind full): the Python API's calls made it too, each one more ledger read (10
+    reads of budgets_version in 10 calls; 14 statements a call on SQLite, 12 before). Its
+    budgets are read again when due, as before."""
+    from sqlalchemy import event
+
+    from ollama_meter import MeteredClient
+    from tests.factories import token_prices
+
+    hi = [{"role": "user", "content": "say hi"}]
+    with MeteredClient(department="sales", tenant="acme", db_url=db_url) as client:
+        client.meter.ledger.add_price_rule(token_prices())
+        client.meter.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="month", limit=10**12, currency="USD")
+        )
+        client.chat(model="llama3.1:8b", messages=hi)  # budgets and prices read
+        looked: list[object] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            if "budgets_version" in repr(parameters):
+                looked.append(parameters)
+
+        event.listen(client.meter.ledger.engine, "before_cursor_execute", seen)
+        for _ in range(10):
+            client.chat(model="llama3.1:8b", messages=hi)
+        spans = client.meter.ledger.latest(SpanFilter(status="ok"), 20)
+    assert (len(spans), looked) == (11, [])
