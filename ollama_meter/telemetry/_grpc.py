@@ -76,8 +76,8 @@ class _Stub:
         ``timeout``; :class:`Failed`, :class:`TooLarge` or :class:`AnswerTooLarge` when not.
 
         As the SDK tries: again only for a code it (or OTEL_PYTHON_EXPORTER_OTLP_GRPC_
-        RETRYABLE_ERROR_CODES) says passes, on a new channel after a first UNAVAILABLE, and not
-        once the exporter shuts down."""
+        RETRYABLE_ERROR_CODES) says passes, on a new channel after a first UNAVAILABLE (made
+        whether or not a try follows), and not once the exporter shuts down."""
         import grpc  # type: ignore[import-untyped]
 
         exporter, deadline = self.exporter, time.monotonic() + timeout
@@ -89,11 +89,14 @@ class _Stub:
                 code, said = error.code(), f"{error.code()}: {error.details()}"
                 wait = _wait(error, attempt)
                 left = deadline - time.monotonic()
-                if code not in exporter._retryable_error_codes or attempt == TRIES or wait > left:
-                    raise Failed(said) from None
-                if code is grpc.StatusCode.UNAVAILABLE and attempt == 1 and exporter._channel:
+                # Before the next try or none: the next export's on it (gRPC's own reconnect
+                # waits up to 2 minutes). Not once the exporter shut down: a channel left open.
+                anew = code is grpc.StatusCode.UNAVAILABLE and attempt == 1
+                if anew and exporter._channel and not exporter._shutdown:
                     exporter._channel.close()
                     exporter._initialize_channel_and_stub()
+                if code not in exporter._retryable_error_codes or attempt == TRIES or wait > left:
+                    raise Failed(said) from None
                 if exporter._shutdown or exporter._shutdown_in_progress.wait(wait):
                     raise Failed(f"{said}; not tried again: the exporter shuts down") from None
         raise AssertionError("unreachable")  # the last try returned or raised

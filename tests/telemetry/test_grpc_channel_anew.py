@@ -1,0 +1,40 @@
+"""A gRPC export refused UNAVAILABLE is on a new channel next, as the SDK had it, even when
+no try of it follows within the export timeout. A real gRPC collector (OtlpGrpcReceiver)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from ollama_meter.config import load_settings
+from ollama_meter.telemetry._setup import Telemetry
+from tests._otlp import OtlpGrpcReceiver
+from tests.test_own_random import _calls, _env
+
+
+@pytest.mark.parametrize(("timeout", "retry_after"), [("1", None), ("3", 3600.0)])
+def test_an_export_refused_unavailable_with_no_time_to_try_again_leaves_a_new_channel(
+    timeout: str, retry_after: float | None
+) -> None:
+    """The channel was made anew only before a second try: with a timeout shorter than the
+    first wait (1 to 1.5 s), or a collector saying come back in an hour, never, and every
+    export went on a channel gRPC itself holds in its reconnect backoff (up to 2 minutes)."""
+    with (
+        OtlpGrpcReceiver(code=grpc.StatusCode.UNAVAILABLE) as rx,
+        _env(rx.endpoint, timeout=timeout),
+    ):
+        rx.retry_after = retry_after
+        telemetry = Telemetry(load_settings())
+        try:
+            (exporter,) = telemetry.span_exporters
+            before = exporter.inner._channel
+            _calls(telemetry, 1)
+            telemetry.flush()
+            anew = exporter.inner._channel is not before
+            rx.code = grpc.StatusCode.OK
+            _calls(telemetry, 1)
+            telemetry.flush()
+        finally:
+            telemetry.shutdown()
+    assert [r.code for r in rx.requests] == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK]
+    assert anew
