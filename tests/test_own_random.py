@@ -111,12 +111,18 @@ def _one_export(rx: OtlpGrpcReceiver) -> tuple[bool, list[str]]:
     the program's ``random`` gave what it would have without it, and where exports failed."""
     rx.retry_after = 0.01
     with _env(rx.endpoint):
-        telemetry = Telemetry(load_settings())
-        try:
-            _calls(telemetry, 1)
-            got, expected = _unmoved(7, telemetry.flush)
-        finally:
-            telemetry.shutdown()
+        return _one_call_exported()
+
+
+def _one_call_exported() -> tuple[bool, list[str]]:
+    """One call's span exported where the environment says: whether the program's ``random``
+    gave what it would have without it, and where exports failed."""
+    telemetry = Telemetry(load_settings())
+    try:
+        _calls(telemetry, 1)
+        got, expected = _unmoved(7, telemetry.flush)
+    finally:
+        telemetry.shutdown()
     return got == expected, telemetry.failures()
 
 
@@ -161,14 +167,9 @@ def test_an_http_export_takes_no_number_from_the_programs_random(status: int) ->
         OtlpHttpReceiver(status=status) as rx,
         _env(f"{rx.url}/v1/traces", protocol="http/protobuf", timeout="2"),
     ):
-        telemetry = Telemetry(load_settings())
-        try:
-            _calls(telemetry, 1)
-            got, expected = _unmoved(7, telemetry.flush)
-        finally:
-            telemetry.shutdown()
+        unmoved, _ = _one_call_exported()
     assert [r.status for r in rx.requests] == [status] * (1 if status == 200 else 2)
-    assert got == expected
+    assert unmoved
 
 
 @contextlib.contextmanager

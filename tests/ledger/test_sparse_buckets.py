@@ -36,7 +36,7 @@ from ollama_meter.reports import DashQuery, dashboard_report, perf_report, spend
 from ollama_meter.reports._spend import held_buckets, spend_axis
 from tests.factories import make_span, opened
 from tests.ledger.test_rollups import _fill
-from tests.ledger.test_sparse_windows import CELLS_PER_DAY, NOW, ZONES, planned_cells
+from tests.ledger.test_sparse_windows import CELLS_PER_DAY, NOW, ZONES, planned_cells, spans_at
 
 STATEMENTS = 16
 """What one report may run, whatever its window: the ledger's zone, the cells that hold
@@ -105,15 +105,7 @@ def test_a_window_of_millennia_builds_the_buckets_of_its_calls_and_sums_them_exa
     # Calls far apart, and a few hours after the first of them (in its bucket, or next ones).
     moments = moments + [moments[0] + timedelta(hours=hours) for hours in near if moments]
     with opened(db_url) as ledger:
-        spans = [
-            make_span(
-                started_at=moment,
-                department=["sales", "ops"][index % 2],
-                cost_total=index + 1,
-                latency_ns=10**6 * (index + 1),
-            )
-            for index, moment in enumerate(moments)
-        ]
+        spans = spans_at(moments)
         _fill(ledger, [spans], ZoneInfo(cells))
         tz = ZoneInfo(zone)
         window = window_between("1970-01-01", "9998-12-31", tz=tz, now=NOW)

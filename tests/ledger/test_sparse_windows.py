@@ -24,6 +24,7 @@ from ollama_meter.ledger._plan import CUBE_GRAINS, HISTOGRAM_GRAINS, cell_signs,
 from ollama_meter.ledger._timings import HistogramResult
 from ollama_meter.ledger._types import to_us
 from ollama_meter.periods import Window, walk_buckets, window_between
+from ollama_meter.records import SpanRecord
 from ollama_meter.reports import chargeback, perf_report, spend_report
 from tests.factories import make_span, opened
 from tests.ledger.test_rollups import _fill
@@ -94,15 +95,7 @@ def test_a_long_window_of_few_calls_plans_the_cells_of_their_days_and_sums_them_
     db_url: str, moments: list[datetime], zone: str, cells: str, unit: str | None
 ) -> None:
     with opened(db_url) as ledger:
-        spans = [
-            make_span(
-                started_at=moment,
-                department=["sales", "ops"][index % 2],
-                cost_total=index + 1,
-                latency_ns=10**6 * (index + 1),
-            )
-            for index, moment in enumerate(moments)
-        ]
+        spans = spans_at(moments)
         _fill(ledger, [spans], ZoneInfo(cells))
         tz = ZoneInfo(zone)
         window = window_between("2024-01-01", "2026-12-31", tz=tz, now=NOW)  # 1,096 days
@@ -150,3 +143,16 @@ def test_report_since_1970_by_day_in_another_zone_reads_the_two_days_of_its_call
         for month, cost in (("1970-01", 5), ("2026-11", 7)):
             bill = chargeback(ledger, month, tz=tz, now=NOW, currency="USD", fixed_cost=Decimal(0))
             assert [int(row.usage_cost) for row in bill.rows] == [cost]
+
+
+def spans_at(moments: list[datetime]) -> list[SpanRecord]:
+    """A call at each of ``moments``, departments taking turns, each costing one more."""
+    return [
+        make_span(
+            started_at=moment,
+            department=["sales", "ops"][index % 2],
+            cost_total=index + 1,
+            latency_ns=10**6 * (index + 1),
+        )
+        for index, moment in enumerate(moments)
+    ]
