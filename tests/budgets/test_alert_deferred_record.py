@@ -4,7 +4,7 @@ addresses hold. A real local SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -19,8 +19,11 @@ ALERT = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
 
 
 @contextmanager
-def _server(port: int, defer: set[str], envelopes: list[list[str]]) -> Iterator[int]:
-    """An SMTP server on ``port`` (0: any) that defers the addresses in ``defer`` (452)."""
+def smtp_server(
+    port: int, defer: Callable[[str], bool], envelopes: list[list[str]]
+) -> Iterator[int]:
+    """An SMTP server on ``port`` (0: any) that defers each address ``defer`` says (452), and
+    keeps the recipients of each message it takes in ``envelopes``."""
     from aiosmtpd.controller import Controller
     from aiosmtpd.handlers import Sink
 
@@ -28,7 +31,7 @@ def _server(port: int, defer: set[str], envelopes: list[list[str]]) -> Iterator[
 
     class Defer(Sink):  # type: ignore[misc]
         async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, _: Any) -> str:  # fmt: skip
-            if address in defer:
+            if defer(address):
                 return "452 4.2.2 mailbox full, try later"
             envelope.rcpt_tos.append(address)
             return "250 OK"
@@ -52,13 +55,15 @@ def test_who_has_the_alert_stays_on_record_when_the_next_try_finds_no_server() -
     stopping the server between the two tries: envelopes ``[[it@], [it@, busy@]]``."""
     to = ["it@example.org", "busy@example.org"]
     envelopes: list[list[str]] = []
-    with _server(0, {"busy@example.org"}, envelopes) as port:
+    with smtp_server(0, {"busy@example.org"}.__contains__, envelopes) as port:
         channel = EmailChannel("127.0.0.1", port, sender="o@example.org", recipients=to)
         outcome, _ = deliver(ALERT, [channel], attempts=1)
     # the run's next try: the server is away
     outcome, delivered = deliver(replace(ALERT, deliveries=outcome), [channel], attempts=1)
     assert not delivered and outcome["email"].startswith(f"failed: {SENT}it@example.org; ")
-    with _server(port, set(), envelopes):  # the next run, the server back and taking all
+    with smtp_server(
+        port, lambda _: False, envelopes
+    ):  # the next run, the server back and taking all
         again = EmailChannel("127.0.0.1", port, sender="o@example.org", recipients=to)
         outcome, delivered = deliver(replace(ALERT, deliveries=outcome), [again], attempts=1)
     assert (outcome["email"], delivered) == ("sent to it@example.org, busy@example.org", True)
@@ -72,7 +77,7 @@ def test_an_address_holding_commas_does_not_stand_for_another_on_record() -> Non
     ``[["x, c@..., y"@...]]`` only, and the record said it was sent to c@."""
     odd, c = '"x, c@example.org, y"@example.org', "c@example.org"
     envelopes: list[list[str]] = []
-    with _server(0, {c}, envelopes) as port:
+    with smtp_server(0, {c}.__contains__, envelopes) as port:
         channel = EmailChannel("127.0.0.1", port, sender="o@example.org", recipients=[odd, c])
         outcome, _ = deliver(ALERT, [channel], attempts=1)
         again = EmailChannel("127.0.0.1", port, sender="o@example.org", recipients=[odd, c])

@@ -348,46 +348,32 @@ def test_a_recipient_the_server_defers_gets_the_alert_later_and_the_others_once(
     """A 4xx to one recipient (a full mailbox: try later) was taken as final: the alert was
     on record as sent, and that recipient never got it. It is tried again, for that recipient
     alone, by this process (the next try) and by the next run (from what the ledger says)."""
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Sink
-
     from ollama_meter.budgets import EmailChannel, deliver
-    from ollama_meter.testing import unused_port
+    from tests.budgets.test_alert_deferred_record import smtp_server
 
     envelopes: list[list[str]] = []
+    deferred: list[str] = []
 
-    class Defer(Sink):  # type: ignore[misc]
-        deferred = 0
+    def defer(address: str) -> bool:  # busy@, its first two times
+        if address.startswith("busy@") and len(deferred) < 2:
+            deferred.append(address)
+            return True
+        return False
 
-        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, _: Any) -> str:  # fmt: skip
-            if address.startswith("busy@") and self.deferred < 2:
-                self.deferred += 1
-                return "452 4.2.2 mailbox full, try later"
-            envelope.rcpt_tos.append(address)
-            return "250 OK"
-
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            envelopes.append(list(envelope.rcpt_tos))
-            return "250 queued"
-
-    controller = Controller(Defer(), hostname="127.0.0.1", port=unused_port())
-    controller.start()
-    try:
+    with smtp_server(0, defer, envelopes) as port:
         to = ["it@example.org", "Busy <busy@example.org>"]
-        channel = EmailChannel("127.0.0.1", controller.port, sender="o@example.org", recipients=to)
+        channel = EmailChannel("127.0.0.1", port, sender="o@example.org", recipients=to)
         alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
         outcome, delivered = deliver(alert, [channel], attempts=1, sleep=lambda _: None)
         assert not delivered and outcome["email"].startswith(
             "failed: sent to it@example.org; deferred by the server (tried again): busy@example.org (452"
         )
         # the next run: a channel of its own, the alert as the ledger keeps it
-        again = EmailChannel("127.0.0.1", controller.port, sender="o@example.org", recipients=to)
+        again = EmailChannel("127.0.0.1", port, sender="o@example.org", recipients=to)
         outcome, delivered = deliver(replace(alert, deliveries=outcome), [again], attempts=1)
         assert not delivered and outcome["email"].startswith(  # deferred once more, alone
             "failed: sent to it@example.org; deferred by the server (tried again): busy@"
         )
         outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)  # this process
-    finally:
-        controller.stop()
     assert (outcome["email"], delivered) == ("sent to it@example.org, busy@example.org", True)
     assert envelopes == [["it@example.org"], ["busy@example.org"]]
