@@ -39,7 +39,6 @@ from ollama_meter.gateway._access import (
 from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._attribution import Forbidden, resolve, vouched
 from ollama_meter.gateway._dash import KEY_SCOPE, METRICS_NEED_TOKEN, NO_STORE, dashboard_routes
-from ollama_meter.gateway._dispatch import GatewayApp
 from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._health import LEDGER, UPSTREAM, SharedCheck, ledger_health
@@ -395,9 +394,8 @@ def create_app(
         ),
     ]
     drain = Drain()  # the server (GatewayServer) ends it; calls it stops are answered
-    app = GatewayApp(
+    app = Starlette(
         routes=routes,
-        direct=(*OLLAMA_ROUTES, *OPENAI_ROUTES),  # metered: found by path (``_dispatch``)
         lifespan=lifespan,
         exception_handlers={ClientDisconnect: _client_left, 404: unrouted, 405: unrouted},
         middleware=[
