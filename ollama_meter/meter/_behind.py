@@ -301,7 +301,8 @@ def settled(meter: Meter, calls: list[MeteredCall]) -> None:
     for call in calls:
         settle(gate, call, meter.failures)
     if gate.cache.kept_fresh and any(call.stored == Stored.COMMITTED for call in calls):
-        gate.cache.refresh()
+        # The commit read the version in its own transaction: no look (or wait) after it.
+        gate.cache.refresh(changed=meter.ledger.budgets_seen != gate.version)
 
 
 def settle(gate: BudgetGate, call: MeteredCall, failures: Throttled) -> None:
