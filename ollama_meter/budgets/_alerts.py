@@ -265,6 +265,8 @@ class AlertDispatcher:
                 continue
             kept = False
             with self._lock:
+                # (a close let go of it while queued, if the dispatcher opened again since)
+                self._held.add(alert.id)
                 self._sending = alert.id
             try:
                 kept = self._deliver(alert)

@@ -153,10 +153,11 @@ def test_a_dispatcher_closed_while_its_email_is_sent_forgets_the_alert_at_its_ne
     tmp_path: Any, server: Server
 ) -> None:
     """The dispatcher closed (its exit wait run out) while the email channel was sending an
-    alert, and opened again by the next alert before that send ended: the send, deferred,
-    kept the alert for its next run, but close had let go of it already, out of the alerts
-    the dispatcher holds. The next close left the channel's entry for it (who has it), one
-    for each such alert for the life of the process: {1: {'it@example.org'}}, not {}."""
+    alert, another queued behind it, and was opened again by a third before that send ended.
+    The first, deferred, was kept for its next run, but close had let go of it already, out
+    of the alerts the dispatcher holds; the second, sent after, was kept alike. The next close
+    left the channel's entry for each (who has it), for the life of the process:
+    {1: {'it@example.org'}} left of the first, {2: ...} of the second, not {}."""
     ledger = Ledger(f"sqlite:///{tmp_path}/l.db")
     channel = EmailChannel(
         "127.0.0.1", server.controller.port, sender="o@example.org", recipients=list(TO)
@@ -166,25 +167,22 @@ def test_a_dispatcher_closed_while_its_email_is_sent_forgets_the_alert_at_its_ne
     server.defer = {"busy@example.org": TRIED}
     server.hold, server.holding = threading.Event(), threading.Event()
     release = server.hold
+    alerts = [fired(ledger, tenant=f"t{n}") for n in range(3)]
     try:
-        first = fired(ledger, tenant="t0")
-        dispatcher.dispatch(first)
+        dispatcher.dispatch(alerts[0])
         assert server.holding.wait(60)  # it@ took it; busy@'s answer waits
+        dispatcher.dispatch(alerts[1])  # queued behind it
         dispatcher.close()  # the exit wait runs out: the send is under way
-        second = fired(ledger, tenant="t1")
-        dispatcher.dispatch(second)  # opened again
+        dispatcher.dispatch(alerts[2])  # opened again
         release.set()
         assert dispatcher.flush(600.0)  # a bound for a hang, not a timing
-        assert set(channel._have) == {
-            first.id,
-            second.id,
-        }  # both wait for their next run, busy@ deferred
+        assert sorted(channel._have) == [a.id for a in alerts]  # each deferred for busy@
     finally:
         release.set()
         dispatcher.close()
         ledger.dispose()
     assert channel._have == {}
-    assert server.took == [("it@example.org", f"Subject: {a.subject}") for a in (first, second)]
+    assert server.took == [("it@example.org", f"Subject: {a.subject}") for a in alerts]
 
 
 def fired_alone() -> Alert:
