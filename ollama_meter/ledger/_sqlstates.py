@@ -11,6 +11,7 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._deadline import cut_short
 
 T = TypeVar("T")
 
@@ -50,13 +51,15 @@ def session_ended(exc: BaseException | None) -> bool:
     with no SQLSTATE at all. PgBouncer in transaction pooling, its server session ended while
     ometer's sat in a transaction, answers the next statement (a COMMIT) twice, its own
     error after the server's: psycopg says "received 2 results from command 'COMMIT'". A
-    connection that could not be opened is not one (nothing was ended: the server is away)."""
+    connection that could not be opened is not one (nothing was ended: the server is away),
+    nor one ometer cut itself, its server silent past the deadline (``_deadline``)."""
     if isinstance(exc, LedgerError):
         exc = exc.__cause__
     if not isinstance(exc, DBAPIError):
         return False
     state = getattr(exc.orig, "sqlstate", None)
-    return state in ENDED or (state is None and exc.connection_invalidated)
+    lost = state is None and exc.connection_invalidated and not cut_short(exc.orig)
+    return state in ENDED or lost
 
 
 def once_more_if_ended(work: Callable[[], T]) -> T:
