@@ -143,9 +143,9 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         return known
 
     def _changed(self) -> bool:
-        """A budget saved or removed since they were read: a gateway's write-behind thread
-        asks after each commit (:meth:`Reloaded.refresh`), so a limit lowered elsewhere is in
-        force within a commit, not 5 s of calls admitted against leases in memory."""
+        """A budget saved or removed since they were read: the background refresh asks (after
+        a gateway's commit of spans, the commit's own read of it is compared with
+        :attr:`version`: ``_behind.settled``), so a lowered limit is in force within a commit."""
         return self.ledger.budgets_version() != self.version
 
     def _after_fork(self) -> None:

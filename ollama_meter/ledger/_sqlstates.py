@@ -1,6 +1,7 @@
 """PostgreSQL's SQLSTATEs that ometer tells apart, and a session the server ended.
 
-Owns naming a driver's failure by its code only: what a user is told of it is
+Owns naming a driver's failure by its code (or, for a session lost with none, by the
+driver's connection gone): what a user is told of it is
 :meth:`~ollama_meter.ledger._database.Database.explain`'s."""
 
 from __future__ import annotations
