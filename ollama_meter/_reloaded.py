@@ -108,12 +108,17 @@ class Reloaded(Generic[T]):
         """Whether :meth:`keep_fresh` was called: a server's, whose readers never load."""
         return self._background
 
-    def refresh(self) -> None:
-        """Reload now when a value is loaded and due (a background task's work); never raises."""
-        if self._value is None or not (self._due() or self._has_changed()):
+    def refresh(self, changed: bool | None = None) -> None:
+        """Reload now when a value is loaded and due (a background task's work); never raises.
+
+        ``changed``: the caller knows whether the value changed (a commit of spans read the
+        budgets' version in its own transaction): reload then, and only then, without a look
+        of its own; a database gone right after that commit held the caller for a connect
+        timeout, on a call's path."""
+        if self._value is None or not self._stale(changed):
             return
         with self._lock:
-            if self._due() or self._has_changed():
+            if self._stale(changed):
                 try:
                     self._reload()
                 except Exception as exc:  # a first load's failure: the next reader says so
@@ -143,6 +148,9 @@ class Reloaded(Generic[T]):
             value = self._value
         self._value, self._loaded, self._expired = value, self._clock(), False
         return value
+
+    def _stale(self, changed: bool | None) -> bool:
+        return changed if changed is not None else self._due() or self._has_changed()
 
     def _has_changed(self) -> bool:
         """``changed()``: a cheap look, at each refresh, for a change not to wait ``ttl`` for."""

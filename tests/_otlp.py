@@ -440,6 +440,7 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
     RESOURCE_EXHAUSTED, unrecorded (a collector's ``max_recv_msg_size_mib``; 4 MiB unset).
     ``answer``: the response to a successful export of its signal instead of an empty one
     (a ``partial_success``). ``retry_after``: seconds a failure's RetryInfo says to wait.
+    ``answering``: called as each export is answered, before its answer is sent.
     """
 
     def __init__(
@@ -450,6 +451,7 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
         self.max_receive = max_receive
         self.answer: Message | None = None
         self.retry_after: float | None = None
+        self.answering: Callable[[], None] | None = None
         self._server: grpc.Server | None = None
         self._port: int | None = None
 
@@ -488,6 +490,8 @@ class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
         code = self.code
         metadata = {item.key: item.value for item in context.invocation_metadata()}
         self._record(GrpcRequest(method, metadata, message, code))
+        if self.answering is not None:
+            self.answering()
         if code is not grpc.StatusCode.OK:
             if self.retry_after is not None:  # a throttling collector says when to come back
                 delay = Duration(

@@ -183,6 +183,7 @@ class AlertDispatcher:
         """Channels whose failure is said (:func:`deliver`): said again once one recovers."""
         self._held: set[int] = set()
         """The ids of the alerts queued or waiting for a retry: at most :attr:`max_held`."""
+        self._sending: int | None = None  # the alert the thread is delivering (held still)
         self._left_from: int | None = None
         """The first id of an alert left in the ledger for want of room, while any is."""
         renew_after_fork(self)
@@ -197,7 +198,7 @@ class AlertDispatcher:
         there); what the parent had queued is the parent's to send."""
         self._queue = queue.Queue()
         self._later = []
-        self._held, self._left_from = set(), None
+        self._held, self._left_from, self._sending = set(), None, None
         self._thread = None
         self._lock, self._recording = threading.Lock(), threading.Lock()
 
@@ -235,8 +236,14 @@ class AlertDispatcher:
             self._closed, self._part = True, False
         with self._lock:
             self._later.clear()  # the ledger closes: the next run tries them
-            self._let_go(self._held)
-            self._held.clear()
+            # Not the alert a send is still under way for (the exit wait ran out): a channel
+            # told to forget it meanwhile forgot who had it before a try left in that send,
+            # and mailed them again; and, the dispatcher opened again (the next alert) before
+            # that send ended, the alert was kept for a retry, held no more: no close let go
+            # of it. The thread lets go of it as the send ends, else a later close does.
+            sending = self._held & {self._sending}
+            self._let_go(self._held - sending)
+            self._held = sending
             self._left_from = None
 
     def flush(self, timeout: float = 15.0) -> bool:
@@ -257,14 +264,20 @@ class AlertDispatcher:
                 self._queue_due()
                 continue
             kept = False
+            with self._lock:
+                # (a close let go of it while queued, if the dispatcher opened again since)
+                self._held.add(alert.id)
+                self._sending = alert.id
             try:
                 kept = self._deliver(alert)
             except Exception as exc:  # the database is away: a line per kind every 10 s
                 self._failures.failed("delivering or recording alert %d", exc, alert.id)
             finally:
-                if not kept:
-                    with self._lock:
+                with self._lock:
+                    self._sending = None
+                    if not kept:
                         self._held.discard(alert.id)
+                if not kept:
                     self._let_go([alert.id])
                 # Before this one is done: flush() sees a retry due now, and those read back.
                 self._queue_due()

@@ -129,7 +129,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self.renewals = 0  # lease renewals so far: the admissions that had to go to the ledger
         # While the database is away the budgets loaded before stay in force, so callers
         # no budget covers keep being served.
-        self._version: str | None = None  # the budgets' as last loaded
+        self.version: str | None = None  # budgets_version as they were last loaded
         self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets", changed=self._changed)
         renew_after_fork(self)
 
@@ -137,16 +137,16 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
         if self._zone is not None:
             self.tz = self._zone()
-        self._version = self.ledger.budgets_version()  # read first: a change after it is seen
+        self.version = self.ledger.budgets_version()  # read first: a change after it is seen
         known = Known(*self.ledger.readable_budgets())
         stale_unless_hard(list(self._leases.values()), known.budgets)
         return known
 
     def _changed(self) -> bool:
-        """A budget saved or removed since they were read: a gateway's write-behind thread
-        asks after each commit (:meth:`Reloaded.refresh`), so a limit lowered elsewhere is in
-        force within a commit, not 5 s of calls admitted against leases in memory."""
-        return self.ledger.budgets_version() != self._version
+        """A budget saved or removed since they were read: the background refresh asks (after
+        a gateway's commit of spans, the commit's own read of it is compared with
+        :attr:`version`: ``_behind.settled``), so a lowered limit is in force within a commit."""
+        return self.ledger.budgets_version() != self.version
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child

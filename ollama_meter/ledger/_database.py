@@ -22,7 +22,6 @@ from sqlalchemy.exc import (
     DataError,
     DBAPIError,
     IntegrityError,
-    OperationalError,
     StatementError,
     TimeoutError as PoolTimeout,
 )
@@ -53,7 +52,6 @@ from ollama_meter.ledger._engine import (
 from ollama_meter.ledger._glance import GLANCE_S, glances, postgresql_glance, sqlite_glance
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
 from ollama_meter.ledger._sqlstates import (
-    ENDED,
     IDLED,
     LOCK_NOT_AVAILABLE,
     NO_SCHEMA,
@@ -61,6 +59,7 @@ from ollama_meter.ledger._sqlstates import (
     SCHEMA_CHANGED,
     SQLITE_SCHEMA_CHANGED,
     once_more_if_ended,
+    session_ended,
 )
 from ollama_meter.ledger._why import emptied, file_limit, full_disk, no_such, unwritable
 
@@ -331,7 +330,7 @@ class Database:
                 f"{idle_seconds(self.wait):g} s (stalled: an overloaded machine, a paused "
                 f"process or VM); what it had not committed is undone: run it again{meanwhile}"
             )
-        if getattr(exc.orig, "sqlstate", None) in ENDED or "closed the connection" in lowered:
+        if session_ended(exc) or "closed the connection" in lowered:
             return (
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
                 f"what it had not committed is undone: run it again{meanwhile}"
@@ -398,18 +397,30 @@ class Database:
         in a few races (a fresh file switching to WAL, a snapshot gone stale), and those
         pass on a second try. Retries stop once ``wait`` seconds have passed, or after
         PostgreSQL's lock timeout (a second try waited as long again); a glance
-        (``_glance``) retries for as long as it waits. Anything else, or the last try, is
-        one LedgerError starting with ``failure``.
+        (``_glance``) retries for as long as it waits. A session the server ended under
+        ``action`` (:func:`session_ended`) gets one more try at once, on a new one: a span
+        write ended so by a DBA or a pooler, the server answering still, went to the spool
+        and reached the ledger only with a later write. ``action`` must be idempotent: the
+        session may have ended after its COMMIT took effect, before the answer came (a span
+        is recorded once by its id). Anything else, or the last try, is one LedgerError
+        starting with ``failure``.
         """
         deadline = time.monotonic() + (GLANCE_S if glances() else self.wait)
         attempt = 0
+        ended = False
         while True:
             attempt += 1
             try:
                 action()
                 return
-            except (OperationalError, LedgerError) as exc:
-                cause = exc if isinstance(exc, OperationalError) else exc.__cause__
+            except (DBAPIError, LedgerError) as exc:
+                if isinstance(exc, DBAPIError) and is_content_error(exc):
+                    raise
+                cause = exc if isinstance(exc, DBAPIError) else exc.__cause__
+                if not ended and session_ended(cause):
+                    ended = True
+                    log.debug("%s: the server ended its session; once more", failure)
+                    continue
                 timed_out = isinstance(cause, DBAPIError) and is_lock_timeout(cause)
                 locked = isinstance(cause, DBAPIError) and is_lock_error(cause) and not timed_out
                 delay = self._retry_delay * 2 ** min(attempt, 6)
@@ -419,10 +430,6 @@ class Database:
                     raise
                 log.debug("%s: database locked, try %d", failure, attempt)
                 time.sleep(delay)
-            except DBAPIError as exc:
-                if is_content_error(exc):
-                    raise
-                raise LedgerError(f"{failure}: {self.explain(exc)}") from exc
 
     def dispose(self) -> None:
         self.disposed = True

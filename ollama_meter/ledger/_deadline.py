@@ -83,6 +83,12 @@ def spooled_meanwhile() -> str:
     return "; spans wait in the spool meanwhile"
 
 
+def cut_short(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is this module's own: a round trip the server let run past the
+    deadline, whose connection ometer closed (not a session the server ended)."""
+    return getattr(exc, "ometer_silent", False) is True
+
+
 def in_bulk() -> bool:
     """Whether this is upkeep over many spans (:func:`unbounded`), whose spans never go to the
     spool: a failure there is run again, not recorded later."""
@@ -267,7 +273,9 @@ def bounded_connect(deadline: float) -> Any:
         def _silent(self) -> psycopg.OperationalError:
             self.pgconn.finish()  # closed: the pool drops it instead of lending it again
             quiet_until[0] = time.monotonic() + deadline
-            return psycopg.OperationalError(f"{silent}: {hint}{spooled_meanwhile()}")
+            cut = psycopg.OperationalError(f"{silent}: {hint}{spooled_meanwhile()}")
+            cut.ometer_silent = True  # type: ignore[attr-defined]  # (cut_short)
+            return cut
 
     def connect(*args: Any, **kwargs: Any) -> BoundedConnection:
         if time.monotonic() < quiet_until[0] and not _unbounded.get():

@@ -72,10 +72,10 @@ class DurableLedger(Database):
         """Says spans set aside for starting before the prune horizon (:meth:`_keep_early`)."""
         self._held: list[SpanRecord] = []
         self._last_try_at_exit = False  # give_up_held is registered with atexit
-        self._held_lock = threading.Lock()
-        self._held_tried = 0.0
-        self.writes = Failing()
-        self.spell = Spell(wait)  # on: span writes glance at locks (a wait ran out just now)
+        self._held_lock, self._held_tried = threading.Lock(), 0.0
+        self.writes, self.spell = Failing(), Spell(wait)  # spell: a wait ran out just now
+        self.looks_at_budgets = False  # a server's: each span write reads budgets_version
+        self.budgets_seen: str | None = None  # as the last span write read it
 
     def _after_fork(self) -> None:
         """The child writes what the parent held in memory too (recording is idempotent:
@@ -189,7 +189,7 @@ class DurableLedger(Database):
 
         def insert() -> None:
             with self.write() as conn:
-                done[:] = [_spans.insert_spans(conn, spans)]
+                done[:] = [_spans.insert_spans(conn, spans, budgets=self.looks_at_budgets)]
 
         failure = f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
         try:
@@ -205,6 +205,7 @@ class DurableLedger(Database):
                 raise Rejected(str(exc)) from exc
             raise
         self.writes.passed()
+        self.budgets_seen = done[0].budgets
         stored = dict.fromkeys((s.id for s in spans), Stored.COMMITTED)
         if early := done[0].early:
             stored.update(self._keep_early(early, done[0].horizon, spool_file))

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Dialect, Select, Table, bindparam, null, sele
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _history, _meta, _prices, _rollup
+from ollama_meter.ledger._budgets import budgets_version
 from ollama_meter.ledger._span_rows import read_as_stored, row_to_span
 from ollama_meter.ledger._spellings import ANSWERED_MODEL, latest_ids, spellings
 from ollama_meter.ledger._types import driver_key, from_us, to_us
@@ -176,10 +177,18 @@ class Inserted:
     recorded (see :func:`insert_spans`)."""
     horizon: datetime | None = None
     """The prune horizon the spans were held to (None: the ledger was never pruned)."""
+    budgets: str | None = None
+    """``budgets_version`` as this transaction saw it (when asked, ``budgets``): a server's
+    look for budgets changed elsewhere, with no read (nor wait for a database gone) after
+    the commit."""
 
 
 def insert_spans(
-    conn: Connection, spans: Sequence[SpanRecord], *, pruned_too: bool = False
+    conn: Connection,
+    spans: Sequence[SpanRecord],
+    *,
+    pruned_too: bool = False,
+    budgets: bool = False,
 ) -> Inserted:
     """Record ``spans`` and add the new ones to the rollups, in the caller's transaction.
 
@@ -195,7 +204,8 @@ def insert_spans(
     another ledger's): the first, added again, is counted twice. The caller keeps those
     (:attr:`Inserted.early`) or says it skipped them. The horizon is read under the
     rollups' lock, which a prune holds alone to record it: a prune landing meanwhile
-    waits for this transaction, and removes the spans it adds.
+    waits for this transaction, and removes the spans it adds. ``budgets``: read
+    ``budgets_version`` too (:attr:`Inserted.budgets`).
     """
     if not spans:
         return Inserted([])
@@ -213,7 +223,8 @@ def insert_spans(
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)
     _history.note_calls(conn, added)
-    return Inserted(added, early, None if horizon is None else from_us(horizon))
+    seen = budgets_version(conn) if budgets else None
+    return Inserted(added, early, None if horizon is None else from_us(horizon), seen)
 
 
 def _before(

@@ -1,6 +1,7 @@
 """PostgreSQL's SQLSTATEs that ometer tells apart, and a session the server ended.
 
-Owns naming a driver's failure by its code only: what a user is told of it is
+Owns naming a driver's failure by its code (or, for a session lost with none, by the
+driver's connection gone): what a user is told of it is
 :meth:`~ollama_meter.ledger._database.Database.explain`'s."""
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from sqlalchemy.exc import DBAPIError
+
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._deadline import cut_short
 
 T = TypeVar("T")
 
@@ -42,6 +46,23 @@ SQLITE_SCHEMA_CHANGED = (
 )
 
 
+def session_ended(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (a driver's failure, or a LedgerError made of one) is the server
+    ending the session it ran on: SQLSTATE 57P01/57P02, or the session lost under the work
+    with no SQLSTATE at all. PgBouncer in transaction pooling, its server session ended while
+    ometer's sat in a transaction, answers the next statement (a COMMIT) twice, its own
+    error after the server's: psycopg says "received 2 results from command 'COMMIT'". A
+    connection that could not be opened is not one (nothing was ended: the server is away),
+    nor one ometer cut itself, its server silent past the deadline (``_deadline``)."""
+    if isinstance(exc, LedgerError):
+        exc = exc.__cause__
+    if not isinstance(exc, DBAPIError):
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    lost = state is None and exc.connection_invalidated and not cut_short(exc.orig)
+    return state in ENDED or lost
+
+
 def once_more_if_ended(work: Callable[[], T]) -> T:
     """``work`` (its ledger transactions), once more if the server ended its session under
     it (a DBA's ``pg_terminate_backend``, a pooler's): the server undid it and answers still,
@@ -50,7 +71,6 @@ def once_more_if_ended(work: Callable[[], T]) -> T:
     try:
         return work()
     except LedgerError as exc:
-        state = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None)
-        if state not in ENDED:
+        if not session_ended(exc):
             raise
     return work()

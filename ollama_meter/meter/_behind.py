@@ -292,8 +292,9 @@ def settled(meter: Meter, calls: list[MeteredCall]) -> None:
     call's own (no write-behind, or none with room) alike. A limit lowered by another
     process is in force from the next call, not 5 s of calls on: a gateway whose calls
     committed their own spans (its write-behind full) admitted every call meanwhile against
-    its lease in memory. Only after the ledger took spans: one away or frozen is not waited
-    for again here. Only a server's (its budgets kept fresh: :meth:`Meter.keep_fresh`): the
+    its lease in memory. The look is the commit's own (``budgets_version`` read in its
+    transaction): no read after it unless a budget changed, so a database gone right after
+    the commit is not waited for on a call's path (a connect timeout). Only a server's (its budgets kept fresh: :meth:`Meter.keep_fresh`): the
     Python API's calls, which read the budgets again when due, each made one more read."""
     gate = meter.budgets
     if gate is None:
@@ -301,7 +302,8 @@ def settled(meter: Meter, calls: list[MeteredCall]) -> None:
     for call in calls:
         settle(gate, call, meter.failures)
     if gate.cache.kept_fresh and any(call.stored == Stored.COMMITTED for call in calls):
-        gate.cache.refresh()
+        # The commit read the version in its own transaction: no look (or wait) after it.
+        gate.cache.refresh(changed=meter.ledger.budgets_seen != gate.version)
 
 
 def settle(gate: BudgetGate, call: MeteredCall, failures: Throttled) -> None:

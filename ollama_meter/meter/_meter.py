@@ -351,6 +351,7 @@ class Meter(Admitting):
         self.prices.cache.keep_fresh()
         if self.budgets is not None:
             self.budgets.cache.keep_fresh()
+            self.ledger.looks_at_budgets = True  # in each commit of spans: see _behind.settled
 
     def refresh(self) -> None:
         """Reload the prices and budgets that are due (a server's background task); never raises."""

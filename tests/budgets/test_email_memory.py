@@ -7,6 +7,8 @@ A real local SMTP server (aiosmtpd) that defers each recipient as many times as 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -26,7 +28,8 @@ TRIED = MAX_RUNS * TRIES
 
 
 class Server:
-    """Defers each address ``defer[address]`` times more, then takes it; keeps what it took."""
+    """Defers each address ``defer[address]`` times more, then takes it; keeps what it took.
+    ``hold``: the next deferral waits until it is set (``holding`` is set meanwhile)."""
 
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
@@ -35,12 +38,18 @@ class Server:
 
         self.defer: dict[str, int] = {}
         self.took: list[tuple[str, str]] = []  # (address, subject)
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
         outer = self
 
         class Handler:
             async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, _: Any) -> str:  # fmt: skip
                 if outer.defer.get(address, 0) > 0:
                     outer.defer[address] -= 1
+                    if (hold := outer.hold) is not None:
+                        outer.hold = None
+                        outer.holding.set()
+                        await asyncio.get_running_loop().run_in_executor(None, hold.wait)
                     return "452 4.2.2 mailbox full, try later"
                 envelope.rcpt_tos.append(address)
                 return "250 OK"
@@ -138,6 +147,42 @@ def test_a_long_list_of_recipients_gets_an_alert_once_across_runs(
         alert = replace(alert, deliveries=outcome)
     assert delivered and outcome["email"] == f"sent to {', '.join(to)}"
     assert sorted(address for address, _ in server.took) == sorted(to)  # each once
+
+
+def test_a_dispatcher_closed_while_its_email_is_sent_forgets_the_alert_at_its_next_close(
+    tmp_path: Any, server: Server
+) -> None:
+    """The dispatcher closed (its exit wait run out) while the email channel was sending an
+    alert, another queued behind it, and was opened again by a third before that send ended.
+    The first, deferred, was kept for its next run, but close had let go of it already, out
+    of the alerts the dispatcher holds; the second, sent after, was kept alike. The next close
+    left the channel's entry for each (who has it), for the life of the process:
+    {1: {'it@example.org'}} left of the first, {2: ...} of the second, not {}."""
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.db")
+    channel = EmailChannel(
+        "127.0.0.1", server.controller.port, sender="o@example.org", recipients=list(TO)
+    )
+    dispatcher = AlertDispatcher(ledger, [channel], backoff=0, retry_after=(3600.0,) * MAX_RUNS)
+    server.took.clear()
+    server.defer = {"busy@example.org": TRIED}
+    server.hold, server.holding = threading.Event(), threading.Event()
+    release = server.hold
+    alerts = [fired(ledger, tenant=f"t{n}") for n in range(3)]
+    try:
+        dispatcher.dispatch(alerts[0])
+        assert server.holding.wait(60)  # it@ took it; busy@'s answer waits
+        dispatcher.dispatch(alerts[1])  # queued behind it
+        dispatcher.close()  # the exit wait runs out: the send is under way
+        dispatcher.dispatch(alerts[2])  # opened again
+        release.set()
+        assert dispatcher.flush(600.0)  # a bound for a hang, not a timing
+        assert sorted(channel._have) == [a.id for a in alerts]  # each deferred for busy@
+    finally:
+        release.set()
+        dispatcher.close()
+        ledger.dispose()
+    assert channel._have == {}
+    assert server.took == [("it@example.org", f"Subject: {a.subject}") for a in alerts]
 
 
 def fired_alone() -> Alert:

@@ -38,3 +38,33 @@ def test_an_export_refused_unavailable_with_no_time_to_try_again_leaves_a_new_ch
             telemetry.shutdown()
     assert [r.code for r in rx.requests] == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK]
     assert anew
+
+
+def test_an_export_refused_unavailable_as_the_exporter_shuts_down_makes_no_channel_anew() -> None:
+    """The exporter's shutdown begins while an export is on the wire (the SDK's shutdown()
+    sets its flag, then closes its channel), and the collector answers UNAVAILABLE: the
+    channel is not made anew. Made anew, it was one no shutdown closes, left open (with
+    gRPC's threads and sockets) for the life of the process."""
+    with (
+        OtlpGrpcReceiver(code=grpc.StatusCode.UNAVAILABLE) as rx,
+        _env(rx.endpoint, timeout="3"),
+    ):
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        inner = exporter.inner
+        before = inner._channel
+
+        def shutting_down() -> None:  # shutdown() begun: its flag set, its channel not closed yet
+            inner._shutdown = True
+            inner._shutdown_in_progress.set()
+
+        rx.answering = shutting_down
+        try:
+            _calls(telemetry, 1)
+            telemetry.flush()
+            after = inner._channel
+        finally:
+            inner._channel.close()  # what shutdown() goes on to do
+            telemetry.shutdown()
+    assert [r.code for r in rx.requests] == [grpc.StatusCode.UNAVAILABLE]  # not tried again
+    assert after is before
