@@ -294,8 +294,9 @@ def settled(meter: Meter, calls: list[MeteredCall]) -> None:
     committed their own spans (its write-behind full) admitted every call meanwhile against
     its lease in memory. The look is the commit's own (``budgets_version`` read in its
     transaction): no read after it unless a budget changed, so a database gone right after
-    the commit is not waited for on a call's path (a connect timeout). Only a server's (its budgets kept fresh: :meth:`Meter.keep_fresh`): the
-    Python API's calls, which read the budgets again when due, each made one more read."""
+    the commit is not waited for on a call's path (a connect timeout). Only a server's (its
+    budgets kept fresh: :meth:`Meter.keep_fresh`): the Python API's calls, which read the
+    budgets again when due, each made one more read."""
     gate = meter.budgets
     if gate is None:
         return
