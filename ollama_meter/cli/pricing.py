@@ -186,7 +186,8 @@ def import_rules(
     file: Annotated[
         Path,
         typer.Argument(
-            help="TOML file with [[rule]] tables (at most 10 MiB), or a pipe: <(command).",
+            # Help is rich markup, where [rule] is a style: the \\ keeps the brackets shown.
+            help="TOML file with [\\[rule]] tables (at most 10 MiB), or a pipe: <(command).",
             parser=file_to_read,
         ),
     ],
