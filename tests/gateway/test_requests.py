@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import zlib
 from typing import Any
 
@@ -124,6 +125,20 @@ def test_a_number_past_what_a_float_holds_is_a_400_not_infinity_sent_on(
         f"invalid JSON body: the number {number[:40]} is too large for Ollama to read"
     )
     assert emulator.requests == []
+
+
+def test_the_largest_integer_a_float_holds_goes_on_as_written(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The bound is the float's, not a count of digits: 309 digits that round to the largest
+    float64 are read by Go as that float, so they go to Ollama, byte for byte."""
+    largest = str(int(sys.float_info.max))
+    assert len(largest) == 309
+    raw = json.dumps({"model": "llama3.1:8b", "messages": HI, "stream": False, "x": 1})
+    reply = sqlite_app.client.post("/api/chat", content=raw.replace('"x": 1', f'"x": {largest}'))
+    assert reply.status_code == 200, reply.text[:300]
+    (sent,) = emulator.requests_to("/api/chat")
+    assert sent.body["x"] == int(largest)
 
 
 @settings(
