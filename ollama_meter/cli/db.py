@@ -237,6 +237,7 @@ def import_command(
                     pruned_too=pruned_too,
                     progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
                     name="FILE" if source == "-" else source,
+                    content=cfg.capture_content,
                 )
             except _Unreadable as exc:
                 raise OmeterError(
