@@ -10,6 +10,7 @@ import shlex
 import stat
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from ollama_meter._kinds import SQLITE, sqlite_kind
 from ollama_meter.errors import ConfigError
@@ -34,13 +35,16 @@ def default_data_dir() -> Path:
         ) from None
 
 
-def read_bounded(path: Path, *, limit: int, what: str) -> bytes:
-    """The bytes of ``path`` (a file, or a pipe read to its end), if at most ``limit``;
-    ValueError saying why not, in one line. Read with a bound: a device (``/dev/zero``)
-    or a file far too big for ``what`` would fill the memory first."""
+def read_bounded(path: Path | BinaryIO, *, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` (a file, or a pipe read to its end; or a stream already open,
+    stdin), if at most ``limit``; ValueError saying why not, in one line. Read with a bound:
+    a device (``/dev/zero``) or a file far too big for ``what`` would fill the memory first."""
     try:
-        with path.open("rb") as file:
-            content = file.read(limit + 1)
+        if isinstance(path, Path):
+            with path.open("rb") as file:
+                content = file.read(limit + 1)
+        else:
+            content = path.read(limit + 1)
     except OSError as exc:
         raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
     if len(content) > limit:

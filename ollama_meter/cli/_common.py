@@ -87,14 +87,21 @@ def file_to_write(
     """A parser for a path a command writes a file to. A folder's is refused, with ``example``
     as a file name to give in it: one that is there, and one that is not there yet but
     ends in ``/`` (the path type dropped the slash, and a file of the folder's name was
-    written). ``dash``: ``-`` is stdout (None), as for every Unix tool, not a file named ``-``.
-    ``report``: a SQLite database is refused too, before any ledger is read."""
+    written). ``dash``: ``-`` is stdout (None), as for every Unix tool, not a file named ``-``;
+    without it ``-`` is refused, never that file made unasked (a SQLite file is written in
+    place, not to a stream). ``report``: a SQLite database is refused too, before any ledger
+    is read."""
 
     def parse(value: str) -> Path | None:
         if isinstance(value, Path):  # a default, or a caller that parsed it already
             return value
-        if dash and value == "-":
-            return None
+        if value == "-":
+            if dash:
+                return None
+            raise typer.BadParameter(
+                "'-' is stdout, and a backup is a SQLite file, which cannot be written to a "
+                "stream: give a file's path (./- for a file named -)"
+            )
         if not value:  # '--out "$FILE"' with FILE unset: not the current folder
             raise typer.BadParameter(f"{value!r} is no file name; give the file to write")
         if problem := control_characters(value):

@@ -2,7 +2,6 @@
 
 import contextlib
 import functools
-import io
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from ollama_meter.cli._common import (
     settings,
 )
 from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._files import stdin_bytes
 from ollama_meter.cli._stopped import said_if_stopped, tallied
 from ollama_meter.errors import LedgerError, OmeterError, ValidationError
 from ollama_meter.periods import LAST_DAY, window_between
@@ -208,18 +208,7 @@ def import_command(
     cfg = settings(db_url=db)
     stream: BinaryIO
     if source == "-":
-        if sys.stdin is None:  # started with it closed (`<&-`)
-            raise ValidationError(
-                "stdin is closed: give the export on it (ometer db import - < FILE) or its "
-                "file name (ometer db import FILE)"
-            )
-        if sys.stdin.isatty():  # nobody types spans: it would wait in silence for ever
-            raise ValidationError(
-                "stdin is a terminal: pipe the export in (ometer db export | ometer db import "
-                "-, or ometer db import - < FILE), or give its file name (ometer db import FILE)"
-            )
-        # text-only stdins (an embedding host, a test) have no bytes underneath
-        stream = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
+        stream = stdin_bytes("export", "ometer db import", "ometer db export | ometer db import -")
         total = None
     else:
         path = Path(source)
@@ -248,6 +237,7 @@ def import_command(
                     pruned_too=pruned_too,
                     progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
                     name="FILE" if source == "-" else source,
+                    content=cfg.capture_content,
                 )
             except _Unreadable as exc:
                 raise OmeterError(

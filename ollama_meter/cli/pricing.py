@@ -22,7 +22,7 @@ from ollama_meter.cli._common import (
     utc_now,
 )
 from ollama_meter.cli._console import err, named, out, write_data
-from ollama_meter.cli._files import file_to_read
+from ollama_meter.cli._files import STDIN, file_to_read, stdin_bytes
 from ollama_meter.cli._stopped import tallied
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.periods import local_midnight, parse_day, window_between
@@ -186,7 +186,9 @@ def import_rules(
     file: Annotated[
         Path,
         typer.Argument(
-            help="TOML file with [[rule]] tables (at most 10 MiB), or a pipe: <(command).",
+            # Help is rich markup, where [rule] is a style: the \\ keeps the brackets shown.
+            help="TOML file with [\\[rule]] tables (at most 10 MiB), a pipe: <(command), or - "
+            "for stdin.",
             parser=file_to_read,
         ),
     ],
@@ -198,7 +200,14 @@ def import_rules(
 
     cfg = settings(db_url=db)
     try:
-        content = read_bounded(file, limit=MAX_PRICING_BYTES, what="pricing file")
+        if file == STDIN:
+            piped = stdin_bytes(
+                "pricing file", "ometer pricing import", "curl URL | ometer pricing import -"
+            )
+            content = read_bounded(piped, limit=MAX_PRICING_BYTES, what="pricing file")
+            file = Path("stdin")
+        else:
+            content = read_bounded(file, limit=MAX_PRICING_BYTES, what="pricing file")
         rules = parse_pricing_toml(
             pricing_text(content, file), default_currency=cfg.currency, source="cli"
         )

@@ -6,7 +6,15 @@ import math
 
 from starlette.responses import JSONResponse, Response
 
-from ollama_meter.errors import CircuitOpen, KeyRefused, LedgerError, ServerBusy, UpstreamError
+from ollama_meter.budgets._refusals import IN_FLIGHT_RETRY_AFTER
+from ollama_meter.errors import (
+    CircuitOpen,
+    GatewayBudgetExceeded,
+    KeyRefused,
+    LedgerError,
+    ServerBusy,
+    UpstreamError,
+)
 from ollama_meter.upstream import Refusal, WireFormat
 from ollama_meter.upstream._pooled import gateway_status
 from ollama_meter.upstream._recorded import REFUSED_HEADER, SPAN_HEADER
@@ -29,15 +37,27 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def budget_retry(retry_after: float | None) -> dict[str, str]:
+    """``x-should-retry: false`` for a budget's refusal no retry passes before its period ends:
+    the OpenAI and Anthropic clients retry a 429 unless told so, Anthropic's after however long
+    ``Retry-After`` says (days, for a month). One that calls in flight cause, or whose period
+    ends within as long, may be sent again when ``Retry-After`` says."""
+    final = retry_after is not None and retry_after > IN_FLIGHT_RETRY_AFTER
+    return {"x-should-retry": "false"} if final else {}
+
+
 def refusal_response(wire: WireFormat, refusal: Refusal) -> Response:
     """Ollama's own error answer, as it came; a redirect or another success is no answer: 502."""
     if refusal.status < 400:
         return error_response(wire, 502, str(refusal.error))
+    headers = {"Retry-After": refusal.retry_after} if refusal.retry_after else {}
+    if isinstance(refusal.error, GatewayBudgetExceeded):  # a gateway behind this one refused it
+        headers.update(budget_retry(refusal.error.retry_after))
     return Response(
         refusal.body,
         status_code=refusal.status,
         media_type=refusal.content_type,
-        headers={"Retry-After": refusal.retry_after} if refusal.retry_after else None,
+        headers=headers or None,
     )
 
 

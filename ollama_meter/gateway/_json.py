@@ -2,8 +2,8 @@
 
 Refused, each with the reason a caller can act on: a key given twice in one object (Go does
 not simply keep the last value: ``"stream": true, "stream": null`` streams, repeated
-objects are merged), ``NaN`` and other constants, numbers past a float's range, nesting
-deeper than :data:`MAX_DEPTH`, and more than :data:`MAX_OBJECTS` objects or
+objects are merged), ``NaN`` and other constants, numbers past a float's range (integers
+too), nesting deeper than :data:`MAX_DEPTH`, and more than :data:`MAX_OBJECTS` objects or
 :data:`MAX_ARRAYS` arrays.
 """
 
@@ -144,6 +144,16 @@ def _finite(text: str) -> float:
     return value
 
 
+def _integer(text: str) -> int:
+    """A JSON integer; one past a float's range is refused as :func:`_finite` refuses it. Go
+    reads a number that is not an integer field's into a float64, which cannot hold it, and
+    Python's own limit (4,300 digits) would otherwise say so in its words, advice to call
+    ``sys.set_int_max_str_digits()``. Fewer than 309 characters are always in range."""
+    if len(text) > 308:
+        _finite(text)
+    return int(text)
+
+
 class _Decoder(threading.local):
     """One decoder a thread, its object count set anew for each body: ``json.loads`` given
     hooks made a decoder and its scanner at every call (a body is read on the event loop, or
@@ -152,7 +162,10 @@ class _Decoder(threading.local):
     def __init__(self) -> None:
         self.objects = _Objects()
         self.decoder = json.JSONDecoder(
-            parse_constant=_not_json, parse_float=_finite, object_pairs_hook=self.objects
+            parse_constant=_not_json,
+            parse_float=_finite,
+            parse_int=_integer,
+            object_pairs_hook=self.objects,
         )
 
 

@@ -70,7 +70,9 @@ ALLOWED_HEADERS = ", ".join((
     "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User",
     *(tags_part(number) for number in range(1, TAGS_PARTS + 1)),
 )).encode()  # fmt: skip
-EXPOSED_HEADERS = b"X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After"
+EXPOSED_HEADERS = (
+    b"X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After, x-should-retry"
+)
 MAX_AGE = b"43200"  # 12 h, as Ollama's
 OWN_PAGES = frozenset({"/dashboard", "/api/dash", "/metrics"})
 """The gateway's pages, not Ollama's: no other page reads them, allowed or not."""

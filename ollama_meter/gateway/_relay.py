@@ -42,6 +42,7 @@ from ollama_meter.errors import (
 )
 from ollama_meter.gateway._ahead import Pools, ReadAhead, Room
 from ollama_meter.gateway._answers import (
+    budget_retry,
     error_response,
     failure_response,
     key_refused_response,
@@ -271,6 +272,7 @@ class Relay:
             admission.refund()
             wait = {"Retry-After": str(refused.retry_after), SPAN_HEADER: str(refused.span_id)}
             told = refused.narrow if self.keyed else str(refused)
+            wait |= budget_retry(refused.retry_after)
             return error_response(wire, 429, told, headers=wait, kind=refused.error_type)
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             admission.refund()

@@ -209,8 +209,13 @@ def import_lines(
     progress: Callable[[int], None] | None = None,
     pruned_too: bool = False,
     name: str = "FILE",
+    content: bool = True,
 ) -> ImportSummary:
     """Record the spans of export ``lines``; spans already in the ledger are skipped.
+
+    ``content`` False (content capture off where the import runs): a line holding a prompt or
+    reply is refused as a bad line is, saying how to keep the text or leave it out, since the
+    ledger then holds no call's text (``ometer db import`` passes the setting).
 
     So are spans that started before the prune horizon, unless ``pruned_too``: the
     ledger no longer has the raw spans of those days, only their rollups, so it cannot
@@ -226,7 +231,9 @@ def import_lines(
     batch is ready, so input refused before that (a UTF-16 file, an array) makes no ledger.
     """
     with _fewer_collections():
-        return _import(ledger, lines, batch, progress, pruned_too=pruned_too, name=name)
+        return _import(
+            ledger, lines, batch, progress, pruned_too=pruned_too, name=name, content=content
+        )
 
 
 GC_YOUNG = 20_000
@@ -272,6 +279,7 @@ def _import(
     *,
     pruned_too: bool,
     name: str,
+    content: bool,
 ) -> ImportSummary:
     summary = ImportSummary()
     pending: list[SpanRecord] = []
@@ -307,8 +315,7 @@ def _import(
         if not line.strip():
             continue
         try:
-            pending.append(span_from_line(line))
-            held += len(line)
+            span = span_from_line(line)
         except ValueError as exc:
             flush()
             if isinstance(exc, CutShort) and not raw.endswith(b"\n"):  # the file's last line
@@ -332,6 +339,18 @@ def _import(
                 f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
                 "fix the line and import again (spans already there are skipped)"
             ) from None
+        if not content and (span.prompt is not None or span.reply is not None):
+            flush()
+            raise ValidationError(
+                f"line {number}: holds a call's prompt or reply text, which this ledger keeps "
+                "only with content capture on (OMETER_CAPTURE_CONTENT=true), and it is off here; "
+                f"the {summary.read} span(s) before it are recorded. To keep the text, import "
+                "again with OMETER_CAPTURE_CONTENT=true; to leave it out, import jq -c "
+                f"'del(.prompt, .reply)' {shlex.quote(name)} | ometer db import - (spans already "
+                "there are skipped)"
+            )
+        pending.append(span)
+        held += len(line)
         if len(pending) >= batch or held >= BATCH_BYTES:
             flush()
     flush()

@@ -406,6 +406,31 @@ def test_version_and_help(cli) -> None:  # type: ignore[no-untyped-def]
         assert result.code == 0 and "Usage" in result.stdout, command
 
 
+def test_every_bracketed_word_in_a_commands_help_is_shown_as_written(cli) -> None:  # type: ignore[no-untyped-def]
+    """Help is rich markup, where ``[rule]`` is a style: ``ometer pricing import --help`` said
+    'TOML file with [] tables', the one thing a user needs to write the file gone."""
+    import re
+
+    import typer
+
+    from ollama_meter.cli import app
+
+    bracketed: list[tuple[list[str], str]] = []
+
+    def walk(path: list[str], command) -> None:  # type: ignore[no-untyped-def]
+        for text in [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]:
+            bracketed.extend((path, word) for word in re.findall(r"\S*\[[^\]\s]*\]\S*", text))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk([*path, name], sub)
+
+    walk([], typer.main.get_command(app))
+    assert [word for path, word in bracketed if path == ["pricing", "import"]] != []
+    for path, written in bracketed:
+        word = written.replace("\\[", "[")  # a bracket escaped in the markup is meant as one
+        shown = cli(*path, "--help")
+        assert shown.code == 0 and word in shown.stdout, (path, word, shown.stdout)
+
+
 def test_a_report_that_sums_same_named_departments_or_users_of_several_tenants_says_so(
     cli, db: str
 ) -> None:  # type: ignore[no-untyped-def]

@@ -101,7 +101,7 @@ def test_an_allowed_page_is_answered_and_its_preflight_too(
     assert answer.headers["access-control-allow-origin"] == LOCAL_PAGE
     assert (
         answer.headers["access-control-expose-headers"]
-        == "X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After"
+        == "X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After, x-should-retry"
     )
     assert "Origin" in answer.headers.get_list("vary")
     (span,) = gw.ledger.latest(SpanFilter(), 10)
@@ -467,7 +467,7 @@ def test_an_allowed_page_reads_an_answer_that_ends_in_a_500() -> None:
         assert reply.headers["access-control-allow-origin"] == LOCAL_PAGE
         assert (
             reply.headers["access-control-expose-headers"]
-            == "X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After"
+            == "X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After, x-should-retry"
         )
         unlisted = client.post("/api/chat", json=CHAT, headers={"Origin": EVIL_PAGE})
         assert unlisted.status_code == 403  # refused before the route, as ever

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import zlib
 from typing import Any
 
@@ -16,7 +17,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import ERROR_500, ERROR_MIDSTREAM, Fault, OllamaEmulator
@@ -90,12 +91,24 @@ def test_malformed_bodies_are_400_in_the_routes_format_each_with_a_span(
             ("/api/chat", ("x_custom",)),
         ]
     ),
-    exponent=st.integers(309, 100_000),
+    number=st.one_of(
+        st.integers(309, 100_000).map(lambda exponent: f"1e{exponent}"),
+        st.tuples(st.sampled_from(["", "-"]), st.integers(309, 20_000)).map(
+            lambda sign_zeros: f"{sign_zeros[0]}1{'0' * sign_zeros[1]}"
+        ),
+    ),
 )
+@example(where=("/api/chat", ("options", "seed")), number="9" * 4301)
+@example(where=("/v1/chat/completions", ("max_tokens",)), number="9" * 309)
 def test_a_number_past_what_a_float_holds_is_a_400_not_infinity_sent_on(
-    sqlite_app: Gateway, emulator: OllamaEmulator, where: tuple[str, tuple[str, ...]], exponent: int
+    sqlite_app: Gateway, emulator: OllamaEmulator, where: tuple[str, tuple[str, ...]], number: str
 ) -> None:
-    """JSON has no infinity: ``1e400`` read as one would reach Ollama (or a bound) as ``Infinity``."""
+    """JSON has no infinity: ``1e400`` read as one would reach Ollama (or a bound) as ``Infinity``.
+
+    Written as an integer's digits it is past Go's float64 (what Ollama reads a number into
+    where it is not an integer field) as well: it was relayed to Ollama, which refuses it,
+    and past 4,300 digits refused in Python's words ('use sys.set_int_max_str_digits()').
+    """
     path, keys = where
     body: dict[str, Any] = {"model": "llama3.1:8b", "messages": HI, "prompt": "hi"}
     placeholder = 123456789.5
@@ -104,12 +117,28 @@ def test_a_number_past_what_a_float_holds_is_a_400_not_infinity_sent_on(
     for key in parents:
         inner = inner.setdefault(key, {})
     inner[last] = placeholder
-    raw = json.dumps(body).replace(repr(placeholder), f"1e{exponent}").encode()
+    raw = json.dumps(body).replace(repr(placeholder), number).encode()
     emulator.reset()
     reply = sqlite_app.client.post(path, content=raw)
-    assert reply.status_code == 400, reply.text
-    assert error_of(reply).startswith(f"invalid JSON body: the number 1e{exponent}"[:60])
+    assert reply.status_code == 400, reply.text[:300]
+    assert error_of(reply) == (
+        f"invalid JSON body: the number {number[:40]} is too large for Ollama to read"
+    )
     assert emulator.requests == []
+
+
+def test_the_largest_integer_a_float_holds_goes_on_as_written(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The bound is the float's, not a count of digits: 309 digits that round to the largest
+    float64 are read by Go as that float, so they go to Ollama, byte for byte."""
+    largest = str(int(sys.float_info.max))
+    assert len(largest) == 309
+    raw = json.dumps({"model": "llama3.1:8b", "messages": HI, "stream": False, "x": 1})
+    reply = sqlite_app.client.post("/api/chat", content=raw.replace('"x": 1', f'"x": {largest}'))
+    assert reply.status_code == 200, reply.text[:300]
+    (sent,) = emulator.requests_to("/api/chat")
+    assert sent.body["x"] == int(largest)
 
 
 @settings(

@@ -846,18 +846,19 @@ def test_a_model_spelled_as_ollama_also_reads_it_is_priced_and_bounded_alike(
     ("path", "cap"),
     [
         ("/api/chat", 10**30),
-        ("/api/chat", 10**4298),
+        ("/api/chat", 10**308),  # past a float's range, a 400: test_requests.py
         ("/api/chat", 2**63 - 1),
         ("/v1/chat/completions", 2**63 - 1),  # past it, no Go int: refused as Ollama does
     ],
-    ids=["api-1e30", "api-1e4298", "api-2^63-1", "v1-2^63-1"],
+    ids=["api-1e30", "api-1e308", "api-2^63-1", "v1-2^63-1"],
 )
 def test_a_reply_cap_past_any_budget_is_refused_with_what_it_may_cost(
     budgeted: Gateway, emulator: OllamaEmulator, path: str, cap: int
 ) -> None:
     """A cap of 10^30 tokens may cost what the most tokens a span can count costs: the refusal
     says so. Writing 10^27 USD out ran past Decimal's 28 digits (and 10^4298 tokens' cost past
-    the digits Python writes an integer in), so the caller got a 500 and no span was written.
+    the digits Python writes an integer in, a cap now refused as no float holds it), so the
+    caller got a 500 and no span was written.
     (On ``/v1`` a cap past 64 bits is a 400, budget or not: ``test_reply_cap_values.py``.)"""
     body: dict[str, Any] = {"model": "llama3.1:8b", "stream": False, "messages": HI}
     if path.startswith("/v1/"):

@@ -91,6 +91,25 @@ def test_a_pipe_is_read_as_a_pricing_file(cli: Any) -> None:
     assert "imported 1 new rule" in result.stdout, result.stderr
 
 
+def test_dash_reads_the_pricing_file_from_stdin_as_db_import_does(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``curl .../prices.toml | ometer pricing import -`` said "file '-' does not exist", where
+    ``db import -`` reads stdin; closed, it is said as db import says it."""
+    monkeypatch.chdir(tmp_path)
+    rules = '[[rule]]\nmodel = "m"\nper_request = 1\n'
+    result = cli("pricing", "import", "-", stdin=rules)
+    assert (result.code, result.stdout, result.stderr) == (
+        0, "imported 1 new rule(s) from stdin\n", ""
+    )  # fmt: skip
+    monkeypatch.setattr("sys.stdin", None)
+    line = one_error_line(cli("pricing", "import", "-"))
+    assert line == (
+        "error: stdin is closed: give the pricing file on it (ometer pricing import - < FILE) "
+        "or its file name (ometer pricing import FILE)"
+    )
+
+
 @pytest.mark.parametrize("host", ["", " ", "\t", "127.0.0.1\n", "local host"])
 def test_an_address_to_listen_on_that_is_blank_or_split_is_refused(
     cli: Any, tmp_path: Path, host: str

@@ -61,6 +61,27 @@ def test_a_backup_onto_a_file_that_is_no_database_is_refused_and_left(
     assert target.read_bytes() == content and not list(tmp_path.glob(".*partial*"))
 
 
+def test_a_backup_to_dash_is_refused_not_a_file_named_dash(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ometer db backup - > copy.db`, as `--out -` and `db import -` take it, wrote a file
+    named `-` in the current folder (exit 0, 'backed up ... to -') and nothing to stdout: a
+    backup is a SQLite file, which SQLite writes in place, never a stream."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(db).record(_spans(3))
+    monkeypatch.chdir(tmp_path)
+    done = cli("db", "backup", "-", "--db", db)
+    assert done.code == 2, done.stdout
+    assert done.stderr == (
+        "error: Invalid value for 'target': '-' is stdout, and a backup is a SQLite file, "
+        "which cannot be written to a stream: give a file's path (./- for a file named -) "
+        "(see `ometer db backup --help`)\n"
+    )
+    assert done.stdout == "" and not (tmp_path / "-").exists()
+    assert cli("db", "backup", "./-", "--db", db).code == 0
+    assert Ledger(f"sqlite:///{tmp_path / '-'}").count() == 3
+
+
 def test_a_backup_replaces_an_earlier_backup_and_an_empty_file(cli: Any, tmp_path: Path) -> None:
     """The nightly job writes over last night's copy; `mktemp` makes an empty file first."""
     db = f"sqlite:///{tmp_path / 'ledger.db'}"

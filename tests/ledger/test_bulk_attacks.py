@@ -84,7 +84,7 @@ def test_an_import_killed_in_the_middle_of_a_batch_and_run_again_counts_each_spa
     ]
     first = next(n for n in range(1, 50) if sum(map(len, lines[:n])) >= BATCH_BYTES)
     ledger = Ledger(db_url)
-    env = {**os.environ, "OMETER_DB_URL": db_url}
+    env = {**os.environ, "OMETER_DB_URL": db_url, "OMETER_CAPTURE_CONTENT": "true"}  # the prompts
     command = [sys.executable, "-m", "ollama_meter", "db", "import", "-"]
     with subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdin is not None

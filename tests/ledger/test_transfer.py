@@ -135,6 +135,43 @@ def test_export_then_import_gives_the_same_ledger(db_url: str, tmp_path: Path) -
     assert _tables(target) == _tables(source)
 
 
+@pytest.mark.parametrize("text", ["prompt", "reply"])
+def test_an_import_keeps_prompts_and_replies_only_where_content_capture_is_on(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """The ledger holds prompt and reply text only with OMETER_CAPTURE_CONTENT=true (README,
+    What is stored): an export from a ledger that captured them, imported where capture is
+    off (its default), put every prompt and reply into the target, where no call of its own
+    would have left them. Such a line is refused, saying how to keep the text or leave it
+    out; the spans before it are recorded, and the same import with capture on adds the rest."""
+    source = Ledger(f"sqlite:///{tmp_path / 'captured.db'}")
+    spans = _spans(5)
+    spans[3] = replace(spans[3], **{text: "my salary is 100k"})
+    source.record(spans)
+    exported = b"".join(export_lines(source)).decode()
+    db = f"sqlite:///{tmp_path / 'target.db'}"
+    monkeypatch.delenv("OMETER_CAPTURE_CONTENT", raising=False)
+    done = cli("db", "import", "-", "--db", db, stdin=exported)
+    line = sorted(s.id for s in spans).index(spans[3].id) + 1
+    assert done.code == 2, done.stdout
+    assert done.stderr == (
+        f"error: line {line}: holds a call's prompt or reply text, which this ledger keeps only "
+        "with content capture on (OMETER_CAPTURE_CONTENT=true), and it is off here; the "
+        f"{line - 1} span(s) before it are recorded. To keep the text, import again with OMETER_CAPTURE_CONTENT=true; "
+        "to leave it out, import jq -c 'del(.prompt, .reply)' FILE | ometer db import - (spans "
+        "already there are skipped)\n"
+    )
+    target = Ledger(db)
+    assert target.count() == line - 1
+    assert all(s.prompt is None and s.reply is None for s in target.latest(SpanFilter(), 10))
+    monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+    again = cli("db", "import", "-", "--db", db, stdin=exported)
+    assert again.code == 0, again.stderr
+    assert f"imported {6 - line} span(s)" in again.stdout
+    kept = {s.id: replace(s, attributes={}) for s in target.latest(SpanFilter(), 10)}
+    assert kept == {s.id: s for s in spans}
+
+
 def test_export_by_local_dates(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     db = f"sqlite:///{tmp_path / 'l.db'}"
     Ledger(db).record(_spans())
