@@ -15,9 +15,14 @@ from ollama_meter.errors import (
     ServerBusy,
     UpstreamError,
 )
-from ollama_meter.upstream import Refusal, WireFormat
+from ollama_meter.upstream import Refusal, WireFormat, retry_after_seconds
 from ollama_meter.upstream._pooled import gateway_status
 from ollama_meter.upstream._recorded import REFUSED_HEADER, SPAN_HEADER
+
+CLIENT_WAIT_S = 60
+"""The longest ``Retry-After`` a client may sleep on: the OpenAI client's own cap. The
+Anthropic client sleeps whatever it says (up to 49 days) unless told ``x-should-retry:
+false``; past this, every answer of the gateway's says so, and the caller is told at once."""
 
 
 def error_response(
@@ -34,7 +39,16 @@ def error_response(
     body = wire.error_body(status, message, kind=kind)
     if kind is not None:
         headers = {**(headers or {}), REFUSED_HEADER: kind}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=_no_long_sleep(headers))
+
+
+def _no_long_sleep(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """``headers`` with ``x-should-retry: false`` when their ``Retry-After`` is longer than
+    :data:`CLIENT_WAIT_S` (an open circuit's reset, an upstream's word passed on)."""
+    wait = retry_after_seconds(headers.get("Retry-After")) if headers else None
+    if wait is None or wait <= CLIENT_WAIT_S:
+        return headers
+    return {**(headers or {}), "x-should-retry": "false"}
 
 
 def budget_retry(retry_after: float | None) -> dict[str, str]:
@@ -57,7 +71,7 @@ def refusal_response(wire: WireFormat, refusal: Refusal) -> Response:
         refusal.body,
         status_code=refusal.status,
         media_type=refusal.content_type,
-        headers=headers or None,
+        headers=_no_long_sleep(headers or None),
     )
 
 

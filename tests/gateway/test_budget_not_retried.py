@@ -14,18 +14,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
+from hypothesis import example, given, settings, strategies as st
 
 from ollama_meter.budgets import Budget
 from ollama_meter.budgets._refusals import IN_FLIGHT_RETRY_AFTER
-from ollama_meter.gateway._answers import budget_retry
+from ollama_meter.errors import UpstreamServerError
+from ollama_meter.gateway._answers import CLIENT_WAIT_S, budget_retry, refusal_response
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
+from ollama_meter.upstream import OLLAMA, Refusal, retry_after_seconds
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -103,3 +108,25 @@ def test_a_refusal_a_retry_may_pass_soon_leaves_the_client_its_retry() -> None:
     does a period that ends within as long: those the clients may send again."""
     assert budget_retry(None) == budget_retry(1) == budget_retry(IN_FLIGHT_RETRY_AFTER) == {}
     assert budget_retry(IN_FLIGHT_RETRY_AFTER + 1) == {"x-should-retry": "false"}
+
+
+@settings(max_examples=60)
+@given(
+    wait=st.one_of(
+        st.integers(min_value=0, max_value=10**400).map(str),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12),
+    )
+)
+@example(wait=format_datetime(datetime.now(UTC) + timedelta(days=1), usegmt=True))
+@example(wait=format_datetime(datetime(2001, 1, 1, tzinfo=UTC), usegmt=True))
+@example(wait="60")
+@example(wait="61")
+def test_an_upstreams_wait_passed_on_is_final_for_clients_past_a_minute(wait: str) -> None:
+    """Ollama's 429 or 503 (or a gateway's behind this one) goes to the caller as it came: with
+    a ``Retry-After`` longer than a client may sleep on (a minute), it says not to retry."""
+    said = Refusal(UpstreamServerError("busy"), 503, b'{"error":"busy"}', None, wait or None)
+    answer = refusal_response(OLLAMA, said)
+    seconds = retry_after_seconds(wait)
+    final = seconds is not None and seconds > CLIENT_WAIT_S
+    assert answer.headers.get("x-should-retry") == ("false" if final else None)
+    assert answer.headers.get("retry-after") == (wait or None)

@@ -655,3 +655,19 @@ def test_a_server_that_fails_every_call_has_served_none(
     assert one.requests_to("/api/chat")  # it was tried, and failed the call
     servers = {s["url"]: s["served"] for s in client.get("/api/dash").json()["servers"]}
     assert servers == {one.url: 0, two.url: 3}
+
+
+@pytest.mark.parametrize(("reset", "final"), [(30, False), (60, False), (3600, True)])
+def test_an_open_circuit_longer_than_a_clients_wait_tells_clients_not_to_sleep_on_it(
+    in_process: Callable[..., TestClient], reset: float, final: bool
+) -> None:
+    """The Anthropic client sleeps whatever ``Retry-After`` says before it retries a 503 (up to
+    49 days), unless told ``x-should-retry: false``: with ``OMETER_BREAKER_RESET`` at an hour,
+    a program stood still for the hour, twice. A wait a client may sleep (a minute, the OpenAI
+    client's own cap) stays one to retry."""
+    client = in_process(unreachable_url(), breaker_failures=1, breaker_reset=reset, retries=0)
+    call = {"model": LLAMA, "messages": HI, "stream": False}
+    assert client.post("/api/chat", json=call).status_code == 502
+    refused = client.post("/api/chat", json=call)
+    assert refused.status_code == 503
+    assert refused.headers.get("x-should-retry") == ("false" if final else None)
