@@ -29,17 +29,18 @@ from ollama_meter.records import (
     storable_text,
 )
 from ollama_meter.telemetry import _semconv as sc
+from ollama_meter.telemetry._content import (
+    MAX_EXPORTED_TEXT,
+    bounded as _bounded,
+    input_of,
+    message as _messages,
+)
 from ollama_meter.telemetry._hooked import HookedAttributes
 from ollama_meter.telemetry._served import Served
 from ollama_meter.telemetry._size import value_bytes
 
 log = logging.getLogger("ollama_meter.telemetry")
 
-MAX_EXPORTED_TEXT = 16_384
-"""Characters an exported text attribute holds, prompt and reply included (cut, ending in "…").
-
-Spans wait in memory while a collector is away, up to the exporter's queue, so each must be
-small; the ledger keeps the whole text."""
 MAX_HOOKED_BYTES = 80 * 1024
 """A hook's attributes on one span, together, in bytes once encoded: room for one text at
 its bound in any script (4 bytes a character at most in UTF-8)."""
@@ -109,38 +110,6 @@ def _text(text: str, room: _Room) -> str:
     kept = _bounded(text, max(room.chars, 1))  # no room left: "…" says something was here
     room.chars = max(room.chars - len(kept), 0)
     return kept
-
-
-def _bounded(text: str, limit: int = MAX_EXPORTED_TEXT) -> str:
-    # Cut first: a 1 MB prompt is not scanned whole, on the call's path, to keep 16 KB of it.
-    return storable_text(text[: limit + 1], limit)
-
-
-def _messages(
-    role: str, text: str, limit: int = MAX_EXPORTED_TEXT, finish_reason: str | None = None
-) -> str | None:
-    """``gen_ai.*.messages`` for one text part: valid JSON within ``limit`` characters (and
-    :data:`MAX_EXPORTED_TEXT`), the text cut to fit; None when not even "…" fits.
-
-    The SDK cuts a value past ``OTEL_[SPAN_]ATTRIBUTE_VALUE_LENGTH_LIMIT`` where it stands,
-    mid-string: JSON no reader could parse. An output message has its ``finish_reason``, which
-    the conventions require."""
-    limit = min(limit, MAX_EXPORTED_TEXT)
-    message: dict[str, Any] = {"role": role, "parts": [{"type": "text", "content": ""}]}
-    if finish_reason is not None:
-        message["finish_reason"] = finish_reason
-
-    def dumped(content: str) -> str:
-        message["parts"][0]["content"] = content
-        return json.dumps([message], ensure_ascii=False)
-
-    if len(dumped("…")) > limit:
-        return None
-    content = _bounded(text, limit)
-    while len(out := dumped(content)) > limit:
-        # Each character cut shortens the JSON by at least one, down to "…", which fits.
-        content = content[: max(0, len(content) - (len(out) - limit) - 1)] + "…"
-    return out
 
 
 _JSON_VALUED = (sc.LANGFUSE_USAGE, sc.LANGFUSE_COST)
@@ -340,7 +309,9 @@ class TelemetryObserver:
         if span.error_type:
             attributes[sc.ERROR_TYPE] = span.error_type
         if self.capture_content and span.prompt is not None:
-            attributes[sc.GEN_AI_INPUT_MESSAGES] = _messages("user", span.prompt, self.max_length)
+            said, apart = input_of(span, self.max_length)
+            attributes[sc.GEN_AI_INPUT_MESSAGES] = said
+            attributes[sc.GEN_AI_SYSTEM_INSTRUCTIONS] = apart
         if self.capture_content and span.reply is not None:
             attributes[sc.GEN_AI_OUTPUT_MESSAGES] = _messages(
                 "assistant", span.reply, self.max_length, _finish_reason(span)
