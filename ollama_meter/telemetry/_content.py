@@ -115,16 +115,17 @@ def document(
         content = longest["content"]
         if _written(content) - _written("…") >= over:  # cut to "…" at most, it fits
             # As many characters as the excess takes at this text's JSON characters for one
-            # (2 for a quote, 6 for a control character), one more for "…"; at least one.
-            cut = -(-(over + 1) * len(content) // (_written(content) - 2))
+            # (2 for a quote, 6 for a control character), one more for "…"; at least two, so
+            # a text already ending in "…" is shorter once it ends in "…" again.
+            cut = max(-(-(over + 1) * len(content) // (_written(content) - 2)), 2)
             longest["content"] = content[: max(0, len(content) - cut)] + "…"
             continue
         # No one text holds the excess: the oldest messages (instructions: parts) go.
         items = messages[0]["parts"] if parts_only else messages
         gone = freed = 0
-        while gone < len(items) and freed < over:
+        while gone < len(items) - 1 and freed < over:  # the newest is cut, if it can be
             freed, gone = freed + _written(items[gone]) + len(", "), gone + 1
-        del items[:gone]
+        del items[: max(gone, 1)]
         if not items:
             messages.clear()
     return out if messages else None
