@@ -147,6 +147,14 @@ def _ns(span: SpanRecord, *, end: bool) -> int:
     return (moment - _EPOCH) // _MICROSECOND * 1000
 
 
+def _say_failed(otel: Span, span: SpanRecord) -> None:
+    """Status Error on a call that ended with an error type (the conventions: a failed
+    operation has both; one its caller stopped, ``client_abort``, is one of ometer's failures);
+    any other call's status is left unset."""
+    if span.error_type:
+        otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
+
+
 class TelemetryObserver:
     def __init__(
         self, tracer: Tracer, meter: OtelMeter | None, *, capture_content: bool = False
@@ -232,8 +240,7 @@ class TelemetryObserver:
             context = otel.get_span_context()
             span.trace_id, span.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
         otel.set_attributes(self._with_hooks(otel, exportable(self._end_attributes(span)), span))
-        if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
-            otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
+        _say_failed(otel, span)
         otel.end(end_time=_ns(span, end=True))
         if self._metrics:
             self._record_metrics(span)
@@ -249,8 +256,7 @@ class TelemetryObserver:
         said: dict[str, Any] = {sc.OMETER_RECORDED_BY: "gateway", sc.OMETER_SPAN_ID: span.id}
         said |= {sc.OMETER_STATUS: span.status, sc.ERROR_TYPE: span.error_type}
         otel.set_attributes(exportable({k: v for k, v in said.items() if v is not None}))
-        if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
-            otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
+        _say_failed(otel, span)
         otel.end(end_time=_ns(span, end=True))
 
     def _end_attributes(self, span: SpanRecord) -> dict[str, Any]:

@@ -18,11 +18,12 @@ from hypothesis import example, given, settings, strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._request import facts_of
-from ollama_meter.records import make_storable, storable_text
+from ollama_meter.records import Status, make_storable, storable_text
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver
 from ollama_meter.testing import OllamaEmulator
@@ -130,6 +131,10 @@ def test_anthropic_and_responses_instructions_are_apart_and_tool_results_are_too
     messages=st.lists(st.tuples(ROLES, st.text(min_size=1, max_size=400)), min_size=1, max_size=6),
     limit=st.integers(0, 600) | st.just(MAX_EXPORTED_TEXT),
 )
+@example(
+    messages=[("system", "0"), ("system", "00")], limit=65
+)  # dropped both: the newest fits cut
+@example(messages=[("user", "\x07" * 200 + "a" * 400)], limit=500)  # cut one at a time: hung
 def test_messages_cut_to_a_limit_stay_whole_json_newest_kept(
     messages: list[tuple[str, str]], limit: int
 ) -> None:
@@ -184,3 +189,32 @@ def test_the_python_api_exports_a_chats_roles_to_a_collector(
     ]
     (row,) = [s for s in client.meter.ledger.latest(SpanFilter(), 10) if s.operation == "chat"]
     assert row.prompt == "You are terse.\nhi\nhello\nhow are you"  # the ledger's text as before
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    status=st.sampled_from(list(Status)),
+    error_type=st.sampled_from([None, "client_abort", "timeout", "budget_exceeded", "interrupted"]),
+    recorded_elsewhere=st.booleans(),
+)
+def test_a_span_with_an_error_type_has_the_error_status(
+    status: Status, error_type: str | None, recorded_elsewhere: bool
+) -> None:
+    """The conventions (recording errors): a failed operation's span has status Error and an
+    ``error.type``; one that ended without error leaves its status unset. A call its caller
+    stopped (``client_abort``, which the README lists among the failures) was exported with
+    ``error.type=client_abort`` and its status unset, a span no backend counts as failed."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    observer = TelemetryObserver(provider.get_tracer("t"), None)
+    span = make_storable(make_span(status=status, error_type=error_type))
+    observer.on_start(span)
+    if recorded_elsewhere:
+        observer.on_recorded_elsewhere(span)
+    else:
+        observer.on_end(span)
+    (otel,) = exported.get_finished_spans()
+    failed = sc.ERROR_TYPE in (otel.attributes or {})
+    assert failed == (error_type is not None)
+    assert (otel.status.status_code == StatusCode.ERROR) == failed
