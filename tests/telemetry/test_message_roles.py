@@ -15,18 +15,16 @@ from typing import Any
 
 import pytest
 from hypothesis import example, given, settings, strategies as st
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._request import facts_of
-from ollama_meter.records import Status, make_storable, storable_text
+from ollama_meter.records import Status, storable_text
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
-from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver
+from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT
 from ollama_meter.testing import OllamaEmulator
+from tests._observed import observed
 from tests._otlp import OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
 
@@ -41,19 +39,9 @@ EMPTY = {
 
 def _exported(operation: str, body: dict[str, Any], limit: int | None = None) -> dict[str, Any]:
     """The attributes exported for a call with ``body``, its prompt as the meter keeps it."""
-    exported = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exported))
-    observer = TelemetryObserver(provider.get_tracer("t"), None, capture_content=True)
-    if limit is not None:
-        observer.max_length = limit
     facts = facts_of(operation, body)
     span = make_span(operation=operation, prompt=facts.prompt_text, said=facts.said)
-    span = make_storable(span)
-    observer.on_start(span)
-    observer.on_end(span)
-    (otel,) = exported.get_finished_spans()
-    return dict(otel.attributes or {})
+    return dict(observed(span, capture_content=True, max_length=limit).attributes or {})
 
 
 def _said(role: str, *texts: str) -> dict[str, Any]:
@@ -204,17 +192,8 @@ def test_a_span_with_an_error_type_has_the_error_status(
     ``error.type``; one that ended without error leaves its status unset. A call its caller
     stopped (``client_abort``, which the README lists among the failures) was exported with
     ``error.type=client_abort`` and its status unset, a span no backend counts as failed."""
-    exported = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exported))
-    observer = TelemetryObserver(provider.get_tracer("t"), None)
-    span = make_storable(make_span(status=status, error_type=error_type))
-    observer.on_start(span)
-    if recorded_elsewhere:
-        observer.on_recorded_elsewhere(span)
-    else:
-        observer.on_end(span)
-    (otel,) = exported.get_finished_spans()
+    span = make_span(status=status, error_type=error_type)
+    otel = observed(span, elsewhere=recorded_elsewhere)
     failed = sc.ERROR_TYPE in (otel.attributes or {})
     assert failed == (error_type is not None)
     assert (otel.status.status_code == StatusCode.ERROR) == failed
