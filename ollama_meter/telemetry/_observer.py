@@ -147,6 +147,10 @@ def _ns(span: SpanRecord, *, end: bool) -> int:
     return (moment - _EPOCH) // _MICROSECOND * 1000
 
 
+def _embedding(span: SpanRecord) -> bool:
+    return sc.OPERATION_NAMES.get(span.operation) == sc.OPERATION_EMBEDDINGS
+
+
 def _say_failed(otel: Span, span: SpanRecord) -> None:
     """Status Error on a call that ended with an error type (the conventions: a failed
     operation has both; one its caller stopped, ``client_abort``, is one of ometer's failures);
@@ -305,6 +309,8 @@ class TelemetryObserver:
         attributes.update(_server(span))
         for part in sc.OMETER_COST_PARTS:
             attributes[f"{sc.OMETER_COST}.{part}"] = format_micros(getattr(span, f"cost_{part}"))
+        if _embedding(span):  # it has input tokens only (the conventions name no output)
+            del attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS]
         if span.response_model:
             attributes[sc.GEN_AI_RESPONSE_MODEL] = span.response_model
         if span.done_reason:
@@ -391,10 +397,8 @@ class TelemetryObserver:
         # Labels go through the spans' cleaning: a hook may have rewritten span.tenant or a
         # model into text UTF-8 cannot encode, and the encoder dropped such a label silently.
         if span.status == SpanStatus.OK:
-            for kind, count in (
-                (sc.TOKEN_INPUT, span.input_tokens),
-                (sc.TOKEN_OUTPUT, span.output_tokens),
-            ):
+            counts = [(sc.TOKEN_INPUT, span.input_tokens), (sc.TOKEN_OUTPUT, span.output_tokens)]
+            for kind, count in counts[: 1 if _embedding(span) else 2]:  # an embedding: input only
                 self.tokens.record(count, exportable({**base, sc.GEN_AI_TOKEN_TYPE: kind}))
         base = exportable(base)
         if span.latency_ns is not None:
