@@ -274,7 +274,7 @@ class TelemetryObserver:
             sc.OMETER_CURRENCY: span.currency,
             sc.OMETER_TOKEN_SOURCE: span.token_source,
             sc.OMETER_UNPRICED: span.unpriced,
-            sc.LANGFUSE_OBSERVATION_TYPE: "generation",
+            sc.LANGFUSE_OBSERVATION_TYPE: "embedding" if _embedding(span) else "generation",
             sc.LANGFUSE_MODEL: span.model,
             sc.LANGFUSE_USAGE: json.dumps(
                 {

@@ -41,6 +41,8 @@ def test_an_embedding_exports_input_tokens_only(operation: str, tokens: int) -> 
     attributes = dict(otel.attributes or {})
     assert attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] == tokens
     assert attributes.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS) == (None if embedding else 5)
+    # Langfuse's own type for it (model, usage and cost as a generation's)
+    assert attributes[sc.LANGFUSE_OBSERVATION_TYPE] == ("embedding" if embedding else "generation")
     metrics = reader.get_metrics_data()
     assert metrics is not None
     kinds = sorted(
