@@ -293,11 +293,14 @@ class _Chunks:
         self._client, self._run = client, run
         self._parts: AsyncGenerator[Any, None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ended = False  # thrown into: nothing more
 
     def __aiter__(self) -> _Chunks:
         return self
 
     async def __anext__(self) -> Any:
+        if self._ended:
+            raise StopAsyncIteration
         if self._parts is None:
             self._client._check_open()  # its call starts when it is first read: after close()?
             self._parts, self._loop = self._run.__aiter__(), asyncio.get_running_loop()
@@ -307,6 +310,20 @@ class _Chunks:
     async def aclose(self) -> None:
         if self._parts is not None:
             await self._parts.aclose()
+
+    # Ollama's async streams are async generators: code may send to them and throw into them.
+    async def asend(self, value: Any) -> Any:
+        """The next chunk (a stream takes nothing sent; ``value`` is not used, as Ollama's)."""
+        return await self.__anext__()
+
+    async def athrow(self, error: BaseException) -> Any:
+        """``error`` raised where the stream stands, to the caller: the stream ends, and its
+        call as one left unfinished does (``client_abort``, as a sync stream's ``throw``;
+        not a failure named after the caller's exception). Thrown before the first chunk was
+        read, no call is made."""
+        self._ended = True
+        await self.aclose()
+        raise error
 
     def __del__(self) -> None:
         # Left unfinished (``break``), its call is closed now, layer after layer, in one task

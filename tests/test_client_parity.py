@@ -315,3 +315,34 @@ def test_a_budgets_refusal_is_caught_as_the_gateways_429_is(
         ("ok", None, first.meter.input_tokens, int(first.meter.cost * 1_000_000)),
     ]
     assert len(emulator.requests_to("/api/chat")) == 1
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(read=st.integers(0, 3), thrown=st.sampled_from([ValueError, KeyError, GeneratorExit]))
+def test_an_exception_thrown_into_an_async_stream_ends_it_as_ollamas_does(
+    sqlite_url: str, emulator: OllamaEmulator, read: int, thrown: type[BaseException]
+) -> None:
+    """``ollama.AsyncClient`` streams are async generators: ``athrow`` and ``asend`` work on
+    them. ometer's stream had neither (AttributeError: '_Chunks' object has no attribute
+    'athrow'). Thrown into it, an exception now ends the stream as it ends Ollama's, raised
+    to the caller; a call that had started is one ``client_abort`` span."""
+
+    async def ended(client: Any) -> tuple[str, list[str]]:
+        stream = await client.chat(model="llama3.1:8b", messages=HI, stream=True)
+        seen = [(await stream.asend(None))["message"]["content"] for _ in range(read)]
+        with pytest.raises(thrown):
+            await stream.athrow(thrown("thrown"))
+        with pytest.raises(StopAsyncIteration):
+            await anext(stream)
+        return type(stream).__name__, seen
+
+    ollamas = asyncio.run(ended(ollama.AsyncClient(host=emulator.url)))[1]
+    client = AsyncMeteredClient(host=emulator.url, db_url=sqlite_url)
+    before = client.meter.ledger.count()
+    assert asyncio.run(ended(client))[1] == ollamas
+    spans = client.meter.ledger.latest(SpanFilter(), 10)[: client.meter.ledger.count() - before]
+    assert [(s.status, s.error_type) for s in spans] == (
+        [("client_abort", "client_abort")] if read else []
+    )

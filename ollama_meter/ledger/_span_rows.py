@@ -26,6 +26,7 @@ from ollama_meter.records import (
     MAX_CALL_COST,
     MAX_DURATION_NS,
     MAX_TOKENS,
+    ROW_FIELDS,
     TEXT_LIMITS,
     DurationSource,
     SpanRecord,
@@ -33,7 +34,7 @@ from ollama_meter.records import (
     TokenSource,
 )
 
-_FIELDS = tuple(name for name in SpanRecord.__dataclass_fields__ if name != "attributes")
+_FIELDS = ROW_FIELDS
 _AT = {name: index for index, name in enumerate(_FIELDS)}
 _CURRENCY = re.compile(r"[A-Z]{3}")
 

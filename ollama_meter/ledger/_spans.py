@@ -19,6 +19,7 @@ from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import (
+    ROW_FIELDS,
     TEXT_LIMITS,
     PriceRule,
     SpanRecord,
@@ -243,9 +244,7 @@ def _before(
     return later, [span for span in before if span.id not in held]
 
 
-_COLUMNS = read_as_stored(
-    tuple(SPANS.c[name] for name in SpanRecord.__dataclass_fields__ if name != "attributes")
-)
+_COLUMNS = read_as_stored(tuple(SPANS.c[name] for name in ROW_FIELDS))
 
 
 _CONTENT = frozenset({"prompt", "reply"})

@@ -24,6 +24,9 @@ from ollama_meter.meter._written import (
     written_bytes,
 )
 
+Turn = tuple[str | None, list[str]]
+"""One message's role (None: instructions given apart from the messages) and its texts."""
+
 
 def text_of(value: object) -> str:
     """``value`` if it is a text, else nothing (a request is untrusted input)."""
@@ -52,27 +55,28 @@ _ITEM_APART = frozenset({"type", "role", "content", "output"})
 MESSAGE_TOKENS), its content or a tool's output (texts and images)."""
 
 
-def responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
-    """Texts, message count, image count and extra bytes of a Responses API request.
+def responses_input(body: Mapping[str, Any]) -> tuple[list[Turn], int, int, int]:
+    """Texts by who said them, message count, image count and extra bytes of a Responses API request.
 
     Ollama makes a chat of it: ``instructions`` a system message, a string ``input`` a
     user message, each input item at most one message (a message's parts joined, a tool's
     output, a call's name and arguments, reasoning merged into the next message).
     """
-    texts = [text_of(body.get("instructions"))]
-    count = 1 if texts[0] else 0
+    turns: list[Turn] = [(None, [text_of(body.get("instructions"))])]
+    count = 1 if turns[0][1][0] else 0
     images = extra = 0
     value = body.get("input")
     if isinstance(value, str):
-        texts.append(value)
+        turns.append(("user", [value]))
         count += 1 if value else 0
     for item in value if isinstance(value, list) else []:
         if not isinstance(item, Mapping):
             continue
         count, extra = count + 1, extra + role_bytes(item.get("role"))
+        turns.append((_item_role(item), []))
         for key in ("content", "output"):
             parts, pictures = content_parts(item.get(key))
-            texts.extend(parts)
+            turns[-1][1].extend(parts)
             images += pictures
         extra += CALL_BYTES if item.get("type") == "function_call" else 0
         extra += sum(  # a call's arguments are parsed, and written again as JSON
@@ -81,7 +85,19 @@ def responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
             if key not in _ITEM_APART
         )
         extra += sum(map(namespaced_bytes, go_fields(item, "tools")))
-    return texts, count, images, extra + outputs_named(value)
+    return turns, count, images, extra + outputs_named(value)
+
+
+def _item_role(item: Mapping[str, Any]) -> str:
+    """Who said a Responses input item: its role; else a tool for a call's output, the
+    assistant for its call or reasoning, the user for anything else."""
+    role = text_of(item.get("role"))
+    kind = text_of(item.get("type"))
+    if role:
+        return role
+    if kind.endswith("_output"):
+        return "tool"
+    return "assistant" if kind.endswith("_call") or kind == "reasoning" else "user"
 
 
 def outputs_named(items: object) -> int:
@@ -126,8 +142,8 @@ result's content (texts and images), a web search result's."""
 _CALLS = frozenset({"tool_use", "server_tool_use"})
 
 
-def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
-    """Texts, message count, image count and extra bytes of a Messages API request.
+def messages_input(body: Mapping[str, Any]) -> tuple[list[Turn], int, int, int]:
+    """Texts by who said them, message count, image count and extra bytes of a Messages API request.
 
     Ollama makes a chat of it: ``system`` (a string, or its text blocks joined) a system
     message, each message one message of its text blocks (its images, tool calls and
@@ -135,17 +151,20 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
     tool message of its own.
     """
     system = body.get("system")
-    texts, _ = content_parts(system) if isinstance(system, str | list) else ([], 0)
-    count = 1 if any(texts) else 0
+    instructions, _ = content_parts(system) if isinstance(system, str | list) else ([], 0)
+    turns: list[Turn] = [(None, instructions)]
+    count = 1 if any(instructions) else 0
     images = extra = 0
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else []:
         if not isinstance(message, Mapping):
             continue
         count, extra = count + 1, extra + role_bytes(message.get("role"))
+        own: Turn = (text_of(message.get("role")) or "user", [])
+        turns.append(own)
         content = message.get("content")
         if isinstance(content, str):
-            texts.append(content)
+            own[1].append(content)
         for block in content if isinstance(content, list) else []:
             if not isinstance(block, Mapping):
                 continue
@@ -153,12 +172,14 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
             if kind == "image":
                 images += 1
             elif isinstance(block.get("text"), str):
-                texts.append(block["text"])
+                if turns[-1] is not own:  # after a tool's result: the message goes on
+                    turns.append(own := (own[0], []))
+                own[1].append(block["text"])
             if kind == "tool_result":
                 count += 1
                 inner = block.get("content")
                 parts, pictures = content_parts(inner if isinstance(inner, str | list) else None)
-                texts.extend(parts)
+                turns.append(("tool", parts))
                 images += pictures
             elif kind == "web_search_tool_result":  # a tool message of its results' lines
                 count += 1
@@ -170,7 +191,7 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
                 for key, field in block.items()
                 if key not in _BLOCK_APART and not (kind == "image" and key == "source")
             )
-    return texts, count, images, extra
+    return turns, count, images, extra
 
 
 def formatted(openai: bool, kind: str, body: Mapping[str, Any]) -> bool:

@@ -158,6 +158,8 @@ class Meter(Admitting):
         span = self._new_span(
             opening.operation, model, opening.stream, opening.attribution, prices.currency
         )
+        if self.capture_content:  # who said which texts of the prompt it keeps, to export
+            span.said = facts.said
         try:
             prices.check(model)  # a rule row broken in SQL that may price it: its words, a 503
         except UnreadableRow as broken:

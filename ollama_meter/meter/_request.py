@@ -26,6 +26,7 @@ from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT, SECOND_PASS_TOKENS
 from ollama_meter.budgets._shown import PromptShape
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._compat import (
+    Turn,
     content_parts,
     continued,
     formatted,
@@ -57,7 +58,7 @@ from ollama_meter.meter._written import (
     tools_bytes,
     web_searches,
 )
-from ollama_meter.records import MAX_TOKENS
+from ollama_meter.records import MAX_TOKENS, Said
 
 OPENAI_PREFIX = "openai."
 PICTURES_IN_PLACE = 64 * 1024
@@ -73,6 +74,8 @@ class RequestFacts:
     """Every text the request sends, joined: what unreported input tokens are estimated from."""
     prompt_bytes: int
     """UTF-8 bytes of everything that becomes prompt tokens (text, tool definitions)."""
+    said: Said = ()
+    """Who said which texts of ``prompt_text`` (:attr:`SpanRecord.said`)."""
     written_bytes: int = 0
     """Of ``prompt_bytes``, those not in ``prompt_text``: tool definitions, tool calls and
     results written as JSON, as the template writes them."""
@@ -256,17 +259,17 @@ _COUNTED_APART = frozenset({"role", "content", "images"})
 """A message's fields counted on their own: the role (in MESSAGE_TOKENS), texts, images."""
 
 
-def _messages(messages: object) -> tuple[list[str], int, int, int]:
-    """Texts, message count, image count and extra bytes (tool calls, thinking...) of a chat.
+def _messages(messages: object) -> tuple[list[Turn], int, int, int]:
+    """Texts by who said them, message count, image count and extra bytes (tool calls, thinking...) of a chat.
 
     Anything else a message carries may reach the model's template (its thinking, tool
     calls, tool names), so its bytes count; and Ollama makes each part of an OpenAI
     content list a message of its own, with its own role markers.
     """
-    texts: list[str] = []
+    turns: list[Turn] = []
     count = images = extra = 0
     if not isinstance(messages, list):
-        return texts, count, images, extra
+        return turns, count, images, extra
     for message in map(_fields, messages):
         if message is None:
             continue
@@ -274,7 +277,7 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         made = len(content) if isinstance(content, list) and content else 1
         count, extra = count + made, extra + made * role_bytes(message.get("role"))
         parts, pictures = content_parts(content)
-        texts.extend(parts)
+        turns.append((text_of(message.get("role")) or "user", parts))
         images += pictures
         if isinstance(message.get("images"), list):
             images += len(message["images"])
@@ -283,7 +286,7 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
             for key, value in message.items()
             if key not in _COUNTED_APART
         )
-    return texts, count, images, extra
+    return turns, count, images, extra
 
 
 def _inputs(value: object) -> tuple[list[str], int, int]:
@@ -337,21 +340,21 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         cap = min((c for c in caps if c is not None), default=None)
     else:
         cap = _option_int(options.get("num_predict"))
-    texts: list[str] = []
+    turns: list[Turn] = []
     messages = images = extra = given = no_values = 0
     unbounded = None
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
-        texts, messages, images, extra = _messages(body.get("messages"))
+        turns, messages, images, extra = _messages(body.get("messages"))
         extra += tools_bytes(body.get("tools"))
         if openai:  # Ollama names each tool result by its call's id
             extra += names_by_call_id(body.get("messages"))
     elif kind == "responses":
-        texts, messages, images, extra = responses_input(body)
+        turns, messages, images, extra = responses_input(body)
         extra += tools_bytes(body.get("tools"))
         unbounded = continued(body) or searched(body.get("tools"))
     elif operation == _MESSAGES:  # Ollama writes a web search tool its own way
-        texts, messages, images, extra = messages_input(body)
+        turns, messages, images, extra = messages_input(body)
         searches = web_searches(body.get("tools"))
         extra += tools_bytes(body.get("tools")) + WEB_SEARCH_BYTES * len(searches)
         unbounded = searched(body.get("tools"))
@@ -359,13 +362,17 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         texts, given, messages = _inputs(
             body.get("prompt" if operation == "embeddings" else "input")
         )
+        turns = [("user", texts)]
     else:  # generate, completions
         prompt = body.get("prompt")
         if openai and isinstance(prompt, list):
             texts, given, _ = _inputs(prompt)
         else:
             texts = [text_of(prompt)]
-        texts += [text_of(body.get(key)) for key in ("system", "suffix", "template")]
+        turns = [
+            ("user", [*texts, text_of(body.get("suffix"))]),
+            (None, [text_of(body.get(key)) for key in ("system", "template")]),
+        ]
         if not openai and text_of(body.get("template")) and not body.get("raw"):  # Go renders it
             no_values, unbounded = template_bound(body["template"])
         if isinstance(body.get("images"), list):
@@ -373,7 +380,8 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         context = body.get("context")
         if isinstance(context, list):
             given += len(context)
-    texts = [t for t in texts if t]
+    turns = [(role, [t for t in said if t]) for role, said in turns]
+    texts = [t for _, said in turns for t in said]
     prompt_text = "\n".join(texts)
     size = sum(bytes_of(t) for t in texts) + extra + no_values
     own = kind == "generate" and not openai and (body.get("raw") or text_of(body.get("template")))
@@ -383,6 +391,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         media=None if embedding else body,
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
+        said=tuple((role, tuple(map(len, said))) for role, said in turns if said),
         prompt_bytes=size,
         written_bytes=extra,
         messages=messages,

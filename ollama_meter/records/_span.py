@@ -17,6 +17,9 @@ from typing import Any
 
 from ollama_meter.records._price import Cost
 
+Said = tuple[tuple[str | None, tuple[int, ...]], ...]
+"""A prompt's messages: each one's role (None: instructions apart) and its texts' lengths."""
+
 
 class Status(StrEnum):
     OK = "ok"
@@ -176,6 +179,10 @@ class SpanRecord:
     reply: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     """Extra attributes hooks add for telemetry; not stored in the ledger."""
+    said: Said = field(default=(), compare=False, repr=False)
+    """Who said what of ``prompt``: each message's role (None: instructions given apart from
+    the messages) and the length of each of its texts there, joined by line breaks. Exported
+    as the conventions' messages; not stored in the ledger (nor part of a span's equality)."""
 
     @property
     def model(self) -> str:
@@ -237,12 +244,13 @@ class SpanRecord:
 
     def as_row(self) -> dict[str, Any]:
         """Column name → value, as the ledger stores it."""
-        return {name: getattr(self, name) for name in _ROW_FIELDS}
+        return {name: getattr(self, name) for name in ROW_FIELDS}
 
 
-_ROW_FIELDS: tuple[str, ...] = tuple(
-    name for name in SpanRecord.__dataclass_fields__ if name != "attributes"
+ROW_FIELDS: tuple[str, ...] = tuple(
+    name for name in SpanRecord.__dataclass_fields__ if name not in ("attributes", "said")
 )
+"""The fields the ledger stores, a column each, in the order of the dataclass."""
 
 # -- what the ledger can store -------------------------------------------------------------
 

@@ -29,17 +29,18 @@ from ollama_meter.records import (
     storable_text,
 )
 from ollama_meter.telemetry import _semconv as sc
+from ollama_meter.telemetry._content import (
+    MAX_EXPORTED_TEXT,
+    bounded as _bounded,
+    input_of,
+    message as _messages,
+)
 from ollama_meter.telemetry._hooked import HookedAttributes
 from ollama_meter.telemetry._served import Served
 from ollama_meter.telemetry._size import value_bytes
 
 log = logging.getLogger("ollama_meter.telemetry")
 
-MAX_EXPORTED_TEXT = 16_384
-"""Characters an exported text attribute holds, prompt and reply included (cut, ending in "…").
-
-Spans wait in memory while a collector is away, up to the exporter's queue, so each must be
-small; the ledger keeps the whole text."""
 MAX_HOOKED_BYTES = 80 * 1024
 """A hook's attributes on one span, together, in bytes once encoded: room for one text at
 its bound in any script (4 bytes a character at most in UTF-8)."""
@@ -111,38 +112,6 @@ def _text(text: str, room: _Room) -> str:
     return kept
 
 
-def _bounded(text: str, limit: int = MAX_EXPORTED_TEXT) -> str:
-    # Cut first: a 1 MB prompt is not scanned whole, on the call's path, to keep 16 KB of it.
-    return storable_text(text[: limit + 1], limit)
-
-
-def _messages(
-    role: str, text: str, limit: int = MAX_EXPORTED_TEXT, finish_reason: str | None = None
-) -> str | None:
-    """``gen_ai.*.messages`` for one text part: valid JSON within ``limit`` characters (and
-    :data:`MAX_EXPORTED_TEXT`), the text cut to fit; None when not even "…" fits.
-
-    The SDK cuts a value past ``OTEL_[SPAN_]ATTRIBUTE_VALUE_LENGTH_LIMIT`` where it stands,
-    mid-string: JSON no reader could parse. An output message has its ``finish_reason``, which
-    the conventions require."""
-    limit = min(limit, MAX_EXPORTED_TEXT)
-    message: dict[str, Any] = {"role": role, "parts": [{"type": "text", "content": ""}]}
-    if finish_reason is not None:
-        message["finish_reason"] = finish_reason
-
-    def dumped(content: str) -> str:
-        message["parts"][0]["content"] = content
-        return json.dumps([message], ensure_ascii=False)
-
-    if len(dumped("…")) > limit:
-        return None
-    content = _bounded(text, limit)
-    while len(out := dumped(content)) > limit:
-        # Each character cut shortens the JSON by at least one, down to "…", which fits.
-        content = content[: max(0, len(content) - (len(out) - limit) - 1)] + "…"
-    return out
-
-
 _JSON_VALUED = (sc.LANGFUSE_USAGE, sc.LANGFUSE_COST)
 """Short JSON values: whole within any length limit but a tiny one, which leaves them out."""
 
@@ -176,6 +145,18 @@ def _ns(span: SpanRecord, *, end: bool) -> int:
     moment = span.ended_at if end and span.ended_at is not None else span.started_at
     # Exact: timestamp() is a float, a microsecond off for one instant in fifty.
     return (moment - _EPOCH) // _MICROSECOND * 1000
+
+
+def _embedding(span: SpanRecord) -> bool:
+    return sc.OPERATION_NAMES.get(span.operation) == sc.OPERATION_EMBEDDINGS
+
+
+def _say_failed(otel: Span, span: SpanRecord) -> None:
+    """Status Error on a call that ended with an error type (the conventions: a failed
+    operation has both; one its caller stopped, ``client_abort``, is one of ometer's failures);
+    any other call's status is left unset."""
+    if span.error_type:
+        otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
 
 
 class TelemetryObserver:
@@ -263,8 +244,7 @@ class TelemetryObserver:
             context = otel.get_span_context()
             span.trace_id, span.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
         otel.set_attributes(self._with_hooks(otel, exportable(self._end_attributes(span)), span))
-        if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
-            otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
+        _say_failed(otel, span)
         otel.end(end_time=_ns(span, end=True))
         if self._metrics:
             self._record_metrics(span)
@@ -280,8 +260,7 @@ class TelemetryObserver:
         said: dict[str, Any] = {sc.OMETER_RECORDED_BY: "gateway", sc.OMETER_SPAN_ID: span.id}
         said |= {sc.OMETER_STATUS: span.status, sc.ERROR_TYPE: span.error_type}
         otel.set_attributes(exportable({k: v for k, v in said.items() if v is not None}))
-        if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
-            otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
+        _say_failed(otel, span)
         otel.end(end_time=_ns(span, end=True))
 
     def _end_attributes(self, span: SpanRecord) -> dict[str, Any]:
@@ -295,7 +274,7 @@ class TelemetryObserver:
             sc.OMETER_CURRENCY: span.currency,
             sc.OMETER_TOKEN_SOURCE: span.token_source,
             sc.OMETER_UNPRICED: span.unpriced,
-            sc.LANGFUSE_OBSERVATION_TYPE: "generation",
+            sc.LANGFUSE_OBSERVATION_TYPE: "embedding" if _embedding(span) else "generation",
             sc.LANGFUSE_MODEL: span.model,
             sc.LANGFUSE_USAGE: json.dumps(
                 {
@@ -330,6 +309,8 @@ class TelemetryObserver:
         attributes.update(_server(span))
         for part in sc.OMETER_COST_PARTS:
             attributes[f"{sc.OMETER_COST}.{part}"] = format_micros(getattr(span, f"cost_{part}"))
+        if _embedding(span):  # it has input tokens only (the conventions name no output)
+            del attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS]
         if span.response_model:
             attributes[sc.GEN_AI_RESPONSE_MODEL] = span.response_model
         if span.done_reason:
@@ -340,7 +321,9 @@ class TelemetryObserver:
         if span.error_type:
             attributes[sc.ERROR_TYPE] = span.error_type
         if self.capture_content and span.prompt is not None:
-            attributes[sc.GEN_AI_INPUT_MESSAGES] = _messages("user", span.prompt, self.max_length)
+            said, apart = input_of(span, self.max_length)
+            attributes[sc.GEN_AI_INPUT_MESSAGES] = said
+            attributes[sc.GEN_AI_SYSTEM_INSTRUCTIONS] = apart
         if self.capture_content and span.reply is not None:
             attributes[sc.GEN_AI_OUTPUT_MESSAGES] = _messages(
                 "assistant", span.reply, self.max_length, _finish_reason(span)
@@ -414,10 +397,8 @@ class TelemetryObserver:
         # Labels go through the spans' cleaning: a hook may have rewritten span.tenant or a
         # model into text UTF-8 cannot encode, and the encoder dropped such a label silently.
         if span.status == SpanStatus.OK:
-            for kind, count in (
-                (sc.TOKEN_INPUT, span.input_tokens),
-                (sc.TOKEN_OUTPUT, span.output_tokens),
-            ):
+            counts = [(sc.TOKEN_INPUT, span.input_tokens), (sc.TOKEN_OUTPUT, span.output_tokens)]
+            for kind, count in counts[: 1 if _embedding(span) else 2]:  # an embedding: input only
                 self.tokens.record(count, exportable({**base, sc.GEN_AI_TOKEN_TYPE: kind}))
         base = exportable(base)
         if span.latency_ns is not None:

@@ -11,6 +11,7 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_REQUEST_MODEL,
     GEN_AI_RESPONSE_FINISH_REASONS,
     GEN_AI_RESPONSE_MODEL,
+    GEN_AI_SYSTEM_INSTRUCTIONS,
     GEN_AI_TOKEN_TYPE,
     GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
@@ -22,6 +23,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 PROVIDER_OLLAMA = "ollama"
 TOKEN_INPUT = gen_ai.GenAiTokenTypeValues.INPUT.value
 TOKEN_OUTPUT = gen_ai.GenAiTokenTypeValues.OUTPUT.value
+OPERATION_EMBEDDINGS = gen_ai.GenAiOperationNameValues.EMBEDDINGS.value
 OPERATION_NAMES = {
     "chat": gen_ai.GenAiOperationNameValues.CHAT.value,
     "generate": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value,
@@ -110,6 +112,7 @@ __all__ = [
     "GEN_AI_REQUEST_MODEL",
     "GEN_AI_RESPONSE_FINISH_REASONS",
     "GEN_AI_RESPONSE_MODEL",
+    "GEN_AI_SYSTEM_INSTRUCTIONS",
     "GEN_AI_TOKEN_TYPE",
     "GEN_AI_USAGE_INPUT_TOKENS",
     "GEN_AI_USAGE_OUTPUT_TOKENS",
@@ -136,6 +139,7 @@ __all__ = [
     "OMETER_TOKEN_SOURCE",
     "OMETER_UNPRICED",
     "OMETER_USER",
+    "OPERATION_EMBEDDINGS",
     "OPERATION_NAMES",
     "PROVIDER_OLLAMA",
     "SERVER_ADDRESS",

@@ -20,6 +20,7 @@ from ollama_meter.records import MAX_TAG_KEY, MAX_TAG_VALUE, make_storable
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import LANGFUSE_MAX_TAG, TelemetryObserver
 from ollama_meter.testing import OllamaEmulator
+from tests._observed import observed
 from tests._otlp import OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
 
@@ -100,14 +101,7 @@ def test_langfuse_gets_the_time_of_the_first_token(started: datetime, ttft_ns: i
     """Langfuse's time to first token is its ``completion_start_time``, an ISO time it reads
     from ``langfuse.observation.completion_start_time``: ometer measured the TTFT and sent it
     in no attribute Langfuse reads, so every generation showed none."""
-    exported = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exported))
-    observer = TelemetryObserver(provider.get_tracer("t"), None)
-    span = make_storable(make_span(started_at=started, ttft_ns=ttft_ns))
-    observer.on_start(span)
-    observer.on_end(span)
-    (otel,) = exported.get_finished_spans()
+    otel = observed(make_span(started_at=started, ttft_ns=ttft_ns))
     assert otel.attributes is not None
     sent = otel.attributes.get(sc.LANGFUSE_COMPLETION_START)
     if ttft_ns is None:
