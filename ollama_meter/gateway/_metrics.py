@@ -34,7 +34,12 @@ from prometheus_client import (
 
 from ollama_meter.meter import Meter, SpanRecord, Status
 from ollama_meter.records import counted_model
-from ollama_meter.telemetry._semconv import DURATION_BUCKETS, OPERATION_NAMES, TOKEN_BUCKETS
+from ollama_meter.telemetry._semconv import (
+    DURATION_BUCKETS,
+    OPERATION_NAMES,
+    TOKEN_BUCKETS,
+    input_only,
+)
 from ollama_meter.telemetry._served import OTHER, Served
 
 _WHO = ("tenant", "department", "model")
@@ -220,7 +225,8 @@ class GatewayMetrics:
             self._of(self.queue, *who[:2]).observe(span.queue_ns / 1e9)
         if span.status == Status.OK:
             self._of(self.token_usage, *genai, "input").observe(span.input_tokens)
-            self._of(self.token_usage, *genai, "output").observe(span.output_tokens)
+            if not input_only(span.operation):  # an embedding has input tokens only
+                self._of(self.token_usage, *genai, "output").observe(span.output_tokens)
 
     def text(self) -> str:
         self._count_pending()

@@ -147,10 +147,6 @@ def _ns(span: SpanRecord, *, end: bool) -> int:
     return (moment - _EPOCH) // _MICROSECOND * 1000
 
 
-def _embedding(span: SpanRecord) -> bool:
-    return sc.OPERATION_NAMES.get(span.operation) == sc.OPERATION_EMBEDDINGS
-
-
 def _say_failed(otel: Span, span: SpanRecord) -> None:
     """Status Error on a call that ended with an error type (the conventions: a failed
     operation has both; one its caller stopped, ``client_abort``, is one of ometer's failures);
@@ -274,7 +270,9 @@ class TelemetryObserver:
             sc.OMETER_CURRENCY: span.currency,
             sc.OMETER_TOKEN_SOURCE: span.token_source,
             sc.OMETER_UNPRICED: span.unpriced,
-            sc.LANGFUSE_OBSERVATION_TYPE: "embedding" if _embedding(span) else "generation",
+            sc.LANGFUSE_OBSERVATION_TYPE: (
+                "embedding" if sc.input_only(span.operation) else "generation"
+            ),
             sc.LANGFUSE_MODEL: span.model,
             sc.LANGFUSE_USAGE: json.dumps(
                 {
@@ -309,7 +307,7 @@ class TelemetryObserver:
         attributes.update(_server(span))
         for part in sc.OMETER_COST_PARTS:
             attributes[f"{sc.OMETER_COST}.{part}"] = format_micros(getattr(span, f"cost_{part}"))
-        if _embedding(span):  # it has input tokens only (the conventions name no output)
+        if sc.input_only(span.operation):  # the conventions give it no output count
             del attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS]
         if span.response_model:
             attributes[sc.GEN_AI_RESPONSE_MODEL] = span.response_model
@@ -398,7 +396,9 @@ class TelemetryObserver:
         # model into text UTF-8 cannot encode, and the encoder dropped such a label silently.
         if span.status == SpanStatus.OK:
             counts = [(sc.TOKEN_INPUT, span.input_tokens), (sc.TOKEN_OUTPUT, span.output_tokens)]
-            for kind, count in counts[: 1 if _embedding(span) else 2]:  # an embedding: input only
+            if sc.input_only(span.operation):  # an embedding: input only
+                counts = counts[:1]
+            for kind, count in counts:
                 self.tokens.record(count, exportable({**base, sc.GEN_AI_TOKEN_TYPE: kind}))
         base = exportable(base)
         if span.latency_ns is not None:

@@ -39,6 +39,13 @@ OPERATION_NAMES = {
     "anthropic.messages": gen_ai.GenAiOperationNameValues.CHAT.value,
 }
 
+
+def input_only(operation: str) -> bool:
+    """Whether a call of ``operation`` (the ledger's name) has input tokens only: an embedding,
+    whose span the conventions give no output count and its token usage no output point."""
+    return OPERATION_NAMES.get(operation) == OPERATION_EMBEDDINGS
+
+
 METRIC_TOKEN_USAGE = gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE
 METRIC_OPERATION_DURATION = gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION
 METRIC_TIME_TO_FIRST_CHUNK = gen_ai_metrics.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK
@@ -148,4 +155,5 @@ __all__ = [
     "TOKEN_INPUT",
     "TOKEN_OUTPUT",
     "USER_ID",
+    "input_only",
 ]

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ollama_meter.gateway._metrics import OTHER, GatewayMetrics
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.records import SpanRecord, Status, counted_model, make_storable
+from ollama_meter.telemetry._semconv import OPERATION_EMBEDDINGS, OPERATION_NAMES
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway
@@ -306,3 +307,23 @@ def test_a_models_spellings_are_one_model_series(spellings: list[str]) -> None:
         (("department", "sales"), ("model", "llama3.1:8b"), ("status", "ok"), ("tenant", "acme")):
         len(spellings)
     }  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(operation=st.sampled_from(sorted(OPERATION_NAMES)), tokens=st.integers(0, 10**6))
+def test_an_embedding_counts_input_tokens_only_in_the_genai_histogram(
+    operation: str, tokens: int
+) -> None:
+    """The GenAI conventions give an embedding input tokens only: ``/metrics`` observed an
+    output point of 0 tokens for every embedding call (a series of zeros in each embedding
+    model's lowest bucket), as the OTLP export did before it was fixed."""
+    metrics = GatewayMetrics(max_series=50)
+    metrics.on_end(make_span(operation=operation, input_tokens=tokens, output_tokens=tokens))
+    (family,) = (
+        f
+        for f in text_string_to_metric_families(metrics.text())
+        if f.name == "gen_ai_client_token_usage"
+    )
+    kinds = {s.labels["gen_ai_token_type"] for s in family.samples if s.name.endswith("_count")}
+    embedding = OPERATION_NAMES[operation] == OPERATION_EMBEDDINGS
+    assert kinds == ({"input"} if embedding else {"input", "output"})
