@@ -160,6 +160,7 @@ class Meter(Admitting):
         )
         if self.capture_content:  # who said which texts of the prompt it keeps, to export
             span.said = facts.said
+        span.asked = facts.asked
         try:
             prices.check(model)  # a rule row broken in SQL that may price it: its words, a 503
         except UnreadableRow as broken:

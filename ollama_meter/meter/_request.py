@@ -24,6 +24,7 @@ from ollama_meter.budgets import (
 )
 from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT, SECOND_PASS_TOKENS
 from ollama_meter.budgets._shown import PromptShape
+from ollama_meter.meter._asked import asked_of
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._compat import (
     Turn,
@@ -58,7 +59,7 @@ from ollama_meter.meter._written import (
     tools_bytes,
     web_searches,
 )
-from ollama_meter.records import MAX_TOKENS, Said
+from ollama_meter.records import MAX_TOKENS, Asked, Said
 
 OPENAI_PREFIX = "openai."
 PICTURES_IN_PLACE = 64 * 1024
@@ -76,6 +77,8 @@ class RequestFacts:
     """UTF-8 bytes of everything that becomes prompt tokens (text, tool definitions)."""
     said: Said = ()
     """Who said which texts of ``prompt_text`` (:attr:`SpanRecord.said`)."""
+    asked: Asked | None = None
+    """The settings it asks the model to generate with (:attr:`SpanRecord.asked`)."""
     written_bytes: int = 0
     """Of ``prompt_bytes``, those not in ``prompt_text``: tool definitions, tool calls and
     results written as JSON, as the template writes them."""
@@ -392,6 +395,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
         said=tuple((role, tuple(map(len, said))) for role, said in turns if said),
+        asked=asked_of(operation, body, options, cap),
         prompt_bytes=size,
         written_bytes=extra,
         messages=messages,

@@ -21,6 +21,23 @@ Said = tuple[tuple[str | None, tuple[int, ...]], ...]
 """A prompt's messages: each one's role (None: instructions apart) and its texts' lengths."""
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """How a request asked the model to generate: the settings the GenAI conventions name
+    (``gen_ai.request.*``), each None where the request did not set it, or not as a number
+    (a text) a model reads. Exported on the call's span; not stored in the ledger."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: float | None = None
+    seed: int | None = None
+    stop_sequences: tuple[str, ...] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    choice_count: int | None = None
+
+
 class Status(StrEnum):
     OK = "ok"
     ERROR = "error"
@@ -183,6 +200,9 @@ class SpanRecord:
     """Who said what of ``prompt``: each message's role (None: instructions given apart from
     the messages) and the length of each of its texts there, joined by line breaks. Exported
     as the conventions' messages; not stored in the ledger (nor part of a span's equality)."""
+    asked: Asked | None = field(default=None, compare=False, repr=False)
+    """The settings the request asked the model to generate with, where it set any: exported
+    as the conventions' ``gen_ai.request.*``; not stored in the ledger."""
 
     @property
     def model(self) -> str:
@@ -248,7 +268,7 @@ class SpanRecord:
 
 
 ROW_FIELDS: tuple[str, ...] = tuple(
-    name for name in SpanRecord.__dataclass_fields__ if name not in ("attributes", "said")
+    name for name in SpanRecord.__dataclass_fields__ if name not in ("attributes", "said", "asked")
 )
 """The fields the ledger stores, a column each, in the order of the dataclass."""
 

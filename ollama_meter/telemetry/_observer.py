@@ -23,6 +23,7 @@ from ollama_meter._forks import ChildLock
 from ollama_meter._names import CLIENT_SPAN_TAG
 from ollama_meter.records import (
     NO_HOST,
+    Asked,
     SpanRecord,
     Status as SpanStatus,
     format_micros,
@@ -129,6 +130,15 @@ def _server(span: SpanRecord) -> dict[str, Any]:
     return server
 
 
+def _asked(span: SpanRecord) -> dict[str, Any]:
+    """The settings the request set (``gen_ai.request.*``), those it set only."""
+    asked = span.asked
+    if not isinstance(asked, Asked):  # none set (a hook may have put anything there)
+        return {}
+    values = ((key, getattr(asked, name)) for name, key in sc.REQUEST_SETTINGS.items())
+    return {key: list(v) if isinstance(v, tuple) else v for key, v in values if v is not None}
+
+
 def _finish_reason(span: SpanRecord) -> str:
     """Why the reply ended: Ollama's ``done_reason``; else ``error`` for a call that failed
     or was cut, ``stop`` for one that ended well without saying."""
@@ -213,6 +223,7 @@ class TelemetryObserver:
             sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_OLLAMA,
             sc.GEN_AI_REQUEST_MODEL: span.request_model,
             **_server(span),
+            **_asked(span),
             sc.OMETER_TENANT: span.tenant,
             sc.OMETER_DEPARTMENT: span.department,
         }

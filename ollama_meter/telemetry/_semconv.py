@@ -40,6 +40,20 @@ OPERATION_NAMES = {
 }
 
 
+REQUEST_SETTINGS = {
+    "max_tokens": gen_ai.GEN_AI_REQUEST_MAX_TOKENS,
+    "temperature": gen_ai.GEN_AI_REQUEST_TEMPERATURE,
+    "top_p": gen_ai.GEN_AI_REQUEST_TOP_P,
+    "top_k": gen_ai.GEN_AI_REQUEST_TOP_K,
+    "seed": gen_ai.GEN_AI_REQUEST_SEED,
+    "stop_sequences": gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES,
+    "frequency_penalty": gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY,
+    "presence_penalty": gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY,
+    "choice_count": gen_ai.GEN_AI_REQUEST_CHOICE_COUNT,
+}
+"""Each of a request's settings (:class:`~ollama_meter.records.Asked`'s fields) → its attribute."""
+
+
 def input_only(operation: str) -> bool:
     """Whether a call of ``operation`` (the ledger's name) has input tokens only: an embedding,
     whose span the conventions give no output count and its token usage no output point."""
@@ -149,6 +163,7 @@ __all__ = [
     "OPERATION_EMBEDDINGS",
     "OPERATION_NAMES",
     "PROVIDER_OLLAMA",
+    "REQUEST_SETTINGS",
     "SERVER_ADDRESS",
     "SERVER_PORT",
     "TOKEN_BUCKETS",
