@@ -76,6 +76,8 @@ def heard(meter: Meter, call: MeteredCall, headers: Mapping[str, str] | None) ->
 _ASKED: weakref.WeakKeyDictionary[Meter, asyncio.Lock] = weakref.WeakKeyDictionary()
 _FAILED: weakref.WeakKeyDictionary[Meter, float] = weakref.WeakKeyDictionary()
 """When (``time.monotonic``) each gateway's last ask of what is behind it failed."""
+ASK_TIMEOUT = 3.0
+"""Seconds an ask of what is behind the gateway waits for its answer."""
 ASK_AGAIN = 5.0
 """Seconds after a failed ask before a call asks again: a gateway started before the server
 behind it (``ometer run`` before ``ometer serve``) learns what it is once it answers, and a
@@ -122,7 +124,7 @@ async def _ask(meter: Meter, fleet: Fleet) -> None:
         chained = False
         for server in fleet.servers:
             try:
-                reply = await server.pool.request("GET", "/api/version", timeout=3.0)
+                reply = await server.pool.request("GET", "/api/version", timeout=ASK_TIMEOUT)
             except UpstreamError:
                 _FAILED[meter] = time.monotonic()
                 return
@@ -133,8 +135,12 @@ async def _ask(meter: Meter, fleet: Fleet) -> None:
             meter.chained = chained
 
 
-ASK_WAIT = 1.0
-"""Seconds a gateway whose caller left waits for the answer to what is behind it."""
+ASK_WAIT = ASK_TIMEOUT + 1.0
+"""Seconds a gateway whose caller left waits for the answer to what is behind it: past the
+ask's own time, so the ask decides, answered or not. A second was too short on a busy host
+(the server behind answering its ``/api/version`` late): the gateway wrote its own abort
+beside the abort of the gateway behind it, one call counted twice. Nobody waits on it: the
+caller is gone."""
 
 _ASKING: set[asyncio.Task[None]] = set()
 

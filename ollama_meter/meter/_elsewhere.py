@@ -66,7 +66,12 @@ def leaves_to_gateway(meter: Meter, call: MeteredCall) -> bool:
 BEHIND_WAIT = 1.0
 """Seconds a meter looks for a gateway's span of a call it gave up waiting for, while the
 ledger takes writes: the gateway records it (its caller gone) as soon as it notices, within
-milliseconds."""
+milliseconds. A client's caller waits on the look."""
+
+BEHIND_WAIT_UNWATCHED = 5.0
+"""Seconds a gateway looks, its caller gone (nobody waits on the look): on a busy host the
+gateway behind took 0.8 s and more to record the call, and a second's look missed it (the
+call counted twice)."""
 
 BEHIND_LOCKED = 5.0
 """Seconds more it looks at least while writes to the ledger wait for a lock another holds: a
@@ -95,7 +100,7 @@ def unanswered(meter: Meter, call: MeteredCall) -> bool:
 
 def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
     """The span a gateway on this ledger recorded :func:`unanswered` ``call`` as, looked for
-    over :data:`BEHIND_WAIT` of the ledger taking writes (:data:`BEHIND_LOCKED` more at most
+    over :data:`BEHIND_WAIT` (a gateway: :data:`BEHIND_WAIT_UNWATCHED`) of the ledger taking writes (:data:`BEHIND_LOCKED` more at most
     while they wait for a lock: the gateway's may be waiting) (None: none; the call is
     recorded here, never not at all)."""
     from ollama_meter.ledger._client_spans import gateway_span_of, looked_for
@@ -104,8 +109,9 @@ def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
         with meter.ledger.read() as conn:
             return gateway_span_of(conn, call.span)
 
-    try:  # a second of the ledger taking writes, not of the clock (a lock held 1.5 s hid it)
-        return looked_for(meter.ledger.engine, look, BEHIND_WAIT, behind_locked(meter.ledger))
+    free = BEHIND_WAIT_UNWATCHED if meter.source is Source.GATEWAY else BEHIND_WAIT
+    try:  # seconds of the ledger taking writes, not of the clock (a lock held 1.5 s hid it)
+        return looked_for(meter.ledger.engine, look, free, behind_locked(meter.ledger))
     except Exception as exc:  # the ledger is away: recorded here (spooled) as well
         meter.failures.failed("looking for a gateway's span of span %s", exc, call.span.id)
         return None

@@ -40,8 +40,12 @@ def recorded(gw: Gateway, calls: int = 1) -> None:
         time.sleep(0.02)
 
 
-def _hang_up_once_sent(url: str, headers: dict[str, str], after: float = 0.3) -> None:
-    """Send the whole request on a raw socket, then close it before any answer."""
+def _hang_up_once_sent(
+    url: str, headers: dict[str, str], after: float = 0.3, ollama: OllamaEmulator | None = None
+) -> None:
+    """Send the whole request on a raw socket, then close it before any answer: ``after``
+    seconds once sent, or once ``ollama`` works on it (on a busy machine the call can take
+    longer than any fixed wait to pass two gateways)."""
     parts = urlsplit(url)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     request = (
@@ -50,20 +54,28 @@ def _hang_up_once_sent(url: str, headers: dict[str, str], after: float = 0.3) ->
     ).encode() + BODY
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         sock.sendall(request)
+        deadline = time.monotonic() + 30
+        while ollama is not None and ollama.in_flight < 1:
+            assert time.monotonic() < deadline, "the call never reached Ollama"
+            time.sleep(0.01)
         time.sleep(after)  # both gateways have it, Ollama is thinking
 
 
 def _hung_up(
     emulator: OllamaEmulator, outer: Gateway, inner: Gateway, after: float, calls: int = 1
 ) -> list[SpanRecord]:
-    """A sales caller of ``outer`` hangs up ``after`` seconds once it sent a call Ollama takes 3 s
+    """A sales caller of ``outer`` hangs up ``after`` seconds once Ollama has a call it takes 3 s
     over; the spans once both gateways are done (``calls`` at least: the ledger's latest ten)."""
     emulator.latency = 3.0
     try:
-        _hang_up_once_sent(outer.url, {"X-Ometer-Department": "sales"}, after)
+        _hang_up_once_sent(outer.url, {"X-Ometer-Department": "sales"}, after, emulator)
         recorded(inner, calls)
     finally:
         emulator.latency = 0.0
+    deadline = time.monotonic() + 30
+    while _onward._ASKING:  # the outer gateway still asks what is behind it
+        assert time.monotonic() < deadline, "the outer gateway's ask never ended"
+        time.sleep(0.02)
     time.sleep(1.5)  # past any wait for another's span
     inner.settle()
     outer.settle()
@@ -78,9 +90,9 @@ def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
     for Ollama's answer ran out: the outer gateway, not knowing what was behind it, wrote its
     own abort (or timeout) beside the inner one's abort. It asks first: one span."""
     inner = serve_on(emulator.url, db_url)
-    timeout = {"upstream_timeout": 0.5} if ending == "outer timeout" else {}
+    timeout = {"upstream_timeout": 1.0} if ending == "outer timeout" else {}
     outer = serve_on(inner.url, db_url, config=timeout)
-    spans = _hung_up(emulator, outer, inner, 0.3 + bool(timeout))
+    spans = _hung_up(emulator, outer, inner, 1.5 if timeout else 0.05)
     assert [(s.source, s.department, s.status) for s in spans] == [
         ("gateway", "sales", "client_abort")
     ]
@@ -108,7 +120,7 @@ def test_an_outer_gateway_started_before_the_inner_one_asks_again_once_it_answer
     down = outer.client.post("/api/chat", content=BODY, headers={"X-Ometer-Department": "sales"})
     assert down.status_code == 502
     inner = serve_on(emulator.url, sqlite_url, port=port)
-    spans = _hung_up(emulator, outer, inner, 0.3, calls=2)
+    spans = _hung_up(emulator, outer, inner, 0.05, calls=2)
     assert [(s.department, s.status, s.http_status) for s in spans] == [
         ("sales", "client_abort", None),
         ("sales", "error", 502),
