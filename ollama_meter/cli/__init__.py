@@ -241,7 +241,9 @@ def _once(command: Any) -> None:
 
     def parse_once(ctx: typer.Context, args: list[str]) -> list[str]:
         seen = set()
-        given, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        given, strays, order = command.make_parser(ctx).parse_args(args=list(args))
+        if strays and not ctx.allow_extra_args:
+            _stray(ctx, command, strays, given)
         for param in order:
             if param.param_type_name == "option" and not (
                 param.multiple or param.count or param.is_eager
@@ -254,6 +256,38 @@ def _once(command: Any) -> None:
         return rest
 
     command.parse_args = parse_once
+
+
+_USAGE_ERROR = typer.BadParameter.__bases__[0]  # typer's copy of click's UsageError
+
+
+def _stray(ctx: typer.Context, command: Any, strays: list[str], given: dict[str, Any]) -> None:
+    """Refuse values no argument takes, naming them and what to do. Click checked the required
+    options first: ``ometer chargeback 2026-12`` said "Missing option '--month'", naming
+    neither the stray ``2026-12`` nor that it was read as nothing."""
+    named = ", ".join(quoted(stray) for stray in strays)
+    takes = [
+        (p.metavar or p.name).upper() for p in command.params if p.param_type_name == "argument"
+    ]
+    where = ctx.command_path
+    if takes:
+        what = (
+            f"{where} takes {len(takes)} argument{'s' if len(takes) > 1 else ''} "
+            f"({', '.join(takes)}); put a value with spaces in quotes, and each other value "
+            "after its option"
+        )
+    else:
+        what = f"{where} takes no arguments; each value goes after its option"
+    missing = [
+        p
+        for p in command.params
+        if p.param_type_name == "option" and p.required and given.get(p.name) is None
+    ]
+    if len(strays) == 1 and len(missing) == 1:
+        option = max(missing[0].opts, key=len)
+        what += f": did you mean {option} {strays[0]}?"
+    plural = "s" if len(strays) > 1 else ""
+    raise _USAGE_ERROR(f"unexpected argument{plural} {named}: {what}", ctx=ctx)
 
 
 def _whole_numbers(ctx: typer.Context, command: Any, given: dict[str, Any]) -> None:

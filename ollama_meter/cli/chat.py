@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["temperature=0.2", "num_predict=64"]`` → Ollama options with JSON-typed values."""
+    """``["temperature=0.2", "num_predict=64"]`` → Ollama options with JSON-typed values; a
+    value of a kind Ollama's option does not take, or past what it reads as given, refused
+    (:func:`~ollama_meter.upstream.option_problem`): sent, Ollama refused it in its own words
+    (a 400-digit seed), or ran with another (``seed=1.5`` as 1)."""
+    from ollama_meter.upstream import option_problem
+
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -48,6 +53,8 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
             raise ValidationError(
                 f"--option {key}: a number of {digits:,} digits is too long to send"
             ) from None
+        if (problem := option_problem(key, value)) is not None:
+            raise ValidationError(f"--option {key} {problem}")
         options[key] = value
     return options
 

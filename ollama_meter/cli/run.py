@@ -203,7 +203,7 @@ def gateway_options(user: str | None, origins: str) -> "GatewayOptions":
 
 def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
     """Wait for the gateway to stop (a signal meanwhile cuts its drain: see ``_Job``)."""
-    if running := len(server.server_state.tasks):  # each leaves the set as it ends
+    if running := server.unanswered():  # a call answered but not yet ended is not counted
         err.print(
             f"ometer: the program exited; {running} call(s) it left running have up to "
             f"{server.drain_s:g} s to finish (Ctrl-C stops them now)"

@@ -65,6 +65,13 @@ def resolve(
     if not ours and key is None:  # nothing names anyone: the defaults (made once, checked once)
         return _unkeyed(settings.tenant, settings.department, default_user)
     headers = _once(given, ours)
+    keyed = require_key and key is not None
+    for name in (HEADER_USER,) if keyed else (HEADER_TENANT, HEADER_DEPARTMENT, HEADER_USER):
+        if name in headers and not headers[name].strip():  # `X-Ometer-Department: $DEPT`, unset
+            raise ValidationError(
+                f"{name.title()} is empty: name the {name.rsplit('-', 1)[1]}, or leave the "
+                "header out for the default"
+            )
     if require_key and key is not None:
         # With keys required, the key decides: headers cannot move a call to another budget.
         tenant, department = key.tenant, key.department

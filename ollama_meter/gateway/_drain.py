@@ -39,10 +39,15 @@ STOPPED = "the gateway stopped before this call was answered; send it again"
 
 
 class Drain:
-    """Whether the drain has ended: shared by the server (which ends it) and the app."""
+    """Whether the drain has ended, and how many calls are not yet answered: shared by the
+    server (which ends it) and the app (which counts)."""
 
     def __init__(self) -> None:
         self.over = False
+        self.unanswered = 0
+        """Calls whose answer has not all been sent. Not the server's tasks: a call's task
+        runs on a moment after its last byte is sent (and its caller may be gone by then), so
+        counting tasks told ``ometer run``'s user a finished call was left running."""
 
 
 class Drained:
@@ -57,14 +62,21 @@ class Drained:
             await self.app(scope, receive, send)
             return
         state = {"started": False, "ended": False}
+        drain = self.drain
+
+        def answered() -> None:
+            if not state["ended"]:
+                state["ended"] = True
+                drain.unanswered -= 1
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["started"] = True
             elif message["type"] == "http.response.body" and not message.get("more_body"):
-                state["ended"] = True
+                answered()  # before the send: the caller may have it all before it returns
             await send(message)
 
+        drain.unanswered += 1
         try:
             await self.app(scope, receive, sending)
         except asyncio.CancelledError:
@@ -72,6 +84,8 @@ class Drained:
                 raise
             with contextlib.suppress(Exception):  # the caller may be gone too
                 await _last_answer(scope["path"], send, started=state["started"])
+        finally:  # with no answer sent (a hang-up, an error the server answers): over too
+            answered()
 
 
 async def _last_answer(path: str, send: Send, *, started: bool) -> None:
@@ -157,16 +171,22 @@ class GatewayServer(uvicorn.Server):
             if timer is not None:
                 timer.cancel()
 
+    def unanswered(self) -> int:
+        """Calls whose answer has not all been sent (readable from any thread)."""
+        drain: Drain | None = getattr(getattr(self.config.app, "state", None), "drain", None)
+        return len(self.server_state.tasks) if drain is None else drain.unanswered
+
     def _end_drain(self, drain: Drain, how: str) -> None:
         running = [task for task in self.server_state.tasks if not task.done()]
         if not running or drain.over:
             return
         drain.over = True
-        log.warning(
-            "the drain %s: stopped %d call(s) still running; each is answered "
-            "that the gateway stopped, and its span written",
-            how,
-            len(running),
-        )
+        if unanswered := drain.unanswered:  # the rest were answered and end on their own
+            log.warning(
+                "the drain %s: stopped %d call(s) still running; each is answered "
+                "that the gateway stopped, and its span written",
+                how,
+                unanswered,
+            )
         for task in running:
             task.cancel()

@@ -4,6 +4,7 @@
 - ``_classify.py``: what went wrong, as one ``UpstreamError`` with one message;
 - ``_vocabulary.py``: what an answer says, in the meter's words (``Delta``, ``Final``);
 - ``_wire.py``: Ollama's native wire format and OpenAI's, read into that vocabulary;
+- ``_options.py``: the kind of value each of Ollama's model options takes;
 - ``_sdk.py``: the ``ollama`` client transport (CLI, Python API);
 - ``_pooled.py``: the pooled aiohttp transport (the gateway).
 
@@ -20,6 +21,7 @@ from ollama_meter._lazy import lazy_names
 from ollama_meter.upstream._anthropic import ANTHROPIC, wire_of_path
 from ollama_meter.upstream._classify import Failure, error_text, retry_after_seconds
 from ollama_meter.upstream._frames import Frames
+from ollama_meter.upstream._options import OPTION_KINDS, option_problem
 from ollama_meter.upstream._resilience import (
     TRANSIENT,
     CallAttempts,
@@ -53,6 +55,7 @@ __all__ = [
     "OLLAMA",
     "OPENAI",
     "OPERATIONS",
+    "OPTION_KINDS",
     "TRANSIENT",
     "CallAttempts",
     "CircuitBreaker",
@@ -77,6 +80,7 @@ __all__ = [
     "error_text",
     "gateway_status",
     "is_transient",
+    "option_problem",
     "reset_breakers",
     "retry_after_seconds",
     "wire_for",

@@ -25,7 +25,7 @@ from ollama_meter.ledger._spool import span_json
 from ollama_meter.meter import Attribution, Meter, _behind as behind_module
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._recovery import recover_interrupted
-from ollama_meter.meter._request import Opening, RequestFacts
+from ollama_meter.meter._request import Opening, RequestFacts, facts_of
 from ollama_meter.records import SpanRecord, make_storable
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry._setup import Telemetry
@@ -415,3 +415,35 @@ def test_a_call_a_dead_process_left_open_is_exported_as_it_is_recorded(
     assert got.name == "chat llama3.1:8b"
     assert (got.trace_id, got.span_id) == (stored.trace_id, stored.span_id)
     assert {point.value for point in requests} == {1}  # cumulative: each export says 1
+
+
+def test_who_said_what_counts_in_what_the_waiting_calls_hold(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """With content capture on, a span keeps each message's role and its texts' lengths (to
+    export the conventions' messages): 6.3 MB for a body of 100,000 one-letter messages, whose
+    prompt is 200,000 characters. Only the characters counted toward the bound, so waiting
+    calls held 30 times what it allows. Now that record counts too."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    meter.capture_content = True
+    behind = WriteBehind(meter, most=1000, most_bytes=1_000_000)
+    blocker = threading.Event()
+    commit = behind._commit
+    behind._commit = lambda calls: (blocker.wait(30), commit(calls))  # type: ignore[method-assign]
+    body = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "x"}] * 100_000}
+    facts = facts_of("chat", body)
+    assert len(facts.prompt_text) < 1_000_000 // 4  # the characters alone are far within
+    try:
+        first = meter.open(Opening("chat", "llama3.1:8b", False, Attribution("acme", "s"), facts))
+        assert len(first.span.said) == 100_000
+        assert meter.close_now(first)
+        second = meter.open(_opening())
+        assert not meter.close_now(second)  # what the first keeps waits already
+        blocker.set()
+        assert behind.settle(30)
+        assert meter.close_now(second)
+        assert behind.settle(30)
+    finally:
+        blocker.set()
+        behind.stop(30)
