@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from ollama_meter._runtime import reset_runtime
 from ollama_meter.budgets import Alert, AlertDispatcher, EmailChannel, WebhookChannel, deliver
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
@@ -332,31 +333,38 @@ def test_four_processes_refused_at_once_fire_one_refusal_alert(
     db_url: str,
     receiver: Receiver,  # noqa: F811
     tmp_path: Path,
+    cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each `ometer chat` process is refused (one call settled, no room for another's
-    bound): the ledger's unique key lets exactly one record the refusal and post it."""
+    bound): the ledger's unique key lets exactly one record the refusal and post it. The
+    prices, the budget and the call that fills it are set in this process, as the same
+    commands (three process starts of seven: a second each on a busy machine)."""
     env = {
-        **os.environ,
         "OLLAMA_HOST": emulator.url,
         "OMETER_DB_URL": db_url,
         "OMETER_LEDGER_WAIT": "60",
         "OMETER_ALERT_WEBHOOK_URL": receiver.url,
         "OMETER_TIMEZONE": "UTC",
     }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*OMETER, *args], env=env, capture_output=True, text=True, timeout=180, check=False
-        )
+            [*OMETER, *args], env=os.environ, capture_output=True, text=True, timeout=180,
+            check=False,
+        )  # fmt: skip
 
     prices = ("--input-per-1m", "1000", "--output-per-1m", "2000")
-    assert run("pricing", "set", "llama3.1:*", *prices).returncode == 0
+    assert cli("pricing", "set", "llama3.1:*", *prices).code == 0
     limit = CALL_COST + BOUND - 1
     monthly = ("--monthly", f"{limit / 1e6:.6f}")
-    assert run("budget", "set", "sales", "--tenant", "acme", *monthly).returncode == 0
+    assert cli("budget", "set", "sales", "--tenant", "acme", *monthly).code == 0
     chat = ("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b")
     asked = (*chat, "-o", f"num_predict={OUT}", HELLO[0]["content"])
-    assert run(*asked).returncode == 0
+    assert cli(*asked).code == 0
+    reset_runtime()  # what an ometer process closes as it ends: nothing of this one's is held
     with ThreadPoolExecutor(CALLERS) as pool:
         done = list(pool.map(lambda _: run(*asked), range(CALLERS)))
     assert [d.returncode for d in done] == [3] * CALLERS, [d.stderr for d in done]
