@@ -48,12 +48,16 @@ _CUT = (
 )
 """SQLite: a model's calls but its :data:`KEPT` latest, once it holds more than twice as many."""
 _PG_NOTE = (
-    f"INSERT INTO {_TABLE} ({_NAMES}) SELECT * FROM unnest(%s::text[], %s::text[], "
-    f"{', '.join(['%s::bigint[]'] * (len(_COLUMNS) - 2))}) ON CONFLICT (model, id) DO NOTHING"
+    f"WITH added AS (INSERT INTO {_TABLE} ({_NAMES}) SELECT * FROM unnest(%s::text[], "
+    f"%s::text[], {', '.join(['%s::bigint[]'] * (len(_COLUMNS) - 2))}) "
+    "ON CONFLICT (model, id) DO NOTHING RETURNING model) "
+    f"SELECT model, count(*) FROM (SELECT model FROM {_TABLE} WHERE model = ANY(%s) "
+    "UNION ALL SELECT model FROM added) AS held GROUP BY model"
 )
 """PostgreSQL: every row in one statement (a statement a row was a round of parse, plan and
-run each: an import's batch of 200 spans ran 160 of them)."""
-_PG_HELD = f"SELECT model, count(*) FROM {_TABLE} WHERE model = ANY(%s) GROUP BY model"
+run each: an import's batch of 200 spans ran 160 of them), which answers how many calls each
+model holds now: those it held (the statement's snapshot does not see its own insert) and
+those it added (a second statement was one more round trip for every call's write)."""
 _PG_CUT = (
     f"DELETE FROM {_TABLE} WHERE model = %s AND id < (SELECT id FROM {_TABLE} WHERE model = %s "
     f"ORDER BY id DESC LIMIT 1 OFFSET {KEPT - 1})"
@@ -93,8 +97,7 @@ def note_calls(conn: Connection, spans: Sequence[SpanRecord]) -> None:
         return
     # Cut back once a model holds twice KEPT: a cut takes the rows' locks (a writer cutting
     # the same model waits for the other to commit), so most writes only add.
-    conn.exec_driver_sql(_PG_NOTE, tuple(map(list, zip(*rows, strict=True))))
-    held = conn.exec_driver_sql(_PG_HELD, (models,))
+    held = conn.exec_driver_sql(_PG_NOTE, (*map(list, zip(*rows, strict=True)), models))
     if over := sorted(model for model, count in held if count > 2 * KEPT):
         conn.exec_driver_sql(_PG_CUT, [(model, model) for model in over])
 

@@ -300,7 +300,15 @@ def check_revision_kept(conn: Connection) -> None:
     migration under way has committed. The spans then wait in the spool for the newer ometer.
     """
     # Every write pays for it: the driver's SQL, with no statement to compile (~11 µs, not 25).
-    found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    revision_kept(conn, conn.exec_driver_sql(REVISION).scalar())
+
+
+REVISION = "SELECT version_num FROM alembic_version"
+
+
+def revision_kept(conn: Connection, found: str | None) -> None:
+    """Refuse, as :func:`check_revision_kept` does, a ledger at revision ``found`` (read after
+    the migration's lock, in the write's transaction) that is not this ometer's."""
     if found == HEAD_REVISION:
         return
     url = conn.engine.url.render_as_string()

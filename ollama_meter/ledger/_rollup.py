@@ -63,8 +63,13 @@ from ollama_meter.ledger._cells import (
     histogram_slots,
     measures_of,
 )
-from ollama_meter.ledger._meta import ledger_zone
-from ollama_meter.ledger._migrate import PG_MIGRATION_LOCK, check_revision_kept
+from ollama_meter.ledger._meta import write_facts
+from ollama_meter.ledger._migrate import (
+    PG_MIGRATION_LOCK,
+    REVISION,
+    check_revision_kept,
+    revision_kept,
+)
 from ollama_meter.ledger._types import to_us
 from ollama_meter.ledger._upserts import (
     BUSY,
@@ -73,7 +78,9 @@ from ollama_meter.ledger._upserts import (
     HISTOGRAMS,
     MOST,
     Statements,
+    arrays,
     run,
+    run_arrays,
     run_rows,
     statements_for,
 )
@@ -188,14 +195,14 @@ class RollupDelta:
         """
         return _histogram_rows(self.histograms.count(grains, zone))
 
-    def write(self, conn: Connection) -> None:
-        """Add this delta to the rollups, in the caller's transaction.
+    def write(self, conn: Connection, zone: tzinfo | None) -> None:
+        """Add this delta to the rollups of a ledger whose zone is ``zone``
+        (:func:`~ollama_meter.ledger._meta.ledger_zone`), in the caller's transaction.
 
         Keys are written in sorted order, so concurrent writers on PostgreSQL take
         row locks in one order and never deadlock each other.
         """
         statements = statements_for(conn.dialect)
-        zone = ledger_zone(conn)
         cube = self.cube_rows(tuple(Grain), zone)
         if cube:
             keys = sorted(cube)
@@ -238,13 +245,26 @@ def lock_cells(conn: Connection, *, alone: bool = False) -> None:
     migration's lock, shared; SQLite: its write lock) and then writes only a ledger of this
     ometer's revision (:func:`~ollama_meter.ledger._migrate.check_revision_kept`).
     """
+    _take_locks(conn, alone=alone)
+    check_revision_kept(conn)
+
+
+def lock_for_spans(conn: Connection) -> tuple[int | None, tzinfo | None]:
+    """:func:`lock_cells` for a write of spans, then the prune horizon and the ledger's zone
+    (on PostgreSQL read with the revision in one statement, after the locks)."""
+    _take_locks(conn)
+    found, horizon, zone = write_facts(conn, REVISION)
+    revision_kept(conn, found)
+    return horizon, zone
+
+
+def _take_locks(conn: Connection, *, alone: bool = False) -> None:
     if conn.dialect.name == "postgresql":
         kind = "" if alone else "_shared"
         conn.exec_driver_sql(
             f"SELECT pg_advisory_xact_lock{kind}({REBUILD_LOCK}), "
             f"pg_advisory_xact_lock_shared({PG_MIGRATION_LOCK})"
         )
-    check_revision_kept(conn)
 
 
 def within(values: Sequence[int]) -> Sequence[int]:
@@ -276,6 +296,7 @@ def _write_busy(
     """Merge the minutes' busy pieces into their rows, then add what grew to their cells."""
     keys = sorted(busy)
     grown: dict[tuple[int, str], int] = {}
+    updates: list[tuple[Any, ...]] = []
     if conn.dialect.name == "sqlite":
         # Writers take turns: each minute's row read, then written once, merged (an import
         # wrote most of its minutes twice, once to make sure the row was there).
@@ -291,7 +312,7 @@ def _write_busy(
             rows.append((seconds, host, intervals, had, calls.get((start, host), 0)))
         run(conn, statements.busy_whole.sql, rows)
     else:
-        _merge_busy(conn, statements, busy, calls, keys, grown)
+        updates = _merge_busy(conn, statements, busy, calls, keys, grown)
     # Summed per quarter hour first: a day or month is a run of whole quarter hours.
     added: dict[tuple[int, str], list[int]] = {}
     for minute, host in keys:
@@ -306,8 +327,19 @@ def _write_busy(
         for (start, host), sums in summed.items()
         if any(sums)
     )
-    if cells:
-        run_rows(conn, statements.busy_cells, cells)
+    both = statements.busy_update_cells
+    if updates and cells and both is not None:  # one round trip
+        run_arrays(
+            conn,
+            both,
+            [
+                *arrays(updates, statements.busy_update.text),
+                *arrays(cells, statements.busy_cells.text),
+            ],
+        )
+        return
+    run_rows(conn, statements.busy_update, updates)
+    run_rows(conn, statements.busy_cells, cells)
 
 
 def _merge_busy(
@@ -317,37 +349,34 @@ def _merge_busy(
     calls: dict[tuple[int, str], int],
     keys: Sequence[tuple[int, str]],
     grown: dict[tuple[int, str], int],
-) -> None:
-    """Merge the busy pieces of ``keys`` (sorted) into their rows, by how much each grew in
-    ``grown``, where writers run at once (PostgreSQL)."""
-    # Make sure each row exists and count its calls, then lock the ones whose intervals
-    # change, in key order.
-    run_rows(
+) -> list[tuple[Any, ...]]:
+    """Merge the busy pieces of ``keys`` (sorted), by how much each grew in ``grown``, where
+    writers run at once (PostgreSQL): the rows locked, the updates of the merged ones to run
+    (``busy_update``)."""
+    # Make sure each row exists, count its calls and lock it, in key order (the rows of
+    # these minutes alone: a writer of another server's calls in them waits for no one).
+    claimed = run_rows(
         conn,
-        statements.busy_presence,
+        statements.busy_claim,
         [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
     )
-    changed = [key for key in keys if busy[key]]
-    if changed:
-        stored = _stored_busy(conn, statements, changed)
-        updates = []
-        for start, host in changed:
+    stored = {(start, host): (intervals, had) for start, host, intervals, had in claimed}
+    updates = []
+    for start, host in keys:
+        if pieces := busy[(start, host)]:
             seconds = start // 10**6
             intervals, had = stored[(seconds, host)]
-            merged, grew = add_intervals(intervals, busy[(start, host)])
+            merged, grew = add_intervals(intervals, pieces)
             grown[(start, host)] = grew
             updates.append((merged, had + grew, seconds, host))
-        run_rows(conn, statements.busy_update, updates)
+    return updates
 
 
 def _stored_busy(
     conn: Connection, statements: Statements, keys: Sequence[tuple[int, str]]
 ) -> dict[tuple[int, str], tuple[str, int]]:
-    """The stored intervals and busy time of ``keys`` (sorted), a few hundred minutes per query.
-
-    On PostgreSQL the rows are locked in key order (ORDER BY under FOR UPDATE), so
-    concurrent writers of the same minutes wait for each other and never deadlock.
-    """
+    """The stored intervals and busy time of ``keys`` (sorted), a few hundred minutes per query
+    (SQLite, whose writers take turns)."""
     wanted = set(keys)
     minutes = sorted({start // 10**6 for start, _ in keys})
     stored: dict[tuple[int, str], tuple[str, int]] = {}
@@ -362,12 +391,15 @@ def _stored_busy(
     return stored
 
 
-def apply(conn: Connection, spans: Iterable[SpanRecord], sign: int = 1) -> None:
-    """Add ``spans`` (just inserted) to the rollups, or take them out with ``sign=-1``."""
+def apply(
+    conn: Connection, spans: Iterable[SpanRecord], zone: tzinfo | None, sign: int = 1
+) -> None:
+    """Add ``spans`` (just inserted) to the rollups of a ledger in ``zone``, or take them out
+    with ``sign=-1``."""
     delta = RollupDelta()
     for span in spans:
         delta.add(span, sign, busy=sign > 0)
-    delta.write(conn)
+    delta.write(conn, zone)
 
 
 __all__ = [
@@ -382,5 +414,6 @@ __all__ = [
     "RollupDelta",
     "apply",
     "lock_cells",
+    "lock_for_spans",
     "within",
 ]

@@ -216,13 +216,14 @@ def insert_spans(
     if statement is None:
         statement = _INSERTS[key] = _SpanInsert(dialect)
     unique = sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
-    _rollup.lock_cells(conn)
-    horizon = None if pruned_too else _meta.pruned_before(conn)
+    horizon, zone = _rollup.lock_for_spans(conn)
+    if pruned_too:
+        horizon = None
     early: list[SpanRecord] = []
     if horizon is not None:
         unique, early = _before(conn, unique, horizon)
     added = statement.insert(conn, unique)
-    _rollup.apply(conn, added)
+    _rollup.apply(conn, added, zone)
     _history.note_calls(conn, added)
     seen = budgets_version(conn) if budgets else None
     return Inserted(added, early, None if horizon is None else from_us(horizon), seen)
@@ -392,7 +393,7 @@ def update_costs(
     for old, new in moved:
         delta.add(old, -1, busy=False)
         delta.add(new, busy=False)
-    delta.write(conn)
+    delta.write(conn, _meta.ledger_zone(conn))
     return [old for old, _ in moved]
 
 

@@ -40,6 +40,10 @@ BUSY: Table = ROLLUP_BUSY
 BUSY_CELLS: Table = ROLLUP_BUSY_CELLS
 MOST = 2**63 - 1
 """The most a rollup sum holds (a 64-bit integer column): a sum past it stays at it."""
+RETURNS = (
+    f" RETURNING {BUSY.name}.start, {BUSY.name}.host, {BUSY.name}.intervals, {BUSY.name}.busy_us"
+)
+"""What :attr:`Statements.busy_claim` returns of each minute's row: its key, as stored."""
 BUSY_READS = (2, 16, 250)
 """Minutes of busy time read per query: a call touches one or two, an import hundreds
 (the largest stays well under SQLite's limit on parameters)."""
@@ -102,23 +106,33 @@ class DriverSQL:
         """Per parameter, whether it is text (else an integer)."""
 
 
-def run_rows(conn: Connection, statement: DriverSQL, rows: list[tuple[Any, ...]]) -> None:
-    """``statement`` for each of ``rows``, in the caller's transaction.
+def run_rows(conn: Connection, statement: DriverSQL, rows: list[tuple[Any, ...]]) -> list[Any]:
+    """``statement`` for each of ``rows``, in the caller's transaction: the rows it returns.
 
     On PostgreSQL in one statement, each parameter an array of the rows' values (``unnest``),
     rows taken in the order given: a row a statement cost a round of parse, plan and
     execution in the server, most of an import's time (200,000 upserts for 20,000 spans)."""
-    if statement.rows is None or not rows:
-        run(conn, statement.sql, rows)
-        return
-    run_arrays(conn, statement, list(map(array, zip(*rows, strict=True), statement.text)))
+    if not rows:
+        return []
+    if statement.rows is None:
+        if statement.sql.endswith(RETURNS):  # a driver's executemany returns nothing
+            return [found for row in rows for found in run(conn, statement.sql, row)]
+        return run(conn, statement.sql, rows)
+    return run_arrays(conn, statement, arrays(rows, statement.text))
 
 
-def run_arrays(conn: Connection, statement: DriverSQL, arrays: list[str]) -> None:
-    """``statement.rows`` given its parameters' arrays (:func:`array`), one a column."""
+def arrays(rows: list[tuple[Any, ...]], text: Sequence[bool]) -> list[str]:
+    """The arrays of ``rows``' columns (:func:`array`; ``text``: which columns are text)."""
+    return list(map(array, zip(*rows, strict=True), text))
+
+
+def run_arrays(conn: Connection, statement: DriverSQL, arrays: list[str]) -> list[Any]:
+    """``statement.rows`` given its parameters' arrays (:func:`array`), one a column: the
+    rows it returns."""
     assert statement.rows is not None, "a statement of one row at a time"
     assert len(arrays) == len(statement.text), "an array a parameter"
-    conn.exec_driver_sql(statement.rows, tuple(arrays))
+    result = conn.exec_driver_sql(statement.rows, tuple(arrays))
+    return list(result) if result.returns_rows else []
 
 
 def array(values: Sequence[Any], text: bool) -> str:
@@ -211,8 +225,17 @@ class Statements:
         self.histogram_bin: dict[int, DriverSQL] | None = {}
         if dialect.name == "postgresql":
             self.histogram_bin = None
-        self.busy_presence = upsert(
+        # PostgreSQL's writers run at once: each minute's row made sure of, its calls counted,
+        # and it locked, in key order, its stored intervals returned, in one statement (a
+        # SELECT ... FOR UPDATE of the minutes after it locked every server's row of them,
+        # and two writers of one minute on two servers deadlocked).
+        presence = upsert(
             dialect, BUSY, ["start", "host"], ["calls"], initial=["intervals", "busy_us"]
+        )
+        self.busy_claim = DriverSQL(
+            presence.sql + RETURNS,
+            None if presence.rows is None else presence.rows + RETURNS,
+            presence.text,
         )
         # SQLite's writers take turns: a minute's row is read, then written whole at once
         self.busy_whole = upsert(
@@ -226,6 +249,7 @@ class Statements:
             .where(BUSY.c.start == bindparam("b_start"), BUSY.c.host == bindparam("b_host"))
             .values(intervals=bindparam("b_intervals"), busy_us=bindparam("b_busy"))
         )
+        self.busy_update_cells: DriverSQL | None = None
         self.busy_update = DriverSQL(
             positional(changed, dialect, ["b_intervals", "b_busy", "b_start", "b_host"])
         )
@@ -236,6 +260,13 @@ class Statements:
                 f"WHERE {BUSY.name}.start = u.p2 AND {BUSY.name}.host = u.p3"
             )
             self.busy_update.text = tuple(text)
+            # and the cells in the same statement: only the cells' insert takes locks (in
+            # key order), the minutes' rows being locked already (busy_claim)
+            self.busy_update_cells = DriverSQL(
+                "",
+                f"WITH changed AS ({self.busy_update.rows}) {self.busy_cells.rows}",
+                self.busy_update.text + self.busy_cells.text,
+            )
         self.busy_select = {size: busy_select(dialect, size) for size in BUSY_READS}
 
     def one_bin(self, dialect: Dialect, index: int) -> DriverSQL:
@@ -273,16 +304,13 @@ def _moved_bin(sql: str, index: int) -> str:
 
 
 def busy_select(dialect: Dialect, size: int) -> DriverSQL:
-    """Stored busy rows of ``size`` minutes, in key order."""
+    """Stored busy rows of ``size`` minutes, in key order (SQLite: writers take turns)."""
     names = [f"b_{i}" for i in range(size)]
     stored = (
         select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals, BUSY.c.busy_us)
         .where(BUSY.c.start.in_([bindparam(name) for name in names]))
         .order_by(BUSY.c.start, BUSY.c.host)
     )
-    if dialect.name == "postgresql":
-        # Lock the rows: a concurrent writer of the same minutes waits, then sees ours.
-        stored = stored.with_for_update()
     return DriverSQL(positional(stored, dialect, names))
 
 
