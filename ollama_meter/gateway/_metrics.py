@@ -94,6 +94,7 @@ class GatewayMetrics:
     """A :class:`~ollama_meter.meter.SpanObserver` that counts every call this process meters."""
 
     leaves_spans = True  # reads them only (``_observers.may_change_spans``)
+    counts_only = True  # never reads what a request asked (``_observers.reads_requests``)
 
     def __init__(self, max_series: int = MAX_SERIES) -> None:
         self._who = _Bounded("tenant/department/model", max_series)

@@ -409,6 +409,7 @@ class RateLimits:
     # -- a span observer: tokens count when a call ends --------------------------------------
 
     leaves_spans = True  # reads them only (``_observers.may_change_spans``)
+    counts_only = True  # never reads what a request asked (``_observers.reads_requests``)
 
     def on_start(self, span: SpanRecord) -> None:
         pass

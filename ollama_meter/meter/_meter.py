@@ -31,7 +31,12 @@ from ollama_meter.meter._behind import WriteBehind, settled
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._elsewhere import leave_to_gateway, leaves_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
-from ollama_meter.meter._observers import SpanObserver, may_change_spans, notify
+from ollama_meter.meter._observers import (
+    SpanObserver,
+    may_change_spans,
+    notify,
+    reads_requests,
+)
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
@@ -160,7 +165,8 @@ class Meter(Admitting):
         )
         if self.capture_content:  # who said which texts of the prompt it keeps, to export
             span.said = facts.said
-        span.asked = facts.asked
+        if reads_requests(self.observers):  # for telemetry and hooks: the request's settings
+            span.asked = facts.asked
         try:
             prices.check(model)  # a rule row broken in SQL that may price it: its words, a 503
         except UnreadableRow as broken:

@@ -29,6 +29,13 @@ def may_change_spans(observers: Sequence[SpanObserver]) -> bool:
     return any(not getattr(observer, "leaves_spans", False) for observer in observers)
 
 
+def reads_requests(observers: Sequence[SpanObserver]) -> bool:
+    """Whether any of ``observers`` may read what a span's request asked
+    (:attr:`SpanRecord.asked`): the meter's own that only count spans say so with a true
+    ``counts_only``, and a span for them alone is opened without it."""
+    return any(not getattr(observer, "counts_only", False) for observer in observers)
+
+
 def notify(observers: Sequence[SpanObserver], hook: str, span: SpanRecord) -> BaseException | None:
     """Tell every observer; a failure is logged, an interrupt (Ctrl-C) handed back to raise.
 

@@ -10,7 +10,7 @@ shape only; both are read here, defensively: a request is untrusted input.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +75,12 @@ class RequestFacts:
     """Every text the request sends, joined: what unreported input tokens are estimated from."""
     prompt_bytes: int
     """UTF-8 bytes of everything that becomes prompt tokens (text, tool definitions)."""
-    said: Said = ()
-    """Who said which texts of ``prompt_text`` (:attr:`SpanRecord.said`)."""
-    asked: Asked | None = None
-    """The settings it asks the model to generate with (:attr:`SpanRecord.asked`)."""
+    turns: Sequence[tuple[str | None, list[str]]] = field(default=(), repr=False, compare=False)
+    """The texts of ``prompt_text`` by who said them (:attr:`said` counts them)."""
+    asking: tuple[str, Mapping[str, Any], Mapping[str, Any], int | None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """The operation, body, options and reply cap :attr:`asked` reads."""
     written_bytes: int = 0
     """Of ``prompt_bytes``, those not in ``prompt_text``: tool definitions, tool calls and
     results written as JSON, as the template writes them."""
@@ -108,6 +110,18 @@ class RequestFacts:
     media: object = field(default=None, repr=False, compare=False)
     """The body, where a WAV or a video may be sent as a picture (:mod:`._media`): read by
     :meth:`bound` only, a walk of the whole body only a hard budget's admission needs."""
+
+    @property
+    def said(self) -> Said:
+        """Who said which texts of ``prompt_text`` (:attr:`SpanRecord.said`): counted when
+        read, as only an exported prompt needs (content capture)."""
+        return tuple((role, tuple(map(len, said))) for role, said in self.turns if said)
+
+    @property
+    def asked(self) -> Asked | None:
+        """The settings it asks the model to generate with (:attr:`SpanRecord.asked`): read
+        when read, as only telemetry and hooks need."""
+        return None if self.asking is None else asked_of(*self.asking)
 
     @property
     def shape(self) -> PromptShape | None:
@@ -394,8 +408,8 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         media=None if embedding else body,
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
-        said=tuple((role, tuple(map(len, said))) for role, said in turns if said),
-        asked=asked_of(operation, body, options, cap),
+        turns=turns,
+        asking=(operation, body, options, cap),
         prompt_bytes=size,
         written_bytes=extra,
         messages=messages,

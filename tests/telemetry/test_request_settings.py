@@ -18,7 +18,7 @@ from hypothesis import example, given, settings, strategies as st
 
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter.meter._request import facts_of
-from ollama_meter.records import storable_text
+from ollama_meter.records import Asked, storable_text
 from ollama_meter.telemetry import telemetry_for
 from ollama_meter.testing import OllamaEmulator
 from tests._observed import observed
@@ -196,3 +196,16 @@ def test_settings_exported_through_the_python_api_to_a_collector(
         R + "presence_penalty": 0.5,  # a text's penalty: not exported, the call unharmed
     }
     assert [k for k in embed.attributes if k.startswith(R)] == [R + "model"]
+
+
+def test_a_hook_sees_the_settings_its_request_asked_with_nothing_exported(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """The settings are read only for whoever may read them: a hook may, with no exporter."""
+    seen: list[Asked | None] = []
+    client = MeteredClient(
+        db_url=f"sqlite:///{tmp_path / 'l.db'}", on_start=lambda span: seen.append(span.asked)
+    )
+    client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}],
+                options={"num_predict": 5, "temperature": 0.2, "stop": "x"})  # fmt: skip
+    assert seen == [Asked(max_tokens=5, temperature=0.2, stop_sequences=("x",))]
