@@ -9,6 +9,7 @@ every ``X-Ometer-*`` header, the gateway's own vocabulary with its caller.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 HOP_BY_HOP = frozenset({
@@ -34,4 +35,21 @@ def forwarded(name: str) -> bool:
 
 
 def forward_headers(headers: Any) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if forwarded(k)}
+    """The headers of ``headers`` passed on to Ollama (a later one of a name over an earlier).
+    Starlette's are read as they came (``raw``: the names in lower case), each name's fate
+    looked up once, not every header decoded and its name read again at every call."""
+    raw = getattr(headers, "raw", None)
+    if raw is None:
+        return {k: v for k, v in headers.items() if forwarded(k)}
+    sent: dict[str, str] = {}
+    for name, value in raw:
+        if (key := _sent_as(name)) is not None:
+            sent[key] = value.decode("latin-1")
+    return sent
+
+
+@functools.lru_cache(maxsize=256)
+def _sent_as(name: bytes) -> str | None:
+    """A header's name as it is passed on (as Starlette reads it), or None: it is not."""
+    key = name.decode("latin-1")
+    return key if forwarded(key) else None

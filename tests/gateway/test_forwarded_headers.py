@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings, strategies as st
+from starlette.datastructures import Headers
 
+from ollama_meter.gateway._forwarded import forward_headers, forwarded
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
 
@@ -60,3 +62,24 @@ def test_no_credential_header_reaches_ollama_in_any_spelling(
     sent = emulator.requests[-1]
     assert [k for k, v in sent.headers.items() if SECRET in v] == []
     assert sent.headers.get("x-request-id") == "r-1"  # any other header goes through
+
+
+HEADER_NAMES = st.sampled_from([*CREDENTIALS, *CHARGED, "host", "x-ometer-other", "accept"]) | (
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+)
+
+
+@given(
+    headers=st.lists(
+        st.tuples(HEADER_NAMES, st.text(st.characters(min_codepoint=32, max_codepoint=255))),
+        max_size=12,
+    )
+)
+def test_headers_read_as_they_came_are_passed_on_as_read_one_by_one(
+    headers: list[tuple[str, str]],
+) -> None:
+    """What goes on is what each header, read as Starlette reads it, says: repeated names too."""
+    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    read = Headers(raw=raw)
+    assert forward_headers(read) == {k: v for k, v in read.items() if forwarded(k)}
+    assert forward_headers(dict(read.items())) == forward_headers(read)
