@@ -155,6 +155,7 @@ class GatewayMetrics:
 
         self._open: set[str] = set()
         self._children: dict[tuple[object, tuple[object, ...]], Any] = {}
+        self._counted: dict[tuple[tuple[str, ...], str, str], tuple[Any, ...]] = {}
         self._pending: list[SpanRecord] = []
         self._counting: asyncio.AbstractEventLoop | None = None  # the loop told to count them
         self._pending_lock = threading.Lock()
@@ -203,12 +204,21 @@ class GatewayMetrics:
         served = self._served.label
         # One model, one series, whatever its spelling (reports count it so: ``counted_model``).
         who = self._who((span.tenant, span.department, served(span, counted_model(span.model))))
-        self._of(self.requests, *who, span.status).inc()
+        counted = self._counted.get(key := (who, span.status, span.currency))
+        if counted is None:  # a call's four counters, found once per label set (as bounded)
+            counted = self._counted[key] = (
+                self._of(self.requests, *who, span.status).inc,
+                self._of(self.tokens, *who, "input").inc,
+                self._of(self.tokens, *who, "output").inc,
+                self._of(self.cost, *who, span.currency).inc,
+            )
+        requests, tokens_in, tokens_out, cost = counted
+        requests()
         if span.status == Status.ERROR:
             self._of(self.errors, *who, span.error_type or "unknown").inc()
-        self._of(self.tokens, *who, "input").inc(span.input_tokens)
-        self._of(self.tokens, *who, "output").inc(span.output_tokens)
-        self._of(self.cost, *who, span.currency).inc(span.cost_total)
+        tokens_in(span.input_tokens)
+        tokens_out(span.output_tokens)
+        cost(span.cost_total)
         if span.unpriced_usage:
             self._of(self.unpriced, *who).inc()
         genai = self._genai(
