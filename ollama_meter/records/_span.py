@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from ollama_meter.records._price import Cost
@@ -264,13 +265,14 @@ class SpanRecord:
 
     def as_row(self) -> dict[str, Any]:
         """Column name → value, as the ledger stores it."""
-        return {name: getattr(self, name) for name in ROW_FIELDS}
+        return dict(zip(ROW_FIELDS, _row_of(self), strict=True))
 
 
 ROW_FIELDS: tuple[str, ...] = tuple(
     name for name in SpanRecord.__dataclass_fields__ if name not in ("attributes", "said", "asked")
 )
 """The fields the ledger stores, a column each, in the order of the dataclass."""
+_row_of = attrgetter(*ROW_FIELDS)  # all at once: a span's row is made at every call
 
 # -- what the ledger can store -------------------------------------------------------------
 
