@@ -149,19 +149,8 @@ def _unqualified(name: str) -> str:
 def model_key(model: str) -> str:
     """The one name Ollama resolves ``model`` to: lower case, without the default registry and
     namespace (``registry.ollama.ai/library/``), ``:latest`` when untagged."""
-    if len(model) <= _KEPT_KEY_CHARS:  # routing, breakers and pricing ask four times a call
-        return _kept_model_key(model)
-    return _model_key(model)
-
-
-def _model_key(model: str) -> str:
     name = _unqualified(model.strip().lower())
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-_KEPT_KEY_CHARS = 255
-"""The longest name whose key is kept (a model column's width): 4,096 of them at most."""
-_kept_model_key = functools.lru_cache(maxsize=4096)(_model_key)
 
 
 def _qualified(name: str) -> str:
