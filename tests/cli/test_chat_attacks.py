@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -535,15 +536,28 @@ def _stopped_chat(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while not emulator.requests_to("/api/chat"):
-        assert time.monotonic() < deadline and proc.poll() is None, "no request came"
-        time.sleep(0.05)
-    time.sleep(after)
-    proc.send_signal(signum)
-    stdout, _ = proc.communicate(timeout=30)
+    with _ended(proc):
+        deadline = time.monotonic() + 30
+        while not emulator.requests_to("/api/chat"):
+            assert time.monotonic() < deadline and proc.poll() is None, "no request came"
+            time.sleep(0.05)
+        time.sleep(after)
+        proc.send_signal(signum)
+        stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == code
     return stdout
+
+
+@contextlib.contextmanager
+def _ended(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """``proc`` killed if it still runs when the block ends: a test that failed waiting for it
+    left it running, and its request, sent late on a busy machine, was the next test's."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.mark.parametrize(("signum", "code"), STOPPING)
@@ -565,15 +579,16 @@ def test_a_streamed_reply_stopped_by_a_signal_is_recorded_with_what_came(
             stderr=subprocess.PIPE,
         )
         assert proc.stdout is not None and proc.stderr is not None
-        printed = b""
-        deadline = time.monotonic() + 30
-        while printed.decode().count(" ") < 2:  # three chunks printed
-            assert time.monotonic() < deadline, "no reply came"
-            printed += os.read(proc.stdout.fileno(), 4096)
-        proc.send_signal(signum)
-        printed += proc.stdout.read()
-        stderr = proc.stderr.read().decode()
-        assert proc.wait(timeout=30) == code
+        with _ended(proc):
+            printed = b""
+            deadline = time.monotonic() + 30
+            while printed.decode().count(" ") < 2:  # three chunks printed
+                assert time.monotonic() < deadline, "no reply came"
+                printed += os.read(proc.stdout.fileno(), 4096)
+            proc.send_signal(signum)
+            printed += proc.stdout.read()
+            stderr = proc.stderr.read().decode()
+            assert proc.wait(timeout=30) == code
     finally:
         emulator.token_latency = 0.0
     shown = printed.decode()
