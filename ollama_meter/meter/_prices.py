@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
+import time
 from typing import TYPE_CHECKING
 
 from ollama_meter._reloaded import Reloaded
+from ollama_meter.errors import BudgetError, PricingError
 from ollama_meter.pricing import PriceBook
 
+log = logging.getLogger("ollama_meter.meter")
+
 if TYPE_CHECKING:
+    from pathlib import Path
     from zoneinfo import ZoneInfo
 
     from ollama_meter.config import Settings
@@ -20,6 +28,7 @@ class PriceSource:
     def __init__(self, ledger: Ledger, *, settings: Settings, ttl: float = 30.0) -> None:
         self.ledger, self.settings = ledger, settings
         self._version: tuple[object, ...] | None = None
+        self._file = PricingFile(ledger, settings)
         # A server's refresh task looks for a changed rule at each tick (every 5 s): waiting
         # out the 30 s, a gateway priced calls by a changed rule's old price for up to 35 s,
         # and a `reprice` run at once had passed those calls before they were written.
@@ -31,13 +40,78 @@ class PriceSource:
     def load(self) -> PriceBook:
         """The book of the ledger's rules as they are now, read from it (no snapshot)."""
         ledger, settings = self.ledger, self.settings
+        self._file.sync()
         self._version = ledger.price_rules_version()  # read first: a change after it is seen
         rules, unreadable = ledger.readable_price_rules()
         zone, currency = ledger_zone(ledger, settings), settings.currency
         return PriceBook(rules, tz=zone, currency=currency, unreadable=unreadable)
 
     def _changed(self) -> bool:
-        return self.ledger.price_rules_version() != self._version
+        return self._file.changed() or self.ledger.price_rules_version() != self._version
+
+
+_Signature = tuple[int, int, int, int, int]
+_RACY_NS = 2 * 10**9
+"""A file changed this recently may change again within its clock's granularity, its size the
+same: its look is not trusted, and it is read again at each reload until it is older."""
+
+
+class PricingFile:
+    """``OMETER_PRICING_FILE``, looked at again at each reload of a long-running process.
+
+    Every command syncs it when it starts (``_wiring.ledger_for``); a gateway runs for weeks,
+    and read it only then: an admin who raised a price in the file saw it charge the old one
+    until a restart, with no word. Now an edit is synced at the next reload (a gateway's next
+    tick, 5 s). An edit ometer refuses (broken TOML, a NaN or negative price, an unknown
+    currency, the file removed) keeps the rules the file gave before, said once an edit in
+    one ``WARNING``, never a traceback. Only a regular file is looked at again: a pipe given
+    as the file was read to its end at the start."""
+
+    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+        self.ledger, self.settings = ledger, settings
+        path = settings.pricing_file
+        self._seen = self._look(path)  # as ledger_for synced it just before
+        self.path = path if self._seen is not None else None
+        self._said: object = None
+
+    @staticmethod
+    def _look(path: Path | None) -> _Signature | None:
+        """The file's identity, size and times; None when it is no regular file to read."""
+        try:
+            info = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        if info is None or not stat.S_ISREG(info.st_mode):
+            return None
+        return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+    def changed(self) -> bool:
+        """Whether the file may differ from what was last synced (a stat, no read)."""
+        if self.path is None:
+            return False
+        look = self._look(self.path)
+        racy = look is not None and time.time_ns() - look[4] < _RACY_NS
+        return racy or look != self._seen
+
+    def sync(self) -> None:
+        """Sync the file if it changed. A fault of the file's is said, not raised; one of the
+        ledger's (locked, away) is raised, and the file is looked at again next time."""
+        if self.path is None or not self.changed():
+            return
+        from ollama_meter.meter._wiring import sync_pricing_file
+
+        look = self._look(self.path)
+        try:
+            if look is None:
+                raise PricingError(
+                    f"OMETER_PRICING_FILE {self.path}: is gone or no longer a regular file"
+                )
+            sync_pricing_file(self.ledger, self.path, default_currency=self.settings.currency)
+        except (PricingError, BudgetError) as exc:
+            if self._said != (look or "gone"):
+                log.warning("%s; the rules it gave before stay in force", exc)
+                self._said = look or "gone"
+        self._seen = look
 
 
 def ledger_zone(ledger: Ledger, settings: Settings) -> ZoneInfo:

@@ -1,0 +1,120 @@
+"""A gateway keeps ``OMETER_PRICING_FILE`` in sync while it runs, as every other command does
+when it starts: the file was read once, at the gateway's start, and an admin who raised a price
+in it saw the gateway charge the old one for as long as it ran (weeks), with no word. A file
+edited into something ometer refuses (broken TOML, a NaN or negative price, an unknown
+currency) or removed keeps the rules it gave before, said once in a ``WARNING`` naming the
+file and what is wrong; the next good edit is in force at the next tick."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.config import load_settings
+from ollama_meter.ledger import close_ledgers
+from ollama_meter.meter import Meter
+
+WHEN = datetime(2026, 11, 10, tzinfo=UTC)
+_BROKEN = [
+    "[[rule]\nmodel = 'llama3.1:*'\n",  # not TOML
+    "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = nan\n",
+    "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = -1\n",
+    "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = 'NaN'\n",
+    "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = 1e400\n",
+    "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = 1\ncurrency = 'XYZ'\n",
+    "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = 1\nfrom = 2026-13-01\n",
+    "",
+    None,  # removed
+]
+
+
+def _good(price: int) -> str:
+    return f'[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = {price}\n'
+
+
+def _write(path: Path, text: str | None, tick: int) -> None:
+    if text is None:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text(text)
+    # An edit seconds after the one before, as an admin's are (the file's time says so).
+    os.utime(path, ns=(tick * 10**9, tick * 10**9))
+
+
+def _price(meter: Meter) -> Decimal | None:
+    rule = meter.prices().rule_for("llama3.1:8b", WHEN)
+    return None if rule is None else rule.input_per_1m
+
+
+def _gateway_meter(tmp: Path, toml: Path) -> Meter:
+    settings = load_settings(db_url=f"sqlite:///{tmp / 'ledger.db'}", pricing_file=toml)
+    meter = Meter.from_settings(settings, source="gateway")
+    meter.keep_fresh()  # as the gateway's lifespan does; its task calls refresh() every 5 s
+    return meter
+
+
+def test_a_running_gateway_prices_by_the_file_as_edited(tmp_path: Path) -> None:
+    toml = tmp_path / "prices.toml"
+    _write(toml, _good(1), 1)
+    meter = _gateway_meter(tmp_path, toml)
+    assert _price(meter) == 1
+    _write(toml, _good(7), 2)
+    meter.refresh()
+    assert _price(meter) == 7
+
+
+def test_a_broken_edit_keeps_the_rules_before_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    toml = tmp_path / "prices.toml"
+    _write(toml, _good(3), 1)
+    meter = _gateway_meter(tmp_path, toml)
+    _write(toml, "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = nan\n", 2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            meter.refresh()
+    assert _price(meter) == 3
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"OMETER_PRICING_FILE {toml}: rule 1: input_per_1m ")
+    assert said[0].endswith("; the rules it gave before stay in force")
+    assert all(r.exc_info is None for r in caplog.records)  # one line, no traceback
+    _write(toml, _good(5), 3)
+    meter.refresh()
+    assert _price(meter) == 5
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.one_of(st.integers(1, 4).map(_good), st.sampled_from(_BROKEN)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_after_any_edits_the_price_is_the_last_good_files(
+    tmp_path_factory: pytest.TempPathFactory, edits: list[str | None]
+) -> None:
+    tmp = tmp_path_factory.mktemp("edits")
+    toml = tmp / "prices.toml"
+    _write(toml, _good(9), 1)
+    meter = _gateway_meter(tmp, toml)
+    expected = Decimal(9)
+    try:
+        for tick, text in enumerate(edits, start=2):
+            _write(toml, text, tick)
+            meter.refresh()
+            if text is not None and text in {_good(p) for p in range(1, 5)}:
+                expected = Decimal(text.rsplit("= ", 1)[1])
+            assert _price(meter) == expected
+    finally:
+        meter.close_upstream()
+        close_ledgers()
