@@ -40,7 +40,7 @@ from ollama_meter._environment import (
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
-from ollama_meter._paths import default_data_dir, resolved
+from ollama_meter._paths import default_data_dir
 from ollama_meter._said import Float, Int, Seconds
 from ollama_meter._sources import QuickSettings
 from ollama_meter._urls import (
@@ -379,7 +379,7 @@ class Settings(QuickSettings):
             return None
         try:
             if value.is_file():  # False for most errors, but not a name too long
-                return resolved(value)
+                return value.absolute()  # not resolved: a link switched is the same file
         except OSError as exc:
             raise ValueError(f"{str(value)!r} cannot be read: {exc.strerror}") from None
         raise ValueError(f"{str(value)!r} does not exist or is not a file")

@@ -233,21 +233,28 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
                 raise PricingError(f"no price rule with id {rule_id}; see `ometer pricing list`")
 
     def sync_price_rules(
-        self, source: str, content: bytes, rules: Callable[[], Sequence[PriceRule]]
+        self,
+        source: str,
+        content: bytes,
+        rules: Callable[[], Sequence[PriceRule]],
+        *,
+        formerly: str | None = None,
     ) -> bool:
         """Make the rules from ``source`` (a pricing file) match its content; True if they changed.
 
         ``rules`` parses the content, called only when it differs from what the ledger
         has. Unchanged (every command but the first), this is one read: a command that
         only reads never waits for, or fails on, a writer's lock because of the file.
+        ``formerly``: the source's name under an older ometer, whose rules it takes over.
         """
         digest = hashlib.sha256(content).hexdigest()
         if self.reading(lambda conn: _prices.file_digest(conn, source)) == digest:
             return False
         parsed = rules()
         with self.write() as conn:
+            took = formerly is not None and _prices.take_over(conn, source, formerly)
             if _prices.file_digest(conn, source) == digest:  # another process got there first
-                return False
+                return took
             _prices.replace_source(conn, source, parsed, digest)
             _currencies.check_rules(conn, parsed)
             return True

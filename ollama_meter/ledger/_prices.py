@@ -150,6 +150,19 @@ def file_digest(conn: Connection, source: str) -> str | None:
     ).scalar()
 
 
+def take_over(conn: Connection, source: str, formerly: str) -> bool:
+    """Give ``source`` the rules named ``formerly`` when it has none; True if it took any.
+
+    An older ometer named a pricing file by where its links led, so a file reached through a
+    link (a Kubernetes ConfigMap, ``ln -sfn v2 current``) is this file's rules under its old
+    name: taken over with their ids, never left in force beside it."""
+    new, old = source_key(source), source_key(formerly)
+    if new == old or file_digest(conn, source) is not None:
+        return False
+    moved = conn.execute(update(_TABLE).where(_TABLE.c.source == old).values(source=new))
+    return bool(moved.rowcount)
+
+
 def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], digest: str) -> None:
     """Make the rules that came from ``source`` exactly ``rules``, their ids in file order.
 

@@ -112,7 +112,7 @@ def ledger_for(settings: Settings) -> Ledger:
 
 def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
     """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
-    from ollama_meter._paths import read_bounded
+    from ollama_meter._paths import read_bounded, resolved
     from ollama_meter.pricing import MAX_PRICING_BYTES, parse_pricing_toml, pricing_text
 
     try:  # checked by the settings, but read later: it may be gone or replaced since
@@ -130,7 +130,11 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
         except ValueError as exc:
             raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
 
-    return ledger.sync_price_rules(f"file:{path}", content, rules)
+    try:  # what an older ometer named it: where its links led
+        formerly = f"file:{resolved(path)}"
+    except OSError:
+        formerly = None
+    return ledger.sync_price_rules(f"file:{path}", content, rules, formerly=formerly)
 
 
 def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:

@@ -118,3 +118,55 @@ def test_after_any_edits_the_price_is_the_last_good_files(
     finally:
         meter.close_upstream()
         close_ledgers()
+
+
+def _sources(meter: Meter) -> list[tuple[str, Decimal | None]]:
+    return [(r.source, r.input_per_1m) for r in meter.ledger.price_rules()]
+
+
+def test_a_link_switched_to_a_new_version_replaces_the_old_versions_rules(tmp_path: Path) -> None:
+    """A Kubernetes ConfigMap is a link to a link to a folder that each update replaces (and
+    `ln -sfn v2 current` does the same): the file was named by where its links led, so each
+    version was a source of its own and the old version's rules stayed in force beside the new
+    (an exact `llama3.1:8b` price removed from the file went on beating its `llama3.1:*`)."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v1" / "prices.toml").write_text(
+        '[[rule]]\nmodel = "llama3.1:8b"\ninput_per_1m = 1\n'
+    )
+    (tmp_path / "v2" / "prices.toml").write_text(_good(5))
+    (tmp_path / "..data").symlink_to("v1")
+    toml = tmp_path / "prices.toml"
+    toml.symlink_to("..data/prices.toml")
+    meter = _gateway_meter(tmp_path, toml)
+    assert _price(meter) == 1
+    swap = tmp_path / "..data_tmp"
+    swap.symlink_to("v2")
+    swap.rename(tmp_path / "..data")  # atomically, as the kubelet does
+    meter.refresh()
+    assert _price(meter) == 5
+    assert _sources(meter) == [(f"file:{toml}", 5)]
+    meter.close_upstream()
+    close_ledgers()
+    again = _gateway_meter(tmp_path, toml)  # a restart after the swap: the same one source
+    assert _sources(again) == [(f"file:{toml}", 5)]
+
+
+def test_rules_an_older_ometer_named_by_the_links_target_are_the_files(tmp_path: Path) -> None:
+    """An older ometer named the file by where its links led: those rules are this file's,
+    taken over at its first sync, never left beside it."""
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.pricing import parse_pricing_toml
+
+    (tmp_path / "v1").mkdir()
+    target = tmp_path / "v1" / "prices.toml"
+    target.write_text(_good(2))
+    toml = tmp_path / "prices.toml"
+    toml.symlink_to(target)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    content = target.read_bytes()
+    old = parse_pricing_toml(content.decode(), default_currency="USD", source=f"file:{target}")
+    ledger.sync_price_rules(f"file:{target}", content, lambda: old)
+    [before] = ledger.price_rules()
+    meter = _gateway_meter(tmp_path, toml)
+    assert [(r.id, r.source) for r in meter.ledger.price_rules()] == [(before.id, f"file:{toml}")]
