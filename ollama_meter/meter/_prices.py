@@ -109,7 +109,9 @@ class PricingFile:
             sync_pricing_file(self.ledger, self.path, default_currency=self.settings.currency)
         except (PricingError, BudgetError) as exc:
             if self._said != (look or "gone"):
-                log.warning("%s; the rules it gave before stay in force", exc)
+                named = f"OMETER_PRICING_FILE {self.path}: "  # a ledger's refusal names no file
+                text = str(exc) if str(exc).startswith(named) else named + str(exc)
+                log.warning("%s; the rules it gave before stay in force", text)
                 self._said = look or "gone"
         self._seen = look
 

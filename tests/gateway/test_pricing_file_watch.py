@@ -170,3 +170,22 @@ def test_rules_an_older_ometer_named_by_the_links_target_are_the_files(tmp_path:
     [before] = ledger.price_rules()
     meter = _gateway_meter(tmp_path, toml)
     assert [(r.id, r.source) for r in meter.ledger.price_rules()] == [(before.id, f"file:{toml}")]
+
+
+def test_an_edit_the_budgets_refuse_names_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ollama_meter.records import Budget
+
+    toml = tmp_path / "prices.toml"
+    _write(toml, _good(3), 1)
+    meter = _gateway_meter(tmp_path, toml)
+    meter.ledger.save_budget(
+        Budget(tenant="default", department=None, period="month", limit=10**7, currency="USD")
+    )
+    _write(toml, 'currency = "EUR"\n' + _good(4), 2)
+    with caplog.at_level(logging.WARNING):
+        meter.refresh()
+    assert _price(meter) == 3
+    [said] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said.startswith(f"OMETER_PRICING_FILE {toml}: the rule for 'llama3.1:*' prices in EUR")
