@@ -59,10 +59,15 @@ def _gateway_meter(tmp: Path, toml: Path) -> Meter:
     return meter
 
 
+def _running(tmp: Path, price: int) -> tuple[Path, Meter]:
+    """A gateway's meter on a ledger whose pricing file prices llama3.1 at ``price``."""
+    toml = tmp / "prices.toml"
+    _write(toml, _good(price), 1)
+    return toml, _gateway_meter(tmp, toml)
+
+
 def test_a_running_gateway_prices_by_the_file_as_edited(tmp_path: Path) -> None:
-    toml = tmp_path / "prices.toml"
-    _write(toml, _good(1), 1)
-    meter = _gateway_meter(tmp_path, toml)
+    toml, meter = _running(tmp_path, 1)
     assert _price(meter) == 1
     _write(toml, _good(7), 2)
     meter.refresh()
@@ -72,9 +77,7 @@ def test_a_running_gateway_prices_by_the_file_as_edited(tmp_path: Path) -> None:
 def test_a_broken_edit_keeps_the_rules_before_and_says_so_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    toml = tmp_path / "prices.toml"
-    _write(toml, _good(3), 1)
-    meter = _gateway_meter(tmp_path, toml)
+    toml, meter = _running(tmp_path, 3)
     _write(toml, "[[rule]]\nmodel = 'llama3.1:*'\ninput_per_1m = nan\n", 2)
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
@@ -177,9 +180,7 @@ def test_an_edit_the_budgets_refuse_names_the_file(
 ) -> None:
     from ollama_meter.records import Budget
 
-    toml = tmp_path / "prices.toml"
-    _write(toml, _good(3), 1)
-    meter = _gateway_meter(tmp_path, toml)
+    toml, meter = _running(tmp_path, 3)
     meter.ledger.save_budget(
         Budget(tenant="default", department=None, period="month", limit=10**7, currency="USD")
     )
