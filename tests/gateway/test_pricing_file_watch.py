@@ -52,8 +52,9 @@ def _price(meter: Meter) -> Decimal | None:
     return None if rule is None else rule.input_per_1m
 
 
-def _gateway_meter(tmp: Path, toml: Path) -> Meter:
-    settings = load_settings(db_url=f"sqlite:///{tmp / 'ledger.db'}", pricing_file=toml)
+def _gateway_meter(tmp: Path, toml: Path, db_url: str | None = None) -> Meter:
+    url = db_url or f"sqlite:///{tmp / 'ledger.db'}"
+    settings = load_settings(db_url=url, pricing_file=toml)
     meter = Meter.from_settings(settings, source="gateway")
     meter.keep_fresh()  # as the gateway's lifespan does; its task calls refresh() every 5 s
     return meter
@@ -127,7 +128,9 @@ def _sources(meter: Meter) -> list[tuple[str, Decimal | None]]:
     return [(r.source, r.input_per_1m) for r in meter.ledger.price_rules()]
 
 
-def test_a_link_switched_to_a_new_version_replaces_the_old_versions_rules(tmp_path: Path) -> None:
+def test_a_link_switched_to_a_new_version_replaces_the_old_versions_rules(
+    tmp_path: Path, db_url: str
+) -> None:
     """A Kubernetes ConfigMap is a link to a link to a folder that each update replaces (and
     `ln -sfn v2 current` does the same): the file was named by where its links led, so each
     version was a source of its own and the old version's rules stayed in force beside the new
@@ -141,7 +144,7 @@ def test_a_link_switched_to_a_new_version_replaces_the_old_versions_rules(tmp_pa
     (tmp_path / "..data").symlink_to("v1")
     toml = tmp_path / "prices.toml"
     toml.symlink_to("..data/prices.toml")
-    meter = _gateway_meter(tmp_path, toml)
+    meter = _gateway_meter(tmp_path, toml, db_url)
     assert _price(meter) == 1
     swap = tmp_path / "..data_tmp"
     swap.symlink_to("v2")
@@ -151,11 +154,13 @@ def test_a_link_switched_to_a_new_version_replaces_the_old_versions_rules(tmp_pa
     assert _sources(meter) == [(f"file:{toml}", 5)]
     meter.close_upstream()
     close_ledgers()
-    again = _gateway_meter(tmp_path, toml)  # a restart after the swap: the same one source
+    again = _gateway_meter(tmp_path, toml, db_url)  # a restart after the swap: the same one source
     assert _sources(again) == [(f"file:{toml}", 5)]
 
 
-def test_rules_an_older_ometer_named_by_the_links_target_are_the_files(tmp_path: Path) -> None:
+def test_rules_an_older_ometer_named_by_the_links_target_are_the_files(
+    tmp_path: Path, db_url: str
+) -> None:
     """An older ometer named the file by where its links led: those rules are this file's,
     taken over at its first sync, never left beside it."""
     from ollama_meter.ledger import Ledger
@@ -166,12 +171,12 @@ def test_rules_an_older_ometer_named_by_the_links_target_are_the_files(tmp_path:
     target.write_text(_good(2))
     toml = tmp_path / "prices.toml"
     toml.symlink_to(target)
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger(db_url)
     content = target.read_bytes()
     old = parse_pricing_toml(content.decode(), default_currency="USD", source=f"file:{target}")
     ledger.sync_price_rules(f"file:{target}", content, lambda: old)
     [before] = ledger.price_rules()
-    meter = _gateway_meter(tmp_path, toml)
+    meter = _gateway_meter(tmp_path, toml, db_url)
     assert [(r.id, r.source) for r in meter.ledger.price_rules()] == [(before.id, f"file:{toml}")]
 
 
