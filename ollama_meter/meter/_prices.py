@@ -107,6 +107,7 @@ class PricingFile:
                     f"OMETER_PRICING_FILE {self.path}: is gone or no longer a regular file"
                 )
             sync_pricing_file(self.ledger, self.path, default_currency=self.settings.currency)
+            self._said = None  # in force: the next fault is said again, whatever it is
         except (PricingError, BudgetError) as exc:
             if self._said != (look or "gone"):
                 named = f"OMETER_PRICING_FILE {self.path}: "  # a ledger's refusal names no file

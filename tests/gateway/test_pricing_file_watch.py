@@ -195,3 +195,24 @@ def test_an_edit_the_budgets_refuse_names_the_file(
     assert _price(meter) == 3
     [said] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said.startswith(f"OMETER_PRICING_FILE {toml}: the rule for 'llama3.1:*' prices in EUR")
+
+
+def test_a_fault_is_said_again_after_a_good_edit_between(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Removed, restored, removed again: each removal is said (the second was not)."""
+    toml, meter = _running(tmp_path, 3)
+    with caplog.at_level(logging.WARNING):
+        for tick, text in enumerate([None, _good(4), None], start=2):
+            _write(toml, text, tick)
+            meter.refresh()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (
+        said
+        == [
+            f"OMETER_PRICING_FILE {toml}: is gone or no longer a regular file; "
+            "the rules it gave before stay in force"
+        ]
+        * 2
+    )
+    assert _price(meter) == 4
