@@ -286,7 +286,8 @@ def _text(span: SpanRecord, call: MeteredCall) -> int:
     """What a waiting call keeps alive, in characters (of text) or bytes (of the rest): its
     prompt, what content capture kept, and the records kept to export beside them: who said
     what (a message's record took more than its text, 6.3 MB for a body of 100,000 one-letter
-    messages, uncounted) and the stop sequences asked for."""
+    messages, uncounted), the ids of the calls its tool messages answer, its reply's tool
+    calls (their characters as the model wrote them) and the stop sequences asked for."""
     stops = span.asked.stop_sequences if span.asked is not None else None
     return (
         len(call.prompt_text)
@@ -294,6 +295,8 @@ def _text(span: SpanRecord, call: MeteredCall) -> int:
         + len(span.reply or "")
         + sum(_MESSAGE + len(role or "") + _LENGTH * len(lengths) for role, lengths in span.said)
         + sum(_STRING + len(stop) for stop in stops or ())
+        + sum(_STRING + len(answer or "") for answer in span.answered)
+        + (_MESSAGE * len(span.called) + call.other_chars if span.called else 0)
     )
 
 

@@ -47,6 +47,9 @@ KEPT_REPLY_CHARS = 1_000_000
 """The most of a reply's text a call keeps (captured content; a whole reply Ollama did not
 count): more than any model's context holds, so a server that streams for ever fills no
 memory and no ledger row. Past it the reply says how much more there was."""
+KEPT_CALL_PIECES = 1024
+"""The most pieces of a reply's tool calls a call keeps (captured content): an export holds
+far fewer (:mod:`~ollama_meter.telemetry._content`)."""
 
 
 class MeteredCall:
@@ -59,6 +62,7 @@ class MeteredCall:
         prices: PriceBook,
         *,
         keep_reply: bool = True,
+        keep_calls: bool = False,
         evaluates: bool | None = None,
         input_estimate: int | None = None,
         pictures: int = 0,
@@ -82,6 +86,9 @@ class MeteredCall:
         """Whether the reply's text is kept: a stream's output is estimated from its count of
         pieces, so unless content is captured its text would only fill memory (for ever, on
         a model that generates for ever)."""
+        self.calls: list[object] | None = [] if keep_calls else None
+        """The reply's tool calls as the wire gave them (:func:`~..upstream.tool_calls`
+        reads them), where content is captured; at most :data:`KEPT_CALL_PIECES` pieces."""
         self.reply_parts: list[str] = []
         self.reply_chars = 0
         """The reply's length in characters, kept or not (see :data:`KEPT_REPLY_CHARS`)."""
@@ -188,6 +195,8 @@ class MeteredCall:
             self.streamed_tokens += max(1, tokens_in_chars(event.call_chars))
             self.other_chars += event.other_chars
             self.shown_bytes += bytes_of(event.text) + UTF8_MOST * event.other_chars
+            if event.calls is not None and self.calls is not None:
+                self.calls += [event.calls][: KEPT_CALL_PIECES - len(self.calls)]
             if event.text and self.keep_reply:
                 room = KEPT_REPLY_CHARS - self.reply_chars
                 if room > 0:

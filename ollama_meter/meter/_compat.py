@@ -10,6 +10,7 @@ conversation Ollama keeps. Their keys are read as Go's decoder reads them, in an
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from ollama_meter.meter._written import (
@@ -48,6 +49,18 @@ def content_parts(content: object) -> tuple[list[str], int]:
             elif isinstance(part.get("text"), str):
                 texts.append(part["text"])
     return texts, images
+
+
+def chat_answers(messages: object) -> tuple[str | None, ...]:
+    """The call id (``tool_call_id``; None: not given) of each ``tool`` message of a chat
+    that says some text: each one :attr:`~ollama_meter.records.SpanRecord.said` holds."""
+    answers: list[str | None] = []
+    for message in messages if isinstance(messages, list) else []:
+        get = message.get if isinstance(message, Mapping) else partial(getattr, message)
+        if text_of(get("role", None)) == "tool" and any(content_parts(get("content", None))[0]):
+            answer = get("tool_call_id", None)
+            answers.append(answer if isinstance(answer, str) else None)
+    return tuple(answers)
 
 
 _ITEM_APART = frozenset({"type", "role", "content", "output"})

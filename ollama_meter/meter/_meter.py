@@ -51,6 +51,7 @@ from ollama_meter.records import (
     make_storable,
     new_span_ids,
 )
+from ollama_meter.upstream import tool_calls
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
@@ -164,7 +165,7 @@ class Meter(Admitting):
             opening.operation, model, opening.stream, opening.attribution, prices.currency
         )
         if self.capture_content:  # who said which texts of the prompt it keeps, to export
-            span.said = facts.said
+            span.said, span.answered = facts.said, facts.answered
         if reads_requests(self.observers):  # for telemetry and hooks: the request's settings
             span.asked = facts.asked
         try:
@@ -175,7 +176,8 @@ class Meter(Admitting):
             )
         keep_reply = self.capture_content or not opening.stream  # a whole reply: estimated
         call = MeteredCall(
-            span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates,
+            span, facts.prompt_text, prices, keep_reply=keep_reply,
+            keep_calls=self.capture_content, evaluates=facts.evaluates,
             input_estimate=facts.input_estimate(), pictures=facts.images,  # its tools too
         )  # fmt: skip
         call.passes, call.prompt_most = facts.passes, (opening.facts or call).prompt_most
@@ -271,6 +273,7 @@ class Meter(Admitting):
         mark_ended(span, error)
         if self.capture_content:
             span.prompt, span.reply = call.prompt_text, call.reply
+            span.called = tool_calls(call.calls or [])
         # Counts and names came from a caller and from Ollama: bound them before pricing.
         make_storable(span)
         span.apply_cost(call.prices.cost_of(span))

@@ -28,6 +28,7 @@ from ollama_meter.meter._asked import asked_of
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._compat import (
     Turn,
+    chat_answers,
     content_parts,
     continued,
     formatted,
@@ -116,6 +117,12 @@ class RequestFacts:
         """Who said which texts of ``prompt_text`` (:attr:`SpanRecord.said`): counted when
         read, as only an exported prompt needs (content capture)."""
         return tuple((role, tuple(map(len, said))) for role, said in self.turns if said)
+
+    @property
+    def answered(self) -> tuple[str | None, ...]:
+        """The ``tool_call_id`` of each ``tool`` message of :attr:`said`, read when read."""
+        chat = self.asking and self.asking[0].removeprefix(OPENAI_PREFIX) == "chat"
+        return chat_answers(self.asking[1].get("messages")) if self.asking and chat else ()
 
     @property
     def asked(self) -> Asked | None:

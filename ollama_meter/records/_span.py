@@ -20,6 +20,8 @@ from ollama_meter.records._price import Cost
 
 Said = tuple[tuple[str | None, tuple[int, ...]], ...]
 """A prompt's messages: each one's role (None: instructions apart) and its texts' lengths."""
+Called = tuple[str | None, str, object]
+"""A tool call of a reply: its id (None: the wire gave none), name and arguments as sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,12 @@ class SpanRecord:
     """Who said what of ``prompt``: each message's role (None: instructions given apart from
     the messages) and the length of each of its texts there, joined by line breaks. Exported
     as the conventions' messages; not stored in the ledger (nor part of a span's equality)."""
+    answered: tuple[str | None, ...] = field(default=(), compare=False, repr=False)
+    """The call each ``tool`` message of :attr:`said` answers, in order (None: not given):
+    exported as the conventions' ``tool_call_response`` parts; not stored in the ledger."""
+    called: tuple[Called, ...] = field(default=(), compare=False, repr=False)
+    """The tool calls the reply made, where content is captured: exported as the conventions'
+    ``tool_call`` parts; not stored in the ledger (its reply is the reply's text)."""
     asked: Asked | None = field(default=None, compare=False, repr=False)
     """The settings the request asked the model to generate with, where it set any: exported
     as the conventions' ``gen_ai.request.*``; not stored in the ledger."""
@@ -269,7 +277,9 @@ class SpanRecord:
 
 
 ROW_FIELDS: tuple[str, ...] = tuple(
-    name for name in SpanRecord.__dataclass_fields__ if name not in ("attributes", "said", "asked")
+    name
+    for name in SpanRecord.__dataclass_fields__
+    if name not in ("attributes", "said", "answered", "called", "asked")
 )
 """The fields the ledger stores, a column each, in the order of the dataclass."""
 _row_of = attrgetter(*ROW_FIELDS)  # all at once: a span's row is made at every call

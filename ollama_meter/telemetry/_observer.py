@@ -34,7 +34,7 @@ from ollama_meter.telemetry._content import (
     MAX_EXPORTED_TEXT,
     bounded as _bounded,
     input_of,
-    message as _messages,
+    reply_of,
 )
 from ollama_meter.telemetry._hooked import HookedAttributes
 from ollama_meter.telemetry._served import Served
@@ -333,10 +333,9 @@ class TelemetryObserver:
             said, apart = input_of(span, self.max_length)
             attributes[sc.GEN_AI_INPUT_MESSAGES] = said
             attributes[sc.GEN_AI_SYSTEM_INSTRUCTIONS] = apart
-        if self.capture_content and span.reply is not None:
-            attributes[sc.GEN_AI_OUTPUT_MESSAGES] = _messages(
-                "assistant", span.reply, self.max_length, _finish_reason(span)
-            )
+        if self.capture_content and (span.reply is not None or span.called):
+            reason = _finish_reason(span)
+            attributes[sc.GEN_AI_OUTPUT_MESSAGES] = reply_of(span, self.max_length, reason)
         for key in _JSON_VALUED:
             if len(attributes.get(key) or "") > self.max_length:
                 del attributes[key]

@@ -34,7 +34,7 @@ from ollama_meter.upstream._resilience import (
     is_transient,
     reset_breakers,
 )
-from ollama_meter.upstream._vocabulary import Delta, Event, Final
+from ollama_meter.upstream._vocabulary import Delta, Event, Final, tool_calls
 from ollama_meter.upstream._wire import (
     END,
     OLLAMA,
@@ -83,6 +83,7 @@ __all__ = [
     "option_problem",
     "reset_breakers",
     "retry_after_seconds",
+    "tool_calls",
     "wire_for",
     "wire_of_path",
 ]

@@ -135,9 +135,9 @@ class OllamaReader:
                 return [self._loaded(obj, None, only="load")]
             return [self._final(obj, output_tokens=0)]
         other = self._other_chars(obj)
-        thought, calls = other or (0, 0)
+        thought, calls, called = other or (0, 0, None)
         events: list[Event] = [
-            Delta(self._reply_text(obj), other is not None, thought + calls, calls)
+            Delta(self._reply_text(obj), other is not None, thought + calls, calls, called)
         ]
         if obj.get("done") is True:
             self.complete = True
@@ -154,9 +154,9 @@ class OllamaReader:
         getter = getattr(message, "get", None)
         return (_text(getter("content")) or "") if callable(getter) else ""
 
-    def _other_chars(self, obj: Any) -> tuple[int, int] | None:
+    def _other_chars(self, obj: Any) -> tuple[int, int, object] | None:
         """The characters of the thinking and of the tool calls ``obj`` carries (generated,
-        though not reply text); None when it carries neither."""
+        though not reply text), and the calls; None when it carries neither."""
         if not self.chat:
             thinking, calls = _text(obj.get("thinking")), obj.get("tool_calls")
         else:
@@ -167,7 +167,7 @@ class OllamaReader:
             thinking, calls = _text(getter("thinking")), getter("tool_calls")
         if not thinking and not _some(calls):
             return None
-        return len(thinking or ""), _calls_chars(calls)
+        return len(thinking or ""), _calls_chars(calls), calls
 
     @staticmethod
     def _final(obj: Any, *, output_tokens: int | None) -> Final:
@@ -237,10 +237,12 @@ class OpenAIReader:
             )
             if text or other:
                 thought = calls = 0
+                called = None
                 if other and isinstance(delta, dict):
                     thought = len(_text(delta.get("reasoning")) or "")
-                    calls = _calls_chars(delta.get("tool_calls"))
-                events.append(Delta(text, other, thought + calls, calls))
+                    called = delta.get("tool_calls")
+                    calls = _calls_chars(called)
+                events.append(Delta(text, other, thought + calls, calls, called))
             self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
         usage = obj.get("usage")
         if isinstance(usage, dict) and usage:

@@ -32,7 +32,8 @@ from ollama_meter._text import ACTED_ON
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import make_storable, storable_text
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
-from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver, _messages
+from ollama_meter.telemetry._content import document
+from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver
 from ollama_meter.telemetry._session import refused
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.telemetry._size import MAX_REQUEST_BYTES
@@ -205,7 +206,8 @@ def test_a_name_protobuf_cannot_encode_never_costs_the_other_calls_their_spans(
 @given(text=st.text(), role=st.sampled_from(["user", "assistant"]))
 def test_exported_content_is_valid_json_within_its_bound(text: str, role: str) -> None:
     """A 1 MB prompt was exported whole: thousands of such spans wait in memory for a collector."""
-    exported = _messages(role, text)
+    exported = document([(role, [text])])
+    assert exported is not None
     assert len(exported) <= MAX_EXPORTED_TEXT
     (message,) = json.loads(exported)
     content = message["parts"][0]["content"]

@@ -45,7 +45,13 @@ def _exported(operation: str, body: dict[str, Any], limit: int | None = None) ->
 
 
 def _said(role: str, *texts: str) -> dict[str, Any]:
+    """A message's parts: a ``tool`` message's texts are the results of calls."""
     clean = [storable_text(t, len(t) + 1) for t in texts if t]
+    if role == "tool":
+        return {
+            "role": role,
+            "parts": [{"type": "tool_call_response", "response": t} for t in clean],
+        }
     return {"role": role, "parts": [{"type": "text", "content": t} for t in clean]}
 
 
@@ -131,7 +137,7 @@ def test_messages_cut_to_a_limit_stay_whole_json_newest_kept(
     body = {"messages": [{"role": r, "content": c} for r, c in messages]}
     a = _exported("chat", body, limit)
     if sc.GEN_AI_INPUT_MESSAGES not in a:
-        least = [{"role": messages[-1][0], "parts": [{"type": "text", "content": "…"}]}]
+        least = [_said(messages[-1][0], "…")]
         assert len(json.dumps(least, ensure_ascii=False)) > limit  # not even the newest's "…"
         return
     got = json.loads(a[sc.GEN_AI_INPUT_MESSAGES])
@@ -140,7 +146,7 @@ def test_messages_cut_to_a_limit_stay_whole_json_newest_kept(
     for message, (role, text) in zip(got, kept, strict=True):
         (part,) = message["parts"]
         clean = storable_text(text, len(text) + 1)
-        content = part["content"]
+        content = part["response" if role == "tool" else "content"]
         assert message["role"] == role
         assert content == clean or (content.endswith("…") and clean.startswith(content[:-1]))
 
