@@ -95,6 +95,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self._clock = clock
         self._leases: dict[Slot, Lease] = {}
         self._returning: set[str] = set()  # rows of leases taken out, being given back
+        self._stranded: set[str] = set()  # rows a give-back failed to drop (see _give_back)
         self._watch = Watches()
         self._refusals_said: set[tuple[LeaseKey, int, int]] = set()  # claimed in the ledger
         self._refused = Refusals(recheck=ttl, clock=clock)  # said again without the ledger
@@ -134,6 +135,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         admitting against one in memory, or writing its row, would spend or drop the parent's
         hold), and the parent's keeper thread is not there."""
         self._leases, self._returning, self._watch = {}, set(), Watches()  # (a lock held at fork)
+        self._stranded = set()
         self._lock = threading.Lock()
         self._keeper = None
         self._closing = threading.Event()
@@ -310,6 +312,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
             at = store.clock(now)  # after the lock: a wait for it does not age the time
+            stranded = self._drop_stranded(store)
             if in_force(store, leases):  # read again before the next admission
                 self._budgets.expire()
             for lease in leases if adopt else ():  # this call's: not another's hold, nor twice
@@ -340,6 +343,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             for lease, amount, _ in sizes:
                 self._write_lease(store, lease, amount, now)
         # Only what the ledger committed is this process's to admit against.
+        self._stranded.difference_update(stranded)
         renewed = self._clock()
         for lease, amount, spent in sizes:
             lease.amount, lease.renewed, lease.spent = amount, renewed, spent
@@ -413,17 +417,6 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         lease = self._leases.pop(slot)
         self._returning.add(lease.row_id)
         return lease
-
-    def _give_back(self, leases: list[Lease]) -> None:
-        self._refused.forget(le.key for le in leases)
-        try:
-            with self.ledger.budget_transaction() as store:
-                for lease in leases:
-                    store.drop_lease(lease.row_id)
-        except Exception:  # it expires on its own; the call must not fail for this
-            log.warning("could not give back %d budget lease(s); they expire", len(leases))
-        finally:
-            self._returning.difference_update(le.row_id for le in leases)
 
     def close(self, *, give_back: bool = True) -> None:
         """Give back every lease with no call in flight (a gateway shutting down); the others

@@ -16,10 +16,13 @@ import pytest
 from sqlalchemy import event, text
 
 from ollama_meter.budgets import BudgetGate, Estimate
+from ollama_meter.budgets._leases import Reservation
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import Budget, new_span_row_id
 from tests._pg import PgCluster
+from tests.budgets.test_gate_locks import _write_locked
+from tests.factories import make_span
 from tests.integrity.test_frozen_server import quiet_passes, returns
 
 NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
@@ -82,6 +85,34 @@ def test_a_renewal_committed_unanswered_is_held_once(
     rows = _rows(ledger)  # given back before: one slice, 25 of 100, not 18.75 beside 25
     assert list(rows.values()) == [held] and first not in rows
     gate.settle(again)  # type: ignore[arg-type]
+    gate.close()
+    assert _rows(ledger) == {}
+    ledger.dispose()
+
+
+def test_a_lease_whose_give_back_failed_goes_back_with_the_next_transaction(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call's hold given back while another process held the write lock past the wait (a
+    long upkeep): the row stayed for its 15 minutes, counted as another process's hold, and a
+    call that fitted the room left was refused meanwhile. Now it goes with the next write."""
+    ledger = Ledger(sqlite_url, wait=0.2)
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=2 * UNIT, currency="USD")
+    )
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.0, ttl=3600)
+    first = _admit(gate)
+    assert isinstance(first, Reservation)
+    gate.ended(first, UNIT)
+    ledger.record([make_span(id=first.id, started_at=NOV, cost_total=UNIT)])
+    with _write_locked(sqlite_url), caplog.at_level("WARNING", "ollama_meter.budgets"):
+        gate.settle(first)  # its row cannot go back now
+    assert "could not give back 1 budget lease(s)" in caplog.text
+    assert list(_rows(ledger).values()) == [UNIT]
+    second = _admit(gate)  # spent 1 of 2: room for it, the stale row gone in its transaction
+    assert isinstance(second, Reservation)
+    assert list(_rows(ledger)) == list(second.rows)
+    gate.settle(second)
     gate.close()
     assert _rows(ledger) == {}
     ledger.dispose()
