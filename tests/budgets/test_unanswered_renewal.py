@@ -3,7 +3,8 @@ unchecked (no answer within OMETER_LEDGER_WAIT), and the server, resumed, commit
 still in its socket. That row is the process's hold, counted once: the next renewal writes it
 again, and closing gives it back. A process that forgot it (a new lease, holding nothing in its
 memory) left the row to hold its slice for 15 minutes beside the next slice it took, so other
-gateways, and its own calls, had that much less room (a quarter of it: 25 of 100 held twice)."""
+gateways, and its own calls, had that much less room (a quarter of it: 25 of 100 held twice).
+So with a give-back the ledger could not take: the row goes with the process's next write."""
 
 from __future__ import annotations
 
