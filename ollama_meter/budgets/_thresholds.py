@@ -118,6 +118,8 @@ class ThresholdAlerts:
         # Read apart, not into the gate's budgets: those load at the first call (a budget set
         # after the start and before it is in force for it, not 5 s later).
         budgets, _ = self.ledger.readable_budgets()
+        if not budgets:
+            return []
         rows = budget_status(self.ledger, tz=self.tz, now=now, budgets=budgets)
         due = [
             alert_of(row.budget, row.tenant, row.window, row.spent, threshold)
