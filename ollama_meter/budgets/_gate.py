@@ -260,20 +260,22 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         return Reservation(call_id, ids, keys, estimate.amount, rows, holder)
 
     def _renewal_failed(self, leases: list[Lease], now: datetime, exc: BaseException) -> None:
-        """Drop the leases that hold nothing (new ones a refusal left unwritten; lock held):
-        kept, they would look idle, and every admission would wait to give them back. Any
-        other failure may have come after its COMMIT reached the server (one that froze as it
-        took it, then ran again): they stay, for the next admission or the keeper to give back
-        (``_idle``). Forgotten, such a row held its slice for 15 minutes beside the next one
-        taken (25 of a limit of 100 held twice: test_unanswered_renewal.py)."""
-        if not isinstance(exc, BudgetExceeded):
-            self._keep(now)
-            return
+        """Drop the leases that hold nothing (new ones; lock held): kept, they would look idle,
+        and every admission would wait to give them back. A refusal wrote nothing; any other
+        failure may have come after its COMMIT reached the server (one that froze as it took
+        it, then ran again), so their rows go with the next write (``_stranded``: no admission
+        waits for that on a ledger still away). Forgotten, such a row held its slice for 15
+        minutes beside the next one taken (25 of 100 held twice: test_unanswered_renewal.py)."""
+        unsure = not isinstance(exc, BudgetExceeded)
         for lease in leases:
             if not (lease.amount or lease.in_flight or lease.kept):
                 slot = lease.slot
                 if self._leases.get(slot) is lease:
                     del self._leases[slot]
+                    if unsure:
+                        self._stranded.add(lease.row_id)
+        if unsure:
+            self._keep(now)  # its thread drops them within 30 s, if no renewal does first
 
     def _lease(self, budget: Budget, tenant: str, now: datetime, holder: str) -> Lease:
         window = current_period(budget.period, tz=self.tz, now=now)
@@ -390,8 +392,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             self._give_back(give_back)
 
     def _idle(self, now: datetime) -> list[Slot]:
-        """Leases no call has used for a while, that hold nothing (a renewal failed:
-        :meth:`_renewal_failed`), or whose period is over (lock held)."""
+        """Leases no call has used for a while, or whose period is over (lock held)."""
         return [
             slot
             for slot, lease in self._leases.items()
@@ -399,7 +400,6 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             and not lease.kept
             and (
                 self._closed
-                or not lease.amount
                 or self._clock() - lease.last_used > self._idle_release
                 or lease.window.end <= now
             )
@@ -429,5 +429,5 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
             ]
             leases = [self._returned(k) for k in done]
             self._closing.set()  # the keeper ends once no call is in flight
-        if leases and give_back:
+        if (leases or self._stranded) and give_back:
             self._give_back(leases)

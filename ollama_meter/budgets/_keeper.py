@@ -83,7 +83,7 @@ class LeaseKeeper:
                 )
                 # A ledger its owner disposed of (shutdown) is not reopened to renew: the
                 # rows expire as a crash's would.
-                if closed or not self._leases or self.ledger.disposed:
+                if closed or not (self._leases or self._stranded) or self.ledger.disposed:
                     self._keeper = None  # the next admission starts another
                     KEEPING.discard(self)
                     return

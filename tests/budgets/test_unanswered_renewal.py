@@ -81,6 +81,11 @@ def test_a_renewal_committed_unanswered_is_held_once(
     quiet_passes()
     [(first, held)] = _rows(ledger).items()  # the server committed it as it resumed
     assert held == (25 if share else 1) * UNIT
+    if not share:  # ``ometer chat``: the call refused, the process ends
+        gate.close()
+        assert _rows(ledger) == {}
+        ledger.dispose()
+        return
     again = returns(lambda: _admit(gate))
     assert again is not None
     rows = _rows(ledger)  # given back before: one slice, 25 of 100, not 18.75 beside 25
