@@ -2,11 +2,13 @@
 
 Part of :class:`~ollama_meter.budgets._gate.BudgetGate` (which provides the attributes below
 and decides everything else): a call running longer than a lease's row lives keeps its hold,
-and a process gone quiet gives back what it no longer uses.
+and a process gone quiet gives back what it no longer uses (also where a give-back could not
+drop its rows: the next transaction that can does).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -17,7 +19,10 @@ from ollama_meter._logging import Throttled
 from ollama_meter.budgets._leases import Lease, Slot, recorded
 
 if TYPE_CHECKING:
+    from ollama_meter.budgets._refusals import Refusals
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
+
+log = logging.getLogger("ollama_meter.budgets")
 
 KEEPING: weakref.WeakSet[Any] = weakref.WeakSet()
 """Gates whose keeper thread runs: ``close_gates`` ends them."""
@@ -46,6 +51,11 @@ class LeaseKeeper:
     _failures: Throttled
     _reservation_ttl: timedelta
     _release_idle: Callable[[datetime], None]
+    _returning: set[str]
+    """Rows of leases taken out, being given back."""
+    _stranded: set[str]
+    """Rows a give-back could not drop: the next transaction that can drops them."""
+    _refused: Refusals
     _write_lease: Callable[[BudgetWrites, Lease, int, datetime], None]
 
     def _keep(self, now: datetime) -> None:
@@ -73,7 +83,7 @@ class LeaseKeeper:
                 )
                 # A ledger its owner disposed of (shutdown) is not reopened to renew: the
                 # rows expire as a crash's would.
-                if closed or not self._leases or self.ledger.disposed:
+                if closed or not (self._leases or self._stranded) or self.ledger.disposed:
                     self._keeper = None  # the next admission starts another
                     KEEPING.discard(self)
                     return
@@ -94,6 +104,8 @@ class LeaseKeeper:
         except Exception as exc:  # said once per kind every 10 s: the next round tries again
             self._failures.failed("renewing %d budget lease(s) that hold money", exc, len(holding))
         self._release_idle(now)
+        if self._stranded:  # rows a give-back could not drop
+            self._give_back([])
 
     def _rewrite(self, leases: list[Lease], now: datetime) -> None:
         """Write the rows of ``leases`` that are due, or whose kept spans are in the ledger now.
@@ -120,3 +132,32 @@ class LeaseKeeper:
         for lease, amount in written:
             lease.amount, lease.renewed = amount, renewed  # else the next round tries again
             lease.kept = {i: cost for i, cost in lease.kept.items() if i not in found}
+
+    def _drop_stranded(self, store: BudgetWrites) -> list[str]:
+        """Drop the rows earlier give-backs could not (the database away, or locked past the
+        wait); the ones dropped, to forget once committed. Left, each held its money for 15
+        minutes as another process's, and a call that fitted was refused meanwhile, told to
+        retry in seconds (test_unanswered_renewal.py)."""
+        stranded = list(self._stranded)
+        for row in stranded:
+            store.drop_lease(row)
+        return stranded
+
+    def _give_back(self, leases: list[Lease]) -> None:
+        self._refused.forget(le.key for le in leases)
+        try:
+            with self.ledger.budget_transaction() as store:
+                for lease in leases:
+                    store.drop_lease(lease.row_id)
+                stranded = self._drop_stranded(store)
+            self._stranded.difference_update(stranded)
+        except Exception:  # the call must not fail for this: its next write drops them
+            if leases:  # (none: rows given back before, which stay quiet)
+                log.warning(
+                    "could not give back %d budget lease(s); they go with this process's next "
+                    "write to the ledger, or expire",
+                    len(leases),
+                )
+            self._stranded.update(lease.row_id for lease in leases)
+        finally:
+            self._returning.difference_update(le.row_id for le in leases)

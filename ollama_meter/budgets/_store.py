@@ -3,16 +3,19 @@
 Budgets decide (admission, leases, thresholds); the store answers and writes
 inside one transaction, so a decision and the rows it rests on cannot drift
 apart across processes. Nothing here imports the ledger: any object with these
-methods will do, which is also how tests can watch the gate work.
+methods will do, which is also how tests can watch the gate work. :class:`Known` is the
+budgets as a gate last read them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from ollama_meter.errors import UnreadableRow
 from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 
 
@@ -135,3 +138,22 @@ class BudgetStore(AlertLog, Protocol):
     def budget_transaction(self) -> AbstractContextManager[BudgetWrites]: ...
 
     def budget_snapshot(self) -> AbstractContextManager[BudgetReads]: ...
+
+
+@dataclass(frozen=True)
+class Known:
+    """The budgets as read: those in force, and the rows edited by hand in SQL that cannot
+    be read. Such a row binds the callers it may be meant for (its scope as stored), who are
+    refused with its words; it spoils no other budget (every read of all of them failed: a
+    server started before kept what it had, so a hard budget set later never bound it)."""
+
+    budgets: list[Budget]
+    unreadable: list[UnreadableBudget]
+
+    def unreadable_for(self, tenant: str, department: str) -> UnreadableBudget | None:
+        return next((u for u in self.unreadable if u.covers(tenant, department)), None)
+
+    def covering(self, tenant: str, department: str) -> list[Budget]:
+        if (broken := self.unreadable_for(tenant, department)) is not None:
+            raise UnreadableRow(broken.problem)
+        return [b for b in self.budgets if b.covers(tenant, department)]

@@ -22,6 +22,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 from starlette.middleware import Middleware
@@ -125,6 +126,7 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self.drain_s = drain_s
         self._draining: tuple[asyncio.AbstractEventLoop, Drain] | None = None
+        self._cut = False  # the drain ended at once (:meth:`cut_drain`)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -146,11 +148,21 @@ class GatewayServer(uvicorn.Server):
         for captured in reversed(self._captured_signals):
             signal.raise_signal(captured)
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first stop signal drains; a second (Ctrl-C twice, SIGTERM then Ctrl-C) ends the
+        drain at once, as its end would: uvicorn's forced exit cancelled the calls under the
+        server, a stream cut with no last line and two tracebacks logged. A third forces it."""
+        if self.should_exit and not self._cut:
+            self._captured_signals.append(sig)  # the process still ends as the signal says
+            self.cut_drain()
+            return
+        super().handle_exit(sig, frame)
+
     def cut_drain(self) -> None:
         """End the drain now, from any thread (``ometer run``'s Ctrl-C while it waits for what
         its program left running): each call still running is stopped as when the drain
         ends, with a clear last answer and its span written."""
-        self.drain_s = 0.0  # a drain not begun yet ends as it begins
+        self.drain_s, self._cut = 0.0, True  # a drain not begun yet ends as it begins
         if (draining := self._draining) is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to stop
                 draining[0].call_soon_threadsafe(self._end_drain, draining[1], "was cut short")
@@ -161,9 +173,8 @@ class GatewayServer(uvicorn.Server):
         timer = None
         if drain is not None:
             self._draining = (loop, drain)
-            timer = loop.call_later(
-                self.drain_s, self._end_drain, drain, f"ended after {self.drain_s:g} s"
-            )
+            how = "was cut short" if self._cut else f"ended after {self.drain_s:g} s"
+            timer = loop.call_later(self.drain_s, self._end_drain, drain, how)
         try:
             await super().shutdown(sockets)
         finally:

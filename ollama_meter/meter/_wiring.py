@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -189,6 +190,11 @@ def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0)
         lease_share=lease_share,
     )
     gate.retry_undelivered()
+    if lease_share:  # a server: what no process said (see ``sweep_alerts``) is said now
+        try:
+            gate.sweep_alerts(datetime.now(UTC))
+        except Exception as exc:  # never a reason not to serve; each call checks its own
+            log.warning("could not look for budget alerts not yet fired: %s", exc)
     return gate
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 
@@ -91,3 +92,46 @@ def test_calls_still_running_when_the_drain_ends_get_a_clear_answer(
     assert "the drain ended after 0.5 s: stopped 3 call(s) still running" in caplog.text
     spans = open_ledger(settings.ledger_url).latest(SpanFilter(), 10)
     assert sorted(s.status for s in spans) == ["client_abort"] * 3
+
+
+def test_a_second_ctrl_c_ends_the_drain_with_clear_answers_not_tracebacks(
+    emulator: OllamaEmulator, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C twice (or SIGTERM, then Ctrl-C): uvicorn's forced exit cancelled the calls under
+    the server, a stream cut with no last line, two tracebacks in the log. Now the second
+    signal ends the drain at once, as its end would: each call answered, each span written."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    sock = listening_socket("127.0.0.1", 0)
+    port = int(sock.getsockname()[1])
+    server = GatewayServer(server_config(create_app(settings), host="127.0.0.1", port=port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    emulator.token_latency = 0.5  # far longer than the test: only the signals end it
+    streamed: list[bytes] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "llama3.1:8b", "messages": HI}
+        url = f"http://127.0.0.1:{port}/api/chat"
+        with httpx.stream("POST", url, json=body, timeout=30) as reply:
+            for line in reply.iter_lines():
+                streamed.append(line.encode())
+                first.set()
+
+    caller = threading.Thread(target=stream)
+    caller.start()
+    assert first.wait(30)
+    with caplog.at_level(logging.INFO):
+        server.handle_exit(signal.SIGTERM, None)  # what the signals do, from their handler
+        server.handle_exit(signal.SIGINT, None)
+        thread.join(timeout=30)
+        caller.join(timeout=30)
+    assert not thread.is_alive() and not caller.is_alive()
+    stopping = "the gateway stopped before this call was answered; send it again"
+    assert json.loads(streamed[-1]) == {"error": stopping}
+    assert "Traceback" not in caplog.text and "Exception in ASGI application" not in caplog.text
+    assert "the drain was cut short: stopped 1 call(s) still running" in caplog.text
+    spans = open_ledger(settings.ledger_url).latest(SpanFilter(), 10)
+    assert [s.status for s in spans] == ["client_abort"]
