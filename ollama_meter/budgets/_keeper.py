@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ollama_meter._logging import Throttled
-from ollama_meter.budgets._leases import Lease, Slot, recorded
+from ollama_meter.budgets._leases import Lease, Slot
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._refusals import Refusals
@@ -116,7 +116,9 @@ class LeaseKeeper:
         clock, ttl = self._clock(), self._reservation_ttl
         written: list[tuple[Lease, int]] = []
         with self.ledger.budget_transaction() as store:
-            found = recorded(store, leases)
+            # Only kept spans' costs move here: a call in flight is the next renewal's to count.
+            kept = [i for lease in leases for i in lease.kept]
+            found = store.recorded(kept) if kept else set()
             ones = [le.row_id for le in leases if le.holder]  # a per-call row gone: taken over
             there = store.lease_rows(ones) if ones else set()
             for lease in leases:
