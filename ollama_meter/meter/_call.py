@@ -48,8 +48,9 @@ KEPT_REPLY_CHARS = 1_000_000
 count): more than any model's context holds, so a server that streams for ever fills no
 memory and no ledger row. Past it the reply says how much more there was."""
 KEPT_CALL_PIECES = 1024
-"""The most pieces of a reply's tool calls a call keeps (captured content): an export holds
-far fewer (:mod:`~ollama_meter.telemetry._content`)."""
+"""The most pieces of a reply's tool calls a call keeps (captured content), and characters
+:data:`KEPT_REPLY_CHARS` (with the piece reaching it; 1,024 64 MiB frames were held): an
+export holds far fewer (:mod:`~ollama_meter.telemetry._content`)."""
 
 
 class MeteredCall:
@@ -89,6 +90,7 @@ class MeteredCall:
         self.calls: list[object] | None = [] if keep_calls else None
         """The reply's tool calls as the wire gave them (:func:`~..upstream.tool_calls`
         reads them), where content is captured; at most :data:`KEPT_CALL_PIECES` pieces."""
+        self.calls_chars = 0
         self.reply_parts: list[str] = []
         self.reply_chars = 0
         """The reply's length in characters, kept or not (see :data:`KEPT_REPLY_CHARS`)."""
@@ -196,7 +198,9 @@ class MeteredCall:
             self.other_chars += event.other_chars
             self.shown_bytes += bytes_of(event.text) + UTF8_MOST * event.other_chars
             if event.calls is not None and self.calls is not None:
-                self.calls += [event.calls][: KEPT_CALL_PIECES - len(self.calls)]
+                if self.calls_chars < KEPT_REPLY_CHARS and len(self.calls) < KEPT_CALL_PIECES:
+                    self.calls.append(event.calls)
+                self.calls_chars += event.call_chars
             if event.text and self.keep_reply:
                 room = KEPT_REPLY_CHARS - self.reply_chars
                 if room > 0:

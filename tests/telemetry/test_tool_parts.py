@@ -279,3 +279,30 @@ def test_the_gateways_openai_route_exports_each_call_with_its_id(
             ],
         },
     ]
+
+
+def test_a_streams_tool_calls_are_kept_to_a_bound_of_characters_not_only_of_pieces() -> None:
+    """A hostile upstream streams a tool call of 100,000 characters in each of 2,000 pieces
+    (a frame holds 64 MiB): the call kept every piece's calls up to 1,024 pieces, whatever
+    their size, so it could hold 64 GiB until it ended, to export 16 KB of them. It keeps the
+    pieces until :data:`KEPT_REPLY_CHARS` of calls, as it does the reply's text."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.meter import MeteredCall
+    from ollama_meter.meter._call import KEPT_REPLY_CHARS
+    from ollama_meter.pricing import PriceBook
+    from ollama_meter.upstream import Delta
+    from ollama_meter.upstream._wire import call_chars
+
+    arguments = {"q": "x" * 99_990}
+    size = call_chars("f", arguments)
+    span = make_span(stream=True, input_tokens=0, output_tokens=0)
+    call = MeteredCall(
+        span, "hi", PriceBook([], tz=ZoneInfo("UTC"), currency="USD"), keep_calls=True
+    )
+    for _ in range(2_000):
+        piece = [{"function": {"name": "f", "arguments": arguments}}]
+        call.observe(Delta("", True, size, size, piece))
+    kept = call.calls or []
+    assert len(kept) == -(-KEPT_REPLY_CHARS // size)  # the piece that reaches the bound too
+    assert len(tool_calls(kept)) == len(kept) and call.streamed_tokens > 2_000
