@@ -6,7 +6,7 @@ import logging
 import os
 import stat
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ollama_meter._reloaded import Reloaded
 from ollama_meter.errors import BudgetError, PricingError
@@ -56,6 +56,13 @@ _RACY_NS = 2 * 10**9
 same: its look is not trusted, and it is read again at each reload until it is older."""
 
 
+def _signature(info: os.stat_result) -> _Signature | None:
+    """A file's identity, size and times; None when it is no regular file to read."""
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 class PricingFile:
     """``OMETER_PRICING_FILE``, looked at again at each reload of a long-running process.
 
@@ -78,12 +85,21 @@ class PricingFile:
     def _look(path: Path | None) -> _Signature | None:
         """The file's identity, size and times; None when it is no regular file to read."""
         try:
-            info = os.stat(path) if path is not None else None
+            return _signature(os.stat(path)) if path is not None else None
         except OSError:
             return None
-        if info is None or not stat.S_ISREG(info.st_mode):
+
+    @staticmethod
+    def _opened(path: Path) -> BinaryIO | None:
+        """``path`` open to read, if it is a regular file (else None, closed)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
             return None
-        return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if _signature(os.fstat(fd)) is None:
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
 
     def changed(self) -> bool:
         """Whether the file may differ from what was last synced (a stat, no read)."""
@@ -100,13 +116,20 @@ class PricingFile:
             return
         from ollama_meter.meter._wiring import sync_pricing_file
 
-        look = self._look(self.path)
+        # Looked at and read through one descriptor, opened not waiting for a writer: a look
+        # at the path, then an open of it, waited in open() for ever on a pipe swapped in
+        # between, and the gateway's refresh (prices, budgets) with it, its stop too.
+        opened = self._opened(self.path)
+        look = None if opened is None else _signature(os.fstat(opened.fileno()))
         try:
-            if look is None:
+            if opened is None or look is None:
                 raise PricingError(
                     f"OMETER_PRICING_FILE {self.path}: is gone or no longer a regular file"
                 )
-            sync_pricing_file(self.ledger, self.path, default_currency=self.settings.currency)
+            with opened:
+                sync_pricing_file(
+                    self.ledger, self.path, default_currency=self.settings.currency, opened=opened
+                )
             self._said = None  # in force: the next fault is said again, whatever it is
         except (PricingError, BudgetError) as exc:
             if self._said != (look or "gone"):

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ollama_meter.errors import PricingError
 from ollama_meter.records import Source
@@ -111,13 +111,16 @@ def ledger_for(settings: Settings) -> Ledger:
     return ledger
 
 
-def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
-    """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
+def sync_pricing_file(
+    ledger: Ledger, path: Path, *, default_currency: str, opened: BinaryIO | None = None
+) -> bool:
+    """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did.
+    ``opened``: the file, open already (read from it, not from ``path``)."""
     from ollama_meter._paths import read_bounded, resolved
     from ollama_meter.pricing import MAX_PRICING_BYTES, parse_pricing_toml, pricing_text
 
     try:  # checked by the settings, but read later: it may be gone or replaced since
-        content = read_bounded(path, limit=MAX_PRICING_BYTES, what="pricing file")
+        content = read_bounded(opened or path, limit=MAX_PRICING_BYTES, what="pricing file")
     except ValueError as exc:
         raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
 

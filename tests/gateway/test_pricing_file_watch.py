@@ -216,3 +216,45 @@ def test_a_fault_is_said_again_after_a_good_edit_between(
         * 2
     )
     assert _price(meter) == 4
+
+
+def test_a_pipe_swapped_in_for_the_file_as_it_is_read_is_never_read(tmp_path: Path) -> None:
+    """The file is replaced, again and again, by a good edit and by a named pipe (one kept
+    linked, to write into): the watch looked at the path, then opened it, and a pipe swapped
+    in between left the gateway's refresh waiting in open() for a writer for ever (and its
+    stop with it). Here a writer comes, with a price no file gives: it is never in force."""
+    import contextlib
+    import threading
+
+    toml, meter = _running(tmp_path, 1)
+    held, swapped, regular = tmp_path / "held", tmp_path / "pipe", tmp_path / "next.toml"
+    os.mkfifo(held)
+    done = threading.Event()
+
+    def swap() -> None:
+        while not done.is_set():
+            regular.write_text(_good(2))
+            os.replace(regular, toml)
+            os.link(held, swapped)
+            os.replace(swapped, toml)
+            try:  # opens only where a reader has the pipe open (or waits to)
+                fd = os.open(held, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            with contextlib.suppress(OSError):  # the reader closed it unread
+                os.write(fd, _good(666).encode())
+            os.close(fd)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    prices: set[Decimal | None] = set()
+    try:
+        for _ in range(2_000):
+            meter.prices._file.sync()
+            prices |= {price for _, price in _sources(meter)}
+    finally:
+        done.set()
+        swapper.join()
+        meter.close_upstream()
+        close_ledgers()
+    assert prices <= {Decimal(1), Decimal(2)}
