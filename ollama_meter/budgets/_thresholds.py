@@ -49,6 +49,21 @@ def alert_of(
     )
 
 
+def reached(budget: Budget, tenant: str, window: Window, spent: int) -> list[Alert]:
+    """An alert for each threshold of ``budget`` that ``spent`` has reached."""
+    return [
+        alert_of(budget, tenant, window, spent, threshold)
+        for threshold in budget.thresholds
+        if spent * 100 >= threshold * budget.limit
+    ]
+
+
+def _claimed(store: BudgetWrites, alerts: list[Alert], now: datetime) -> list[Alert]:
+    """Those of ``alerts`` no process said before, claimed in the ledger (once across them)."""
+    claimed = ((alert, store.claim_alert(alert, now)) for alert in alerts)
+    return [replace(alert, id=alert_id) for alert, alert_id in claimed if alert_id is not None]
+
+
 def refused_alert(budget: Budget, tenant: str, window: Window, spent: int, need: int) -> Alert:
     """The alert for a call ``budget`` refused: ``spent`` leaves no room for ``need``."""
     reached = [t for t in budget.thresholds if spent * 100 >= t * budget.limit]
@@ -59,7 +74,7 @@ def refused_alert(budget: Budget, tenant: str, window: Window, spent: int, need:
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._alerts import AlertDispatcher
-    from ollama_meter.budgets._store import BudgetStore
+    from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 
 class ThresholdAlerts:
@@ -95,17 +110,8 @@ class ThresholdAlerts:
                 window = current_period(budget.period, tz=self.tz, now=now)
                 spent = store.spent(budget, tenant, window.start, window.end)
                 self._watch.keep(LeaseKey(budget.id, tenant, window.start), spent, self._clock())
-                for threshold in budget.thresholds:
-                    if spent * 100 < threshold * budget.limit:
-                        break
-                    alert = alert_of(budget, tenant, window, spent, threshold)
-                    alert_id = store.claim_alert(alert, now)
-                    if alert_id is not None:
-                        fired.append(replace(alert, id=alert_id))
-        if self.alerts is not None:
-            for alert in fired:
-                self.alerts.dispatch(alert)
-        return fired
+                fired += _claimed(store, reached(budget, tenant, window, spent), now)
+        return self._dispatched(fired)
 
     def sweep_alerts(self, now: datetime) -> list[Alert]:
         """Fire each threshold any budget's spend has reached this period that no process said:
@@ -121,18 +127,13 @@ class ThresholdAlerts:
         if not budgets:
             return []
         rows = budget_status(self.ledger, tz=self.tz, now=now, budgets=budgets)
-        due = [
-            alert_of(row.budget, row.tenant, row.window, row.spent, threshold)
-            for row in rows
-            for threshold in row.budget.thresholds
-            if row.spent * 100 >= threshold * row.budget.limit
-        ]
-        fired: list[Alert] = []
-        if due:
-            with self.ledger.budget_transaction() as store:
-                for alert in due:
-                    if (alert_id := store.claim_alert(alert, now)) is not None:
-                        fired.append(replace(alert, id=alert_id))
+        due = [a for r in rows for a in reached(r.budget, r.tenant, r.window, r.spent)]
+        if not due:
+            return []
+        with self.ledger.budget_transaction() as store:
+            return self._dispatched(_claimed(store, due, now))
+
+    def _dispatched(self, fired: list[Alert]) -> list[Alert]:
         if self.alerts is not None:
             for alert in fired:
                 self.alerts.dispatch(alert)
