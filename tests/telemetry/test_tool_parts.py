@@ -79,6 +79,7 @@ def test_a_chats_tool_calls_and_results_reach_a_collector_as_parts(
         ]
     assert json.loads(third.attributes[sc.GEN_AI_INPUT_MESSAGES]) == [
         {"role": "user", "parts": [{"type": "text", "content": "weather in Paris?"}]},
+        {"role": "assistant", "parts": [called]},  # the earlier reply's call, not text
         {"role": "tool", "parts": [{"type": "tool_call_response", "response": '{"sky": "rain"}'}]},
         {"role": "user", "parts": [{"type": "text", "content": "and tomorrow?"}]},
     ]
@@ -94,7 +95,8 @@ def test_an_openai_chats_tool_result_keeps_the_id_of_its_call() -> None:
         ]
     }
     facts = facts_of("openai.chat", body)
-    span = make_span(prompt=facts.prompt_text, said=facts.said, answered=facts.answered)
+    said, told = facts.told_apart()
+    span = make_span(prompt=facts.prompt_text, said=said, told=told)
     got = observed(span, capture_content=True).attributes or {}
     assert json.loads(str(got[sc.GEN_AI_INPUT_MESSAGES])) == [
         {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
@@ -142,7 +144,7 @@ def test_an_openai_stream_sends_a_call_in_pieces_exported_whole() -> None:
 
 
 def test_content_capture_off_exports_no_tool_calls() -> None:
-    span = make_span(reply="ok", called=(("c", "f", {"a": 1}),), answered=("c",))
+    span = make_span(reply="ok", called=(("c", "f", {"a": 1}),), told=(("c", ()),))
     got = observed(span, capture_content=False).attributes or {}
     assert sc.GEN_AI_OUTPUT_MESSAGES not in got and sc.GEN_AI_INPUT_MESSAGES not in got
 
@@ -272,6 +274,10 @@ def test_the_gateways_openai_route_exports_each_call_with_its_id(
     assert set(json.loads(call["function"]["arguments"])) == {"city"}
     assert json.loads(third.attributes[sc.GEN_AI_INPUT_MESSAGES]) == [
         {"role": "user", "parts": [{"type": "text", "content": "weather in Paris?"}]},
+        {
+            "role": "assistant",
+            "parts": [json.loads(first.attributes[sc.GEN_AI_OUTPUT_MESSAGES])[0]["parts"][0]],
+        },
         {
             "role": "tool",
             "parts": [
