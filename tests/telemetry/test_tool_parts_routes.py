@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ollama_meter import load_settings
+from ollama_meter import MeteredClient, load_settings
+from ollama_meter.records import SpanRecord
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.testing import OllamaEmulator
+from ollama_meter.upstream import tool_calls
 from tests._otlp import OtlpHttpReceiver, SpanView, spans, wait_for
 from tests.gateway.conftest import Gateway
 
@@ -164,3 +167,52 @@ def test_the_responses_route_exports_function_calls_and_outputs_by_call_id(
         {"role": "tool", "parts": [
             {"type": "tool_call_response", "id": item["call_id"], "response": "rain"}]},
     ]  # fmt: skip
+
+
+def test_content_capture_off_keeps_no_tool_parts(emulator: OllamaEmulator, tmp_path: Path) -> None:
+    """Without content capture, a call that answers an earlier call and makes one keeps none of
+    them on its span (nor its prompt or reply), and the ledger's row is as it was."""
+    ended: list[SpanRecord] = []
+    client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}", on_end=ended.append)
+    call = {"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    history = [
+        {"role": "user", "content": ASKED},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "rain", "tool_call_id": "c1"},
+        {"role": "user", "content": "and tomorrow?"},
+    ]
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": SCHEMA}}
+    reply = client.chat(model="llama3.1:8b", messages=history, tools=[tool])
+    assert reply["message"]["tool_calls"]
+    (span,) = ended
+    assert (span.said, span.told, span.called, span.prompt, span.reply) == ((), (), (), None, None)
+
+
+def test_streamed_pieces_of_each_call_are_joined_by_their_block_or_item() -> None:
+    """Two Anthropic calls, the second's input in three pieces; two Responses calls whose
+    argument deltas interleave, each joined to the item it names."""
+    blocks: list[object] = [
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "t1", "name": "a", "input": {}}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '{"n": 1}'}},
+        {"type": "content_block_start", "index": 2,
+         "content_block": {"type": "tool_use", "id": "t2", "name": "b", "input": {}}},
+        *({"type": "content_block_delta", "index": 2,
+           "delta": {"type": "input_json_delta", "partial_json": p}}
+          for p in ('{"q": ', '"x"', "}")),
+        {"type": "content_block_start", "index": 3,
+         "content_block": {"type": "tool_use", "id": "t3", "name": "c", "input": {}}},
+    ]  # fmt: skip
+    assert tool_calls(blocks) == (("t1", "a", {"n": 1}), ("t2", "b", {"q": "x"}), ("t3", "c", {}))
+    added = [
+        {"type": "response.output_item.added", "output_index": i,
+         "item": {"id": f"fc_{i}", "type": "function_call", "call_id": f"call_{i}",
+                  "name": name, "arguments": ""}}
+        for i, name in enumerate("ab")
+    ]  # fmt: skip
+    deltas = [
+        {"type": "response.function_call_arguments.delta", "item_id": item, "delta": piece}
+        for item, piece in (("fc_1", "{"), ("fc_0", '{"n"'), ("fc_1", "}"), ("fc_0", ": 1}"))
+    ]
+    assert tool_calls([*added, *deltas]) == (("call_0", "a", '{"n": 1}'), ("call_1", "b", "{}"))
