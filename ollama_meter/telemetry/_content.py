@@ -35,8 +35,7 @@ def said_by(span: SpanRecord) -> list[Turn]:
     """``span.prompt`` as its messages: by ``span.said`` where it still measures the prompt
     (a hook may have rewritten it), else one user message of the whole text."""
     prompt = span.prompt or ""
-    lengths = [n for _, texts in span.said for n in texts]
-    if not span.said or sum(lengths) + max(len(lengths) - 1, 0) != len(prompt):
+    if not _measures(span):
         return [("user", [prompt])]
     turns: list[Turn] = []
     at = 0
@@ -48,11 +47,17 @@ def said_by(span: SpanRecord) -> list[Turn]:
     return turns
 
 
+def _measures(span: SpanRecord) -> bool:
+    """Whether ``span.said`` measures ``span.prompt`` (a hook may have rewritten it)."""
+    lengths = [n for _, texts in span.said for n in texts]
+    return bool(span.said) and sum(lengths) + max(len(lengths) - 1, 0) == len(span.prompt or "")
+
+
 def input_of(span: SpanRecord, limit: int) -> tuple[str | None, str | None]:
     """``gen_ai.input.messages`` and ``gen_ai.system_instructions`` of ``span``'s prompt."""
     turns = said_by(span)
     instructions = [text for role, texts in turns if role is None for text in texts]
-    told = span.told if len(span.told) == len(turns) else ()  # else not the prompt told of
+    told = span.told if _measures(span) and len(span.told) == len(turns) else ()
     history: list[tuple[str | None, list[Part]]] = []
     nothing: list[Told] = [(None, ())] * len(turns)
     for (role, texts), (answer, calls) in zip(turns, told or nothing, strict=True):

@@ -312,3 +312,17 @@ def test_a_streams_tool_calls_are_kept_to_a_bound_of_characters_not_only_of_piec
     kept = call.calls or []
     assert len(kept) == -(-KEPT_REPLY_CHARS // size)  # the piece that reaches the bound too
     assert len(tool_calls(kept)) == len(kept) and call.streamed_tokens > 2_000
+
+
+def test_a_prompt_a_hook_rewrote_is_one_user_message_without_the_calls_told_of() -> None:
+    """What the messages said beside their texts is of the prompt they measure: a prompt a
+    hook rewrote is exported as one user text, not that text with the old prompt's calls."""
+    told = ((None, (("c1", "f", {"a": 1}),)),)
+    for prompt, parts in (
+        ("", [{"type": "tool_call", "id": "c1", "name": "f", "arguments": {"a": 1}}]),
+        ("rewritten", [{"type": "text", "content": "rewritten"}]),
+    ):
+        span = make_span(prompt=prompt, said=(("assistant", ()),), told=told)
+        got = observed(span, capture_content=True).attributes or {}
+        role = "assistant" if not prompt else "user"
+        assert json.loads(str(got[sc.GEN_AI_INPUT_MESSAGES])) == [{"role": role, "parts": parts}]
