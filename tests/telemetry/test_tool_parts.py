@@ -326,3 +326,26 @@ def test_a_prompt_a_hook_rewrote_is_one_user_message_without_the_calls_told_of()
         got = observed(span, capture_content=True).attributes or {}
         role = "assistant" if not prompt else "user"
         assert json.loads(str(got[sc.GEN_AI_INPUT_MESSAGES])) == [{"role": role, "parts": parts}]
+
+
+def test_a_historys_earlier_calls_are_kept_to_the_bounds_of_a_replys() -> None:
+    """2,000 earlier calls, then three of 600,000 characters each: the newest 1,024 calls are
+    kept, and of the long ones the newest until 1,000,000 characters (the one that reaches
+    the bound too), as a reply's calls are; every message still says its text."""
+    from ollama_meter.meter._told import KEPT_CALL_CHARS, KEPT_CALLS
+
+    def turn(i: int, arguments: object) -> list[dict[str, Any]]:
+        call = {"id": f"c{i}", "function": {"name": "f", "arguments": arguments}}
+        return [
+            {"role": "assistant", "content": f"t{i}", "tool_calls": [call]},
+            {"role": "tool", "content": "r", "tool_call_id": f"c{i}"},
+        ]
+
+    many = [m for i in range(2_000) for m in turn(i, {"i": i})]
+    long = [m for i in range(3) for m in turn(2_000 + i, "x" * 600_000)]
+    for messages, kept in ((many, KEPT_CALLS), (long, -(-KEPT_CALL_CHARS // 600_000))):
+        said, told = facts_of("openai.chat", {"messages": messages}).told_apart()
+        assert len(said) == len(told) == len(messages)
+        calls = [c for _, made in told for c in made]
+        assert [c[0] for c in calls] == [m["tool_calls"][0]["id"] for m in messages[::2]][-kept:]
+        assert [answer for answer, _ in told[1::2]] == [c["tool_call_id"] for c in messages[1::2]]
