@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Integer, Select, bindparam, func, select
+from sqlalchemy import BigInteger, Connection, Select, SmallInteger, bindparam, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._cells import (
@@ -230,7 +230,7 @@ def _held_cells() -> Select[Any]:
     """:func:`held_cells`' query, built once (its grain and bounds bind parameters): building it
     took a tenth of a budget renewal's spend read."""
     c = ROLLUPS.c
-    grain = bindparam("grain", type_=Integer)
+    grain = bindparam("grain", type_=SmallInteger)
     low, high = bindparam("low", type_=BigInteger), bindparam("high", type_=BigInteger)
     first = select(func.min(c.start)).where(c.grain == grain, c.start >= low, c.start < high)
     held = select(first.scalar_subquery().label("start")).cte("held", recursive=True)

@@ -44,7 +44,7 @@ def cells_table(dialect: str, name: str = CELLS) -> Any:
 
     One parameter, not the cells written out as literals: the SQL of a read is then the same
     whatever its window, built and compiled once, where each window's literals made a
-    statement of its own to build, compile and keep in the compiled cache. Nor a parameter a
+    statement of its own to build, compile and keep in the compiled cache. Nor a parameter per
     value: thousands of them cost more to compile than the query takes to run.
     """
     if dialect == "postgresql":
