@@ -10,6 +10,8 @@ warm-up; printed: CPU (process time) and wall time per read, medians of --rounds
   renewal holds     what the same renewal reads of others' leases (``BudgetTables.held``)
   report            ``ometer report --period month --by department``
   budget status     ``ometer budget status`` (25 budgets, three periods)
+  and other readers of rollup cells: ``chargeback --month`` of the month before, ``perf --by
+  model``, what ``/api/dash?period=month`` computes
 
   python bench/spend_reads.py [--spans 20000] [--reads 300] [--rounds 3] [--dir DIR] [--db URL]
 """
@@ -32,7 +34,13 @@ from ollama_meter.budgets import budget_status
 from ollama_meter.ledger import Ledger, import_lines
 from ollama_meter.periods import current_period, parse_period
 from ollama_meter.records import LeaseKey
-from ollama_meter.reports import spend_report
+from ollama_meter.reports import (
+    DashQuery,
+    chargeback,
+    dashboard_report,
+    perf_report,
+    spend_report,
+)
 
 
 def ledger_at(args: argparse.Namespace) -> Ledger:
@@ -79,6 +87,7 @@ def main() -> None:
     budget = next(b for b in ledger.budgets() if b.department == "dept03")
     window = current_period("month", tz=TZ, now=now)
     month = parse_period("month", tz=TZ, now=now)
+    last_month = parse_period("month", tz=TZ, now=month.start - timedelta(days=1)).label
     key = LeaseKey(budget.id or 0, "acme", window.start)
     figures: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.rounds):
@@ -94,6 +103,13 @@ def main() -> None:
                 ledger, month, ["department"], tz=TZ
             ),
             "budget status": lambda: budget_status(ledger, tz=TZ, now=now),
+            "chargeback --month (last month)": lambda: chargeback(
+                ledger, last_month, tz=TZ, now=now, currency="USD"
+            ),
+            "perf --by model": lambda: perf_report(ledger, month, ["model"]),
+            "/api/dash?period=month": lambda: dashboard_report(
+                ledger, DashQuery(period="month"), tz=TZ, now=now
+            ).to_json(),
         }
         for name, action in reads.items():
             figures.setdefault(name, []).append(per_read(action, args.reads))
