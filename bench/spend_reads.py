@@ -29,18 +29,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scale import TZ, budgets, export_file, load
-from ollama_meter.budgets import budget_status
+from bench.scale import TZ, answers, budgets, export_file, load
 from ollama_meter.ledger import Ledger, import_lines
-from ollama_meter.periods import current_period, parse_period
+from ollama_meter.periods import current_period
 from ollama_meter.records import LeaseKey
-from ollama_meter.reports import (
-    DashQuery,
-    chargeback,
-    dashboard_report,
-    perf_report,
-    spend_report,
+
+READS = (
+    "report --period month --by department",
+    "budget status",
+    "chargeback --month",
+    "perf --by model",
+    "/api/dash?period=month",
 )
+"""Of ``bench/scale.py``'s answers, those timed here."""
 
 
 def ledger_at(args: argparse.Namespace) -> Ledger:
@@ -86,8 +87,6 @@ def main() -> None:
     now = args.end - timedelta(minutes=7)
     budget = next(b for b in ledger.budgets() if b.department == "dept03")
     window = current_period("month", tz=TZ, now=now)
-    month = parse_period("month", tz=TZ, now=now)
-    last_month = parse_period("month", tz=TZ, now=month.start - timedelta(days=1)).label
     key = LeaseKey(budget.id or 0, "acme", window.start)
     figures: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.rounds):
@@ -98,19 +97,7 @@ def main() -> None:
             }
             for name, action in renewal.items():
                 figures.setdefault(name, []).append(per_read(action, args.reads))
-        reads: dict[str, Callable[[], object]] = {
-            "report --period month --by department": lambda: spend_report(
-                ledger, month, ["department"], tz=TZ
-            ),
-            "budget status": lambda: budget_status(ledger, tz=TZ, now=now),
-            "chargeback --month (last month)": lambda: chargeback(
-                ledger, last_month, tz=TZ, now=now, currency="USD"
-            ),
-            "perf --by model": lambda: perf_report(ledger, month, ["model"]),
-            "/api/dash?period=month": lambda: dashboard_report(
-                ledger, DashQuery(period="month"), tz=TZ, now=now
-            ).to_json(),
-        }
+        reads = {name: action for name, action in answers(ledger, now).items() if name in READS}
         for name, action in reads.items():
             figures.setdefault(name, []).append(per_read(action, args.reads))
     print(f"| read ({ledger.engine.dialect.name}, {args.spans:,} spans) | CPU ms | wall ms |")
