@@ -263,7 +263,7 @@ def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
         limit_micros=alert.limit,
         call_bound_micros=alert.call_bound,
         fired_at=fired_at,
-        deliveries={},
+        deliveries=dict(alert.deliveries),  # the log's, when the claimer says it (_thresholds.py)
         delivered=False,
         attempts=0,
     )

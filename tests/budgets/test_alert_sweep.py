@@ -7,7 +7,9 @@ processes on the ledger (the ledger's unique key decides)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -56,3 +58,115 @@ def test_a_gateway_starting_says_thresholds_crossed_in_silence_once(
         assert gate.alerts is not None
         gate.alerts.close()
     ledger.dispose()
+
+
+class HeldWebhook:
+    """A webhook server that holds each post until let go (a slow Slack), then takes it."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posted, self.let_go = threading.Event(), threading.Event()
+        self.got: list[dict[str, object]] = []
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                webhook.posted.set()
+                webhook.let_go.wait(60)
+                webhook.got.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.let_go.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _crossed(ledger: Ledger) -> None:
+    """acme/sales at 80 % of a monthly budget, its 75 % alert never said."""
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10 * UNIT, currency="USD")
+    )
+    ledger.record(
+        [make_span(tenant="acme", department="sales", started_at=datetime.now(UTC),
+                   cost_total=8 * UNIT)]
+    )  # fmt: skip
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "budget alert:" in r.getMessage()]
+
+
+def test_two_gateways_starting_together_say_an_unsaid_alert_once(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first gateway claimed the alert, said it and posted it to a slow webhook; the
+    second, starting meanwhile, read it as undelivered (its row did not say the log had it
+    until the webhook answered) and said it again: two lines for one alert, one post."""
+    _crossed(Ledger(db_url))
+    webhook = HeldWebhook()
+    settings = load_settings(db_url=db_url, alert_webhook_url=webhook.url)
+    gates = []
+    try:
+        with caplog.at_level(logging.WARNING, "ollama_meter.alerts"):
+            gates.append(budget_gate(Ledger(db_url), settings, lease_share=0.25))
+            assert webhook.posted.wait(60)  # the first one's delivery is under way
+            gates.append(budget_gate(Ledger(db_url), settings, lease_share=0.25))
+            webhook.let_go.set()
+            for gate in gates:
+                assert gate.alerts is not None and gate.alerts.flush(60)
+        assert len(_said(caplog)) == 1
+        assert [hook["text"] for hook in webhook.got] == [  # type: ignore[index]
+            a.text() for a in Ledger(db_url).alerts()
+        ]
+    finally:
+        webhook.close()
+        for gate in gates:
+            gate.close()
+            assert gate.alerts is not None
+            gate.alerts.close()
+            gate.ledger.dispose()
+
+
+def test_a_swept_alert_is_said_only_once_its_claim_is_committed(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep said (and queued) each alert inside the transaction that claimed it: its
+    line was out while the claim could still roll back, and on PostgreSQL the delivery
+    thread, looking for the row before the commit, found none and dropped it (a webhook
+    then got it only at the next restart, weeks later)."""
+    _crossed(ledger := Ledger(db_url))
+    onlooker = Ledger(db_url)  # another process, reading the ledger as each line is said
+    seen: list[list[int]] = []
+
+    class Look(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "budget alert:" in record.getMessage():
+                seen.append([a.id for a in onlooker.alerts()])
+
+    look = Look()
+    logging.getLogger("ollama_meter.alerts").addHandler(look)
+    try:
+        with caplog.at_level(logging.WARNING, "ollama_meter.alerts"):
+            gate = budget_gate(ledger, load_settings(db_url=db_url), lease_share=0.25)
+            assert gate.alerts is not None and gate.alerts.flush(60)
+    finally:
+        logging.getLogger("ollama_meter.alerts").removeHandler(look)
+    (alert,) = ledger.alerts()
+    assert (seen, len(_said(caplog))) == ([[alert.id]], 1)
+    assert (alert.delivered, alert.deliveries) == (True, {"log": "sent"})
+    gate.close()
+    gate.alerts.close()
+    ledger.dispose()
+    onlooker.dispose()
