@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -121,11 +121,13 @@ class ThresholdAlerts:
         return self._dispatched(fired)
 
     def sweep_alerts(self, now: datetime) -> list[Alert]:
-        """Fire each threshold any budget's spend has reached this period that no process said:
-        a call's own check comes after its span is committed, so a process killed in between
-        (its span recovered from its journal), a spool drained after an outage or an import
-        left it said never, on a budget with no later call (test_alert_sweep.py). A server
-        looks as it starts; the ledger's unique key says each once across processes."""
+        """Fire each threshold any budget's spend has reached that no process said, this period
+        and the one before: a call's own check comes after its span is committed, so a process
+        killed in between (its span recovered from its journal), a spool drained after an
+        outage or an import left it said never, on a budget with no later call; a gateway
+        killed at 23:59 on a month's last day and started at 00:01 said nothing of the month
+        it ended (test_alert_sweep.py). A server looks as it starts; the ledger's unique key
+        says each once across processes."""
         from ollama_meter.budgets._status import budget_status
 
         # Read apart, not into the gate's budgets: those load at the first call (a budget set
@@ -134,6 +136,14 @@ class ThresholdAlerts:
         if not budgets:
             return []
         rows = budget_status(self.ledger, tz=self.tz, now=now, budgets=budgets)
+        for period in sorted({b.period for b in budgets}):
+            start = current_period(period, tz=self.tz, now=now).start
+            in_force = [  # its terms set before the period ended
+                b for b in budgets if b.period == period and (b.set_at or now) < start
+            ]
+            if in_force:
+                before = start - timedelta(microseconds=1)
+                rows += budget_status(self.ledger, tz=self.tz, now=before, budgets=in_force)
         due = [a for r in rows for a in reached(r.budget, r.tenant, r.window, r.spent)]
         if not due:
             return []

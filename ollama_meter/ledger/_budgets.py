@@ -52,13 +52,15 @@ def _to_budget(row: Any) -> Budget:
     if type(row.limit_micros) is not int:  # SQLite keeps any text in an integer column
         raise ValueError(f"limit_micros {row.limit_micros!r} is not a whole number")
     thresholds = parse_thresholds(row.thresholds) if isinstance(row.thresholds, str) else ()
-    return record_from(Budget, row, limit=row.limit_micros, thresholds=thresholds)
+    return record_from(
+        Budget, row, limit=row.limit_micros, thresholds=thresholds, set_at=row.created_at
+    )
 
 
 def _values(budget: Budget) -> dict[str, Any]:
     return values_of(
         budget,
-        skip=("id", "limit", "thresholds"),
+        skip=("id", "limit", "thresholds", "set_at"),
         limit_micros=budget.limit,
         thresholds=",".join(str(t) for t in budget.thresholds),
     )
@@ -98,11 +100,15 @@ def _new_version(conn: Connection) -> None:
     set_meta(conn, "budgets_version", secrets.token_hex(8))  # not a count: two at once differ
 
 
+_TERMS = ("limit_micros", "currency", "hard", "thresholds")
+"""What a budget holds its scope to: set again with others, it is in force since then."""
+
+
 def save_budget(conn: Connection, budget: Budget) -> Budget:
     """Insert, or replace the budget with the same scope, period and source."""
     _new_version(conn)
     same = conn.execute(
-        select(BUDGETS.c.id).where(
+        select(BUDGETS).where(
             BUDGETS.c.tenant == budget.tenant,
             BUDGETS.c.department.is_(None)
             if budget.department is None
@@ -110,10 +116,13 @@ def save_budget(conn: Connection, budget: Budget) -> Budget:
             BUDGETS.c.period == budget.period,
             BUDGETS.c.source == budget.source,
         )
-    ).scalar()
+    ).first()
     if same is not None:
-        conn.execute(update(_BUDGETS).where(_BUDGETS.c.id == same).values(_values(budget)))
-        return replace(budget, id=same)
+        values = _values(budget)
+        if any(same._mapping[k] != values[k] for k in _TERMS):
+            values["created_at"] = datetime.now(UTC)  # since when its terms hold
+        conn.execute(update(_BUDGETS).where(_BUDGETS.c.id == same.id).values(values))
+        return replace(budget, id=same.id)
     new = conn.execute(
         insert(_BUDGETS).values(**_values(budget), created_at=datetime.now(UTC))
     ).inserted_primary_key
@@ -253,20 +262,6 @@ def ledger_seconds(conn: Connection, clock: Callable[[], float] = time.time) -> 
 
 def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(_PURGE, {"before": now}).rowcount
-
-
-def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
-    return values_of(
-        alert,
-        skip=("id", "spent", "limit", "call_bound"),
-        spent_micros=alert.spent,
-        limit_micros=alert.limit,
-        call_bound_micros=alert.call_bound,
-        fired_at=fired_at,
-        deliveries=dict(alert.deliveries),  # the log's, when the claimer says it (_thresholds.py)
-        delivered=False,
-        attempts=0,
-    )
 
 
 class ScopeSpend(dict[tuple[str, str, str], int]):
@@ -410,9 +405,11 @@ class BudgetTables:
 
         The unique constraint decides, so across processes exactly one caller gets an id.
         """
+        from ollama_meter.ledger._alert_rows import alert_values
+
         try:
             with self._conn.begin_nested():
-                insert_alert = insert(_ALERTS).values(**_alert_values(alert, fired_at))
+                insert_alert = insert(_ALERTS).values(**alert_values(alert, fired_at))
                 new = self._conn.execute(insert_alert).inserted_primary_key
         except IntegrityError:
             return self._rearm(alert, fired_at) if alert.kind == "refused" else None
@@ -437,7 +434,9 @@ class BudgetTables:
         )
         if gone.rowcount != 1:
             return None
-        values = _alert_values(alert, fired_at)
+        from ollama_meter.ledger._alert_rows import alert_values
+
+        values = alert_values(alert, fired_at)
         if self._conn.dialect.name != "postgresql":  # SQLite gives a deleted last row's id again
             values["id"] = top + 1  # (its write lock is held: no other process takes it)
         try:

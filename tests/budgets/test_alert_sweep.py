@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy
 
 from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger
+from ollama_meter.ledger.models import BUDGETS
 from ollama_meter.meter import budget_gate
+from ollama_meter.periods import current_period
 from ollama_meter.records import Budget
 from tests.factories import make_span
 
@@ -170,3 +174,52 @@ def test_a_swept_alert_is_said_only_once_its_claim_is_committed(
     gate.alerts.close()
     ledger.dispose()
     onlooker.dispose()
+
+
+def test_a_gateway_starting_in_a_new_period_says_what_the_last_one_reached_unsaid(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the current period was swept: a gateway killed at 23:59 on the month's last day,
+    between a call's commit and its check, and started again at 00:01 never said that the
+    month it ended reached 75 %. The period before is judged by the terms in force then
+    only: a limit lowered since says nothing of it (nor would a budget set since)."""
+    ledger = Ledger(sqlite_url)
+    saved = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=20 * UNIT, currency="USD")
+    )
+    gate = budget_gate(ledger, load_settings(db_url=sqlite_url), lease_share=0.25)
+    month = current_period("month", tz=gate.tz, now=datetime.now(UTC))
+    before = current_period("month", tz=gate.tz, now=month.start - timedelta(microseconds=1))
+    with ledger.write() as conn:  # set in the month before last
+        conn.execute(
+            sqlalchemy.update(BUDGETS).values(created_at=before.start - timedelta(days=1))
+        )
+    ledger.record(  # 80 % of last month's 20, never said
+        [make_span(tenant="acme", department="sales", started_at=before.start,
+                   cost_total=16 * UNIT)]
+    )  # fmt: skip
+    assert [(a.period_label, a.threshold) for a in gate.sweep_alerts(datetime.now(UTC))] == [
+        (before.label, 75)
+    ]
+    lowered = replace(saved, limit=10 * UNIT)
+    ledger.save_budget(lowered)  # 160 % of it: last month, another limit was in force
+    ledger.save_budget(lowered)  # set again as it is: in force since the first of the two
+    (budget,) = ledger.budgets()
+    assert budget.set_at is not None and month.start <= budget.set_at
+    assert gate.sweep_alerts(datetime.now(UTC)) == []
+    ledger.record(
+        [make_span(tenant="acme", department="sales", started_at=month.end - timedelta(
+                   microseconds=1), cost_total=8 * UNIT)]
+    )  # fmt: skip
+    fired = gate.sweep_alerts(month.end + timedelta(minutes=1))  # started again at 00:01
+    assert gate.alerts is not None and gate.alerts.flush(60)
+    assert [(a.period_label, a.threshold, a.spent) for a in fired] == [
+        (month.label, 75, 8 * UNIT)
+    ]
+    assert [(a.period_start, a.threshold) for a in ledger.alerts()] == [
+        (before.start, 75), (month.start, 75)
+    ]  # fmt: skip
+    assert len(_said(caplog)) == 2  # each once
+    gate.close()
+    gate.alerts.close()
+    ledger.dispose()
