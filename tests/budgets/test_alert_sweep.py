@@ -12,16 +12,20 @@ import logging
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import sqlalchemy
 
 from ollama_meter.config import load_settings
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._journal import _OPEN_FIELDS
+from ollama_meter.ledger._spool import span_json
 from ollama_meter.ledger.models import BUDGETS
-from ollama_meter.meter import budget_gate
+from ollama_meter.meter import budget_gate, build_meter
 from ollama_meter.periods import current_period
-from ollama_meter.records import Budget
+from ollama_meter.pricing import PriceRule
+from ollama_meter.records import Budget, Source
 from tests.factories import make_span
 
 UNIT = 1_000_000
@@ -191,9 +195,7 @@ def test_a_gateway_starting_in_a_new_period_says_what_the_last_one_reached_unsai
     month = current_period("month", tz=gate.tz, now=datetime.now(UTC))
     before = current_period("month", tz=gate.tz, now=month.start - timedelta(microseconds=1))
     with ledger.write() as conn:  # set in the month before last
-        conn.execute(
-            sqlalchemy.update(BUDGETS).values(created_at=before.start - timedelta(days=1))
-        )
+        conn.execute(sqlalchemy.update(BUDGETS).values(created_at=before.start - timedelta(days=1)))
     ledger.record(  # 80 % of last month's 20, never said
         [make_span(tenant="acme", department="sales", started_at=before.start,
                    cost_total=16 * UNIT)]
@@ -213,13 +215,42 @@ def test_a_gateway_starting_in_a_new_period_says_what_the_last_one_reached_unsai
     )  # fmt: skip
     fired = gate.sweep_alerts(month.end + timedelta(minutes=1))  # started again at 00:01
     assert gate.alerts is not None and gate.alerts.flush(60)
-    assert [(a.period_label, a.threshold, a.spent) for a in fired] == [
-        (month.label, 75, 8 * UNIT)
-    ]
+    assert [(a.period_label, a.threshold, a.spent) for a in fired] == [(month.label, 75, 8 * UNIT)]
     assert [(a.period_start, a.threshold) for a in ledger.alerts()] == [
         (before.start, 75), (month.start, 75)
     ]  # fmt: skip
     assert len(_said(caplog)) == 2  # each once
     gate.close()
     gate.alerts.close()
+    ledger.dispose()
+
+
+def test_a_gateway_starting_says_what_the_calls_it_recovers_reached(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway killed with a call upstream, noted in its journal: the next gateway records
+    it as interrupted (its prompt's estimate charged) as it starts, and looked for unsaid
+    thresholds before that, so the crossing that charge made waited for the scope's next
+    call, or a restart."""
+    ledger = Ledger(sqlite_url)
+    ledger.add_price_rule(PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(1)))
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10 * UNIT, currency="USD")
+    )
+    opened = make_span(tenant="acme", department="sales", started_at=datetime.now(UTC))
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)  # a dead gateway's journal
+    dead = ledger.journal.directory / "1-dead.journal"
+    dead.write_text(json.dumps({"o": span_json(opened, _OPEN_FIELDS), "in": 8 * UNIT}) + "\n")
+    meter = build_meter(load_settings(db_url=sqlite_url), source=Source.GATEWAY)
+    assert meter.budgets is not None and meter.budgets.alerts is not None
+    assert meter.budgets.alerts.flush(60)
+    (recovered,) = ledger.latest(SpanFilter(), 5)
+    assert (recovered.id, recovered.status, recovered.cost_total) == (
+        opened.id, "interrupted", 8 * UNIT
+    )  # fmt: skip
+    assert [(a.tenant, a.threshold, a.spent) for a in ledger.alerts()] == [("acme", 75, 8 * UNIT)]
+    assert len(_said(caplog)) == 1
+    meter.budgets.close()
+    meter.budgets.alerts.close()
+    meter.ledger.dispose()
     ledger.dispose()
