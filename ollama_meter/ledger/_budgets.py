@@ -315,12 +315,22 @@ class BudgetTables:
         """The ledger's time (see :func:`ledger_now`): what ``held`` and ``put_lease`` take."""
         return ledger_now(self._conn, now)
 
-    def held(self, key: LeaseKey, now: datetime, *, exclude: Collection[str] = ()) -> int:
-        query = select(func.coalesce(func.sum(BUDGET_RESERVATIONS.c.amount_micros), 0)).where(
-            BUDGET_RESERVATIONS.c.budget_id == key.budget_id,
-            BUDGET_RESERVATIONS.c.tenant == key.tenant,
-            BUDGET_RESERVATIONS.c.period_start == key.period_start,
-            BUDGET_RESERVATIONS.c.expires_at > now,
+    def held(
+        self,
+        key: LeaseKey,
+        now: datetime,
+        *,
+        exclude: Collection[str] = (),
+        over: tuple[datetime, datetime] | None = None,
+    ) -> int:
+        r = BUDGET_RESERVATIONS.c
+        keyed = (
+            [r.period_start == key.period_start]
+            if over is None
+            else [r.period_start > over[0], r.period_start < over[1]]
+        )
+        query = select(func.coalesce(func.sum(r.amount_micros), 0)).where(
+            r.budget_id == key.budget_id, r.tenant == key.tenant, r.expires_at > now, *keyed
         )
         if exclude:
             query = query.where(BUDGET_RESERVATIONS.c.id.not_in(sorted(exclude)))
