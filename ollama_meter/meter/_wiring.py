@@ -195,7 +195,10 @@ def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0)
         alerts=AlertDispatcher(ledger, channels),
         lease_share=lease_share,
     )
-    gate.retry_undelivered()
+    try:
+        gate.retry_undelivered()
+    except Exception as exc:  # a row edited in SQL: never a reason not to serve, nor to sweep
+        log.warning("could not read the undelivered budget alerts to try them again: %s", exc)
     if lease_share:  # a server: what no process said (see ``sweep_alerts``) is said now
         try:
             gate.sweep_alerts(datetime.now(UTC))

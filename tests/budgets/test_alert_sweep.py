@@ -21,14 +21,15 @@ from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._journal import _OPEN_FIELDS
 from ollama_meter.ledger._spool import span_json
-from ollama_meter.ledger.models import BUDGETS
+from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGETS
 from ollama_meter.meter import budget_gate, build_meter
 from ollama_meter.periods import current_period
 from ollama_meter.pricing import PriceRule
-from ollama_meter.records import Budget, Source
+from ollama_meter.records import Alert, Budget, Source
 from tests.factories import make_span
 
 UNIT = 1_000_000
+NOV = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def test_a_gateway_starting_says_thresholds_crossed_in_silence_once(
@@ -152,8 +153,8 @@ def test_a_swept_alert_is_said_only_once_its_claim_is_committed(
 ) -> None:
     """The sweep said (and queued) each alert inside the transaction that claimed it: its
     line was out while the claim could still roll back, and on PostgreSQL the delivery
-    thread, looking for the row before the commit, found none and dropped it (a webhook
-    then got it only at the next restart, weeks later)."""
+    thread, had it looked for the row before the commit, would have found none and dropped
+    it (a webhook then got it only at the next restart; not seen in 600 alerts)."""
     _crossed(ledger := Ledger(db_url))
     onlooker = Ledger(db_url)  # another process, reading the ledger as each line is said
     seen: list[list[int]] = []
@@ -253,4 +254,29 @@ def test_a_gateway_starting_says_what_the_calls_it_recovers_reached(
     meter.budgets.close()
     meter.budgets.alerts.close()
     meter.ledger.dispose()
+    ledger.dispose()
+
+
+@pytest.mark.parametrize("edit", [{"deliveries": "x"}, {"deliveries": [1]}])
+def test_an_alert_row_edited_by_hand_does_not_stop_a_gateway_starting(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture, edit: dict[str, object]
+) -> None:
+    """The undelivered alerts a gateway reads as it starts were read unguarded: one row that
+    cannot be read (edited in SQL) made `ometer serve` fail to start, with a traceback, on
+    every try; and the thresholds reached in silence went unsaid with it."""
+    _crossed(ledger := Ledger(sqlite_url))
+    with ledger.budget_transaction() as store:  # an old alert of another budget, undelivered
+        store.claim_alert(
+            Alert(0, 99, "beta", "ops", "month", "2026-11", NOV, 90, 9, 10, "USD"), NOV
+        )
+    with ledger.write() as conn:
+        conn.execute(sqlalchemy.update(BUDGET_ALERTS).values(**edit))
+    gate = budget_gate(ledger, load_settings(db_url=sqlite_url), lease_share=0.25)
+    assert gate.alerts is not None and gate.alerts.flush(60)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("could not read the undelivered budget alerts" in line for line in warned)
+    assert [(a.tenant, a.threshold) for a in ledger.alerts(from_id=2)] == [("acme", 75)]
+    assert len(_said(caplog)) == 1
+    gate.close()
+    gate.alerts.close()
     ledger.dispose()
