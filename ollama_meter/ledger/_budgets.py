@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -42,6 +42,9 @@ from ollama_meter.records import (
     record_from,
     values_of,
 )
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger._aggregate import ScopeSpend
 
 _BUDGETS: Table = BUDGETS
 _RESERVATIONS: Table = BUDGET_RESERVATIONS
@@ -264,25 +267,6 @@ def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(_PURGE, {"before": now}).rowcount
 
 
-class ScopeSpend(dict[tuple[str, str, str], int]):
-    """Spend per (tenant, department, currency); ``capped``: the scopes whose sum is the
-    rollups' cap with the spans behind it pruned (a lower bound, see ``SpendSums.capped``)."""
-
-    capped: frozenset[tuple[str, str, str]] = frozenset()
-
-
-def spend_by_scope(conn: Connection, start: datetime, end: datetime) -> ScopeSpend:
-    """Settled spend per (tenant, department, currency) in [start, end), from rollups."""
-    from ollama_meter.ledger._aggregate import aggregate_spend
-    from ollama_meter.ledger._spans import SpanFilter
-
-    where = SpanFilter(since=start, until=end)
-    rows = aggregate_spend(conn, where, ["tenant", "department"])
-    found = ScopeSpend(((row.keys[0], row.keys[1], row.currency), row.cost) for row in rows)
-    found.capped = frozenset((r.keys[0], r.keys[1], r.currency) for r in rows if r.capped)
-    return found
-
-
 class BudgetTables:
     """The budget tables inside one transaction: what the gate reads and writes there."""
 
@@ -309,6 +293,8 @@ class BudgetTables:
         return spent(self._conn, budget, tenant, start, end)
 
     def spend_by_scope(self, start: datetime, end: datetime) -> ScopeSpend:
+        from ollama_meter.ledger._aggregate import spend_by_scope
+
         return spend_by_scope(self._conn, start, end)
 
     def clock(self, now: datetime) -> datetime:
