@@ -3,7 +3,8 @@
 Three processes, so none measures the others' cost: the emulator (``python -m
 ollama_meter.testing``, no artificial latency), the gateway (``ometer serve``, ledger
 on, a SQLite file) and this load generator (aiohttp). It measures:
-  - sequential latency, non-streamed and streamed chat: p50, p95, p99, added ms at p50 and p95;
+  - sequential latency, non-streamed and streamed chat: p50, p95, p99, added ms at p50 and p95,
+    and each server's CPU a call (all its threads; its event loop's alone, to the nanosecond);
   - throughput at concurrency 32 and 64 (requests/s), direct and through the gateway (with
     ``--against``, the mean of each measured first once and second once);
   - the gateway process's RSS after N requests (default 50,000), sampled along the way.
@@ -124,6 +125,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_seconds(pid: int) -> float:
+    """CPU time of process ``pid``'s first thread so far (the gateway's event loop), to the
+    nanosecond: ``cpu_seconds`` counts in clock ticks (10 ms), a tenth of a round's time."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,28 +188,29 @@ def main() -> None:
             print(f"  {name}: {url} (pid {proc.pid})")
         print(
             f"\n{'sequential chat':<28} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'added p50':>10} "
-            f"{'added p95':>10} {'CPU ms/call':>12}"
+            f"{'added p95':>10} {'CPU ms/call':>12} {'loop ms/call':>12}"
         )
         per_round = max(args.sequential // args.rounds, 1)
         for label, body in bodies:
             times: dict[str, list[float]] = {"direct": [], **{name: [] for name in gateways}}
-            cpu = dict.fromkeys(gateways, 0.0)
+            cpu, loop = dict.fromkeys(gateways, 0.0), dict.fromkeys(gateways, 0.0)
             for round_ in range(args.rounds):  # interleaved, so the machine's moods hit all alike
                 times["direct"] += asyncio.run(sequential(emulator, body, per_round))
                 order = list(gateways.items())  # each gateway goes first every other round
                 for name, (url, proc) in order[::-1] if round_ % 2 else order:
-                    before = cpu_seconds(proc.pid)
+                    before, looped = cpu_seconds(proc.pid), loop_seconds(proc.pid)
                     times[name] += asyncio.run(sequential(url, body, per_round))
                     cpu[name] += cpu_seconds(proc.pid) - before
+                    loop[name] += loop_seconds(proc.pid) - looped
             direct = statistics.median(times["direct"])
             direct_p95 = pct(times["direct"], 0.95)
             for name, values in times.items():
                 used = cpu.get(name)
-                # each round also sends 20 warm-up calls
+                calls = args.rounds * (per_round + 20)  # each round also sends 20 warm-up calls
                 per_call = (
                     ""
                     if used is None
-                    else f"{used * 1000 / (args.rounds * (per_round + 20)):>12.3f}"
+                    else f"{used * 1000 / calls:>12.3f} {loop[name] * 1000 / calls:>12.3f}"
                 )
                 p50, p95 = statistics.median(values), pct(values, 0.95)
                 print(

@@ -30,9 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from ollama_meter.ledger._budget_reads import HELD, HELD_ALL, HELD_BUT, RECORDED, REFUSALS
 from ollama_meter.ledger._meta import get_meta, set_meta
 from ollama_meter.ledger._stored import read_records, readable_records
-from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS, BUDGETS, SPANS
+from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS, BUDGETS
 from ollama_meter.records import (
     Alert,
     Budget,
@@ -309,27 +310,19 @@ class BudgetTables:
         exclude: Collection[str] = (),
         over: tuple[datetime, datetime] | None = None,
     ) -> int:
-        r = BUDGET_RESERVATIONS.c
-        keyed = (
-            [r.period_start == key.period_start]
-            if over is None
-            else [r.period_start > over[0], r.period_start < over[1]]
+        us = timedelta(microseconds=1)  # ``over``: any start strictly between; else the key's
+        since, until = (
+            (over[0] + us, over[1]) if over else (key.period_start, key.period_start + us)
         )
-        query = select(func.coalesce(func.sum(r.amount_micros), 0)).where(
-            r.budget_id == key.budget_id, r.tenant == key.tenant, r.expires_at > now, *keyed
-        )
-        if exclude:
-            query = query.where(BUDGET_RESERVATIONS.c.id.not_in(sorted(exclude)))
-        return int(self._conn.execute(query).scalar_one())
+        row = {"budget_id": key.budget_id, "tenant": key.tenant, "since": since, "until": until}
+        if not exclude:
+            return int(self._conn.execute(HELD, {**row, "now": now}).scalar_one())
+        but = {**row, "now": now, "exclude": sorted(exclude)}
+        return int(self._conn.execute(HELD_BUT, but).scalar_one())
 
     def held_all(self, starts: Collection[datetime], now: datetime) -> dict[LeaseKey, int]:
-        r = _RESERVATIONS.c
-        query = (
-            select(r.budget_id, r.tenant, r.period_start, func.sum(r.amount_micros))
-            .where(r.period_start.in_(sorted(set(starts))), r.expires_at > now)
-            .group_by(r.budget_id, r.tenant, r.period_start)
-        )
-        return {LeaseKey(b, t, s): int(n or 0) for b, t, s, n in self._conn.execute(query)}
+        rows = self._conn.execute(HELD_ALL, {"starts": sorted(set(starts)), "now": now})
+        return {LeaseKey(b, t, s): int(n or 0) for b, t, s, n in rows}
 
     def lease_rows(self, lease_ids: Collection[str]) -> set[str]:
         found: set[str] = set()
@@ -344,25 +337,12 @@ class BudgetTables:
         ids = sorted(span_ids)
         for start in range(0, len(ids), _IDS_A_QUERY):
             chunk = ids[start : start + _IDS_A_QUERY]
-            query = select(SPANS.c.id).where(SPANS.c.id.in_(chunk))
-            found.update(self._conn.execute(query).scalars())
+            found.update(self._conn.execute(RECORDED, {"ids": chunk}).scalars())
         return found
 
     def refusals(self, starts: Collection[datetime]) -> dict[LeaseKey, int]:
-        query = (
-            select(
-                BUDGET_ALERTS.c.budget_id,
-                BUDGET_ALERTS.c.tenant,
-                BUDGET_ALERTS.c.period_start,
-                BUDGET_ALERTS.c.call_bound_micros,
-            )
-            .where(
-                BUDGET_ALERTS.c.kind == "refused",
-                BUDGET_ALERTS.c.period_start.in_(sorted(set(starts))),
-            )
-            .order_by(BUDGET_ALERTS.c.id)  # the latest wins
-        )
-        return {LeaseKey(b, t, s): bound or 0 for b, t, s, bound in self._conn.execute(query)}
+        rows = self._conn.execute(REFUSALS, {"starts": sorted(set(starts))})
+        return {LeaseKey(b, t, s): bound or 0 for b, t, s, bound in rows}
 
     def put_lease(self, lease_id: str, key: LeaseKey, amount: int, expires_at: datetime) -> None:
         # Rows a killed process left (nobody gives them back) go once a day has passed

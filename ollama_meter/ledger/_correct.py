@@ -54,7 +54,6 @@ from ollama_meter.ledger._cells import (
     parse_intervals,
 )
 from ollama_meter.ledger._meta import get_meta, set_meta
-from ollama_meter.ledger._plan import grouped_sums
 from ollama_meter.ledger._rollup import (
     BUSY,
     BUSY_CELLS,
@@ -64,6 +63,7 @@ from ollama_meter.ledger._rollup import (
     lock_cells,
     within,
 )
+from ollama_meter.ledger._signed import grouped_sums
 from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._spans import select_spans
 from ollama_meter.ledger._types import from_us

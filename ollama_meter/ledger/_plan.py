@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
@@ -24,20 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Connection,
-    Integer,
-    SmallInteger,
-    and_,
-    case,
-    column,
-    func,
-    literal,
-    select,
-    text,
-)
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import BigInteger, Connection, Select, SmallInteger, bindparam, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._cells import (
@@ -232,17 +220,26 @@ def held_cells(conn: Connection, grain: Grain, lo: int, hi: int) -> list[int]:
     A loose index scan of the rollups' key (grain, start): one lookup per cell that holds
     calls, however long the window and however many rows each cell has.
     """
-    c = ROLLUPS.c
     low, high = (lo - _LONGEST_CELL_US) // 10**6, -(-hi // 10**6)
-    first = select(func.min(c.start)).where(c.grain == int(grain), c.start >= low, c.start < high)
-    found = select(first.scalar_subquery().label("start")).cte("held", recursive=True)
+    rows = conn.scalars(_held_cells(), {"grain": int(grain), "low": low, "high": high})
+    return [int(start) * 10**6 for start in rows]
+
+
+@functools.cache
+def _held_cells() -> Select[Any]:
+    """:func:`held_cells`' query, built once (its grain and bounds bind parameters): building it
+    took a tenth of a budget renewal's spend read."""
+    c = ROLLUPS.c
+    grain = bindparam("grain", type_=SmallInteger)
+    low, high = bindparam("low", type_=BigInteger), bindparam("high", type_=BigInteger)
+    first = select(func.min(c.start)).where(c.grain == grain, c.start >= low, c.start < high)
+    held = select(first.scalar_subquery().label("start")).cte("held", recursive=True)
     after = ROLLUPS.alias("after")
     following = select(func.min(after.c.start)).where(
-        after.c.grain == int(grain), after.c.start > found.c.start, after.c.start < high
+        after.c.grain == grain, after.c.start > held.c.start, after.c.start < high
     )
-    found = found.union_all(select(following.scalar_subquery()).where(found.c.start.is_not(None)))
-    query = select(found.c.start).where(found.c.start.is_not(None))
-    return [int(start) * 10**6 for start in conn.scalars(query)]
+    held = held.union_all(select(following.scalar_subquery()).where(held.c.start.is_not(None)))
+    return select(held.c.start).where(held.c.start.is_not(None))
 
 
 def cell_signs(
@@ -261,122 +258,6 @@ def cell_signs(
             signs[(int(piece.grain), cell // 10**6, piece.bucket)] += piece.sign
             cell = next_cell(piece.grain, cell, zone)
     return [(*key, sign) for key, sign in signs.items() if sign]
-
-
-def signed_sums(
-    conn: Connection,
-    table: Any,
-    pieces: Iterable[Piece],
-    groups: Sequence[Any],
-    sums: Sequence[Any],
-    filters: Sequence[Any],
-    zone: tzinfo | None = None,
-    unsigned: Sequence[Any] = (),
-) -> Iterator[Any]:
-    """Rows of (bucket, *groups, *sums, *unsigned), the sums folded over the pieces' cells,
-    with signs; ``unsigned`` expressions summed without (a count of cells, never cancelled
-    by a cell subtracted).
-
-    ``sums`` are column names or expressions over ``table``'s columns.
-
-    The cells, their buckets and signs go to the database as a VALUES table joined
-    on the rollups' key (grain, start): each cell is an index lookup, and the
-    database adds and subtracts, so only the answer's rows come back. One
-    statement is one snapshot (also on PostgreSQL under READ COMMITTED): a month
-    cell and the quarter hours subtracted from it cannot disagree about a span
-    committed in between. Only a window of many years by day takes several.
-    """
-    entries = cell_signs(pieces, zone)
-    for first in range(0, len(entries), CELLS_PER_READ):
-        cells = cells_table(entries[first : first + CELLS_PER_READ])
-        joined = cells.join(
-            table, and_(table.c.grain == cells.c.grain, table.c.start == cells.c.start)
-        )
-        yield from grouped_sums(
-            conn,
-            [cells.c.bucket, *groups],
-            [
-                *(
-                    cells.c.sign * (stored(conn, table.c[v]) if isinstance(v, str) else v)
-                    for v in sums
-                ),
-                *unsigned,
-            ],
-            source=joined,
-            filters=filters,
-        )
-
-
-def stored(conn: Connection, column: Any) -> Any:
-    """``column`` as a sum must see it. SQLite multiplies a text or blob in an integer column
-    as 0, so a sum over ``'n/a'`` was an integer short of it: there it is a REAL, the sum
-    one the reader refuses, naming the row (``_unreadable``). An integer, negative too,
-    stays as it is."""
-    if conn.dialect.name != "sqlite":
-        return column
-    return case((func.typeof(column) == "integer", column), else_=literal(0.5))
-
-
-def grouped_sums(
-    conn: Connection,
-    keys: Sequence[Any],
-    values: Sequence[Any],
-    *,
-    source: Any = None,
-    filters: Sequence[Any] = (),
-    group_by: Sequence[Any] | None = None,
-) -> list[tuple[Any, ...]]:
-    """Rows of (*keys, *sums of values) grouped by ``keys`` (or ``group_by``), exact at any size.
-
-    SQLite's ``sum()`` fails with "integer overflow" past 2**63, where PostgreSQL's goes on
-    in numeric: a tenant of two departments whose rollup cells each hold 2**62 (an import of
-    the costliest calls) could not be reported. There the rows are summed here instead.
-    """
-    aggregate = select(*keys, *(func.sum(v) for v in values)).where(*filters)
-    if source is not None:
-        aggregate = aggregate.select_from(source)
-    try:
-        return [tuple(row) for row in conn.execute(aggregate.group_by(*(group_by or keys)))]
-    except OperationalError as exc:
-        if "integer overflow" not in str(exc):
-            raise
-    detail = select(*keys, *values).where(*filters)
-    if source is not None:
-        detail = detail.select_from(source)
-    width = len(keys)
-    found: dict[tuple[Any, ...], list[int | None]] = {}
-    for row in conn.execute(detail):
-        sums = found.setdefault(tuple(row[:width]), [None] * len(values))
-        for at, value in enumerate(row[width:]):
-            if value is not None:  # as sum() has it: NULLs add nothing, all NULL is NULL
-                sums[at] = value if sums[at] is None else sums[at] + value
-    return [(*key, *sums) for key, sums in found.items()]
-
-
-def cells_table(entries: Sequence[tuple[int, int, int, int]]) -> Any:
-    """``entries`` as a table (grain, start, bucket, sign) both SQLite and PostgreSQL read.
-
-    Written out as integer literals: thousands of bound parameters would cost more
-    to compile than the query takes to run. ``:d`` takes nothing but integers.
-    """
-    rows = ", ".join(f"({g:d}, {s:d}, {b:d}, {n:d})" for g, s, b, n in entries)
-    return (
-        text(
-            "SELECT column1 AS grain, column2 AS start, column3 AS bucket, column4 AS sign "
-            f"FROM (VALUES {rows}) AS listed"
-        )
-        .columns(
-            column("grain", SmallInteger),
-            column("start", BigInteger),
-            column("bucket", Integer),
-            column("sign", Integer),
-        )
-        .subquery("cells")
-    )
-
-
-CELLS_PER_READ = 2000
-"""Cells per statement: four parameters each, well under SQLite's 32,766."""
 
 
 CUBE_FILTERS = ("tenant", "department", "user", "model", "status", "error_type")
@@ -408,9 +289,33 @@ def cube_filters(table: Any, where: SpanFilter, by: Sequence[str] = ()) -> list[
     both, or it would count each call twice: the detail when it groups or filters by
     one of the three, the overview otherwise.
     """
-    detail = any(name in by or getattr(where, name) is not None for name in DETAIL)
-    kind = table.c.user != ANYONE if detail else table.c.user == ANYONE
-    return [*rollup_filters(table, where, CUBE_FILTERS), kind]
+    return [*rollup_filters(table, where, CUBE_FILTERS), _kind(table, cube_shape(where, by)[1])]
+
+
+def cube_shape(where: SpanFilter, by: Sequence[str] = ()) -> tuple[tuple[str, ...], bool]:
+    """The :data:`CUBE_FILTERS` ``where`` sets, and whether a read grouped ``by`` takes the
+    detail rows (see :func:`cube_filters`): what a read's statement depends on, not the
+    filters' values."""
+    filtered = tuple(name for name in CUBE_FILTERS if getattr(where, name) is not None)
+    return filtered, any(name in by or name in filtered for name in DETAIL)
+
+
+def bound_cube_filters(table: Any, filtered: Sequence[str], detail: bool) -> list[Any]:
+    """:func:`cube_filters` of a :func:`cube_shape`, each value a bind parameter named as
+    :func:`cube_params` gives it: one statement for every value."""
+    return [
+        *(table.c[name] == bindparam(f"where_{name}") for name in filtered),
+        _kind(table, detail),
+    ]
+
+
+def cube_params(where: SpanFilter, filtered: Sequence[str]) -> dict[str, Any]:
+    """The values of :func:`bound_cube_filters`' parameters for ``where``."""
+    return {f"where_{name}": getattr(where, name) for name in filtered}
+
+
+def _kind(table: Any, detail: bool) -> Any:
+    return table.c.user != ANYONE if detail else table.c.user == ANYONE
 
 
 DETAIL = ("user", "status", "error_type")

@@ -36,20 +36,18 @@ from sqlalchemy.exc import OperationalError
 from ollama_meter.ledger._aggregate import SpendSums, aggregate_spend, span_measures
 from ollama_meter.ledger._meta import ledger_zone
 from ollama_meter.ledger._plan import (
-    CELLS_PER_READ,
     CUBE_GRAINS,
     GROUP_COLUMNS,
     RAW,
     Piece,
     cell_signs,
-    cells_table,
     cube_answers,
     cube_filters,
     edge_filter,
     plan_cells,
-    stored,
 )
 from ollama_meter.ledger._rollup import MOST
+from ollama_meter.ledger._signed import CELLS, CELLS_PER_READ, cells_param, cells_table, stored
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import ROLLUPS, SPANS
@@ -97,13 +95,14 @@ def aggregate_ranked(
     finest = tuple(name for name in _FINEST if name in names)
     if not rankings:
         return []
+    params: dict[str, Any] = {}
     if RAW.get() or not cube_answers(where):
         parts = [_raw_part(conn, where, finest, 1)]
     else:
         zone = ledger_zone(conn)
         pieces = plan_cells(conn, where, (), CUBE_GRAINS, zone)
         parts = [
-            *_cube_parts(conn, pieces, where, finest, zone),
+            *_cube_parts(conn, pieces, where, finest, zone, params),
             *(
                 _raw_part(conn, edge_filter(where, piece), finest, piece.sign)
                 for piece in pieces
@@ -113,7 +112,7 @@ def aggregate_ranked(
     if not parts:
         return [[] for _ in rankings]
     try:
-        rows = conn.execute(_ranked_query(conn, parts, rankings, finest)).all()
+        rows = conn.execute(_ranked_query(conn, parts, rankings, finest), params).all()
     except OperationalError as exc:
         if "integer overflow" not in str(exc):
             raise
@@ -198,21 +197,26 @@ def _cube_parts(
     where: SpanFilter,
     by: Sequence[str],
     zone: tzinfo | None,
+    params: dict[str, Any],
 ) -> list[Any]:
-    """The rollup rows of the pieces' cells, each signed, with whether it holds the cap."""
+    """The rollup rows of the pieces' cells, each signed, with whether it holds the cap; the
+    cells of each in ``params``."""
     c = ROLLUPS.c
-    cost = stored(conn, c.cost_total)
+    dialect = conn.dialect.name
+    cost = stored(dialect, c.cost_total)
     entries = cell_signs([p for p in pieces if p.grain is not None], zone)
     parts = []
     for first in range(0, len(entries), CELLS_PER_READ):
-        cells = cells_table(entries[first : first + CELLS_PER_READ])
+        name = f"{CELLS}_{first}"
+        params[name] = cells_param(entries[first : first + CELLS_PER_READ])
+        cells = cells_table(dialect, name)
         joined = cells.join(ROLLUPS, and_(c.grain == cells.c.grain, c.start == cells.c.start))
         parts.append(
             select(
                 *(c[name].label(f"k{i}") for i, name in enumerate(by)),
                 c.currency.label("currency"),
-                (cells.c.sign * stored(conn, c.requests)).label("requests"),
-                (cells.c.sign * stored(conn, c.errors)).label("errors"),
+                (cells.c.sign * stored(dialect, c.requests)).label("requests"),
+                (cells.c.sign * stored(dialect, c.errors)).label("errors"),
                 (cells.c.sign * cost).label("cost"),
                 case(((cost >= MOST) | (cost <= -MOST), 1), else_=0).label("capped"),
             )

@@ -39,7 +39,6 @@ from ollama_meter.ledger._plan import (
     edge_filter,
     plan_cells,
     rollup_filters,
-    signed_sums,
 )
 from ollama_meter.ledger._rollup import (
     BUSY as BUSY_TABLE,
@@ -49,6 +48,7 @@ from ollama_meter.ledger._rollup import (
     EVERYONE,
     HISTOGRAMS,
 )
+from ollama_meter.ledger._signed import signed_sums
 from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._spans import SpanFilter, select_spans
 from ollama_meter.ledger._spellings import group_values

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import LedgerError
+from ollama_meter.meter._told import told_chars
 from ollama_meter.records import SpanRecord, Stored
 
 if TYPE_CHECKING:
@@ -286,8 +287,9 @@ def _text(span: SpanRecord, call: MeteredCall) -> int:
     """What a waiting call keeps alive, in characters (of text) or bytes (of the rest): its
     prompt, what content capture kept, and the records kept to export beside them: who said
     what (a message's record took more than its text, 6.3 MB for a body of 100,000 one-letter
-    messages, uncounted), the ids of the calls its tool messages answer, its reply's tool
-    calls (their characters as the model wrote them) and the stop sequences asked for."""
+    messages, uncounted), what its messages said beside their texts (the ids of the calls its
+    tool messages answer, earlier calls), its reply's tool calls (their characters as the
+    model wrote them) and the stop sequences asked for."""
     stops = span.asked.stop_sequences if span.asked is not None else None
     return (
         len(call.prompt_text)
@@ -295,7 +297,7 @@ def _text(span: SpanRecord, call: MeteredCall) -> int:
         + len(span.reply or "")
         + sum(_MESSAGE + len(role or "") + _LENGTH * len(lengths) for role, lengths in span.said)
         + sum(_STRING + len(stop) for stop in stops or ())
-        + sum(_STRING + len(answer or "") for answer in span.answered)
+        + (_MESSAGE * len(span.told) + told_chars(span.told) if span.told else 0)
         + (_MESSAGE * len(span.called) + call.other_chars if span.called else 0)
     )
 

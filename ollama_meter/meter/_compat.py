@@ -10,17 +10,19 @@ conversation Ollama keeps. Their keys are read as Go's decoder reads them, in an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
+from ollama_meter.meter._told import Mark
 from ollama_meter.meter._written import (
     CALL_BYTES,
     TOOL_BYTES,
     arguments_bytes,
+    calls_bytes,
     field_bytes,
     go_fields,
     json_bytes,
     role_bytes,
+    tool_calls_bytes,
     web_searches,
     written_bytes,
 )
@@ -51,16 +53,54 @@ def content_parts(content: object) -> tuple[list[str], int]:
     return texts, images
 
 
-def chat_answers(messages: object) -> tuple[str | None, ...]:
-    """The call id (``tool_call_id``; None: not given) of each ``tool`` message of a chat
-    that says some text: each one :attr:`~ollama_meter.records.SpanRecord.said` holds."""
-    answers: list[str | None] = []
-    for message in messages if isinstance(messages, list) else []:
-        get = message.get if isinstance(message, Mapping) else partial(getattr, message)
-        if text_of(get("role", None)) == "tool" and any(content_parts(get("content", None))[0]):
-            answer = get("tool_call_id", None)
-            answers.append(answer if isinstance(answer, str) else None)
-    return tuple(answers)
+def _fields(value: object) -> Mapping[str, Any] | None:
+    """A message's fields: a mapping, or a model the ``ollama`` client takes (``ollama.Message``)."""
+    if isinstance(value, Mapping):
+        return value
+    names = getattr(type(value), "model_fields", None)
+    if not isinstance(names, Mapping):
+        return None
+    fields = {name: getattr(value, name, None) for name in names}
+    return {name: field for name, field in fields.items() if field is not None}
+
+
+_COUNTED_APART = frozenset({"role", "content", "images"})
+"""A message's fields counted on their own: the role (in MESSAGE_TOKENS), texts, images."""
+
+
+def chat_input(messages: object, marks: list[Mark]) -> tuple[list[Turn], int, int, int]:
+    """Texts by who said them, message count, image count and extra bytes (tool calls, thinking...) of a chat.
+
+    Anything else a message carries may reach the model's template (its thinking, tool
+    calls, tool names), so its bytes count; and Ollama makes each part of an OpenAI
+    content list a message of its own, with its own role markers. ``marks`` gets the id of
+    the call each tool result answers, and each message's tool calls.
+    """
+    turns: list[Turn] = []
+    count = images = extra = 0
+    if not isinstance(messages, list):
+        return turns, count, images, extra
+    for message in map(_fields, messages):
+        if message is None:
+            continue
+        content = message.get("content")
+        made = len(content) if isinstance(content, list) and content else 1
+        count, extra = count + made, extra + made * role_bytes(message.get("role"))
+        parts, pictures = content_parts(content)
+        turns.append((text_of(message.get("role")) or "user", parts))
+        if turns[-1][0] == "tool":
+            marks.append((len(turns) - 1, "answer", message.get("tool_call_id")))
+        if message.get("tool_calls"):
+            marks.append((len(turns) - 1, "chat", message["tool_calls"]))
+        images += pictures
+        if isinstance(message.get("images"), list):
+            images += len(message["images"])
+        extra += calls_bytes(message.get("tool_calls")) + sum(
+            tool_calls_bytes(value) if key == "tool_calls" else field_bytes(value)
+            for key, value in message.items()
+            if key not in _COUNTED_APART
+        )
+    return turns, count, images, extra
 
 
 _ITEM_APART = frozenset({"type", "role", "content", "output"})
@@ -68,12 +108,13 @@ _ITEM_APART = frozenset({"type", "role", "content", "output"})
 MESSAGE_TOKENS), its content or a tool's output (texts and images)."""
 
 
-def responses_input(body: Mapping[str, Any]) -> tuple[list[Turn], int, int, int]:
+def responses_input(body: Mapping[str, Any], marks: list[Mark]) -> tuple[list[Turn], int, int, int]:
     """Texts by who said them, message count, image count and extra bytes of a Responses API request.
 
     Ollama makes a chat of it: ``instructions`` a system message, a string ``input`` a
     user message, each input item at most one message (a message's parts joined, a tool's
-    output, a call's name and arguments, reasoning merged into the next message).
+    output, a call's name and arguments, reasoning merged into the next message). ``marks``
+    gets each call's item and the id of the call each output answers.
     """
     turns: list[Turn] = [(None, [text_of(body.get("instructions"))])]
     count = 1 if turns[0][1][0] else 0
@@ -91,7 +132,11 @@ def responses_input(body: Mapping[str, Any]) -> tuple[list[Turn], int, int, int]
             parts, pictures = content_parts(item.get(key))
             turns[-1][1].extend(parts)
             images += pictures
-        extra += CALL_BYTES if item.get("type") == "function_call" else 0
+        if item.get("type") == "function_call":
+            extra += CALL_BYTES
+            marks.append((len(turns) - 1, "item", item))
+        elif item.get("type") == "function_call_output":
+            marks.append((len(turns) - 1, "answer", item.get("call_id")))
         extra += sum(  # a call's arguments are parsed, and written again as JSON
             arguments_bytes(field) if key == "arguments" else field_bytes(field)
             for key, field in item.items()
@@ -155,13 +200,14 @@ result's content (texts and images), a web search result's."""
 _CALLS = frozenset({"tool_use", "server_tool_use"})
 
 
-def messages_input(body: Mapping[str, Any]) -> tuple[list[Turn], int, int, int]:
+def messages_input(body: Mapping[str, Any], marks: list[Mark]) -> tuple[list[Turn], int, int, int]:
     """Texts by who said them, message count, image count and extra bytes of a Messages API request.
 
     Ollama makes a chat of it: ``system`` (a string, or its text blocks joined) a system
     message, each message one message of its text blocks (its images, tool calls and
     thinking beside them), each ``tool_result`` and ``web_search_tool_result`` block a
-    tool message of its own.
+    tool message of its own. ``marks`` gets each ``tool_use`` block (with the message it is
+    in) and the id of the call each ``tool_result`` answers.
     """
     system = body.get("system")
     instructions, _ = content_parts(system) if isinstance(system, str | list) else ([], 0)
@@ -175,6 +221,7 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[Turn], int, int, int]:
         count, extra = count + 1, extra + role_bytes(message.get("role"))
         own: Turn = (text_of(message.get("role")) or "user", [])
         turns.append(own)
+        own_at = len(turns) - 1
         content = message.get("content")
         if isinstance(content, str):
             own[1].append(content)
@@ -187,18 +234,21 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[Turn], int, int, int]:
             elif isinstance(block.get("text"), str):
                 if turns[-1] is not own:  # after a tool's result: the message goes on
                     turns.append(own := (own[0], []))
+                    own_at = len(turns) - 1
                 own[1].append(block["text"])
             if kind == "tool_result":
                 count += 1
                 inner = block.get("content")
                 parts, pictures = content_parts(inner if isinstance(inner, str | list) else None)
                 turns.append(("tool", parts))
+                marks.append((len(turns) - 1, "answer", block.get("tool_use_id")))
                 images += pictures
             elif kind == "web_search_tool_result":  # a tool message of its results' lines
                 count += 1
                 extra += json_bytes(block.get("content"))
             elif kind in _CALLS:  # the template writes each call in its own wrapper
                 extra += CALL_BYTES
+                marks.append((own_at, "block", block))
             extra += sum(  # names and arguments are written as JSON, escaped
                 field_bytes(field)
                 for key, field in block.items()

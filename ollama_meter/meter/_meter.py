@@ -165,7 +165,7 @@ class Meter(Admitting):
             opening.operation, model, opening.stream, opening.attribution, prices.currency
         )
         if self.capture_content:  # who said which texts of the prompt it keeps, to export
-            span.said, span.answered = facts.said, facts.answered
+            span.said, span.told = facts.told_apart()
         if reads_requests(self.observers):  # for telemetry and hooks: the request's settings
             span.asked = facts.asked
         try:

@@ -28,8 +28,7 @@ from ollama_meter.meter._asked import asked_of
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._compat import (
     Turn,
-    chat_answers,
-    content_parts,
+    chat_input,
     continued,
     formatted,
     messages_input,
@@ -46,21 +45,18 @@ from ollama_meter.meter._media import (
     stretched_tokens,
 )
 from ollama_meter.meter._templates import template_bound
+from ollama_meter.meter._told import Mark, told_apart
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
     WEB_SEARCH_BYTES,
     bytes_of,
-    calls_bytes,
     calls_in,
-    field_bytes,
     names_by_call_id,
     parts_in,
-    role_bytes,
-    tool_calls_bytes,
     tools_bytes,
     web_searches,
 )
-from ollama_meter.records import MAX_TOKENS, Asked, Said
+from ollama_meter.records import MAX_TOKENS, Asked, Said, Told
 
 OPENAI_PREFIX = "openai."
 PICTURES_IN_PLACE = 64 * 1024
@@ -78,6 +74,8 @@ class RequestFacts:
     """UTF-8 bytes of everything that becomes prompt tokens (text, tool definitions)."""
     turns: Sequence[tuple[str | None, list[str]]] = field(default=(), repr=False, compare=False)
     """The texts of ``prompt_text`` by who said them (:attr:`said` counts them)."""
+    marks: Sequence[Mark] = field(default=(), repr=False, compare=False)
+    """What its messages said beside their texts (:mod:`._told`), by reference."""
     asking: tuple[str, Mapping[str, Any], Mapping[str, Any], int | None] | None = field(
         default=None, repr=False, compare=False
     )
@@ -114,15 +112,13 @@ class RequestFacts:
 
     @property
     def said(self) -> Said:
-        """Who said which texts of ``prompt_text`` (:attr:`SpanRecord.said`): counted when
-        read, as only an exported prompt needs (content capture)."""
-        return tuple((role, tuple(map(len, said))) for role, said in self.turns if said)
+        """Who said which texts of ``prompt_text`` (:attr:`SpanRecord.said`)."""
+        return self.told_apart()[0]
 
-    @property
-    def answered(self) -> tuple[str | None, ...]:
-        """The ``tool_call_id`` of each ``tool`` message of :attr:`said`, read when read."""
-        chat = self.asking and self.asking[0].removeprefix(OPENAI_PREFIX) == "chat"
-        return chat_answers(self.asking[1].get("messages")) if self.asking and chat else ()
+    def told_apart(self) -> tuple[Said, tuple[Told, ...]]:
+        """:attr:`SpanRecord.said` and ``told``: read when asked, as only an exported prompt
+        needs them (content capture)."""
+        return told_apart(self.turns, self.marks)
 
     @property
     def asked(self) -> Asked | None:
@@ -268,51 +264,6 @@ def _option_int(value: object) -> int | None:
 _MESSAGES = "anthropic.messages"
 
 
-def _fields(value: object) -> Mapping[str, Any] | None:
-    """A message's fields: a mapping, or a model the ``ollama`` client takes (``ollama.Message``)."""
-    if isinstance(value, Mapping):
-        return value
-    names = getattr(type(value), "model_fields", None)
-    if not isinstance(names, Mapping):
-        return None
-    fields = {name: getattr(value, name, None) for name in names}
-    return {name: field for name, field in fields.items() if field is not None}
-
-
-_COUNTED_APART = frozenset({"role", "content", "images"})
-"""A message's fields counted on their own: the role (in MESSAGE_TOKENS), texts, images."""
-
-
-def _messages(messages: object) -> tuple[list[Turn], int, int, int]:
-    """Texts by who said them, message count, image count and extra bytes (tool calls, thinking...) of a chat.
-
-    Anything else a message carries may reach the model's template (its thinking, tool
-    calls, tool names), so its bytes count; and Ollama makes each part of an OpenAI
-    content list a message of its own, with its own role markers.
-    """
-    turns: list[Turn] = []
-    count = images = extra = 0
-    if not isinstance(messages, list):
-        return turns, count, images, extra
-    for message in map(_fields, messages):
-        if message is None:
-            continue
-        content = message.get("content")
-        made = len(content) if isinstance(content, list) and content else 1
-        count, extra = count + made, extra + made * role_bytes(message.get("role"))
-        parts, pictures = content_parts(content)
-        turns.append((text_of(message.get("role")) or "user", parts))
-        images += pictures
-        if isinstance(message.get("images"), list):
-            images += len(message["images"])
-        extra += calls_bytes(message.get("tool_calls")) + sum(
-            tool_calls_bytes(value) if key == "tool_calls" else field_bytes(value)
-            for key, value in message.items()
-            if key not in _COUNTED_APART
-        )
-    return turns, count, images, extra
-
-
 def _inputs(value: object) -> tuple[list[str], int, int]:
     """Embedding inputs: texts, tokens given as numbers (OpenAI accepts token ids), and how
     many inputs there are (each is tokenized on its own)."""
@@ -365,20 +316,21 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     else:
         cap = _option_int(options.get("num_predict"))
     turns: list[Turn] = []
+    marks: list[Mark] = []
     messages = images = extra = given = no_values = 0
     unbounded = None
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
-        turns, messages, images, extra = _messages(body.get("messages"))
+        turns, messages, images, extra = chat_input(body.get("messages"), marks)
         extra += tools_bytes(body.get("tools"))
         if openai:  # Ollama names each tool result by its call's id
             extra += names_by_call_id(body.get("messages"))
     elif kind == "responses":
-        turns, messages, images, extra = responses_input(body)
+        turns, messages, images, extra = responses_input(body, marks)
         extra += tools_bytes(body.get("tools"))
         unbounded = continued(body) or searched(body.get("tools"))
     elif operation == _MESSAGES:  # Ollama writes a web search tool its own way
-        turns, messages, images, extra = messages_input(body)
+        turns, messages, images, extra = messages_input(body, marks)
         searches = web_searches(body.get("tools"))
         extra += tools_bytes(body.get("tools")) + WEB_SEARCH_BYTES * len(searches)
         unbounded = searched(body.get("tools"))
@@ -416,6 +368,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
         turns=turns,
+        marks=marks,
         asking=(operation, body, options, cap),
         prompt_bytes=size,
         written_bytes=extra,

@@ -25,6 +25,7 @@ from ollama_meter.records._budget import (
 )
 from ollama_meter.records._counted import MODEL_LIMIT, counted_model
 from ollama_meter.records._fields import record_from, values_of
+from ollama_meter.records._json import exported_json, readied
 from ollama_meter.records._limit import Limit
 from ollama_meter.records._money import (
     MAX_AMOUNT,
@@ -77,6 +78,7 @@ from ollama_meter.records._span import (
     Status,
     Stored,
     TokenSource,
+    Told,
     make_storable,
     new_otel_span_id,
     new_span_ids,
@@ -129,11 +131,13 @@ __all__ = [
     "Status",
     "Stored",
     "TokenSource",
+    "Told",
     "UnreadableBudget",
     "UnreadableRule",
     "Usage",
     "check_amount",
     "counted_model",
+    "exported_json",
     "format_micros",
     "from_micros",
     "known_currency",
@@ -152,6 +156,7 @@ __all__ = [
     "parse_limit",
     "parse_thresholds",
     "pattern_key",
+    "readied",
     "record_from",
     "round_half_even",
     "storable_text",

@@ -21,7 +21,10 @@ from ollama_meter.records._price import Cost
 Said = tuple[tuple[str | None, tuple[int, ...]], ...]
 """A prompt's messages: each one's role (None: instructions apart) and its texts' lengths."""
 Called = tuple[str | None, str, object]
-"""A tool call of a reply: its id (None: the wire gave none), name and arguments as sent."""
+"""A tool call: its id (None: the wire gave none), name and arguments as sent."""
+Told = tuple[str | None, tuple[Called, ...]]
+"""What a message of a prompt said beside its texts: the id of the call it answers (a tool's
+result; None: none given), and the tool calls it made (an earlier reply's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +206,10 @@ class SpanRecord:
     """Who said what of ``prompt``: each message's role (None: instructions given apart from
     the messages) and the length of each of its texts there, joined by line breaks. Exported
     as the conventions' messages; not stored in the ledger (nor part of a span's equality)."""
-    answered: tuple[str | None, ...] = field(default=(), compare=False, repr=False)
-    """The call each ``tool`` message of :attr:`said` answers, in order (None: not given):
-    exported as the conventions' ``tool_call_response`` parts; not stored in the ledger."""
+    told: tuple[Told, ...] = field(default=(), compare=False, repr=False)
+    """What each message of :attr:`said` said beside its texts (none said anything: empty):
+    the call a tool's result answers, the calls an earlier reply made; exported as the
+    conventions' ``tool_call_response`` and ``tool_call`` parts; not stored in the ledger."""
     called: tuple[Called, ...] = field(default=(), compare=False, repr=False)
     """The tool calls the reply made, where content is captured: exported as the conventions'
     ``tool_call`` parts; not stored in the ledger (its reply is the reply's text)."""
@@ -279,7 +283,7 @@ class SpanRecord:
 ROW_FIELDS: tuple[str, ...] = tuple(
     name
     for name in SpanRecord.__dataclass_fields__
-    if name not in ("attributes", "said", "answered", "called", "asked")
+    if name not in ("attributes", "said", "told", "called", "asked")
 )
 """The fields the ledger stores, a column each, in the order of the dataclass."""
 _row_of = attrgetter(*ROW_FIELDS)  # all at once: a span's row is made at every call

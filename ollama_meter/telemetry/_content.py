@@ -8,11 +8,10 @@ generate's ``system``, Anthropic's ``system``, a Responses request's ``instructi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ollama_meter.records import Called, SpanRecord, storable_text
+from ollama_meter.records import Called, SpanRecord, Told, exported_json, readied, storable_text
 
 MAX_EXPORTED_TEXT = 16_384
 """Characters an exported text attribute holds, prompt and reply included (cut, ending in "…").
@@ -36,8 +35,7 @@ def said_by(span: SpanRecord) -> list[Turn]:
     """``span.prompt`` as its messages: by ``span.said`` where it still measures the prompt
     (a hook may have rewritten it), else one user message of the whole text."""
     prompt = span.prompt or ""
-    lengths = [n for _, texts in span.said for n in texts]
-    if not lengths or sum(lengths) + len(lengths) - 1 != len(prompt):
+    if not _measures(span):
         return [("user", [prompt])]
     turns: list[Turn] = []
     at = 0
@@ -49,21 +47,32 @@ def said_by(span: SpanRecord) -> list[Turn]:
     return turns
 
 
+def _measures(span: SpanRecord) -> bool:
+    """Whether ``span.said`` measures ``span.prompt`` (a hook may have rewritten it)."""
+    lengths = [n for _, texts in span.said for n in texts]
+    return bool(span.said) and sum(lengths) + max(len(lengths) - 1, 0) == len(span.prompt or "")
+
+
 def input_of(span: SpanRecord, limit: int) -> tuple[str | None, str | None]:
     """``gen_ai.input.messages`` and ``gen_ai.system_instructions`` of ``span``'s prompt."""
     turns = said_by(span)
     instructions = [text for role, texts in turns if role is None for text in texts]
-    history: list[tuple[str | None, list[Part]]] = [(r, [*t]) for r, t in turns if r is not None]
-    tools = [texts for role, texts in history if role == "tool"]
-    if len(span.answered) == len(tools):  # else the prompt is not the one the ids are of
-        for texts, ident in zip(tools, span.answered, strict=True):
-            texts[:] = [Answer(ident, text) for text in texts if isinstance(text, str)]
+    told = span.told if _measures(span) and len(span.told) == len(turns) else ()
+    history: list[tuple[str | None, list[Part]]] = []
+    nothing: list[Told] = [(None, ())] * len(turns)
+    for (role, texts), (answer, calls) in zip(turns, told or nothing, strict=True):
+        if role is not None:  # a tool's result, then what the message called
+            answered = role == "tool" or answer is not None
+            history.append((role, [Answer(answer, t) if answered else t for t in texts]))
+            history[-1][1].extend(calls)
+        if history and not history[-1][1]:
+            history.pop()
     apart = document([(None, instructions)], limit, parts_only=True) if instructions else None
     return (document(history, limit) if history else None), apart
 
 
 def _written(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, default=str))
+    return len(exported_json(value))
 
 
 def reply_of(span: SpanRecord, limit: int, finish_reason: str) -> str | None:
@@ -108,8 +117,8 @@ def _part(role: str | None, said: Part, room: int) -> dict[str, Any]:
     part = {**_id("tool_call", ident), "name": bounded(str(name), _MAX_NAME)}
     if isinstance(arguments, str):
         part["arguments"] = bounded(arguments, room)
-    else:
-        written = json.dumps(arguments, ensure_ascii=False, default=str)
+    else:  # as JSON any reader takes (a caller's object may hold NaN)
+        arguments, written = readied(arguments)
         part["arguments"] = arguments if len(written) <= room else bounded(written, room)
     return part
 
@@ -162,7 +171,7 @@ def document(
 
     def dumped() -> str:
         shown = messages[0]["parts"] if parts_only else messages
-        return json.dumps(shown, ensure_ascii=False, default=str)
+        return exported_json(shown)
 
     while messages and len(out := dumped()) > limit:
         over = len(out) - limit
@@ -171,7 +180,7 @@ def document(
         content, grown = longest[key], 0
         if not isinstance(content, str):  # an object (arguments): cut as its JSON text
             written = _written(content)
-            content = json.dumps(content, ensure_ascii=False, default=str)
+            content = exported_json(content)
             grown = _written(content) - written  # a text's JSON escapes what the object's did not
         if _written(content) - _written("…") >= over + grown:  # cut to "…" at most, it fits
             # As many characters as the excess takes at this text's JSON characters for one

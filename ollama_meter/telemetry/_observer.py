@@ -7,7 +7,6 @@ same trace and span ids, and ends it with the measured usage, cost and status.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from ollama_meter.records import (
     Asked,
     SpanRecord,
     Status as SpanStatus,
+    exported_json,
     format_micros,
     storable_text,
 )
@@ -285,7 +285,7 @@ class TelemetryObserver:
                 "embedding" if sc.input_only(span.operation) else "generation"
             ),
             sc.LANGFUSE_MODEL: span.model,
-            sc.LANGFUSE_USAGE: json.dumps(
+            sc.LANGFUSE_USAGE: exported_json(
                 {
                     "input": span.input_tokens,
                     "output": span.output_tokens,

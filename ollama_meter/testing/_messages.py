@@ -19,7 +19,8 @@ from typing import Any
 
 from ollama_meter.testing._faults import WILD_COUNT, WILD_REPLY, Fault, early
 from ollama_meter.testing._models import reply_for_texts
-from ollama_meter.testing._responses import ResponsesRoutes
+from ollama_meter.testing._openai import _openai_calls
+from ollama_meter.testing._responses import ResponsesRoutes, offered_tools
 from ollama_meter.testing._wire import Refusal, decode_body, go_json, model_field, unmarshal_error
 
 GO_TYPE = "anthropic.MessagesRequest"
@@ -122,7 +123,8 @@ class MessagesRoutes(ResponsesRoutes):
         if self.instead(early(fault, generating=True, streaming=stream), self._anthropic_error):
             return
         options = None if fault is Fault.IGNORE_CAP else {"num_predict": cap}
-        reply = reply_for_texts(model, texts, options)
+        tools = offered_tools(body.get("tools"), "input_schema") if _wants_tool(body) else None
+        reply = reply_for_texts(model, texts, options, tools=tools)
         emu._warm(model)
         counted = fault is not Fault.OMIT_COUNTS
         input_tokens = reply.prompt_tokens if counted else 0
@@ -133,11 +135,14 @@ class MessagesRoutes(ResponsesRoutes):
             output_tokens = WILD_REPLY
         stop = "max_tokens" if reply.done_reason == "length" else "end_turn"
         message_id = f"msg_{emu._next_completion_id()}"
+        calls = [_tool_use(call) for call in _openai_calls(reply.tool_calls, message_id)]
+        stop = "tool_use" if calls else stop
         if not stream:
             self._pause(emu.latency + emu.token_latency * reply.output_tokens)
+            content = [{"type": "text", "text": reply.content}] if reply.content else []
             whole = {
                 "id": message_id, "type": "message", "role": "assistant", "model": name,
-                "content": [{"type": "text", "text": reply.content}] if reply.content else None,
+                "content": [*content, *calls] or None,
                 "stop_reason": stop,
                 "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
             }  # fmt: skip
@@ -146,6 +151,7 @@ class MessagesRoutes(ResponsesRoutes):
 
         estimate = max(1, sum(len(t) for t in texts) // 4)
         started = {"message": False, "text": False}
+        at = {"index": 0}  # the content block being written
 
         def opening() -> bytes:
             if started["message"]:
@@ -156,29 +162,64 @@ class MessagesRoutes(ResponsesRoutes):
             message |= {"content": [], "usage": {"input_tokens": estimate, "output_tokens": 0}}
             return _event("message_start", {"message": message})
 
-        def piece(delta: str) -> bytes:
+        def piece(delta: str | dict[str, Any]) -> bytes:
             out = opening()
+            if isinstance(delta, dict):  # a tool call: its block whole, its input in one piece
+                if started["text"]:
+                    started["text"] = False
+                    out += _event("content_block_stop", {"index": at["index"]})
+                    at["index"] += 1
+                where = {"index": at["index"]}
+                block = {**delta, "input": {}}
+                out += _event("content_block_start", {**where, "content_block": block})
+                written = go_json(delta["input"]).decode()
+                piece = {"type": "input_json_delta", "partial_json": written}
+                out += _event("content_block_delta", {**where, "delta": piece})
+                at["index"] += 1
+                return out + _event("content_block_stop", where)
             if not started["text"]:
                 started["text"] = True
                 block = {"type": "text", "text": ""}
-                out += _event("content_block_start", {"index": 0, "content_block": block})
+                out += _event("content_block_start", {**at, "content_block": block})
             delta_obj = {"type": "text_delta", "text": delta}
-            return out + _event("content_block_delta", {"index": 0, "delta": delta_obj})
+            return out + _event("content_block_delta", {**at, "delta": delta_obj})
 
         def ending() -> list[bytes]:
             out = opening()
             if started["text"]:
-                out += _event("content_block_stop", {"index": 0})
+                out += _event("content_block_stop", {**at})
             usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
             out += _event("message_delta", {"delta": {"stop_reason": stop}, "usage": usage})
             return [out + _event("message_stop", {})]
 
+        sent: list[str | dict[str, Any]] = [*reply.pieces, *calls]
         self.stream(
             "text/event-stream",
-            reply.pieces,
+            sent,
             piece,
             limit=armed.cut_after if armed else None,
             cut=fault,
             error=b"",  # Ollama writes nothing for a failure mid-stream: the events just stop
             ending=ending,
         )
+
+
+def _wants_tool(body: dict[str, Any]) -> bool:
+    """A chat offered tools calls one unless its last message is a tool's result: the last
+    message's blocks are tool results only."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    content = last.get("content") if isinstance(last, dict) else None
+    kinds = (
+        {b.get("type") for b in content if isinstance(b, dict)}
+        if isinstance(content, list)
+        else set()
+    )
+    return kinds != {"tool_result"}
+
+
+def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-shaped call of Ollama's as Anthropic's ``tool_use`` block."""
+    function = call["function"]
+    return {"type": "tool_use", "id": call["id"], "name": function["name"],
+            "input": json.loads(function["arguments"])}  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 
 from ollama_meter.testing._faults import WILD_COUNT, WILD_REPLY, Fault, early
 from ollama_meter.testing._models import reply_for_texts
-from ollama_meter.testing._openai import OpenAIRoutes
+from ollama_meter.testing._openai import OpenAIRoutes, _openai_calls
 from ollama_meter.testing._wire import (
     Refusal,
     decode_body,
@@ -123,7 +123,11 @@ class ResponsesRoutes(OpenAIRoutes):
         if self.instead(early(fault, generating=True, streaming=stream), self._openai_error):
             return
         options = None if cap is None or fault is Fault.IGNORE_CAP else {"num_predict": cap}
-        reply = reply_for_texts(model, texts, options)
+        value = body.get("input")
+        last = value[-1] if isinstance(value, list) and value else None
+        answered = isinstance(last, dict) and last.get("type") == "function_call_output"
+        tools = None if answered else offered_tools(body.get("tools"), "parameters")
+        reply = reply_for_texts(model, texts, options, tools=tools)
         emu._warm(model)
         counted = fault is not Fault.OMIT_COUNTS
         prompt_tokens = reply.prompt_tokens if counted else 0
@@ -144,6 +148,12 @@ class ResponsesRoutes(OpenAIRoutes):
         number = emu._next_completion_id()
         response_id, item_id = f"resp_{number}", f"msg_{number}"
         echo = _Echo(body, name, response_id)
+        calls = [
+            {"id": f"fc_{number}_{i}", "type": "function_call", "status": "completed",
+             "call_id": call["id"], "name": call["function"]["name"],
+             "arguments": call["function"]["arguments"]}
+            for i, call in enumerate(_openai_calls(reply.tool_calls, response_id))
+        ]  # fmt: skip
         if not stream:
             self._pause(emu.latency + emu.token_latency * reply.output_tokens)
             message = {
@@ -153,7 +163,7 @@ class ResponsesRoutes(OpenAIRoutes):
                 "role": "assistant",
                 "content": [_text_part(reply.content)],
             }
-            self._send_json(200, echo.whole([message], usage), newline=True)
+            self._send_json(200, echo.whole(calls or [message], usage), newline=True)
             return
 
         sequence = iter(range(10**9))
@@ -172,8 +182,17 @@ class ResponsesRoutes(OpenAIRoutes):
                 for kind in ("response.created", "response.in_progress")
             )
 
-        def piece(delta: str) -> bytes:
+        def piece(delta: str | dict[str, Any]) -> bytes:
             out = opening()
+            if isinstance(delta, dict):  # a function call: its arguments in one piece
+                index = {"output_index": calls.index(delta)}
+                at = {"item_id": delta["id"], **index}
+                added = {**delta, "status": "in_progress", "arguments": ""}
+                out += event("response.output_item.added", {**index, "item": added})
+                whole = delta["arguments"]
+                out += event("response.function_call_arguments.delta", {**at, "delta": whole})
+                out += event("response.function_call_arguments.done", {**at, "arguments": whole})
+                return out + event("response.output_item.done", {**index, "item": delta})
             where = {"item_id": item_id, "output_index": 0}
             if not started["content"]:
                 started["content"] = True
@@ -200,19 +219,31 @@ class ResponsesRoutes(OpenAIRoutes):
                 out += event("response.content_part.done", {**where, "part": _text_part(whole)})
                 out += event("response.output_item.done", {"output_index": 0, "item": done})
                 output = [done]
-            final = echo.streamed("completed", output, usage)
+            final = echo.streamed("completed", calls or output, usage)
             final["completed_at"] = int(time.time())
             return [out + event("response.completed", {"response": final})]
 
+        sent: list[str | dict[str, Any]] = [*reply.pieces, *calls]
         self.stream(
             "text/event-stream",
-            reply.pieces,
+            sent,
             piece,
             limit=armed.cut_after if armed else None,
             cut=fault,
             error=b"",  # Ollama writes nothing for a failure mid-stream: the events just stop
             ending=ending,
         )
+
+
+def offered_tools(tools: object, schema: str) -> list[dict[str, Any]] | None:
+    """A Responses or Messages request's tools as the chat's Ollama makes of them (a flat
+    ``name`` and its ``schema`` field: the function's parameters); None: none offered."""
+    offered = [
+        {"type": "function", "function": {"name": t.get("name"), "parameters": t.get(schema)}}
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict)
+    ]
+    return offered or None
 
 
 def _text_part(text: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 - ``_classify.py``: what went wrong, as one ``UpstreamError`` with one message;
 - ``_vocabulary.py``: what an answer says, in the meter's words (``Delta``, ``Final``);
 - ``_wire.py``: Ollama's native wire format and OpenAI's, read into that vocabulary;
+- ``_called.py``: the tool calls a reply made, on every route;
 - ``_options.py``: the kind of value each of Ollama's model options takes;
 - ``_sdk.py``: the ``ollama`` client transport (CLI, Python API);
 - ``_pooled.py``: the pooled aiohttp transport (the gateway).
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ollama_meter._lazy import lazy_names
 from ollama_meter.upstream._anthropic import ANTHROPIC, wire_of_path
+from ollama_meter.upstream._called import block_call, item_call, tool_calls
 from ollama_meter.upstream._classify import Failure, error_text, retry_after_seconds
 from ollama_meter.upstream._frames import Frames
 from ollama_meter.upstream._options import OPTION_KINDS, option_problem
@@ -34,7 +36,7 @@ from ollama_meter.upstream._resilience import (
     is_transient,
     reset_breakers,
 )
-from ollama_meter.upstream._vocabulary import Delta, Event, Final, tool_calls
+from ollama_meter.upstream._vocabulary import Delta, Event, Final
 from ollama_meter.upstream._wire import (
     END,
     OLLAMA,
@@ -75,11 +77,13 @@ __all__ = [
     "Upstream",
     "Waits",
     "WireFormat",
+    "block_call",
     "breaker_for",
     "caller_of",
     "error_text",
     "gateway_status",
     "is_transient",
+    "item_call",
     "option_problem",
     "reset_breakers",
     "retry_after_seconds",

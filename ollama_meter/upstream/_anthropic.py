@@ -96,7 +96,7 @@ class MessagesReader:
                 return [Delta(text)] if text else []
             if delta.get("type") == "input_json_delta":  # a tool call's input, often whole
                 calls = len(_text(delta.get("partial_json")) or "")
-                return [Delta("", True, calls, calls)]
+                return [Delta("", True, calls, calls, obj)]
             if delta.get("type") in _OTHER_DELTAS:
                 return [Delta("", True, len(_text(delta.get("thinking")) or ""))]
             return []
@@ -105,8 +105,10 @@ class MessagesReader:
             if not (isinstance(block, dict) and block.get("type") in _UNTEXTED):
                 return []
             # A call's name comes here, its input in the deltas that follow.
-            calls = call_chars(block.get("name"), "") if block.get("type") in _CALLS else 0
-            return [Delta("", True, calls, calls)]
+            if block.get("type") not in _CALLS:
+                return [Delta("", True)]
+            calls = call_chars(block.get("name"), "")
+            return [Delta("", True, calls, calls, obj)]
         if kind == "message_start" and isinstance(obj.get("message"), dict):
             self._usage(obj["message"])
         elif kind == "message_delta":
@@ -157,7 +159,8 @@ class MessagesReader:
             elif kind in _CALLS:
                 calls += call_chars(block.get("name"), block.get("input"))
         text = "".join(texts)
-        return [Delta(text, other, thought + calls, calls)] if text or other else []
+        called = message if calls else None  # its tool_use blocks: read where captured
+        return [Delta(text, other, thought + calls, calls, called)] if text or other else []
 
     def _end(self) -> list[Event]:
         if self.ended:

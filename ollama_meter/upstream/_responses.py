@@ -69,15 +69,17 @@ class ResponsesReader:
             return [Delta(text)] if text else []
         if kind in _OTHER:
             piece = _text(obj.get("delta")) or ""
-            calls = len(piece) if kind == _ARGUMENTS else 0  # a call's arguments, often whole
-            return [Delta("", True, len(piece), calls)] if piece else []
+            if kind != _ARGUMENTS:
+                return [Delta("", True, len(piece))] if piece else []
+            calls = len(piece)  # a call's arguments, often whole
+            return [Delta("", True, calls, calls, obj)] if piece else []
         item = obj.get("item")
         if kind == "response.output_item.added" and isinstance(item, dict):
             if item.get("type") != "function_call":
                 return []
             # A call's name comes here, its arguments in the deltas that follow.
             calls = call_chars(item.get("name"), _text(item.get("arguments")) or "")
-            return [Delta("", True, calls, calls)]
+            return [Delta("", True, calls, calls, obj)]
         response = obj.get("response")
         if not isinstance(response, dict):
             return []
@@ -118,7 +120,8 @@ class ResponsesReader:
                 elif kind == "reasoning":
                     thought += len(_text(part.get("text")) or "")
         text = "".join(texts)
-        return [Delta(text, other, thought + calls, calls)] if text or other else []
+        called = response if calls else None  # its function_call items: read where captured
+        return [Delta(text, other, thought + calls, calls, called)] if text or other else []
 
     def _end(self, response: dict[str, Any]) -> list[Event]:
         """The answer's end: its usage, the model that answered and how it ended."""

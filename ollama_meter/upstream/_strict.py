@@ -42,6 +42,12 @@ def json_object(payload: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def strict_value(text: str) -> Any:
+    """The JSON value ``text`` is, read as :func:`json_object` reads one (no NaN or
+    Infinity); raises ValueError where it is none (RecursionError: nested too deep)."""
+    return _STRICT.decode(text)
+
+
 def _slowly(payload: bytes) -> Any:
     try:
         text = payload.decode("utf-8")

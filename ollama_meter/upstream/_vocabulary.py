@@ -38,47 +38,13 @@ class Delta:
     """Of those, the tool calls': a call comes whole in one piece, however many tokens the
     model wrote for it, so a stream Ollama did not count estimates it from its length."""
     calls: object = field(default=None, compare=False, repr=False)
-    """The piece's ``tool_calls`` as the wire gave them (a reference: :func:`tool_calls`
+    """The piece's tool calls as the wire gave them (a reference: :func:`~._called.tool_calls`
     reads them only where content is captured)."""
 
     @property
     def generated(self) -> bool:
         """Whether the piece is output the model generated (at least one token)."""
         return bool(self.text) or self.other_output
-
-
-Called = tuple[str | None, str, object]
-"""One tool call a reply made: its id (None where the wire gives none), the function's name,
-and its arguments as the model sent them (Ollama's object, OpenAI's JSON text)."""
-
-
-def tool_calls(pieces: list[object]) -> tuple[Called, ...]:
-    """The tool calls in ``pieces`` (each a :attr:`Delta.calls`), in order. An OpenAI stream
-    sends one call in fragments of the same ``index``: the first with its id and name, the
-    rest more of its arguments' text; those are joined."""
-    calls: list[Called] = []
-    at: dict[int, int] = {}
-    for piece in pieces:
-        for call in piece if isinstance(piece, list) else ():
-            get = getattr(call, "get", None)
-            function = get("function") if callable(get) else None
-            read = getattr(function, "get", None)
-            if not callable(get) or not callable(read):
-                continue
-            ident, name, arguments = get("id"), read("name"), read("arguments")
-            dump = getattr(arguments, "model_dump", None)  # the ``ollama`` client's objects
-            arguments = dump() if callable(dump) else arguments
-            index = get("index")
-            if isinstance(index, int) and index in at and not ident and not name:
-                known = calls[at[index]]
-                if isinstance(known[2], str) and isinstance(arguments, str):
-                    calls[at[index]] = (known[0], known[1], known[2] + arguments)
-                continue
-            if isinstance(index, int):
-                at[index] = len(calls)
-            text = ident if isinstance(ident, str) and ident else None
-            calls.append((text, name if isinstance(name, str) else "", arguments))
-    return tuple(calls)
 
 
 @dataclass(frozen=True, slots=True)

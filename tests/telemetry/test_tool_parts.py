@@ -79,6 +79,7 @@ def test_a_chats_tool_calls_and_results_reach_a_collector_as_parts(
         ]
     assert json.loads(third.attributes[sc.GEN_AI_INPUT_MESSAGES]) == [
         {"role": "user", "parts": [{"type": "text", "content": "weather in Paris?"}]},
+        {"role": "assistant", "parts": [called]},  # the earlier reply's call, not text
         {"role": "tool", "parts": [{"type": "tool_call_response", "response": '{"sky": "rain"}'}]},
         {"role": "user", "parts": [{"type": "text", "content": "and tomorrow?"}]},
     ]
@@ -94,7 +95,8 @@ def test_an_openai_chats_tool_result_keeps_the_id_of_its_call() -> None:
         ]
     }
     facts = facts_of("openai.chat", body)
-    span = make_span(prompt=facts.prompt_text, said=facts.said, answered=facts.answered)
+    said, told = facts.told_apart()
+    span = make_span(prompt=facts.prompt_text, said=said, told=told)
     got = observed(span, capture_content=True).attributes or {}
     assert json.loads(str(got[sc.GEN_AI_INPUT_MESSAGES])) == [
         {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
@@ -142,7 +144,7 @@ def test_an_openai_stream_sends_a_call_in_pieces_exported_whole() -> None:
 
 
 def test_content_capture_off_exports_no_tool_calls() -> None:
-    span = make_span(reply="ok", called=(("c", "f", {"a": 1}),), answered=("c",))
+    span = make_span(reply="ok", called=(("c", "f", {"a": 1}),), told=(("c", ()),))
     got = observed(span, capture_content=False).attributes or {}
     assert sc.GEN_AI_OUTPUT_MESSAGES not in got and sc.GEN_AI_INPUT_MESSAGES not in got
 
@@ -273,6 +275,10 @@ def test_the_gateways_openai_route_exports_each_call_with_its_id(
     assert json.loads(third.attributes[sc.GEN_AI_INPUT_MESSAGES]) == [
         {"role": "user", "parts": [{"type": "text", "content": "weather in Paris?"}]},
         {
+            "role": "assistant",
+            "parts": [json.loads(first.attributes[sc.GEN_AI_OUTPUT_MESSAGES])[0]["parts"][0]],
+        },
+        {
             "role": "tool",
             "parts": [
                 {"type": "tool_call_response", "id": call["id"], "response": '{"sky": "rain"}'}
@@ -306,3 +312,40 @@ def test_a_streams_tool_calls_are_kept_to_a_bound_of_characters_not_only_of_piec
     kept = call.calls or []
     assert len(kept) == -(-KEPT_REPLY_CHARS // size)  # the piece that reaches the bound too
     assert len(tool_calls(kept)) == len(kept) and call.streamed_tokens > 2_000
+
+
+def test_a_prompt_a_hook_rewrote_is_one_user_message_without_the_calls_told_of() -> None:
+    """What the messages said beside their texts is of the prompt they measure: a prompt a
+    hook rewrote is exported as one user text, not that text with the old prompt's calls."""
+    told = ((None, (("c1", "f", {"a": 1}),)),)
+    for prompt, parts in (
+        ("", [{"type": "tool_call", "id": "c1", "name": "f", "arguments": {"a": 1}}]),
+        ("rewritten", [{"type": "text", "content": "rewritten"}]),
+    ):
+        span = make_span(prompt=prompt, said=(("assistant", ()),), told=told)
+        got = observed(span, capture_content=True).attributes or {}
+        role = "assistant" if not prompt else "user"
+        assert json.loads(str(got[sc.GEN_AI_INPUT_MESSAGES])) == [{"role": role, "parts": parts}]
+
+
+def test_a_historys_earlier_calls_are_kept_to_the_bounds_of_a_replys() -> None:
+    """2,000 earlier calls, then three of 600,000 characters each: the newest 1,024 calls are
+    kept, and of the long ones the newest until 1,000,000 characters (the one that reaches
+    the bound too), as a reply's calls are; every message still says its text."""
+    from ollama_meter.meter._told import KEPT_CALL_CHARS, KEPT_CALLS
+
+    def turn(i: int, arguments: object) -> list[dict[str, Any]]:
+        call = {"id": f"c{i}", "function": {"name": "f", "arguments": arguments}}
+        return [
+            {"role": "assistant", "content": f"t{i}", "tool_calls": [call]},
+            {"role": "tool", "content": "r", "tool_call_id": f"c{i}"},
+        ]
+
+    many = [m for i in range(2_000) for m in turn(i, {"i": i})]
+    long = [m for i in range(3) for m in turn(2_000 + i, "x" * 600_000)]
+    for messages, kept in ((many, KEPT_CALLS), (long, -(-KEPT_CALL_CHARS // 600_000))):
+        said, told = facts_of("openai.chat", {"messages": messages}).told_apart()
+        assert len(said) == len(told) == len(messages)
+        calls = [c for _, made in told for c in made]
+        assert [c[0] for c in calls] == [m["tool_calls"][0]["id"] for m in messages[::2]][-kept:]
+        assert [answer for answer, _ in told[1::2]] == [c["tool_call_id"] for c in messages[1::2]]
