@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ollama_meter.budgets import BudgetGate, Estimate
 from ollama_meter.errors import BudgetExceeded
@@ -51,6 +52,53 @@ def test_two_gateways_cutting_periods_in_two_zones_admit_no_more_than_the_limit(
             admitted[g] += 1
     assert sum(admitted) == 100
     assert all(admitted)  # both admit: each saw the room the other left
+    for gate in gates:
+        gate.close(give_back=False)
+    ledger.dispose()
+
+
+ZONES = ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/Berlin", "Asia/Kathmandu"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    zones=st.lists(st.sampled_from(ZONES), min_size=2, max_size=2, unique=True),
+    period=st.sampled_from(["day", "week", "month"]),
+    # Any moment, the periods' edges most: a day's last and first hours in one zone or other.
+    now=st.datetimes(
+        min_value=datetime(2026, 10, 30), max_value=datetime(2026, 11, 3), timezones=st.just(UTC)
+    ),
+    bounds=st.lists(st.integers(1, 7), min_size=1, max_size=40),
+)
+def test_gates_in_any_two_zones_together_admit_no_more_than_the_limit(
+    tmp_path_factory: pytest.TempPathFactory,
+    zones: list[str],
+    period: str,
+    now: datetime,
+    bounds: list[int],
+) -> None:
+    """Calls in flight only (none ends): whatever the two gates' periods, the bounds they
+    admitted together fit the limit (near an edge, one gate may be in the next period while
+    the other is not: each then counts the other's leases, refusing more, never less)."""
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('zones')}/l.db")
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period=period, limit=20 * UNIT, currency="USD")
+    )
+    gates = [
+        BudgetGate(ledger, tz=ZoneInfo(zone), lease_share=0.25, ttl=3600, clock=lambda: 0.0)
+        for zone in zones
+    ]
+    admitted = 0
+    for i, bound in enumerate(bounds):
+        try:
+            gates[i % 2].admit(
+                call_id=new_span_row_id(), tenant="acme", department="sales",
+                estimate=Estimate(bound * UNIT, "USD"), now=now,
+            )  # fmt: skip
+        except BudgetExceeded:
+            continue
+        admitted += bound
+    assert admitted <= 20
     for gate in gates:
         gate.close(give_back=False)
     ledger.dispose()
