@@ -202,10 +202,13 @@ class AlertDispatcher:
         self._thread = None
         self._lock, self._recording = threading.Lock(), threading.Lock()
 
-    def dispatch(self, alert: Alert) -> None:
+    def dispatch(self, alert: Alert, *, say: bool = True) -> None:
         """Log ``alert`` now (on the delivery thread, a hung webhook kept every later alert out
-        of the log too), and queue it for the channels that do not have it yet."""
-        if not alert.deliveries.get("log", "").startswith("sent"):
+        of the log too), and queue it for the channels that do not have it yet.
+
+        ``say`` False: an alert read back from the ledger, which any process starting may
+        read; only the one that wins its attempt says it (:func:`deliver`), if unsaid."""
+        if say and not alert.deliveries.get("log", "").startswith("sent"):
             alert = said(alert)
         with self._lock:
             if self._thread is None:

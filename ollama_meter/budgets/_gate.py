@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ollama_meter.budgets")
 
+_US = timedelta(microseconds=1)
+
 
 class BudgetGate(ThresholdAlerts, LeaseKeeper):
     """Budgets from one store, the ledger (reloaded every ``ttl`` seconds), and this process's leases."""
@@ -283,7 +285,8 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         slot = (LeaseKey(budget.id, tenant, window.start), holder)
         lease = self._leases.get(slot)
         if lease is None:
-            lease = self._leases[slot] = Lease(budget, tenant, window, holder=holder)
+            before = current_period(budget.period, tz=self.tz, now=window.start - _US).start
+            lease = self._leases[slot] = Lease(budget, tenant, window, holder, before)
         elif lease.budget != budget:
             # The budget was changed (a new limit, thresholds): the same lease row, with the
             # calls it holds, is renewed against it. A new row would strand the old one's

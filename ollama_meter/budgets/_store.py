@@ -41,9 +41,17 @@ class BudgetReads(Protocol):
         where it has one (hosts' clocks disagree), else ``now``, this host's."""
         ...
 
-    def held(self, key: LeaseKey, now: datetime, *, exclude: Collection[str] = ()) -> int:
+    def held(
+        self,
+        key: LeaseKey,
+        now: datetime,
+        *,
+        exclude: Collection[str] = (),
+        over: tuple[datetime, datetime] | None = None,
+    ) -> int:
         """What live leases hold for ``key`` at ``now``, a :meth:`clock` time (but the rows
-        ``exclude``)."""
+        ``exclude``); with ``over`` (after, before), those of the key's budget and tenant
+        keyed to any period start strictly between the two (``key``'s among them)."""
         ...
 
     def held_all(self, starts: Collection[datetime], now: datetime) -> dict[LeaseKey, int]:

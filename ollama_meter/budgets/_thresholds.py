@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -58,9 +58,16 @@ def reached(budget: Budget, tenant: str, window: Window, spent: int) -> list[Ale
     ]
 
 
-def _claimed(store: BudgetWrites, alerts: list[Alert], now: datetime) -> list[Alert]:
-    """Those of ``alerts`` no process said before, claimed in the ledger (once across them)."""
-    claimed = ((alert, store.claim_alert(alert, now)) for alert in alerts)
+def _claimed(
+    store: BudgetWrites, alerts: list[Alert], now: datetime, *, saying: bool
+) -> list[Alert]:
+    """Those of ``alerts`` no process said before, claimed in the ledger (once across them).
+
+    ``saying``: this process says each in its log once the claim is committed
+    (:meth:`ThresholdAlerts._dispatched`), so the row says the log has it: a process
+    starting meanwhile read it as unsaid and said it again (test_alert_sweep.py)."""
+    said = {"log": "sent"} if saying else {}
+    claimed = ((alert, store.claim_alert(replace(alert, deliveries=said), now)) for alert in alerts)
     return [replace(alert, id=alert_id) for alert, alert_id in claimed if alert_id is not None]
 
 
@@ -110,15 +117,17 @@ class ThresholdAlerts:
                 window = current_period(budget.period, tz=self.tz, now=now)
                 spent = store.spent(budget, tenant, window.start, window.end)
                 self._watch.keep(LeaseKey(budget.id, tenant, window.start), spent, self._clock())
-                fired += _claimed(store, reached(budget, tenant, window, spent), now)
+                fired += self._claimed(store, reached(budget, tenant, window, spent), now)
         return self._dispatched(fired)
 
     def sweep_alerts(self, now: datetime) -> list[Alert]:
-        """Fire each threshold any budget's spend has reached this period that no process said:
-        a call's own check comes after its span is committed, so a process killed in between
-        (its span recovered from its journal), a spool drained after an outage or an import
-        left it said never, on a budget with no later call (test_alert_sweep.py). A server
-        looks as it starts; the ledger's unique key says each once across processes."""
+        """Fire each threshold any budget's spend has reached that no process said, this period
+        and the one before: a call's own check comes after its span is committed, so a process
+        killed in between (its span recovered from its journal), a spool drained after an
+        outage or an import left it said never, on a budget with no later call; a gateway
+        killed at 23:59 on a month's last day and started at 00:01 said nothing of the month
+        it ended (test_alert_sweep.py). A server looks as it starts; the ledger's unique key
+        says each once across processes."""
         from ollama_meter.budgets._status import budget_status
 
         # Read apart, not into the gate's budgets: those load at the first call (a budget set
@@ -127,16 +136,31 @@ class ThresholdAlerts:
         if not budgets:
             return []
         rows = budget_status(self.ledger, tz=self.tz, now=now, budgets=budgets)
+        for period in sorted({b.period for b in budgets}):
+            start = current_period(period, tz=self.tz, now=now).start
+            in_force = [  # its terms set before the period ended
+                b for b in budgets if b.period == period and (b.set_at or now) < start
+            ]
+            if in_force:
+                before = start - timedelta(microseconds=1)
+                rows += budget_status(self.ledger, tz=self.tz, now=before, budgets=in_force)
         due = [a for r in rows for a in reached(r.budget, r.tenant, r.window, r.spent)]
         if not due:
             return []
         with self.ledger.budget_transaction() as store:
-            return self._dispatched(_claimed(store, due, now))
+            fired = self._claimed(store, due, now)
+        return self._dispatched(fired)
+
+    def _claimed(self, store: BudgetWrites, alerts: list[Alert], now: datetime) -> list[Alert]:
+        return _claimed(store, alerts, now, saying=self.alerts is not None)
 
     def _dispatched(self, fired: list[Alert]) -> list[Alert]:
+        """Say and queue ``fired``, claimed by this process: only once the claim is committed
+        (said inside its transaction, a line was out for a claim that could still roll back,
+        and the delivery thread, looking for a row not yet committed, found none)."""
         if self.alerts is not None:
             for alert in fired:
-                self.alerts.dispatch(alert)
+                self.alerts.dispatch(alert)  # its own line is said here, not in its row
         return fired
 
     def _alert_refused(
@@ -167,18 +191,12 @@ class ThresholdAlerts:
         due = [a for a in refused if _said(a) not in said]
         if not due:
             return
-        fired: list[Alert] = []
         with self.ledger.budget_transaction() as store:
-            for alert in due:
-                alert_id = store.claim_alert(alert, now)
-                if alert_id is not None:
-                    fired.append(replace(alert, id=alert_id))
+            fired = self._claimed(store, due, now)
         if len(said) >= MAX_SAID:
             said.clear()
         said.update(map(_said, due))  # committed: claimed, here or before
-        if self.alerts is not None:
-            for alert in fired:
-                self.alerts.dispatch(alert)
+        self._dispatched(fired)
 
     def _to_check(
         self, budgets: list[Budget], tenant: str, now: datetime, cost: int | None
@@ -210,8 +228,8 @@ class ThresholdAlerts:
         pending = self.ledger.alerts(
             undelivered_only=True, max_attempts=MAX_RUNS, limit=self.alerts.max_held + 1
         )
-        for alert in pending:
-            self.alerts.dispatch(alert)
+        for alert in pending:  # said by the process that wins its attempt, if unsaid
+            self.alerts.dispatch(alert, say=False)
         return len(pending)
 
 

@@ -370,3 +370,19 @@ __all__ = [
     "decompose",
     "raw_spans",
 ]
+
+
+class ScopeSpend(dict[tuple[str, str, str], int]):
+    """Spend per (tenant, department, currency); ``capped``: the scopes whose sum is the
+    rollups' cap with the spans behind it pruned (a lower bound, see ``SpendSums.capped``)."""
+
+    capped: frozenset[tuple[str, str, str]] = frozenset()
+
+
+def spend_by_scope(conn: Connection, start: datetime, end: datetime) -> ScopeSpend:
+    """Settled spend per (tenant, department, currency) in [start, end), from rollups."""
+    where = SpanFilter(since=start, until=end)
+    rows = aggregate_spend(conn, where, ["tenant", "department"])
+    found = ScopeSpend(((row.keys[0], row.keys[1], row.currency), row.cost) for row in rows)
+    found.capped = frozenset((r.keys[0], r.keys[1], r.currency) for r in rows if r.capped)
+    return found

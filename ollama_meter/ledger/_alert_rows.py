@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Table, select, update
 
 from ollama_meter.ledger._budgets import ledger_now
 from ollama_meter.ledger.models import BUDGET_ALERTS
-from ollama_meter.records import Alert, record_from
+from ollama_meter.records import Alert, record_from, values_of
 
 _ALERTS: Table = BUDGET_ALERTS
 
@@ -86,4 +86,19 @@ def _to_alert(row: Any) -> Alert:
         limit=row.limit_micros,
         deliveries=dict(row.deliveries or {}),
         call_bound=row.call_bound_micros,
+    )
+
+
+def alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
+    """The row of ``alert`` (its id is the ledger's to give), fired at ``fired_at``."""
+    return values_of(
+        alert,
+        skip=("id", "spent", "limit", "call_bound"),
+        spent_micros=alert.spent,
+        limit_micros=alert.limit,
+        call_bound_micros=alert.call_bound,
+        fired_at=fired_at,
+        deliveries=dict(alert.deliveries),  # the log's, when the claimer says it (_thresholds.py)
+        delivered=False,
+        attempts=0,
     )

@@ -16,10 +16,12 @@ _R = BUDGET_RESERVATIONS.c
 HELD = select(func.coalesce(func.sum(_R.amount_micros), 0)).where(
     _R.budget_id == bindparam("budget_id"),
     _R.tenant == bindparam("tenant"),
-    _R.period_start == bindparam("period_start"),
+    _R.period_start >= bindparam("since"),
+    _R.period_start < bindparam("until"),
     _R.expires_at > bindparam("now"),
 )
-"""What live lease rows of one (budget, tenant, period) hold."""
+"""What live lease rows of one budget and tenant hold, keyed to a start in [since, until)
+(one period's: its start and the next microsecond; or any over its days)."""
 HELD_BUT = HELD.where(_R.id.not_in(bindparam("exclude", expanding=True)))
 """:data:`HELD`, but for the rows ``exclude`` names."""
 HELD_ALL = (

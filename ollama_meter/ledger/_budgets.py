@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -44,6 +44,9 @@ from ollama_meter.records import (
     values_of,
 )
 
+if TYPE_CHECKING:
+    from ollama_meter.ledger._aggregate import ScopeSpend
+
 _BUDGETS: Table = BUDGETS
 _RESERVATIONS: Table = BUDGET_RESERVATIONS
 _ALERTS: Table = BUDGET_ALERTS
@@ -53,13 +56,15 @@ def _to_budget(row: Any) -> Budget:
     if type(row.limit_micros) is not int:  # SQLite keeps any text in an integer column
         raise ValueError(f"limit_micros {row.limit_micros!r} is not a whole number")
     thresholds = parse_thresholds(row.thresholds) if isinstance(row.thresholds, str) else ()
-    return record_from(Budget, row, limit=row.limit_micros, thresholds=thresholds)
+    return record_from(
+        Budget, row, limit=row.limit_micros, thresholds=thresholds, set_at=row.created_at
+    )
 
 
 def _values(budget: Budget) -> dict[str, Any]:
     return values_of(
         budget,
-        skip=("id", "limit", "thresholds"),
+        skip=("id", "limit", "thresholds", "set_at"),
         limit_micros=budget.limit,
         thresholds=",".join(str(t) for t in budget.thresholds),
     )
@@ -99,11 +104,15 @@ def _new_version(conn: Connection) -> None:
     set_meta(conn, "budgets_version", secrets.token_hex(8))  # not a count: two at once differ
 
 
+_TERMS = ("limit_micros", "currency", "hard", "thresholds")
+"""What a budget holds its scope to: set again with others, it is in force since then."""
+
+
 def save_budget(conn: Connection, budget: Budget) -> Budget:
     """Insert, or replace the budget with the same scope, period and source."""
     _new_version(conn)
     same = conn.execute(
-        select(BUDGETS.c.id).where(
+        select(BUDGETS).where(
             BUDGETS.c.tenant == budget.tenant,
             BUDGETS.c.department.is_(None)
             if budget.department is None
@@ -111,10 +120,13 @@ def save_budget(conn: Connection, budget: Budget) -> Budget:
             BUDGETS.c.period == budget.period,
             BUDGETS.c.source == budget.source,
         )
-    ).scalar()
+    ).first()
     if same is not None:
-        conn.execute(update(_BUDGETS).where(_BUDGETS.c.id == same).values(_values(budget)))
-        return replace(budget, id=same)
+        values = _values(budget)
+        if any(same._mapping[k] != values[k] for k in _TERMS):
+            values["created_at"] = datetime.now(UTC)  # since when its terms hold
+        conn.execute(update(_BUDGETS).where(_BUDGETS.c.id == same.id).values(values))
+        return replace(budget, id=same.id)
     new = conn.execute(
         insert(_BUDGETS).values(**_values(budget), created_at=datetime.now(UTC))
     ).inserted_primary_key
@@ -256,39 +268,6 @@ def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(_PURGE, {"before": now}).rowcount
 
 
-def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
-    return values_of(
-        alert,
-        skip=("id", "spent", "limit", "call_bound"),
-        spent_micros=alert.spent,
-        limit_micros=alert.limit,
-        call_bound_micros=alert.call_bound,
-        fired_at=fired_at,
-        deliveries={},
-        delivered=False,
-        attempts=0,
-    )
-
-
-class ScopeSpend(dict[tuple[str, str, str], int]):
-    """Spend per (tenant, department, currency); ``capped``: the scopes whose sum is the
-    rollups' cap with the spans behind it pruned (a lower bound, see ``SpendSums.capped``)."""
-
-    capped: frozenset[tuple[str, str, str]] = frozenset()
-
-
-def spend_by_scope(conn: Connection, start: datetime, end: datetime) -> ScopeSpend:
-    """Settled spend per (tenant, department, currency) in [start, end), from rollups."""
-    from ollama_meter.ledger._aggregate import aggregate_spend
-    from ollama_meter.ledger._spans import SpanFilter
-
-    where = SpanFilter(since=start, until=end)
-    rows = aggregate_spend(conn, where, ["tenant", "department"])
-    found = ScopeSpend(((row.keys[0], row.keys[1], row.currency), row.cost) for row in rows)
-    found.capped = frozenset((r.keys[0], r.keys[1], r.currency) for r in rows if r.capped)
-    return found
-
-
 class BudgetTables:
     """The budget tables inside one transaction: what the gate reads and writes there."""
 
@@ -315,14 +294,27 @@ class BudgetTables:
         return spent(self._conn, budget, tenant, start, end)
 
     def spend_by_scope(self, start: datetime, end: datetime) -> ScopeSpend:
+        from ollama_meter.ledger._aggregate import spend_by_scope
+
         return spend_by_scope(self._conn, start, end)
 
     def clock(self, now: datetime) -> datetime:
         """The ledger's time (see :func:`ledger_now`): what ``held`` and ``put_lease`` take."""
         return ledger_now(self._conn, now)
 
-    def held(self, key: LeaseKey, now: datetime, *, exclude: Collection[str] = ()) -> int:
-        row = {"budget_id": key.budget_id, "tenant": key.tenant, "period_start": key.period_start}
+    def held(
+        self,
+        key: LeaseKey,
+        now: datetime,
+        *,
+        exclude: Collection[str] = (),
+        over: tuple[datetime, datetime] | None = None,
+    ) -> int:
+        us = timedelta(microseconds=1)  # ``over``: any start strictly between; else the key's
+        since, until = (
+            (over[0] + us, over[1]) if over else (key.period_start, key.period_start + us)
+        )
+        row = {"budget_id": key.budget_id, "tenant": key.tenant, "since": since, "until": until}
         if not exclude:
             return int(self._conn.execute(HELD, {**row, "now": now}).scalar_one())
         but = {**row, "now": now, "exclude": sorted(exclude)}
@@ -389,9 +381,11 @@ class BudgetTables:
 
         The unique constraint decides, so across processes exactly one caller gets an id.
         """
+        from ollama_meter.ledger._alert_rows import alert_values
+
         try:
             with self._conn.begin_nested():
-                insert_alert = insert(_ALERTS).values(**_alert_values(alert, fired_at))
+                insert_alert = insert(_ALERTS).values(**alert_values(alert, fired_at))
                 new = self._conn.execute(insert_alert).inserted_primary_key
         except IntegrityError:
             return self._rearm(alert, fired_at) if alert.kind == "refused" else None
@@ -416,7 +410,9 @@ class BudgetTables:
         )
         if gone.rowcount != 1:
             return None
-        values = _alert_values(alert, fired_at)
+        from ollama_meter.ledger._alert_rows import alert_values
+
+        values = alert_values(alert, fired_at)
         if self._conn.dialect.name != "postgresql":  # SQLite gives a deleted last row's id again
             values["id"] = top + 1  # (its write lock is held: no other process takes it)
         try:

@@ -255,6 +255,7 @@ BUDGETS = Table(
     _NotNull("hard", Boolean),
     _NotNull("thresholds", String(64)),
     _NotNull("source", String(16)),
+    # Since when its terms (limit, currency, hard, thresholds) hold: set first, or changed.
     _NotNull("created_at", UTCDateTime()),
     # Never reuse a removed budget's id on SQLite: its alerts and leases hang on it.
     sqlite_autoincrement=True,

@@ -48,11 +48,16 @@ def build_meter(
     from ollama_meter.budgets import ShownPrompts
     from ollama_meter.meter._meter import Meter, utc_now
     from ollama_meter.meter._prices import PriceSource
+    from ollama_meter.meter._recovery import recover_interrupted
 
     ledger = ledger_for(settings)
-    meter = Meter(
+    prices = PriceSource(ledger, settings=settings)
+    # Before the budgets: a gateway's start says the thresholds they reached, and a crossing
+    # by a call recovered after that look waited for the scope's next call, or a restart.
+    recover_interrupted(ledger, prices, exporters := telemetry_observers(settings))
+    return Meter(
         ledger=ledger,
-        prices=PriceSource(ledger, settings=settings),
+        prices=prices,
         upstream=transport_for(settings, source),
         source=source,
         clock=clock or utc_now,
@@ -61,7 +66,7 @@ def build_meter(
             settings,
             lease_share=GATEWAY_LEASE_SHARE if source == Source.GATEWAY else 0.0,
         ),
-        observers=[*observers, *(exporters := telemetry_observers(settings))],
+        observers=[*observers, *exporters],
         capture_content=settings.capture_content,
         reply_cap=settings.budget_reply_cap,
         journal=settings.journal,
@@ -71,8 +76,6 @@ def build_meter(
             else [settings.ollama_host]
         ),
     )
-    meter.recover_interrupted(exporters)
-    return meter
 
 
 def transport_for(settings: Settings, source: Source, *, host: str | None = None) -> Transport:
@@ -192,7 +195,10 @@ def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0)
         alerts=AlertDispatcher(ledger, channels),
         lease_share=lease_share,
     )
-    gate.retry_undelivered()
+    try:
+        gate.retry_undelivered()
+    except Exception as exc:  # a row edited in SQL: never a reason not to serve, nor to sweep
+        log.warning("could not read the undelivered budget alerts to try them again: %s", exc)
     if lease_share:  # a server: what no process said (see ``sweep_alerts``) is said now
         try:
             gate.sweep_alerts(datetime.now(UTC))

@@ -51,6 +51,10 @@ class Budget:
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
     source: str = "cli"
     id: int | None = None
+    set_at: datetime | None = field(default=None, compare=False)
+    """Since when its terms (limit, currency, hard, thresholds) are in force: when it was
+    first set, or last set again with other terms; None until saved. The alert sweep says
+    nothing of a period that ended before: another limit, or none, was in force then."""
 
     def __post_init__(self) -> None:
         if self.period not in PERIODS:
