@@ -39,6 +39,8 @@ END: Constant = _End()
 
 def _count(value: object) -> int | None:
     """A count or a duration as the upstream gave it: a non-negative integer, else unknown."""
+    if type(value) is int:  # as JSON reads one: no call (six counts an answer, every call)
+        return value if value >= 0 else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
@@ -49,7 +51,7 @@ def _counted(value: object) -> int | None:
 
 
 def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    return value if type(value) is str or isinstance(value, str) else None
 
 
 def _some(value: object) -> bool:
