@@ -98,6 +98,10 @@ def _excerpt(frame: bytes) -> str:
     return repr(frame[:60].decode(errors="replace")) + (" ..." if len(frame) > 60 else "")
 
 
+_NOT_TEXT = frozenset({"thinking", "tool_calls"})
+"""What a chat message may carry that is generated but no reply text."""
+
+
 class Malformed(ValueError):
     """An item of a stream that its wire format cannot carry (a line that is not a JSON object)."""
 
@@ -153,6 +157,9 @@ class OllamaReader:
         if not self.chat:
             return _text(obj.get("response")) or ""
         message = obj.get("message")
+        if type(message) is dict:  # as JSON reads it: without a look for its ``get``
+            content = message.get("content")
+            return content if type(content) is str else (_text(content) or "")
         getter = getattr(message, "get", None)
         return (_text(getter("content")) or "") if callable(getter) else ""
 
@@ -163,6 +170,8 @@ class OllamaReader:
             thinking, calls = _text(obj.get("thinking")), obj.get("tool_calls")
         else:
             message = obj.get("message")
+            if type(message) is dict and _NOT_TEXT.isdisjoint(message):
+                return None  # most chunks: a text only (a chunk of a stream, every chunk)
             getter = getattr(message, "get", None)
             if not callable(getter):
                 return None
