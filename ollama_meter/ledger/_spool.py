@@ -21,8 +21,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import cache
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +35,12 @@ _SETTLED = frozenset({Stored.COMMITTED, Stored.QUARANTINED})
 """Where a drained span may be for its spool file to go: anywhere else, the file keeps it."""
 
 
-@cache
-def _values_of(fields: tuple[str, ...]) -> Callable[[SpanRecord], tuple[Any, ...]]:
-    """The values of ``fields`` of a span, read in one pass (a journal line at every call)."""
-    get = attrgetter(*fields)
-    return get if len(fields) > 1 else lambda span: (get(span),)
-
-
 def span_json(span: SpanRecord, fields: Sequence[str] | None = None) -> dict[str, Any]:
     """The span's columns (or just ``fields``) as JSON-ready values."""
-    if fields is None:
-        row = span.as_row()
-    else:
-        row = dict(zip(fields, _values_of(tuple(fields))(span), strict=True))
+    row = span.as_row() if fields is None else {name: getattr(span, name) for name in fields}
     for key in _TIMES:
-        value = row.get(key)
-        if value is not None:
-            row[key] = value.isoformat()
+        if row.get(key) is not None:
+            row[key] = row[key].isoformat()
     return row
 
 
