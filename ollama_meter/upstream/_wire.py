@@ -39,9 +39,9 @@ END: Constant = _End()
 
 def _count(value: object) -> int | None:
     """A count or a duration as the upstream gave it: a non-negative integer, else unknown."""
-    if type(value) is int:  # as JSON reads one: no call (six counts an answer, every call)
-        return value if value >= 0 else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if type(value) is not int:  # as JSON reads one: no call (six counts an answer, every call)
+        value = value if isinstance(value, int) and not isinstance(value, bool) else -1
+    return value if value >= 0 else None
 
 
 def _counted(value: object) -> int | None:
@@ -96,10 +96,6 @@ def _plain(value: object) -> object:
 
 def _excerpt(frame: bytes) -> str:
     return repr(frame[:60].decode(errors="replace")) + (" ..." if len(frame) > 60 else "")
-
-
-_NOT_TEXT = frozenset({"thinking", "tool_calls"})
-"""What a chat message may carry that is generated but no reply text."""
 
 
 class Malformed(ValueError):
@@ -158,8 +154,7 @@ class OllamaReader:
             return _text(obj.get("response")) or ""
         message = obj.get("message")
         if type(message) is dict:  # as JSON reads it: without a look for its ``get``
-            content = message.get("content")
-            return content if type(content) is str else (_text(content) or "")
+            return _text(message.get("content")) or ""
         getter = getattr(message, "get", None)
         return (_text(getter("content")) or "") if callable(getter) else ""
 
@@ -170,7 +165,7 @@ class OllamaReader:
             thinking, calls = _text(obj.get("thinking")), obj.get("tool_calls")
         else:
             message = obj.get("message")
-            if type(message) is dict and _NOT_TEXT.isdisjoint(message):
+            if type(message) is dict and "thinking" not in message and "tool_calls" not in message:
                 return None  # most chunks: a text only (a chunk of a stream, every chunk)
             getter = getattr(message, "get", None)
             if not callable(getter):
