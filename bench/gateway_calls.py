@@ -16,7 +16,6 @@ are printed by where the function lives (built-ins, each ometer package, each li
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import os
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.facts import BODIES
 from bench.gateway import start
-from bench.gateway_callgrind import _calls
+from bench.gateway_callgrind import _calls, sequential_options
 from ollama_meter.testing import unused_port
 
 PROFILED = """
@@ -78,14 +77,7 @@ def _wait_for(path: Path, url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--warm", type=int, default=50)
-    parser.add_argument("--stream", action="store_true")
-    parser.add_argument("--body", choices=list(BODIES), default="short chat")
-    parser.add_argument("--python", default=sys.executable, help="the install to count")
+    parser = sequential_options(__doc__, calls=3000, warm=50)
     parser.add_argument("--top", type=int, default=0, help="also list the N most called")
     parser.add_argument("--save", type=Path, help="copy the profile here, for pstats")
     args = parser.parse_args()
