@@ -117,6 +117,7 @@ def main() -> None:
     if args.save:
         shutil.copyfile(stats_file, args.save)
     stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    shutil.rmtree(folder, ignore_errors=True)
     by_group: collections.Counter[str] = collections.Counter()
     by_function: collections.Counter[str] = collections.Counter()
     for (path, line, name), (_, calls, *_rest) in stats.items():
