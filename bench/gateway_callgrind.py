@@ -75,15 +75,21 @@ def _totals(folder: Path, pid: int) -> dict[int, int]:
     return found
 
 
-def main() -> None:
+def sequential_options(doc: str | None, calls: int, warm: int) -> argparse.ArgumentParser:
+    """The options of a bench that sends ``--calls`` sequential calls after ``--warm``."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--warm", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=calls)
+    parser.add_argument("--warm", type=int, default=warm)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--body", choices=list(BODIES), default="short chat")
     parser.add_argument("--python", default=sys.executable, help="the install to measure")
+    return parser
+
+
+def main() -> None:
+    parser = sequential_options(__doc__, calls=300, warm=30)
     parser.add_argument("--keep", type=Path, help="leave the callgrind files in this folder")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:

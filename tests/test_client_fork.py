@@ -24,6 +24,7 @@ import pytest
 from ollama_meter import MeteredClient
 from ollama_meter.ledger import SpanFilter, close_ledgers
 from ollama_meter.testing import OllamaEmulator, expected_reply
+from ollama_meter.upstream._resilience import CircuitBreaker
 
 MODEL = "llama3.1:8b"
 HANG = 60.0
@@ -405,3 +406,23 @@ def test_a_child_forked_while_a_thread_exports_or_ends_a_span_exports_its_own(
                 assert len(result()) == 16
     finally:
         telemetry.shutdown()
+
+
+def test_a_breaker_a_parents_thread_held_at_the_fork_admits_the_childs_calls() -> None:
+    breaker = CircuitBreaker("http://127.0.0.1:11434")
+    held, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with breaker._lock:  # the parent's thread is inside the breaker at the fork
+            held.set()
+            leave.wait(HANG)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(HANG)
+    try:
+        _, result = forked(lambda: breaker.admit(MODEL).model)
+        assert result() == MODEL
+    finally:
+        leave.set()
+        thread.join()

@@ -99,7 +99,8 @@ def is_plain_path(path: str) -> bool:
     """Whether a (decoded) path has no ``.`` or ``..`` segment and no control character: the
     HTTP client forwarding a request resolves dot segments, so ``/v1/models/../../api/pull``
     would reach Ollama as /api/pull; and a route matches ``/api/tags`` + newline too."""
-    return not any(part in (".", "..") for part in path.split("/")) and path.isprintable()
+    dotted = "." in path and any(part in (".", "..") for part in path.split("/"))
+    return not dotted and path.isprintable()
 
 
 def holds_credential(query: bytes, token: str | None) -> bool:

@@ -202,26 +202,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     size = 0
     waited = 0.0  # on the caller: not on room for the body (the gateway's own wait)
     loop = asyncio.get_running_loop()
-    stream = aiter(request.stream())
+    receive = request.receive  # read as Starlette's ``stream()`` does, without its generator
+    more = True  # and the empty part it ends with: a small body is one message, one read
     allowed = BODY_S
-    timer = asyncio.timeout(None)  # one for the reads, set before each (three a small body)
+    timer = asyncio.timeout(None)  # one for the reads, set before each
     try:
         async with timer:
-            while True:
+            while more:
                 allowed = BODY_S + size // BODY_PART * BODY_S_PER_PART
                 began = loop.time()
                 timer.reschedule(began + allowed - waited)
-                try:
-                    part = await anext(stream)
-                except StopAsyncIteration:
-                    break
+                message = await receive()
                 timer.reschedule(None)
                 waited += loop.time() - began
+                kind = message["type"]
+                if kind == "http.disconnect":
+                    raise ClientDisconnect
+                if kind != "http.request":
+                    continue
+                part, more = message.get("body", b""), message.get("more_body", False)
                 size += len(part)
                 if size > limit:
                     raise TooLarge(limit)
-                await take(request.scope, len(part))
-                body += part
+                if part:
+                    await take(request.scope, len(part))
+                    body += part
     except TimeoutError:
         if not timer.expired():
             raise

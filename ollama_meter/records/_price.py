@@ -135,6 +135,8 @@ def _unqualified(name: str) -> str:
     """``name`` without the default registry and namespace, which Ollama fills in, and without
     a scheme before its host, which Ollama reads past ('https://registry.ollama.ai/library/x'
     runs x: a caller who spelled it so was priced by no rule for x, at the catch-all's price)."""
+    if "/" not in name:  # no scheme, registry nor namespace: most names, four times a call
+        return name
     scheme, cut, rest = name.partition("://")
     if cut and "/" not in scheme:
         name = rest
@@ -150,7 +152,8 @@ def model_key(model: str) -> str:
     """The one name Ollama resolves ``model`` to: lower case, without the default registry and
     namespace (``registry.ollama.ai/library/``), ``:latest`` when untagged."""
     name = _unqualified(model.strip().lower())
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    tag = name.rsplit("/", 1)[-1] if "/" in name else name
+    return name if ":" in tag else f"{name}:latest"
 
 
 def _qualified(name: str) -> str:

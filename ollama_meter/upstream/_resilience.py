@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from ollama_meter._forks import ChildLock
+from ollama_meter._forks import renew_after_fork
 from ollama_meter._jitter import jittered
 from ollama_meter._names import model_cache_key
 from ollama_meter._runtime import runtime
@@ -142,11 +143,17 @@ class CircuitBreaker:
         self.threshold = threshold
         self.reset_after = reset_after
         self._clock = clock
-        self._lock = ChildLock()
+        # A plain lock, renewed in a forked child (a ChildLock's ``with`` is two calls of
+        # Python more, and this one is taken four times a call).
+        self._lock = threading.Lock()
         self._host = _Circuit()
         # By model_cache_key: a name of megabytes is not kept whole for each circuit.
         self._models: dict[str | bytes, _Circuit] = {}
         self._callers: dict[tuple[str | bytes, str], _Circuit] = {}  # (model, caller)
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def state(self, model: str | None = None, caller: str = "") -> str:
         """``closed``, ``open`` or ``half_open``: the host's circuit, ``model``'s, or the one

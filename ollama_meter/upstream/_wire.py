@@ -39,7 +39,9 @@ END: Constant = _End()
 
 def _count(value: object) -> int | None:
     """A count or a duration as the upstream gave it: a non-negative integer, else unknown."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if type(value) is not int:  # as JSON reads one: no call (six counts an answer, every call)
+        value = value if isinstance(value, int) and not isinstance(value, bool) else -1
+    return value if value >= 0 else None
 
 
 def _counted(value: object) -> int | None:
@@ -49,7 +51,7 @@ def _counted(value: object) -> int | None:
 
 
 def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    return value if type(value) is str or isinstance(value, str) else None
 
 
 def _some(value: object) -> bool:
@@ -151,6 +153,8 @@ class OllamaReader:
         if not self.chat:
             return _text(obj.get("response")) or ""
         message = obj.get("message")
+        if type(message) is dict:  # as JSON reads it: without a look for its ``get``
+            return _text(message.get("content")) or ""
         getter = getattr(message, "get", None)
         return (_text(getter("content")) or "") if callable(getter) else ""
 
@@ -161,6 +165,8 @@ class OllamaReader:
             thinking, calls = _text(obj.get("thinking")), obj.get("tool_calls")
         else:
             message = obj.get("message")
+            if type(message) is dict and "thinking" not in message and "tool_calls" not in message:
+                return None  # most chunks: a text only (a chunk of a stream, every chunk)
             getter = getattr(message, "get", None)
             if not callable(getter):
                 return None
