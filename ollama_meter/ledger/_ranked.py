@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     String,
-    and_,
     case,
     cast,
     func,
@@ -47,7 +46,14 @@ from ollama_meter.ledger._plan import (
     plan_cells,
 )
 from ollama_meter.ledger._rollup import MOST
-from ollama_meter.ledger._signed import CELLS, CELLS_PER_READ, cells_param, cells_table, stored
+from ollama_meter.ledger._signed import (
+    CELLS,
+    CELLS_PER_READ,
+    cells_param,
+    cells_table,
+    in_cells,
+    stored,
+)
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import ROLLUPS, SPANS
@@ -210,18 +216,16 @@ def _cube_parts(
         name = f"{CELLS}_{first}"
         params[name] = cells_param(entries[first : first + CELLS_PER_READ])
         cells = cells_table(dialect, name)
-        joined = cells.join(ROLLUPS, and_(c.grain == cells.c.grain, c.start == cells.c.start))
+        joined, read = in_cells(dialect, cells, ROLLUPS, cube_filters(ROLLUPS, where, by))
         parts.append(
             select(
-                *(c[name].label(f"k{i}") for i, name in enumerate(by)),
-                c.currency.label("currency"),
-                (cells.c.sign * stored(dialect, c.requests)).label("requests"),
-                (cells.c.sign * stored(dialect, c.errors)).label("errors"),
-                (cells.c.sign * cost).label("cost"),
-                case(((cost >= MOST) | (cost <= -MOST), 1), else_=0).label("capped"),
-            )
-            .select_from(joined)
-            .where(*cube_filters(ROLLUPS, where, by))
+                *(read(c[name]).label(f"k{i}") for i, name in enumerate(by)),
+                read(c.currency).label("currency"),
+                (cells.c.sign * read(stored(dialect, c.requests))).label("requests"),
+                (cells.c.sign * read(stored(dialect, c.errors))).label("errors"),
+                (cells.c.sign * read(cost)).label("cost"),
+                case(((read(cost) >= MOST) | (read(cost) <= -MOST), 1), else_=0).label("capped"),
+            ).select_from(joined)
         )
     return parts
 

@@ -8,13 +8,14 @@ from per-minute unions of busy intervals.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
@@ -35,10 +36,10 @@ from ollama_meter.ledger._plan import (
     HISTOGRAM_GRAINS,
     RAW,
     Buckets,
+    cube_params,
     decompose,
     edge_filter,
     plan_cells,
-    rollup_filters,
 )
 from ollama_meter.ledger._rollup import (
     BUSY as BUSY_TABLE,
@@ -48,7 +49,7 @@ from ollama_meter.ledger._rollup import (
     EVERYONE,
     HISTOGRAMS,
 )
-from ollama_meter.ledger._signed import signed_sums
+from ollama_meter.ledger._signed import Summing, cell_sums, signed_rows, signed_sums
 from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._spans import SpanFilter, select_spans
 from ollama_meter.ledger._spellings import group_values
@@ -114,16 +115,11 @@ def aggregate_histograms(
     # All calls together (no group, no filter on the key), and each model over all
     # tenants and departments, are also kept per quarter hour: a window's edges need no
     # raw spans but the quarter hour they fall in, and a month reads a row per model.
-    c = HISTOGRAMS.c
     overall = where.tenant is None and where.department is None and set(by) <= {"model"}
     each_model = overall and bool(by or where.model is not None)
-    if overall and not each_model:  # never summed from the others
-        filters = [c[name] == value for name, value in zip(HISTOGRAM_KEY, EVERYONE, strict=True)]
-    elif each_model:
-        filters = [c.tenant == EACH_MODEL[0], c.department == EACH_MODEL[1]]
-        filters += rollup_filters(HISTOGRAMS, where, ("model",))
-    else:
-        filters = [*rollup_filters(HISTOGRAMS, where, HISTOGRAM_KEY), c.tenant != EVERYONE[0]]
+    kind = "each_model" if each_model else "overall" if overall else "scoped"
+    named = ("model",) if each_model else () if overall else HISTOGRAM_KEY
+    filtered = tuple(name for name in named if getattr(where, name) is not None)
     grains = (*HISTOGRAM_GRAINS, Grain.QUARTER) if overall else HISTOGRAM_GRAINS
     zone = ledger_zone(conn)
     pieces = plan_cells(conn, where, buckets, grains, zone)
@@ -135,15 +131,9 @@ def aggregate_histograms(
             for p in pieces
         ]
     bucketed = bool(buckets)
-    rows = signed_sums(
-        conn,
-        HISTOGRAMS,
-        [p for p in pieces if p.grain is not None],
-        [*(c[name] for name in by), c.metric, c.decade],
-        BIN_COLUMNS,
-        filters,
-        zone,
-    )
+    statements = _histogram_statements(conn.dialect.name, tuple(by), kind, filtered)
+    cells = [p for p in pieces if p.grain is not None]
+    rows = signed_rows(conn, statements, cells, zone, cube_params(where, filtered))
     width = len(by)
     for row in rows:
         keys = tuple(row[1 : 1 + width])
@@ -166,6 +156,26 @@ def aggregate_histograms(
         for metric, bins in list(metrics.items()):
             metrics[metric] = {edge: n for edge, n in bins.items() if n}
     return result
+
+
+@functools.lru_cache(maxsize=256)
+def _histogram_statements(
+    dialect: str, by: tuple[str, ...], kind: str, filtered: tuple[str, ...]
+) -> Summing:
+    """:func:`aggregate_histograms`' statements for one shape of read, built once (as
+    ``_aggregate._cube_statements``): the cells and the filters' values are bind parameters.
+    ``kind``: all calls together (``overall``), each model over all tenants and departments
+    (``each_model``), or the rows of tenants and departments (``scoped``)."""
+    c = HISTOGRAMS.c
+    bound = [c[name] == bindparam(f"where_{name}") for name in filtered]
+    if kind == "overall":  # never summed from the others
+        filters = [c[name] == value for name, value in zip(HISTOGRAM_KEY, EVERYONE, strict=True)]
+    elif kind == "each_model":
+        filters = [c.tenant == EACH_MODEL[0], c.department == EACH_MODEL[1], *bound]
+    else:
+        filters = [*bound, c.tenant != EVERYONE[0]]
+    groups = [*(c[name] for name in by), c.metric, c.decade]
+    return cell_sums(dialect, HISTOGRAMS, groups, BIN_COLUMNS, filters)
 
 
 def _raw_histograms(
