@@ -41,17 +41,21 @@ def tool_calls(pieces: list[object]) -> tuple[Called, ...]:
     calls: list[Called] = []
     at: dict[object, int] = {}
     texts: set[int] = set()  # Anthropic calls whose input came as JSON text
+    more: dict[int, list[str]] = {}  # a call's arguments' text in pieces, joined once
     for key, begins, (ident, name, arguments) in (f for p in pieces for f in _fragments(p)):
         if not begins and key is not None and key in at:
-            known = calls[at[key]]
-            if isinstance(known[2], str) and isinstance(arguments, str):
-                calls[at[key]] = (known[0], known[1], known[2] + arguments)
+            known = calls[at[key]][2]
+            if isinstance(known, str) and isinstance(arguments, str):
+                more.setdefault(at[key], [known]).append(arguments)
             continue
         if key is not None:
             at[key] = len(calls)
             if isinstance(key, tuple) and key[0] == "block":
                 texts.add(len(calls))
         calls.append((ident, name, arguments))
+    for index, parts in more.items():
+        ident, name, _ = calls[index]
+        calls[index] = (ident, name, "".join(parts))
     for index in texts:
         ident, name, arguments = calls[index]
         calls[index] = (ident, name, _object(arguments))
