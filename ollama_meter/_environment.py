@@ -12,8 +12,10 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
+
+from pydantic import AfterValidator
 
 from ollama_meter._names import warn_tz
 from ollama_meter.errors import ConfigError
@@ -162,6 +164,20 @@ def otlp_protocol(value: str | None, *, general: bool) -> str | None:
     return value
 
 
+def otlp_exporter(value: str | None) -> str:
+    """``OTEL_TRACES_EXPORTER`` or ``OTEL_METRICS_EXPORTER``: ``otlp`` (unset, empty, or a list
+    of ``otlp``) or ``none`` (that signal is not exported over OTLP), read trimmed in any case
+    as the SDK reads them; ValueError for an exporter ometer has not (``console``, ``zipkin``)."""
+    names = {name.strip().lower() for name in (value or "").split(",")} - {""}
+    if names <= {"otlp"} or names == {"none"}:
+        return "none" if names == {"none"} else "otlp"
+    raise ValueError(f"{value!r} is not an exporter ometer has; use otlp or none")
+
+
+Exporter = Annotated[str, AfterValidator(otlp_exporter)]
+"""A signal's exporter setting, as :func:`otlp_exporter` reads it."""
+
+
 _SDK_LIMITS = tuple(
     f"OTEL_{name}"
     for name in (
@@ -266,13 +282,13 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     """
     protocols = set()
     for signal in ("traces", "metrics"):
-        if settings.otlp_endpoint or getattr(settings, f"otlp_{signal}_endpoint"):
-            protocols.add("grpc" if settings.otlp_protocol_of(signal) == "grpc" else "http")
+        if settings.otlp_of("endpoint", signal):
+            protocols.add("grpc" if settings.otlp_of("protocol", signal) == "grpc" else "http")
     otlp_http = "http" in protocols  # not Langfuse's or Traceloop's: they take no provider
     langfuse = settings.langfuse_public_key and settings.langfuse_secret_key
     if (langfuse and settings.langfuse_host) or settings.traceloop_api_key:
         protocols.add("http")
-    metrics = bool(settings.otlp_metrics_endpoint or settings.otlp_endpoint)
+    metrics = bool(settings.otlp_of("endpoint", "metrics"))
 
     def bad(name: str, expected: str) -> ConfigError:
         return ConfigError(f"{name}: {environ[name]!r} is not {expected}; fix or unset it")

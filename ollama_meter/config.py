@@ -29,6 +29,7 @@ from pydantic_settings import SettingsConfigDict
 from ollama_meter import _names
 from ollama_meter._environment import (
     GATEWAY_ENV,
+    Exporter,
     check_alert_email,
     check_env_file,
     check_sdk_environment,
@@ -139,6 +140,8 @@ class Settings(QuickSettings):
     ] = None
     otel_service_name: Annotated[str | None, Field(validation_alias="OTEL_SERVICE_NAME")] = None
     otel_sdk_disabled: Annotated[str | None, Field(validation_alias="OTEL_SDK_DISABLED")] = None
+    traces_exporter: Annotated[Exporter, Field(validation_alias="OTEL_TRACES_EXPORTER")] = "otlp"
+    metrics_exporter: Annotated[Exporter, Field(validation_alias="OTEL_METRICS_EXPORTER")] = "otlp"
     langfuse_public_key: Annotated[str | None, Field(validation_alias="LANGFUSE_PUBLIC_KEY")] = None
     langfuse_secret_key: Annotated[
         SecretStr | None, Field(validation_alias="LANGFUSE_SECRET_KEY")
@@ -318,9 +321,8 @@ class Settings(QuickSettings):
         """Whether any exporter is asked for (and the SDK not disabled); without one, no
         telemetry code runs at all."""
         return not sdk_disabled(self.otel_sdk_disabled) and bool(
-            self.otlp_endpoint
-            or self.otlp_traces_endpoint
-            or self.otlp_metrics_endpoint
+            self.otlp_of("endpoint", "traces")
+            or self.otlp_of("endpoint", "metrics")
             or (self.langfuse_public_key and self.langfuse_secret_key and self.langfuse_host)
             or self.traceloop_api_key
         )
@@ -330,15 +332,13 @@ class Settings(QuickSettings):
         reads them (checked when the settings were loaded)."""
         return traces_sampler(os.environ)
 
-    def otlp_protocol_of(self, signal: str) -> str:
-        """The protocol ``signal`` (traces, metrics) is exported by: its own, else the general."""
-        own = self.otlp_traces_protocol if signal == "traces" else self.otlp_metrics_protocol
-        return own or self.otlp_protocol
-
-    def otlp_headers_of(self, signal: str) -> str | None:
-        """The headers ``signal`` is exported with: its own, else the general (not both)."""
-        own = self.otlp_traces_headers if signal == "traces" else self.otlp_metrics_headers
-        return own or self.otlp_headers
+    def otlp_of(self, setting: str, signal: str) -> Any:
+        """``signal``'s (traces, metrics) OTLP ``setting`` (endpoint, protocol, headers): its own,
+        else the general one, never both merged (the spec's rule); no endpoint for a signal
+        whose exporter (``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER``) is ``none``."""
+        if setting == "endpoint" and getattr(self, f"{signal}_exporter") == "none":
+            return None
+        return getattr(self, f"otlp_{signal}_{setting}") or getattr(self, f"otlp_{setting}")
 
     @property
     def email_recipients(self) -> list[str]:

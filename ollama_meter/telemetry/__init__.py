@@ -35,6 +35,8 @@ def telemetry_for(settings: Settings) -> Telemetry | None:
             "otlp_headers",
             "otlp_traces_headers",
             "otlp_metrics_headers",
+            "traces_exporter",
+            "metrics_exporter",
             "langfuse_host",
             "langfuse_public_key",
             "traceloop_base_url",

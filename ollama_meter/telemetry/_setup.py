@@ -48,16 +48,14 @@ model name a caller sends is a point of each instrument, up to the SDK's 2,000: 
 over 4 MiB, which a gRPC collector refused whole every minute, and no metric arrived."""
 
 
-def _otlp(
-    signal: str, endpoint: str, given: str | None, settings: Settings, session: Any = None
-) -> tuple[str, Any]:
+def _otlp(signal: str, endpoint: str, settings: Settings, session: Any = None) -> tuple[str, Any]:
     """The OTLP exporter for ``signal`` (traces, metrics) by the protocol set, and where it sends.
 
-    grpc sends to ``endpoint`` itself; http/protobuf to ``given`` (the signal's own
-    endpoint setting) or the signal's path under ``endpoint``. Imported only when asked.
+    grpc sends to ``endpoint`` itself; http/protobuf to the signal's own endpoint setting, if
+    given, else the signal's path under ``endpoint``. Imported only when asked.
     """
     exporter: Any
-    grpc = settings.otlp_protocol_of(signal) == "grpc"
+    grpc = settings.otlp_of("protocol", signal) == "grpc"
     if grpc:
         from ollama_meter.telemetry._grpc import import_grpc_quietly
 
@@ -81,7 +79,7 @@ def _otlp(
     # The signal's own headers, else the general ones, never both merged (the spec's rule;
     # the exporters merged the environment's under ours, so the general value of a header
     # both name won): given whole, the exporter reads no other.
-    headers = dict(parse_env_headers(settings.otlp_headers_of(signal) or "", liberal=True))
+    headers = dict(parse_env_headers(settings.otlp_of("headers", signal) or "", liberal=True))
     options: dict[str, Any] = {"headers": headers, "timeout": settings.export_timeout}
     if signal == "metrics":
         options["max_export_batch_size"] = METRIC_BATCH
@@ -91,7 +89,7 @@ def _otlp(
         insecure = endpoint.startswith("http://")
         options.update(endpoint=endpoint, insecure=insecure)
         return endpoint, heard(exporter, session, **options)
-    url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
+    url = getattr(settings, f"otlp_{signal}_endpoint") or f"{endpoint.rstrip('/')}/v1/{signal}"
     return url, exporter(endpoint=url, session=session or _session(), **options)
 
 
@@ -106,7 +104,7 @@ def _session(*, only: dict[str, str] | None = None) -> Any:
 
 def _answers(settings: Settings, signal: str) -> Any:
     """What the collector's answers to ``signal``'s exports are read by, by protocol."""
-    if settings.otlp_protocol_of(signal) != "grpc":
+    if settings.otlp_of("protocol", signal) != "grpc":
         return _session()
     from ollama_meter.telemetry._grpc import GrpcAnswers
 
@@ -116,15 +114,10 @@ def _answers(settings: Settings, signal: str) -> Any:
 def _span_exporters(settings: Settings) -> list[Watched]:
     timeout = settings.export_timeout
     exporters: list[Watched] = []
-    traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
+    traces = settings.otlp_of("endpoint", "traces")
     if traces:
         session = _answers(settings, "traces")
-        exporters.append(
-            Watched(
-                *_otlp("traces", traces, settings.otlp_traces_endpoint, settings, session),
-                answers=session,
-            )
-        )
+        exporters.append(Watched(*_otlp("traces", traces, settings, session), answers=session))
     if settings.langfuse_public_key and settings.langfuse_secret_key and settings.langfuse_host:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
 
@@ -158,12 +151,11 @@ def _span_exporters(settings: Settings) -> list[Watched]:
 
 
 def _metric_exporter(settings: Settings) -> WatchedMetrics | None:
-    endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
+    endpoint = settings.otlp_of("endpoint", "metrics")
     if not endpoint:
         return None
     session = _answers(settings, "metrics")
-    given = settings.otlp_metrics_endpoint
-    return WatchedMetrics(*_otlp("metrics", endpoint, given, settings, session), answers=session)
+    return WatchedMetrics(*_otlp("metrics", endpoint, settings, session), answers=session)
 
 
 def _sampler(settings: Settings) -> sampling.Sampler:
