@@ -37,13 +37,15 @@ from ollama_meter.records import counted_model
 from ollama_meter.telemetry._semconv import (
     DURATION_BUCKETS,
     OPERATION_NAMES,
+    PROVIDER_OLLAMA,
     TOKEN_BUCKETS,
     input_only,
 )
 from ollama_meter.telemetry._served import OTHER, Served
 
 _WHO = ("tenant", "department", "model")
-_GENAI = ("gen_ai_operation_name", "gen_ai_request_model", "error_type")
+_GENAI = ("gen_ai_operation_name", "gen_ai_request_model", "error_type", "gen_ai_provider_name")
+"""The GenAI histograms' labels: the conventions require the operation and the provider."""
 
 MAX_SERIES = 1000
 """Distinct (tenant, department, model) and (operation, model, error type) label sets counted apart."""
@@ -221,13 +223,12 @@ class GatewayMetrics:
         cost(span.cost_total)
         if span.unpriced_usage:
             self._of(self.unpriced, *who).inc()
-        genai = self._genai(
-            (
-                OPERATION_NAMES.get(span.operation, span.operation),
-                served(span, span.request_model),
-                span.error_type or "",
-            )
+        named = (
+            OPERATION_NAMES.get(span.operation, span.operation),
+            served(span, span.request_model),
+            span.error_type or "",
         )
+        genai = (*self._genai(named), PROVIDER_OLLAMA)  # one provider: no series of its own
         if span.latency_ns is not None:
             self._of(self.duration, *genai).observe(span.latency_ns / 1e9)
         if span.ttft_ns is not None:

@@ -327,3 +327,33 @@ def test_an_embedding_counts_input_tokens_only_in_the_genai_histogram(
     kinds = {s.labels["gen_ai_token_type"] for s in family.samples if s.name.endswith("_count")}
     embedding = OPERATION_NAMES[operation] == OPERATION_EMBEDDINGS
     assert kinds == ({"input"} if embedding else {"input", "output"})
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    operation=st.sampled_from(sorted(OPERATION_NAMES)),
+    error=st.sampled_from([None, "timeout", "model_not_found"]),
+)
+def test_the_genai_histograms_carry_the_attributes_the_conventions_require(
+    operation: str, error: str | None
+) -> None:
+    """The GenAI conventions require ``gen_ai.operation.name`` and ``gen_ai.provider.name`` on
+    each of their client metrics (``error.type`` on a failed call's duration): ``/metrics``
+    named no provider, so a dashboard built on the conventions (by ``gen_ai_provider_name``, as
+    an OTel collector's Prometheus export of the OTLP metrics names it) found none of its series."""
+    metrics = GatewayMetrics(max_series=50)
+    status = Status.ERROR if error else Status.OK
+    span = make_span(operation=operation, status=status, error_type=error, stream=True)
+    span.ttft_ns, span.latency_ns = 10**6, 2 * 10**6
+    metrics.on_end(span)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text())}
+    names = ["gen_ai_client_operation_duration_seconds"]
+    names += ["gen_ai_client_operation_time_to_first_chunk_seconds"]
+    names += [] if error else ["gen_ai_client_token_usage"]
+    for name in names:
+        labels = [s.labels for s in families[name].samples if s.name.endswith("_count")]
+        assert labels, name
+        for each in labels:
+            assert each["gen_ai_provider_name"] == "ollama", name
+            assert each["gen_ai_operation_name"] == OPERATION_NAMES[operation], name
+            assert each.get("error_type", "") == (error or ""), name
