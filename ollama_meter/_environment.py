@@ -191,6 +191,9 @@ _SDK_LIMITS = tuple(
         "LINK_ATTRIBUTE_COUNT_LIMIT",
     )
 )
+DAY_MS = 86_400_000
+"""The longest metric export interval taken: past ``threading.TIMEOUT_MAX`` the SDK's export
+thread died, and no metric went until exit."""
 _EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
 _COMPRESSIONS = {"http": ("none", "deflate", "gzip"), "grpc": ("gzip",)}
 """What each exporter takes (trimmed, any case). The grpc one refuses even ``none``."""
@@ -306,6 +309,9 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     name = "OTEL_SDK_DISABLED"  # read as false unless "true": "1" or "yes" would export
     if environ.get(name, "").strip().lower() not in ("", "false"):
         raise bad(name, "true or false")
+    name = "OTEL_METRIC_EXPORT_INTERVAL"  # the SDK reads it: ometer once gave its own 60 s
+    if metrics and name in environ and _integer(environ[name], low=1, high=DAY_MS) is None:
+        raise bad(name, f"a whole number of milliseconds from 1 to {DAY_MS:,} (a day)")
     name = "OTEL_METRICS_EXEMPLAR_FILTER"
     if metrics and name in environ and environ[name] not in _EXEMPLAR_FILTERS:
         raise bad(name, f"one of {', '.join(_EXEMPLAR_FILTERS)}")
@@ -389,13 +395,14 @@ def _check_grpc(environ: Mapping[str, str], bad: Callable[[str, str], ConfigErro
                 raise bad(name, f"a credential provider installed ({installed})")
 
 
-def _integer(text: str, *, low: int) -> int | None:
-    """``text`` as the SDK reads a whole number (``int()``), if it is one of at least ``low``."""
+def _integer(text: str, *, low: int, high: int | None = None) -> int | None:
+    """``text`` as the SDK reads a whole number (``int()``), if it is one from ``low`` (to
+    ``high``)."""
     try:
         number = int(text)
     except ValueError:
         return None
-    return number if number >= low else None
+    return number if low <= number <= (number if high is None else high) else None
 
 
 def check_alert_email(settings: Any) -> None:

@@ -316,10 +316,8 @@ class Telemetry:
         self.metric_exporter = _metric_exporter(settings)
         self.meter_provider: MeterProvider | None = None
         if self.metric_exporter is not None:
-            reader = PeriodicExportingMetricReader(
-                self.metric_exporter,
-                export_interval_millis=60_000,
-                export_timeout_millis=self.timeout * 1000,
+            reader = PeriodicExportingMetricReader(  # OTEL_METRIC_EXPORT_INTERVAL, else 60 s
+                self.metric_exporter, export_timeout_millis=self.timeout * 1000
             )
             self.meter_provider = MeterProvider(
                 resource=resource, metric_readers=[reader], shutdown_on_exit=False
