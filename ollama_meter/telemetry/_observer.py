@@ -140,11 +140,14 @@ def _asked(span: SpanRecord) -> dict[str, Any]:
 
 
 def _finish_reason(span: SpanRecord) -> str:
-    """Why the reply ended: Ollama's ``done_reason``; else ``error`` for a call that failed
-    or was cut, ``stop`` for one that ended well without saying."""
-    if span.done_reason:
-        return storable_text(span.done_reason, 32)
-    return "stop" if span.status == SpanStatus.OK else "error"
+    """Why the reply ended, in the conventions' words where they have one: the answer's own
+    (Ollama's ``done_reason``, OpenAI's ``finish_reason``, Anthropic's ``stop_reason``...), a
+    reply that stopped to call tools ``tool_call``; else ``error`` for a call that failed or
+    was cut, ``stop`` for one that ended well without saying."""
+    if not span.done_reason:
+        return "stop" if span.status == SpanStatus.OK else "error"
+    said = sc.FINISH_REASONS.get(span.done_reason, storable_text(span.done_reason, 32))
+    return "tool_call" if said == "stop" and span.called else said
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

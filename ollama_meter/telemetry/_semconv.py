@@ -54,6 +54,20 @@ REQUEST_SETTINGS = {
 """Each of a request's settings (:class:`~ollama_meter.records.Asked`'s fields) → its attribute."""
 
 
+FINISH_REASONS = {
+    # Ollama's native routes, OpenAI's Chat Completions and Completions
+    "stop": "stop", "length": "length", "content_filter": "content_filter",
+    "tool_calls": "tool_call", "function_call": "tool_call",
+    # Anthropic's Messages
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_call",
+    "refusal": "content_filter", "model_context_window_exceeded": "length",
+    # the Responses API: its status, else why it is incomplete
+    "completed": "stop", "max_output_tokens": "length",
+}  # fmt: skip
+"""Each wire format's word for why a reply ended → the conventions' own (an output message's
+``finish_reason``); a word not here has none of theirs, and goes as said."""
+
+
 def input_only(operation: str) -> bool:
     """Whether a call of ``operation`` (the ledger's name) has input tokens only: an embedding,
     whose span the conventions give no output count and its token usage no output point."""
@@ -126,6 +140,7 @@ USER_ID = "user.id"
 __all__ = [
     "DURATION_BUCKETS",
     "ERROR_TYPE",
+    "FINISH_REASONS",
     "GEN_AI_INPUT_MESSAGES",
     "GEN_AI_OPERATION_NAME",
     "GEN_AI_OUTPUT_MESSAGES",

@@ -75,8 +75,9 @@ def test_a_chats_tool_calls_and_results_reach_a_collector_as_parts(
     called = {"type": "tool_call", "name": "get_weather", "arguments": arguments}
     for view in (first, second):
         assert json.loads(view.attributes[sc.GEN_AI_OUTPUT_MESSAGES]) == [
-            {"role": "assistant", "parts": [called], "finish_reason": "stop"}
-        ]
+            {"role": "assistant", "parts": [called], "finish_reason": "tool_call"}
+        ]  # Ollama's "stop": the conventions' word for a reply that stopped to call a tool
+        assert list(view.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS]) == ["stop"]
     assert json.loads(third.attributes[sc.GEN_AI_INPUT_MESSAGES]) == [
         {"role": "user", "parts": [{"type": "text", "content": "weather in Paris?"}]},
         {"role": "assistant", "parts": [called]},  # the earlier reply's call, not text
@@ -138,7 +139,7 @@ def test_an_openai_stream_sends_a_call_in_pieces_exported_whole() -> None:
                  "arguments": '{"city": "Paris"}'},
                 {"type": "tool_call", "id": "call_b", "name": "get_time", "arguments": "{}"},
             ],
-            "finish_reason": "tool_calls",
+            "finish_reason": "tool_call",
         }
     ]  # fmt: skip
 
@@ -180,6 +181,7 @@ def test_any_tool_calls_are_whole_json_within_the_bound(
     short, what is cut ending in "…"; or, with no room for any of it, not sent."""
     span = make_span(reply=reply, called=tuple(calls), done_reason="stop")
     got = observed(span, capture_content=True, max_length=limit).attributes or {}
+    finish = "tool_call" if calls else "stop"  # the conventions' word for a reply that called
     if sc.GEN_AI_OUTPUT_MESSAGES not in got:  # not even the newest part, cut to "…", fits
         least: dict[str, Any] = {"type": "text", "content": "…" if reply else ""}
         if calls:
@@ -187,13 +189,13 @@ def test_any_tool_calls_are_whole_json_within_the_bound(
             short = "…" if len(json.dumps(arguments)) > 3 else arguments
             least = {"type": "tool_call", "id": ident, "name": name, "arguments": short}
             least = {k: v for k, v in least.items() if v is not None or k == "arguments"}
-        shown = [{"role": "assistant", "parts": [least], "finish_reason": "stop"}]
+        shown = [{"role": "assistant", "parts": [least], "finish_reason": finish}]
         assert len(json.dumps(shown, ensure_ascii=False)) > limit
         return
     text = str(got[sc.GEN_AI_OUTPUT_MESSAGES])
     assert len(text) <= min(limit, MAX_EXPORTED_TEXT)
     (message,) = json.loads(text)
-    assert message["role"] == "assistant" and message["finish_reason"] == "stop"
+    assert message["role"] == "assistant" and message["finish_reason"] == finish
     parts = message["parts"]
     texts = [p for p in parts if p["type"] == "text"]
     shown = parts[len(texts) :]
@@ -268,7 +270,7 @@ def test_the_gateways_openai_route_exports_each_call_with_its_id(
                         "arguments": wrote["function"]["arguments"],
                     }
                 ],
-                "finish_reason": "tool_calls",
+                "finish_reason": "tool_call",
             }
         ]
     assert set(json.loads(call["function"]["arguments"])) == {"city"}

@@ -107,7 +107,7 @@ def test_the_messages_route_exports_tool_use_blocks_and_tool_results_by_id(
         called = {"type": "tool_call", "id": block["id"], "name": "get_weather"}
         assert output == [
             {"role": "assistant", "parts": [{**called, "arguments": use["input"]}],
-             "finish_reason": "tool_use"}
+             "finish_reason": "tool_call"}
         ]  # fmt: skip
     said, _ = exported[2]
     assert said == [
@@ -156,7 +156,7 @@ def test_the_responses_route_exports_function_calls_and_outputs_by_call_id(
         called = {"type": "tool_call", "id": made["call_id"], "name": "get_weather"}
         assert output == [
             {"role": "assistant", "parts": [{**called, "arguments": item["arguments"]}],
-             "finish_reason": "completed"}
+             "finish_reason": "tool_call"}
         ]  # fmt: skip
     said, _ = exported[2]
     assert said == [
