@@ -221,17 +221,20 @@ class TelemetryObserver:
 
     def _start(self, span: SpanRecord) -> Span:
         operation = sc.OPERATION_NAMES.get(span.operation, span.operation)
+        # A request that named no model (refused before it was sent) has none to say: its span
+        # is named by its operation alone, as the conventions name one ("chat ", a name apart).
+        model = span.request_model if span.request_model.strip() else None
         attributes: dict[str, Any] = {
             sc.GEN_AI_OPERATION_NAME: operation,
             sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_OLLAMA,
-            sc.GEN_AI_REQUEST_MODEL: span.request_model,
+            **({} if model is None else {sc.GEN_AI_REQUEST_MODEL: model}),
             **_server(span),
             **_asked(span),
             sc.OMETER_TENANT: span.tenant,
             sc.OMETER_DEPARTMENT: span.department,
         }
         return self.tracer.start_span(
-            storable_text(f"{operation} {span.request_model}", _MAX_KEY),
+            storable_text(operation if model is None else f"{operation} {model}", _MAX_KEY),
             kind=SpanKind.CLIENT,
             start_time=_ns(span, end=False),
             attributes=exportable(attributes),
