@@ -72,6 +72,26 @@ def _stops(value: object) -> tuple[str, ...] | None:
     return tuple(storable_text(stop, MAX_STOP_CHARS) for stop in value[:MAX_STOPS])
 
 
+_JSON = ("json_object", "json_schema")
+
+
+def _output_type(operation: str, body: Mapping[str, Any]) -> str | None:
+    """The kind of reply ``body`` asks for (``gen_ai.output.type``): ``json`` for Ollama's
+    ``format`` (``json`` or a schema), for OpenAI's ``response_format`` or a Responses request's
+    ``text.format`` of a JSON type, ``text`` where those ask for text; None where none is asked
+    (or what is there is none Ollama reads)."""
+    if operation in ("chat", "generate"):
+        given = body.get("format")
+        return "json" if given == "json" or (isinstance(given, dict) and given) else None
+    if operation == "openai.responses":
+        text = body.get("text")
+        given = text.get("format") if isinstance(text, dict) else None
+    else:  # Chat Completions' (Ollama reads no format of a Completions or Messages request)
+        given = body.get("response_format") if operation == "openai.chat" else None
+    kind = given.get("type") if isinstance(given, dict) else None
+    return "json" if kind in _JSON else "text" if kind == "text" else None
+
+
 def asked_of(
     operation: str, body: Mapping[str, Any], options: Mapping[str, Any], cap: int | None
 ) -> Asked | None:
@@ -98,5 +118,6 @@ def asked_of(
             found[name] = _number(value)
     if cap is not None and cap in _INT64:
         found["max_tokens"] = cap
+    found["output_type"] = _output_type(operation, body)
     found = {name: value for name, value in found.items() if value is not None}
     return Asked(**found) if found else None

@@ -42,6 +42,7 @@ class Asked:
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     choice_count: int | None = None
+    output_type: str | None = None  # "json" or "text": the reply's format the request asked for
 
 
 class Status(StrEnum):

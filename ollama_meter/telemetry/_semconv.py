@@ -7,6 +7,7 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_INPUT_MESSAGES,
     GEN_AI_OPERATION_NAME,
     GEN_AI_OUTPUT_MESSAGES,
+    GEN_AI_OUTPUT_TYPE,
     GEN_AI_PROVIDER_NAME,
     GEN_AI_REQUEST_MODEL,
     GEN_AI_RESPONSE_FINISH_REASONS,
@@ -50,6 +51,7 @@ REQUEST_SETTINGS = {
     "frequency_penalty": gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY,
     "presence_penalty": gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY,
     "choice_count": gen_ai.GEN_AI_REQUEST_CHOICE_COUNT,
+    "output_type": GEN_AI_OUTPUT_TYPE,
 }
 """Each of a request's settings (:class:`~ollama_meter.records.Asked`'s fields) → its attribute."""
 
@@ -144,6 +146,7 @@ __all__ = [
     "GEN_AI_INPUT_MESSAGES",
     "GEN_AI_OPERATION_NAME",
     "GEN_AI_OUTPUT_MESSAGES",
+    "GEN_AI_OUTPUT_TYPE",
     "GEN_AI_PROVIDER_NAME",
     "GEN_AI_REQUEST_MODEL",
     "GEN_AI_RESPONSE_FINISH_REASONS",
