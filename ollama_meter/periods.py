@@ -23,18 +23,29 @@ LAST_DAY = date(9998, 12, 31)
 """Days a period may start on: enough for any ledger, and far from the calendar's edges."""
 EARLIEST = datetime.combine(FIRST_DAY, time.min, UTC)
 """The first instant the ledger takes; reports with no start begin there, in any zone."""
+LATEST = datetime.combine(LAST_DAY + timedelta(days=1), time.min, UTC)
+"""The instant after the last one the ledger takes."""
 _MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 """ASCII digits only (``\\d`` would take '２０２６-１１' too)."""
 
 
-def _in_range(day: date, what: str) -> date:
-    if not FIRST_DAY <= day <= LAST_DAY:
-        raise ValidationError(
-            f"{what} {day.isoformat()} is outside the dates ometer works with "
-            f"({FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()})"
-        )
-    return day
+def _in_range(day: date, what: str, tz: tzinfo | None = None, *, month: bool = False) -> date:
+    """``day`` (the first of a month, with ``month``) if ometer works with it: a day from
+    FIRST_DAY to LAST_DAY, or, cut in ``tz``, a day (month) that holds an instant the ledger
+    takes. West of UTC the first hours of 1970 are 31 December 1969, which ``report --by
+    month`` shows as 1969-12 (east of it, the last hours of 9998 are 9999-01-01): refusing
+    that day and month left those calls in no bill, and out of reach of ``reprice --since``."""
+    if FIRST_DAY <= day <= LAST_DAY:
+        return day
+    if tz is not None and FIRST_DAY - timedelta(days=31) <= day <= LAST_DAY + timedelta(days=1):
+        after = next_month(day) if month else day + timedelta(days=1)
+        if local_midnight(day, tz) < LATEST and local_midnight(after, tz) > EARLIEST:
+            return day
+    raise ValidationError(
+        f"{what} {day.isoformat()} is outside the dates ometer works with "
+        f"({FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()})"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,15 +145,17 @@ def parse_period(
             raise ValidationError(
                 f"{what} {quoted(text)} is not a month of the calendar; use YYYY-MM, such as 2026-11"
             ) from None
-        _in_range(first, what)
+        _in_range(first, what, tz, month=True)
         return _days(first, next_month(first), tz, value)
     if _DAY.fullmatch(value):
-        day = parse_day(value, what=what)
+        day = parse_day(value, what=what, tz=tz)
         return _days(day, day + timedelta(days=1), tz, value)
     raise ValidationError(f"{what} {quoted(text)} is not one of: {choices}")
 
 
-def parse_day(text: str, *, what: str) -> date:
+def parse_day(text: str, *, what: str, tz: tzinfo | None = None) -> date:
+    """A YYYY-MM-DD date ometer works with; with ``tz``, any day that holds an instant the
+    ledger takes, cut in that zone (see :func:`_in_range`)."""
     try:
         # Only YYYY-MM-DD: date.fromisoformat() also takes '20261101' and '2026W481'
         # (the Monday of ISO week 48), which no one reading the command line would guess.
@@ -151,7 +164,7 @@ def parse_day(text: str, *, what: str) -> date:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise ValidationError(f"{what} {quoted(text)} is not a date; use YYYY-MM-DD") from None
-    return _in_range(day, what)
+    return _in_range(day, what, tz)
 
 
 def window_between(
@@ -170,8 +183,8 @@ def window_between(
     today = day_of(now, tz)
     # None is "not given"; "" was given, and is no date ('--since "$START"' with START unset
     # must not quietly mean "from the first day").
-    first = FIRST_DAY if since is None else parse_day(since, what=since_name)
-    last = today if until is None else parse_day(until, what=until_name)
+    first = FIRST_DAY if since is None else parse_day(since, what=since_name, tz=tz)
+    last = today if until is None else parse_day(until, what=until_name, tz=tz)
     if last < first:
         if until is not None:
             raise ValidationError(f"{until_name} {last} is before {since_name} {first}")

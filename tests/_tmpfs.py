@@ -12,13 +12,15 @@ import pytest
 
 
 @contextlib.contextmanager
-def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+def small_tmpfs(folder: Path, size: str, *, inodes: int | None = None) -> Iterator[Path]:
     """A tmpfs of ``size`` (``32m``) mounted at ``folder/disk``, unmounted after; the test is
-    skipped where mounting needs root it does not have, and fails where root cannot."""
+    skipped where mounting needs root it does not have, and fails where root cannot.
+    ``inodes``: the files (its root folder among them) it holds at most."""
     mount = folder / "disk"
     mount.mkdir()
+    options = f"size={size}" if inodes is None else f"size={size},nr_inodes={inodes}"
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:

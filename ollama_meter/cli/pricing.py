@@ -285,4 +285,4 @@ def _window(since: str, until: str | None, tz: ZoneInfo) -> tuple[datetime, date
     if until is not None:  # given empty: refused, not "from that day on"
         window = window_between(since, until, tz=tz, now=utc_now())
         return window.start, window.end
-    return local_midnight(parse_day(since, what="--since"), tz), None  # whatever its date
+    return local_midnight(parse_day(since, what="--since", tz=tz), tz), None  # whatever its date

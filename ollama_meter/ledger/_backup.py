@@ -100,10 +100,14 @@ def backup(
                     pages=BACKUP_STEP_PAGES,
                     progress=None if progress is None else _pages(progress),
                 )
+            finally:
+                dst.close()
+            _rollback_mode(partial)
+            dst = sqlite3.connect(partial)
+            try:
                 damage = _damage(dst)
                 if damage is None:
                     _unnamed(dst)
-                dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
             finally:
                 dst.close()
             if damage is not None:
@@ -130,6 +134,24 @@ def backup(
             _discard_copy(partial)
             raise
     return target.stat().st_size
+
+
+def _rollback_mode(copy: Path) -> None:
+    """The copy, closed and not read yet, in rollback mode: a single self-contained file.
+
+    The backup API copies the ledger's header as it is, with WAL mode's version bytes (18
+    and 19), so the first read of the copy (its check) made a ``-wal`` and a ``-shm`` beside
+    it: two files more than a backup keeps, which a disk with no inode to spare refused
+    ("unable to open database file"), and which a backup killed while it checked left for
+    good. No process has the copy open and its WAL holds nothing, so the bytes are all that
+    ``PRAGMA journal_mode = DELETE`` would change; synced, as the copy's pages are."""
+    fd = os.open(copy, os.O_RDWR)
+    try:
+        if os.pread(fd, 2, 18) == b"\x02\x02":
+            os.pwrite(fd, b"\x01\x01", 18)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unnamed(copy: sqlite3.Connection) -> None:
@@ -245,11 +267,16 @@ def ledger_place(url: str) -> tuple[str, bool]:
     return str(path), path.exists()
 
 
+_BESIDE = ("-journal", "-wal", "-shm")
+"""What SQLite makes beside a database: a copy has only its rollback journal now, and an
+earlier ometer's copy a WAL and its shared memory while it was checked."""
+
+
 def _discard_copy(partial: Path) -> None:
     """The temp copy and the rollback journal SQLite keeps beside it while it writes (a copy
     stopped half way, on a full disk say, leaves it there)."""
-    discard(partial)
-    discard(partial.with_name(f"{partial.name}-journal"))
+    for path in (partial, *(partial.with_name(f"{partial.name}{end}") for end in _BESIDE)):
+        discard(path)
 
 
 _NAME_MAX = 255
@@ -279,11 +306,12 @@ def _sweep_killed(target: Path) -> None:
     """
     name = os.fsencode(target.name)
     try:
-        left = [*target.parent.glob(".*.partial"), *target.parent.glob(".*.partial-journal")]
+        left = [path for end in ("", *_BESIDE) for path in target.parent.glob(f".*.partial{end}")]
     except OSError:
         return
     for path in left:
-        head, _, rest = path.name[1:].removesuffix("-journal").rpartition(".partial")
+        head, _, rest = path.name[1:].rpartition(".partial")
+        rest = "" if rest in _BESIDE else rest
         head, pid, _ = [*head.rsplit(".", 2), "", ""][:3]
         if rest or not head or not name.startswith(os.fsencode(head)) or not pid.isdigit():
             continue

@@ -49,6 +49,8 @@ def unwritable(path: Path) -> str:
                 f"{file} is read-only (mode {stat.S_IMODE(found.st_mode):o}), though this "
                 f"user owns it: make it writable (chmod u+w {shlex.quote(str(file))})"
             )
+    if full := full_disk(path):  # no inode for the -wal and -shm SQLite makes beside it
+        return full
     if kept := side_file_kept(path):
         return kept
     if (refused := _refused_new_file(path)) is not None:
@@ -236,13 +238,21 @@ def full_disk(path: Path) -> str | None:
 
     On a full disk SQLite fails to grow the ``-shm`` file beside a ledger it opens and says
     "disk I/O error" (SQLITE_IOERR_SHMSIZE), which reads as a failing disk; only a new
-    ledger's first write says "database or disk is full".
+    ledger's first write says "database or disk is full". With no inode free (bytes to spare)
+    it cannot make the ``-wal``, ``-shm`` or ``-journal`` and says "unable to open database
+    file".
     """
     folder = path.parent
     try:
         disk = os.statvfs(folder)
     except OSError:
         return None
+    if disk.f_files and not disk.f_favail:  # f_files 0: a file system that counts no inodes
+        return (
+            f"the disk that holds {folder} has no room for another file (each of its "
+            f"{disk.f_files:,} inodes is in use, though it may have bytes to spare): remove "
+            "files there, or give the ledger a disk with inodes free"
+        )
     if disk.f_blocks == 0 or disk.f_bavail * disk.f_frsize >= ROOM_BYTES:
         return None  # f_blocks 0: a file system of no disk (/proc), never full
     return f"the disk that holds {folder} is full: free some disk space"

@@ -6,15 +6,28 @@ another zone give what raw spans give."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
-from ollama_meter.periods import Window, next_month, parse_period
+from ollama_meter.periods import (
+    EARLIEST,
+    LAST_DAY,
+    Window,
+    day_of,
+    next_month,
+    parse_period,
+    window_between,
+)
 from ollama_meter.records import SpanRecord
 from ollama_meter.reports import spend_report
 from tests.factories import make_span, opened
@@ -133,3 +146,69 @@ def test_a_report_from_the_start_holds_the_first_hours_of_1970_in_new_york(db_ur
     window = window_between(None, None, tz=tz, now=datetime(2026, 12, 1, tzinfo=UTC))
     [by_month, *_] = spend_report(ledger, window, ["month"], tz=tz).rows
     assert (by_month.label("month"), by_month.requests, by_month.cost) == ("1969-12", 1, 1_000)
+
+
+FAR_ZONES = ("UTC", "America/New_York", "America/Los_Angeles", "Etc/GMT+12", "Etc/GMT-14",
+             "Pacific/Kiritimati", "Asia/Kathmandu", "Australia/Lord_Howe")  # fmt: skip
+LATEST = datetime.combine(LAST_DAY + timedelta(days=1), time.min, UTC)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    zone=st.sampled_from(FAR_ZONES),
+    hours=st.integers(0, 15 * 3600 * 10**6),
+    at_end=st.booleans(),
+)
+def test_every_instant_a_span_may_start_at_is_in_a_day_and_month_a_period_can_name(
+    zone: str, hours: int, at_end: bool
+) -> None:
+    """A clock that booted at the epoch wrote calls at 1970-01-01 02:00 UTC: 31 December 1969
+    in New York, which ``report --by month`` shows as 1969-12. ``chargeback --month 1969-12``,
+    ``report --period 1969-12`` and ``--since 1969-12-31`` were refused as "outside the
+    dates ometer works with", and 1970-01 begins at 05:00 UTC there: those calls were in no
+    bill, and ``reprice --since`` could not reach them. A period is refused only when it
+    holds no instant a span may start at, in the zone it is cut in."""
+    tz = ZoneInfo(zone)
+    moment = (
+        LATEST - timedelta(microseconds=1 + hours)
+        if at_end
+        else EARLIEST + timedelta(microseconds=hours)
+    )
+    day = day_of(moment, tz)
+    month = parse_period(f"{day:%Y-%m}", tz=tz, now=NOW, what="--month")
+    assert month.start <= moment < month.end
+    daily = window_between(day.isoformat(), day.isoformat(), tz=tz, now=LATEST)
+    assert daily.start <= moment < daily.end
+    assert parse_period(day.isoformat(), tz=tz, now=NOW) == Window(
+        daily.start, daily.end, day.isoformat()
+    )
+
+
+@pytest.mark.parametrize(
+    ("zone", "month"),
+    [("UTC", "1969-12"), ("Etc/GMT-14", "1969-12"), ("UTC", "9999-01"), ("Etc/GMT+12", "9999-01")],
+)
+def test_a_month_that_holds_no_instant_a_span_may_start_at_is_still_refused(
+    zone: str, month: str
+) -> None:
+    with pytest.raises(ValidationError, match="outside the dates ometer works with"):
+        parse_period(month, tz=ZoneInfo(zone), now=NOW, what="--month")
+
+
+def test_calls_of_the_epoch_west_of_utc_are_billed_and_repriced(
+    cli: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first hours of 1970 in New York's 1969-12: billed there, and a reprice from that
+    day reaches them."""
+    ledger = Ledger(db_url, zone="America/New_York")
+    early = make_span(started_at=datetime(1970, 1, 1, 2, tzinfo=UTC), cost_total=1_000)
+    ledger.record([early])
+    monkeypatch.setenv("OMETER_TIMEZONE", "America/New_York")
+    bill = cli("chargeback", "--month", "1969-12", "--fixed-cost", "10", "--db", db_url)
+    assert bill.code == 0, bill.stderr
+    [_, row] = list(csv.reader(io.StringIO(bill.stdout)))
+    assert row[:4] == ["1969-12", early.tenant, early.department, "1"]
+    assert row[-4:] == ["0.001000", "10.00", "10.001000", "USD"]
+    repriced = cli("reprice", "--since", "1969-12-31", "--db", db_url)
+    assert repriced.code == 0, repriced.stderr
+    assert repriced.stdout.startswith("examined 1 span(s) since 1969-12-31;")

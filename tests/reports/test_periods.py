@@ -99,7 +99,7 @@ def test_a_day_is_written_yyyy_mm_dd_and_nothing_else(text: str) -> None:
     [
         ("2026-13", "--month '2026-13' is not a month of the calendar; use YYYY-MM"),
         ("0000-01", "--month '0000-01' is not a month of the calendar; use YYYY-MM"),
-        ("9999-01", "--month 9999-01-01 is outside the dates ometer works with"),
+        ("9999-02", "--month 9999-02-01 is outside the dates ometer works with"),
         ("２０２６-１１", "--month '２０２６-１１' is not one of"),
     ],
 )
