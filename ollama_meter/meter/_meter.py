@@ -34,6 +34,7 @@ from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import (
     SpanObserver,
     may_change_spans,
+    may_wait,
     notify,
     reads_requests,
 )
@@ -311,6 +312,11 @@ class Meter(Admitting):
             make_storable(span)
         stopped = None
         if self.observers:
+            if call is not None and self.journal and may_wait(self.observers):
+                # A user's hook may take its time (a webhook), or hang: the span is noted
+                # whole first, so a process killed meanwhile leaves the call as it ended, not
+                # one open since it was sent (recorded as interrupted: its prompt alone).
+                self.ledger.journal.finished(span)
             stopped = notify(self.observers, "on_end", span)
             if may_change_spans(self.observers):
                 make_storable(span)
