@@ -31,7 +31,7 @@ def slow(span):
     print(span.id, flush=True)
     threading.Event().wait()  # a webhook that never answers
 
-client = MeteredClient(host, db_url=url, tenant="acme", department="sales", on_end=slow)
+client = MeteredClient(host, db_url=url, tenant="acme", department="sales", **{sys.argv[4]: slow})
 answer = client.chat(model="llama3.1:8b", messages=HI, stream=stream)
 if stream:
     list(answer)
@@ -47,7 +47,7 @@ def test_a_call_answered_whole_is_recorded_whole_when_its_process_dies_in_a_hook
     span is noted whole before the hooks see it, and recorded as it ended."""
     open_ledger(sqlite_url).add_price_rule(token_prices())
     child = subprocess.Popen(
-        [sys.executable, "-c", IN_A_HOOK, emulator.url, sqlite_url, stream],
+        [sys.executable, "-c", IN_A_HOOK, emulator.url, sqlite_url, stream, "on_end"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -62,3 +62,26 @@ def test_a_call_answered_whole_is_recorded_whole_when_its_process_dies_in_a_hook
         (span_id, "ok", expected.prompt_tokens, expected.output_tokens, "reported")
     ]
     assert spans[0].cost_total > 0
+
+
+@pytest.mark.parametrize("stream", ["whole", "stream"])
+def test_a_call_whose_process_dies_in_its_on_start_hook_is_charged_nothing(
+    sqlite_url: str, emulator: OllamaEmulator, stream: str
+) -> None:
+    """The call waits for its ``on_start`` hook before it is sent (queue time, as a gateway's
+    call waits for a slot); killed there, it was recorded as ``interrupted`` and charged its
+    prompt, though Ollama never had it. A gateway's call killed in its queue is charged
+    nothing, and so is this one now."""
+    open_ledger(sqlite_url).add_price_rule(token_prices())
+    child = subprocess.Popen(
+        [sys.executable, "-c", IN_A_HOOK, emulator.url, sqlite_url, stream, "on_start"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    child.stdout.readline()  # it stands in the hook
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    with MeteredClient(emulator.url, db_url=sqlite_url) as reader:  # recovers what was left
+        spans = reader.meter.ledger.latest(SpanFilter(), 5)
+    assert (spans, emulator.requests_to("/api/chat")) == ([], [])

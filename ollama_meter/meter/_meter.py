@@ -187,13 +187,16 @@ class Meter(Admitting):
         if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot
             span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
-        if self.journal and not opening.queued:
-            self.ledger.journal.opened(span, call.input_estimate, call.leases)
         stopped = notify(self.observers, "on_start", span)
-        if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
+        if stopped is not None:  # Ctrl-C in a hook: the call, admitted, ends here
             span.upstream_host = NO_HOST  # before it was sent
             self.close(call, stopped)
             raise stopped
+        # Journaled once its hooks are done, as it goes to Ollama: killed in a slow on_start
+        # hook (a wait of the caller's, as for a gateway's slot), it is charged nothing, not
+        # its prompt as interrupted; its budget hold lapses (RESERVATION_TTL), as a queued one's.
+        if self.journal and not opening.queued:
+            self.ledger.journal.opened(span, call.input_estimate, call.leases)
         return call
 
     def sending(self, call: MeteredCall) -> None:
