@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ollama_meter import MeteredClient
+from ollama_meter import MeteredClient, SpanRecord
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.testing import OllamaEmulator, expected_reply
 from tests.factories import token_prices
@@ -38,26 +38,34 @@ if stream:
 """
 
 
+def _killed_in(
+    hook: str, stream: str, url: str, emulator: OllamaEmulator
+) -> tuple[str, list[SpanRecord]]:
+    """A process that calls once, killed as it stands in its ``hook``: the id of the call's
+    span, and the spans the next process finds (recovering what the killed one left)."""
+    open_ledger(url).add_price_rule(token_prices())
+    child = subprocess.Popen(
+        [sys.executable, "-c", IN_A_HOOK, emulator.url, url, stream, hook],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    span_id = child.stdout.readline().strip()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    with MeteredClient(emulator.url, db_url=url) as reader:
+        return span_id, reader.meter.ledger.latest(SpanFilter(), 5)
+
+
 @pytest.mark.parametrize("stream", ["whole", "stream"])
 def test_a_call_answered_whole_is_recorded_whole_when_its_process_dies_in_a_hook(
     sqlite_url: str, emulator: OllamaEmulator, stream: str
 ) -> None:
     """It was recorded by the next process as ``interrupted``: its prompt estimated and none
-    of its answer (2 tokens and 0 of 15 here), as a call cut off before any answer is. Now the
+    of its answer (8 tokens for 7, and none of 40, here), as a call cut off before any answer is. Now the
     span is noted whole before the hooks see it, and recorded as it ended."""
-    open_ledger(sqlite_url).add_price_rule(token_prices())
-    child = subprocess.Popen(
-        [sys.executable, "-c", IN_A_HOOK, emulator.url, sqlite_url, stream, "on_end"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    span_id = child.stdout.readline().strip()  # it stands in the hook
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=60)
+    span_id, spans = _killed_in("on_end", stream, sqlite_url, emulator)
     expected = expected_reply("llama3.1:8b", HI)
-    with MeteredClient(emulator.url, db_url=sqlite_url) as reader:  # recovers what was left
-        spans = reader.meter.ledger.latest(SpanFilter(), 5)
     assert [(s.id, s.status, s.input_tokens, s.output_tokens, s.token_source) for s in spans] == [
         (span_id, "ok", expected.prompt_tokens, expected.output_tokens, "reported")
     ]
@@ -72,16 +80,5 @@ def test_a_call_whose_process_dies_in_its_on_start_hook_is_charged_nothing(
     call waits for a slot); killed there, it was recorded as ``interrupted`` and charged its
     prompt, though Ollama never had it. A gateway's call killed in its queue is charged
     nothing, and so is this one now."""
-    open_ledger(sqlite_url).add_price_rule(token_prices())
-    child = subprocess.Popen(
-        [sys.executable, "-c", IN_A_HOOK, emulator.url, sqlite_url, stream, "on_start"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    child.stdout.readline()  # it stands in the hook
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=60)
-    with MeteredClient(emulator.url, db_url=sqlite_url) as reader:  # recovers what was left
-        spans = reader.meter.ledger.latest(SpanFilter(), 5)
+    _, spans = _killed_in("on_start", stream, sqlite_url, emulator)
     assert (spans, emulator.requests_to("/api/chat")) == ([], [])
