@@ -3,8 +3,9 @@
 The arguments of ``MeteredClient`` and of its calls, checked before anything is metered:
 what is no setting is refused (the settings ignore unknown names), who to charge is
 told apart from the request, and the request is read once, as the ``ollama`` client
-would send it (an iterable of messages as a list; None left out only where that client
-leaves it out).
+would send it (an iterable it walks itself as a list, a message as ``dict()`` reads it;
+``stream`` as its request model reads it; None left out only where that client leaves it
+out).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ollama
+import pydantic
 
 from ollama_meter.config import Settings
 from ollama_meter.errors import ValidationError
@@ -50,17 +52,75 @@ def tags_of(tags: object) -> Mapping[str, str]:
     return tags
 
 
-def read_once(value: Any) -> Any:
-    """``value``, with an iterable of parts (messages, images, inputs...) as a list.
+WALKED = {"chat": ("messages", "tools"), "generate": ("images",)}
+"""The parameters the ``ollama`` client walks itself, so takes as any iterable; it hands the
+others to its request model, which refuses a set or a generator (``embed(input=...)``,
+``generate(context=...)``): read as given, they are refused as that client refuses them."""
 
-    The ``ollama`` client takes any iterable there; a generator is used up by its first
-    reading, so a retry would send nothing, and the meter would count nothing.
+
+def read_once(operation: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    """``request`` as the ``ollama`` client sends it, each part read once: what it walks
+    (:data:`WALKED`, and a message's ``images``) as a list, a message as ``dict()`` reads it.
+
+    A generator is used up by its first reading: a retry sent nothing, the meter counted
+    nothing, or (a message's images, counted first) Ollama was sent none.
     """
+    read = dict(request)
+    for name in WALKED.get(operation, ()):
+        if name in read:
+            read[name] = _listed(read[name])
+    if isinstance(read.get("messages"), list):
+        read["messages"] = [_message(message) for message in read["messages"]]
+    return read
+
+
+def _listed(value: Any) -> Any:
+    """``value``, an iterable of parts (messages, images, tools...) as a list."""
     if isinstance(value, str | bytes | Mapping | list) or not isinstance(value, Iterable):
         return value
     if hasattr(type(value), "model_fields"):  # a model (ollama.Options) iterates its fields
         return value
     return list(value)
+
+
+def _message(message: Any) -> Any:
+    """A message as the ``ollama`` client reads it (``dict(message)``: key-value pairs are
+    one), its images walked once; one ``dict()`` cannot read is left for :func:`malformed`."""
+    if hasattr(type(message), "model_fields") or isinstance(message, str | bytes):
+        return message  # a model's images are a list already; text is no message
+    if not isinstance(message, Mapping):
+        try:
+            message = dict(message)
+        except (TypeError, ValueError):
+            return message
+    images = message.get("images")
+    listed = _listed(images)
+    return message if listed is images else {**message, "images": listed}
+
+
+_BOOL = pydantic.TypeAdapter(bool)
+
+
+def stream_of(value: object) -> bool | None:
+    """``stream=`` as the ``ollama`` client's request model reads it (``"no"``, ``0`` and
+    ``"off"`` are false), or None where it reads no bool (``2``, ``"x"``): that client refuses
+    it. None is false, the default (that client sent no ``stream``, so Ollama streamed, and
+    it failed to read the chunks as one answer)."""
+    if value is None:
+        return False
+    try:
+        return _BOOL.validate_python(value)
+    except pydantic.ValidationError:
+        return None
+
+
+def stream_refused(value: object) -> str:
+    """What :func:`malformed` says of a ``stream`` :func:`stream_of` reads no bool in."""
+    shown = type(value).__name__
+    if isinstance(value, str | bytes | float) or (type(value) is int and value.bit_length() < 64):
+        text = repr(value)
+        shown = text if len(text) <= 40 else f"{text[:32]}... ({len(text):,} characters)"
+    return f"stream must be True or False, not {shown}"
 
 
 NOT_NONE = {

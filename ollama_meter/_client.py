@@ -21,6 +21,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 import ollama
@@ -38,6 +39,8 @@ from ollama_meter._arguments import (
     check_settings,
     malformed,
     read_once,
+    stream_of,
+    stream_refused,
     tags_of,
 )
 from ollama_meter._hooks import Hook, Hooks, check_hook
@@ -51,6 +54,17 @@ _Chat = TypeVar("_Chat")
 _Generate = TypeVar("_Generate")
 _Embed = TypeVar("_Embed")
 _Embeddings = TypeVar("_Embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A call as its arguments ask it: its :class:`Run`, what makes it malformed (None: it
+    is not), and whether its one answer is handed over as a stream of one chunk (``stream``
+    true to Python, false to the request model: ``"no"``; the ``ollama`` client does so)."""
+
+    run: Run
+    problem: tuple[str, bool] | None
+    one_chunk: bool
 
 
 class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
@@ -171,16 +185,18 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
     def _call(self, operation: str, arguments: dict[str, Any]) -> Any:
         """A call from its method's arguments, driven by ``_go`` (which reads them when it
         starts: an async call fails when awaited, as ``ollama.AsyncClient``'s do)."""
-        return self._go(functools.partial(self._run, operation, arguments))
+        return self._go(functools.partial(self._asked, operation, arguments))
 
-    def _run(self, operation: str, arguments: dict[str, Any]) -> Run:
-        """The call's :class:`Run`: who to charge, ``stream``, and the request.
+    def _asked(self, operation: str, arguments: dict[str, Any]) -> _Asked:
+        """The call's :class:`Run` (who to charge, ``stream``, and the request), and whether
+        it is malformed.
 
         Every other parameter is named as Ollama names the request field; unset ones
         (None) are left out of the request, as the ``ollama`` client leaves them out.
         """
         given = {name: value for name, value in arguments.items() if name != "self"}
-        stream = bool(given.pop("stream", False))
+        flag = given.pop("stream", False)
+        stream = stream_of(flag)
         tenant, department, user, tags = (given.pop(name) for name in WHO)
         base = who = self.attribution
         if tenant is not None or department is not None or user is not None or tags is not None:
@@ -191,12 +207,15 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
                 tags={**base.tags, **tags_of(tags)},
             )
         kept = NOT_NONE[operation]
-        request = {
-            name: read_once(value)
-            for name, value in given.items()
-            if value is not None or name in kept
-        }
-        return self.meter.run(operation, request, attribution=who, stream=stream)
+        request = read_once(
+            operation,
+            {name: value for name, value in given.items() if value is not None or name in kept},
+        )
+        run = self.meter.run(operation, request, attribution=who, stream=bool(stream))
+        problem = malformed(request)
+        if problem is None and stream is None:
+            problem = stream_refused(flag), False
+        return _Asked(run, problem, one_chunk=stream is False and bool(flag))
 
     def _malformed(self, run: Run, problem: tuple[str, bool]) -> InvalidRequest:
         """The refusal of a call :func:`malformed` says is one, recorded: the ``ollama``
@@ -219,7 +238,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
         return refusal
 
     @abstractmethod
-    def _go(self, make: Callable[[], Run]) -> Any:
+    def _go(self, make: Callable[[], _Asked]) -> Any:
         """Drive the call ``make`` builds: its one answer with ``meter``, or its chunks."""
 
     def _check_open(self) -> None:
@@ -246,16 +265,24 @@ class MeteredClient(
 ):
     """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
 
-    def _go(self, make: Callable[[], Run]) -> Any:
+    def _go(self, make: Callable[[], _Asked]) -> Any:
         self._check_open()
-        run = make()
-        if (problem := malformed(run.request)) is not None:
-            raise self._malformed(run, problem)
+        asked = make()
+        run = asked.run
+        if asked.problem is not None:
+            raise self._malformed(run, asked.problem)
         if run.stream:
             return self._streamed(run)
+        return self._one_chunk(run) if asked.one_chunk else self._whole(run)
+
+    def _whole(self, run: Run) -> Any:
         with raised_as_ollamas():
             (answer,) = list(run)
         return with_meter(answer, run)
+
+    def _one_chunk(self, run: Run) -> Iterator[Any]:
+        self._check_open()  # called when first read, as a stream's
+        yield self._whole(run)
 
     def _streamed(self, run: Run) -> Iterator[Any]:
         self._check_open()  # a stream's call starts when it is first read: maybe after close()
@@ -367,16 +394,24 @@ class AsyncMeteredClient(
     Each call returns an awaitable, as ``ollama.AsyncClient``'s do.
     """
 
-    async def _go(self, make: Callable[[], Run]) -> Any:
+    async def _go(self, make: Callable[[], _Asked]) -> Any:
         self._check_open()
-        run = make()
-        if (problem := malformed(run.request)) is not None:
-            raise await asyncio.to_thread(self._malformed, run, problem)
+        asked = make()
+        run = asked.run
+        if asked.problem is not None:
+            raise await asyncio.to_thread(self._malformed, run, asked.problem)
         if run.stream:
             return _Chunks(self, run)
+        return self._one_chunk(run) if asked.one_chunk else await self._whole(run)
+
+    async def _whole(self, run: Run) -> Any:
         with raised_as_ollamas():
             answers = [part async for part in run]
         return with_meter(answers[-1], run)
+
+    async def _one_chunk(self, run: Run) -> AsyncIterator[Any]:
+        self._check_open()  # called when first read, as a stream's
+        yield await self._whole(run)
 
     async def close(self) -> None:
         """Close the connections to Ollama, as ``ollama.AsyncClient.close`` does."""

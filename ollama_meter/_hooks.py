@@ -62,6 +62,8 @@ class Hooks:
     it writes reaches the call, the ledger or the other observers.
     """
 
+    may_wait = True  # a user's code: the meter notes a finished span before telling it
+
     def __init__(self, on_start: Hook | None, on_end: Hook | None) -> None:
         self._on_start, self._on_end = on_start, on_end
 

@@ -167,9 +167,11 @@ def without_login(url: str) -> str:
 def normalize_host(value: str) -> str:
     """Turn ``OLLAMA_HOST`` forms (``0.0.0.0``, ``host:port``, full URLs) into a base URL.
 
-    Mirrors how the Ollama CLI reads the variable: scheme defaults to http and
-    the port to 11434 (443 for https when no port is given), the spaces and quotes around it
-    trimmed (a docker env_file keeps the quotes of ``OLLAMA_HOST="http://gpu1:11434"``).
+    Mirrors how the Ollama CLI (and the ``ollama`` client) reads the variable: scheme defaults
+    to http and the port to 11434, but a scheme given without a port is that scheme's port (80,
+    443: an Ollama behind a web proxy), ``:port`` is a port on this machine, and the spaces
+    and quotes around it are trimmed (a docker env_file keeps the quotes of
+    ``OLLAMA_HOST="http://gpu1:11434"``).
     """
     raw = value.strip().strip("\"'")
     if not raw:
@@ -180,7 +182,10 @@ def normalize_host(value: str) -> str:
             f"{said} has a space, line break or control character in it; expected a URL "
             "such as http://127.0.0.1:11434"
         )
-    if "://" not in raw:
+    if raw.startswith(":"):  # a port alone: on this machine
+        raw = "127.0.0.1" + raw
+    schemed = "://" in raw
+    if not schemed:
         raw = "http://" + raw
     try:
         parts = urlsplit(raw)
@@ -192,7 +197,7 @@ def normalize_host(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{said} is not an http(s) URL such as http://127.0.0.1:11434")
     if port is None:
-        port = 443 if parts.scheme == "https" else 11434
+        port = (443 if parts.scheme == "https" else 80) if schemed else 11434
     if port == 0:
         raise ValueError(f"{said} {NO_PORT_0}, such as http://127.0.0.1:11434")
     problem = host_problem(parts.hostname) or (

@@ -346,3 +346,34 @@ def test_an_exception_thrown_into_an_async_stream_ends_it_as_ollamas_does(
     assert [(s.status, s.error_type) for s in spans] == (
         [("client_abort", "client_abort")] if read else []
     )
+
+
+@pytest.mark.parametrize("fault", [Fault.DROP, Fault.STALL, Fault.HANG], ids=str)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_what_httpx_raised_to_the_ollama_client_is_caught_as_it_was(
+    sqlite_url: str, emulator: OllamaEmulator, fault: Fault, stream: bool
+) -> None:
+    """The ``ollama`` client lets httpx's errors through: ``httpx.ReadTimeout`` for an answer
+    that does not come in time, ``httpx.RemoteProtocolError`` for one cut off. Code written for
+    it (``except httpx.TimeoutException``, a retry on ``httpx.TransportError``) let ours
+    through: a ``TimeoutError``, a ``ConnectionError``, a ``StreamError``, and no httpx error."""
+    import httpx
+
+    real = ollama.Client(host=emulator.url, timeout=0.5)
+    with MeteredClient(
+        emulator.url, db_url=sqlite_url, retries=0, upstream_timeout=0.5, breaker_failures=100
+    ) as metered:
+        seen = []
+        for client in (real, metered):
+            emulator.clear_faults()
+            emulator.inject(fault, after_tokens=3)
+            seen.append(_failure(client, model="llama3.1:8b", messages=HI, stream=stream))
+        spans = metered.meter.ledger.latest(SpanFilter(), 1)
+    expected, got = seen
+    assert isinstance(expected, httpx.TransportError)
+    assert isinstance(got, type(expected)) and isinstance(got, UpstreamError)
+    assert got.request.url == expected.request.url
+    assert [s.status for s in spans] == ["error"]
+    # what it was besides, as before: caught by the handlers written for it
+    assert isinstance(got, TimeoutError if fault is not Fault.DROP else UpstreamError)
+    assert pickle.loads(pickle.dumps(got)).__class__ is type(got)

@@ -33,6 +33,33 @@ def test_ollama_host_forms(raw: str, url: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
+    [
+        "gpu1",
+        "gpu1:8080",
+        "0.0.0.0",
+        "[::1]",
+        ":11435",
+        "http://gpu1",
+        "http://gpu1/",
+        "http://[::1]",
+        "http://10.0.0.7/ollama/",
+        "http://gpu1:8080",
+        "https://gpu1",
+        "https://gpu1/ollama",
+    ],
+)
+def test_an_ollama_address_is_the_server_the_ollama_client_calls(raw: str) -> None:
+    """``http://gpu1`` with no port is port 80 to the ``ollama`` client, as to Ollama's own CLI
+    (its Go ``envconfig.Host``: an Ollama behind a proxy on the web's port); ometer called
+    11434 there, another server or none. ``:11435`` is a port on this machine to both; ometer
+    refused it. ``MeteredClient(host)`` calls where ``ollama.Client(host)`` calls."""
+    from ollama._client import _parse_host
+
+    assert normalize_host(raw) == _parse_host(raw).rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "raw",
     ["", "ftp://x", "http://host:notaport", "http://", "http://gpu 1:11434", "http://a\x00b:1"],
 )
 def test_bad_hosts(raw: str) -> None:

@@ -35,6 +35,8 @@ def unwritable(path: Path) -> str:
     if kept := kept_from(path):
         return kept
     folder = path.parent
+    if not folder.is_dir():  # made when the ledger was opened: removed since (rm -rf)
+        return f"the folder {folder} is gone (removed while ometer had the ledger open?)"
     if not os.access(folder, os.W_OK | os.X_OK):
         return read_only_folder(path)
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):

@@ -34,6 +34,7 @@ from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import (
     SpanObserver,
     may_change_spans,
+    may_wait,
     notify,
     reads_requests,
 )
@@ -186,13 +187,16 @@ class Meter(Admitting):
         if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot
             span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
-        if self.journal and not opening.queued:
-            self.ledger.journal.opened(span, call.input_estimate, call.leases)
         stopped = notify(self.observers, "on_start", span)
-        if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
+        if stopped is not None:  # Ctrl-C in a hook: the call, admitted, ends here
             span.upstream_host = NO_HOST  # before it was sent
             self.close(call, stopped)
             raise stopped
+        # Journaled once its hooks are done, as it goes to Ollama: killed in a slow on_start
+        # hook (a wait of the caller's, as for a gateway's slot), it is charged nothing, not
+        # its prompt as interrupted; its budget hold lapses (RESERVATION_TTL), as a queued one's.
+        if self.journal and not opening.queued:
+            self.ledger.journal.opened(span, call.input_estimate, call.leases)
         return call
 
     def sending(self, call: MeteredCall) -> None:
@@ -311,6 +315,11 @@ class Meter(Admitting):
             make_storable(span)
         stopped = None
         if self.observers:
+            if call is not None and self.journal and may_wait(self.observers):
+                # A user's hook may take its time (a webhook), or hang: the span is noted
+                # whole first, so a process killed meanwhile leaves the call as it ended, not
+                # one open since it was sent (recorded as interrupted: its prompt alone).
+                self.ledger.journal.finished(span)
             stopped = notify(self.observers, "on_end", span)
             if may_change_spans(self.observers):
                 make_storable(span)

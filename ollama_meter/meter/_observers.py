@@ -29,6 +29,12 @@ def may_change_spans(observers: Sequence[SpanObserver]) -> bool:
     return any(not getattr(observer, "leaves_spans", False) for observer in observers)
 
 
+def may_wait(observers: Sequence[SpanObserver]) -> bool:
+    """Whether any of ``observers`` may take its time when told of a call (a user's hook: a
+    webhook, a hung one) with a true ``may_wait``; the meter's own wait on nothing slow."""
+    return any(getattr(observer, "may_wait", False) for observer in observers)
+
+
 def reads_requests(observers: Sequence[SpanObserver]) -> bool:
     """Whether any of ``observers`` may read what a span's request asked
     (:attr:`SpanRecord.asked`): the meter's own that only count spans say so with a true

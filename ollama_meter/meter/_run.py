@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
 from ollama_meter._names import NO_DEPARTMENT, NO_TENANT
 from ollama_meter._urls import shown as shown_url
@@ -251,12 +251,28 @@ async def _to_the_end(
     (a call opened, a budget reserved) would be left for no one to undo. So it is
     waited for, and the cancellation handed back to be raised once that is undone.
     """
-    running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    running = asyncio.ensure_future(asyncio.to_thread(_exits_kept, work, *args))
     cancelled: asyncio.CancelledError | None = None
     while True:
         try:
-            return await asyncio.shield(running), cancelled
+            done, exiting = await asyncio.shield(running)
         except asyncio.CancelledError as exc:
             if running.cancelled():
                 raise
             cancelled = exc
+            continue
+        if exiting is not None:
+            raise exiting
+        return done, cancelled
+
+
+def _exits_kept(
+    work: Callable[..., _T], *args: Any
+) -> tuple[_T, KeyboardInterrupt | SystemExit | None]:
+    """``work(*args)``, or the Ctrl-C or ``sys.exit()`` (a hook's) that stopped it, handed
+    back: raised by the task that runs it, asyncio raises it out of the loop from there, the
+    caller's task is cancelled, and its exit, never taken, is logged with its traceback."""
+    try:
+        return work(*args), None
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return cast("_T", None), exc

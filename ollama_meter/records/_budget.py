@@ -59,6 +59,11 @@ class Budget:
     def __post_init__(self) -> None:
         if self.period not in PERIODS:
             raise ValueError(f"period {self.period!r} is not one of {', '.join(PERIODS)}")
+        if type(self.limit) is not int:  # True is an int to Python; 1.5e6 no whole micro-unit
+            raise ValueError(
+                "a budget's limit is whole micro-units of its currency (an int: 5 USD is "
+                f"5_000_000), not {type(self.limit).__name__}"
+            )
         if not 0 < self.limit <= to_micros(MAX_AMOUNT):
             raise ValueError(f"a budget's limit must be more than 0 and at most {MAX_AMOUNT:,f}")
         object.__setattr__(self, "currency", parse_currency(self.currency))

@@ -69,8 +69,17 @@ class PriceRule:
             raise ValueError("energy pricing needs both --watts and --kwh-price")
         for name in PRICE_FIELDS:
             value = getattr(self, name)
-            if value is not None:
-                check_amount(value, what=name, limit=PRICE_LIMITS.get(name, MAX_PRICE))
+            if value is None:
+                continue
+            if type(value) is int:  # exact as it is (True is an int to Python, not a price)
+                value = Decimal(value)
+                object.__setattr__(self, name, value)
+            elif not isinstance(value, Decimal):
+                raise ValueError(
+                    f"{name} is an exact amount: give a Decimal, such as Decimal('0.15'), or a "
+                    f"whole number, not {type(value).__name__}"
+                )
+            check_amount(value, what=name, limit=PRICE_LIMITS.get(name, MAX_PRICE))
         object.__setattr__(self, "currency", parse_currency(self.currency))
         if (
             self.effective_from is not None

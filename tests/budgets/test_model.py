@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -75,6 +77,16 @@ def test_budget_validation() -> None:
     with pytest.raises(ValueError, match="whole percentages"):
         parse_thresholds("half")
     assert parse_limit("0.000001", what="x") == 1
+
+
+@pytest.mark.parametrize("limit", [1500000.5, 2e6, Decimal(10**6), True, "1000000"], ids=repr)
+def test_a_limit_that_is_not_whole_micro_units_is_refused_when_made(limit: object) -> None:
+    """``Budget(limit=1.5e6)`` from Python was saved, and the ledger's every later read of its
+    budgets refused the row (``limit_micros 1500000.5 is not a whole number``): every call on
+    the ledger failed until the row was removed. A Decimal failed to save in SQLite's words,
+    ``True`` was a limit of one micro-unit, text a TypeError from a comparison."""
+    with pytest.raises(ValueError, match=r"^a budget's limit is whole micro-units of its "):
+        Budget(tenant="a", department=None, period="day", limit=limit, currency="USD")  # type: ignore[arg-type]
 
 
 def test_bound_uses_the_calls_own_size_not_history() -> None:

@@ -128,3 +128,26 @@ def test_threads_writing_as_the_file_is_removed_lose_nothing_written_after(tmp_p
     ledger.dispose()
     assert after  # some writes came after it
     assert {s.id for s in after} <= _ids(url)  # a new process drains the spool, if any
+
+
+def test_a_ledgers_folder_removed_is_said_to_be_gone_and_made_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger's folder removed while a client had the ledger open (``rm -rf`` of a job's
+    work folder): the span went to the spool, said with "the folder ... is read-only to this
+    user: make the folder writable", of a folder that was not there at all."""
+    folder = tmp_path / "ledgers"
+    url = f"sqlite:///{folder / 'l.db'}"
+    ledger = Ledger(url)
+    early, late = _spans(0, 1), _spans(100, 2)
+    ledger.record(early)
+    for file in _files(folder / "l.db"):
+        file.unlink()
+    folder.rmdir()
+    ledger.record(late[:1])
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"the folder {folder} is gone" in said, said
+    assert "read-only" not in said
+    ledger.record(late[1:])
+    ledger.dispose()
+    assert _ids(url) == {s.id for s in late}  # the spool drained into the ledger made again

@@ -182,11 +182,26 @@ def test_price_book_reads_dates_in_the_configured_zone() -> None:
             },
             "after its start",
         ),
+        # From Python: an AttributeError (no ``is_finite``), not a word of what to give.
+        ({"currency": "USD", "input_per_1m": 0.15}, r"^input_per_1m is an exact amount: "),
+        ({"currency": "USD", "gpu_hour": True}, r"^gpu_hour is an exact amount: .* not bool$"),
+        ({"currency": "USD", "per_request": "0.01"}, r"^per_request is an exact amount: "),
     ],
 )
 def test_invalid_rules_say_why(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PriceRule(pattern="x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_price_given_as_a_whole_number_is_that_exact_amount() -> None:
+    """``PriceRule(input_per_1m=1000)`` raised AttributeError: 'int' object has no attribute
+    'is_finite'. A whole number is an exact amount, as a Decimal of it is."""
+    given = PriceRule(pattern="*", currency="USD", input_per_1m=1000, gpu_hour=2)  # type: ignore[arg-type]
+    assert given.same_as(
+        PriceRule(pattern="*", currency="USD", input_per_1m=D(1000), gpu_hour=D(2))
+    )
+    assert given.prices() == {"input_per_1m": D(1000), "gpu_hour": D(2)}
+    assert all(type(price) is Decimal for price in given.prices().values())
 
 
 def _taken(make: Callable[[str], Any], text: str) -> tuple[Any, str]:
