@@ -38,8 +38,56 @@ def check_settings(client: str, given: Mapping[str, Any]) -> None:
             raise TypeError(
                 f"{client}() got an unexpected keyword argument {name!r}: it takes host, who "
                 "to charge (tenant, department, user, tags), on_start, on_end, db_url and "
-                "ometer's settings by name (the timeout to Ollama is upstream_timeout=)"
+                "ometer's settings by name, and the httpx arguments ollama.Client takes "
+                "(headers, timeout, verify...)"
             )
+
+
+HTTPX = frozenset({
+    "headers", "timeout", "verify", "cert", "trust_env", "http1", "http2", "limits", "proxy",
+    "follow_redirects", "max_redirects", "auth", "params", "cookies", "default_encoding",
+})  # fmt: skip
+"""The arguments ``ollama.Client`` hands to httpx that ours hands on as it does: to every call
+to Ollama (the metered ones, their retries, and the calls that run no model)."""
+
+_OWN_TRANSPORT = (
+    "ometer's calls to Ollama go through its own transport (it sends again a request lost on "
+    "a kept-alive connection, and tells how far an answer came); give its settings instead "
+    "(verify, cert, proxy, limits, http2...)"
+)
+NOT_HTTPX = {
+    "transport": _OWN_TRANSPORT,
+    "mounts": _OWN_TRANSPORT,
+    "event_hooks": "ometer's calls to Ollama run its own httpx hooks; yours go in on_start= "
+    "and on_end=",
+    "base_url": "the server is host= (the first argument), as ollama.Client takes it",
+}
+"""The httpx arguments ``ollama.Client`` takes that ours refuses, and why."""
+
+_OWN_HEADERS = "x-ometer-"
+"""ometer's own headers: whom a call is charged to, and what a gateway says back of it."""
+_CREDENTIALS = frozenset({"x-ometer-key"})
+"""ometer's headers that only present a gateway's key, as ``Authorization`` does."""
+
+
+def http_options(client: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The httpx arguments in ``given``, taken out of it; refuses those ometer cannot honour
+    (:data:`NOT_HTTPX`) and headers that would say whom to charge (:data:`_OWN_HEADERS`)."""
+    for name, why in NOT_HTTPX.items():
+        if name in given:
+            raise TypeError(f"{client}() cannot take {name}=: {why}")
+    options = {name: given.pop(name) for name in HTTPX & given.keys()}
+    headers = options.get("headers")
+    if headers is not None:
+        options["headers"] = headers = {**headers}  # read once, as ollama.Client reads it
+        for name in headers:
+            said = name.lower() if isinstance(name, str) else ""
+            if said.startswith(_OWN_HEADERS) and said not in _CREDENTIALS:
+                raise ValidationError(
+                    f"headers= may not set {name[:64]}: ometer names whom a call is charged to "
+                    "itself; give tenant=, department=, user= or tags= instead"
+                )
+    return options
 
 
 def tags_of(tags: object) -> Mapping[str, str]:

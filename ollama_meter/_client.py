@@ -37,6 +37,7 @@ from ollama_meter._arguments import (
     NOT_NONE,
     WHO,
     check_settings,
+    http_options,
     malformed,
     read_once,
     stream_of,
@@ -87,14 +88,15 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
         db_url: str | None = None,
         **settings: Any,
     ) -> None:
+        http = http_options(type(self).__name__, settings)  # ollama.Client's for httpx
         check_settings(type(self).__name__, settings)
         check_hook("on_start", on_start)
         check_hook("on_end", on_end)
         cfg = load_settings(ollama_host=host, db_url=db_url, **settings)
         # ``is not None``: a hook object may be falsy (one with a __len__ of 0, say)
         hooks = [] if on_start is None and on_end is None else [Hooks(on_start, on_end)]
-        self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)
-        self._plain = Plain(self.meter.upstream.host)  # for the calls that run no model
+        self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks, http=http)
+        self._plain = Plain(self.meter.upstream.host, http)  # for the calls that run no model
         self.attribution = Attribution(
             tenant=cfg.tenant if tenant is None else tenant,
             department=cfg.department if department is None else department,

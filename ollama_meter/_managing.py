@@ -2,7 +2,8 @@
 ``create``, ``create_blob``, ``delete``, ``copy``, ``web_search`` and ``web_fetch``.
 
 Nothing to meter (no tokens, no model time), so no span: each goes through an ``ollama``
-client made as the caller's own would be (the same host, no time limit, redirects followed),
+client made as the caller's own would be (the same host and httpx arguments: ``headers=``,
+``timeout=``...; by default no time limit, redirects followed),
 so it answers, streams and fails exactly as ``ollama.Client``'s does (``ResponseError``,
 ``ConnectionError``), a gateway's refusal of model management included. A closed client
 makes none (:class:`ClientClosed`), as it makes no metered call.
@@ -30,8 +31,9 @@ class Plain:
     """The ``ollama`` clients of one host, made on first use: one sync, one per event loop
     (an async client's connections belong to the loop they were opened on)."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, http: Mapping[str, Any] | None = None) -> None:
         self.host = host
+        self._http = {"verify": client_tls(), **(http or {})}  # the caller's httpx arguments
         self._sync: ollama.Client | None = None
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ollama.AsyncClient]
         self._async = weakref.WeakKeyDictionary()
@@ -44,7 +46,7 @@ class Plain:
     def client(self) -> ollama.Client:
         with self._lock:
             if self._sync is None:
-                self._sync = ollama.Client(self.host, verify=client_tls())
+                self._sync = ollama.Client(self.host, **self._http)
             return self._sync
 
     def async_client(self) -> ollama.AsyncClient:
@@ -54,7 +56,7 @@ class Plain:
             if client is None:
                 for gone in [old for old in self._async if old.is_closed()]:
                     del self._async[gone]
-                client = self._async[loop] = ollama.AsyncClient(self.host, verify=client_tls())
+                client = self._async[loop] = ollama.AsyncClient(self.host, **self._http)
             return client
 
     def close(self) -> None:

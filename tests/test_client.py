@@ -776,13 +776,14 @@ def test_a_refused_tag_is_named_in_a_short_line(
 
 
 @pytest.mark.parametrize("flavour", [MeteredClient, AsyncMeteredClient])
-@pytest.mark.parametrize("argument", ["departmnet", "timeout", "headers", "verify"])
+@pytest.mark.parametrize("argument", ["departmnet", "timout", "header", "verfy"])
 def test_an_argument_the_client_does_not_take_is_refused_not_ignored(
     sqlite_url: str, emulator: OllamaEmulator, flavour: type, argument: str
 ) -> None:
     """Unknown arguments went into the settings, which ignore what they do not know: a
     misspelt ``departmnet="sales"`` charged every call to ``unassigned``, and ``timeout=`` or
-    ``headers=`` (``ollama.Client`` passes them to httpx) did nothing, silently."""
+    ``headers=`` (``ollama.Client`` passes them to httpx) did nothing, silently. Those are
+    taken now (``test_client_http.py``); misspelt, they are still refused."""
     name = flavour.__name__
     with pytest.raises(
         TypeError, match=rf"^{name}\(\) got an unexpected keyword argument '{argument}'"

@@ -22,8 +22,10 @@ SECRET = "Bearer s3cr3t-t0ken-never-logged"
 # A header name as HTTP has it (a token), and a value httpx sends as given (no spaces around
 # it: HTTP drops them), never one of ometer's own.
 _NAMES = st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z").filter(
-    lambda name: not name.lower().startswith("x-ometer-")
-    and name.lower() not in ("host", "content-length", "transfer-encoding", "connection")
+    lambda name: (
+        not name.lower().startswith("x-ometer-")
+        and name.lower() not in ("host", "content-length", "transfer-encoding", "connection")
+    )
 )
 _VALUES = st.from_regex(r"\A[!-~]([ -~]{0,30}[!-~])?\Z")
 

@@ -123,12 +123,16 @@ class Meter(Admitting):
         source: Source | str,
         clock: Clock = utc_now,
         observers: Sequence[SpanObserver] = (),
+        http: Mapping[str, Any] | None = None,
     ) -> Meter:
         """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama
-        (by ``_wiring.build_meter``, the one composition root)."""
+        (by ``_wiring.build_meter``, the one composition root). ``http``: the httpx arguments
+        the Python API's caller gave, for its calls to Ollama."""
         from ollama_meter.meter._wiring import build_meter
 
-        return build_meter(settings, source=Source(source), clock=clock, observers=observers)
+        return build_meter(
+            settings, source=Source(source), clock=clock, observers=observers, http=http
+        )
 
     # -- opening -------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ pieces as arguments. Heavy pieces are imported here, when they are built.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ollama_meter.errors import PricingError
 from ollama_meter.records import Source
@@ -39,9 +39,11 @@ def build_meter(
     source: Source,
     clock: Clock | None = None,
     observers: Sequence[SpanObserver] = (),
+    http: Mapping[str, Any] | None = None,
 ) -> Meter:
     """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama.
 
+    ``http``: the httpx arguments for the ``ollama`` client's calls (the Python API's).
     ``observers`` (user hooks) run before telemetry, so what they add is exported.
     Calls dead processes left open are recorded before the meter is handed out.
     """
@@ -58,7 +60,7 @@ def build_meter(
     return Meter(
         ledger=ledger,
         prices=prices,
-        upstream=transport_for(settings, source),
+        upstream=transport_for(settings, source, http=http),
         source=source,
         clock=clock or utc_now,
         budgets=budget_gate(
@@ -78,10 +80,17 @@ def build_meter(
     )
 
 
-def transport_for(settings: Settings, source: Source, *, host: str | None = None) -> Transport:
+def transport_for(
+    settings: Settings,
+    source: Source,
+    *,
+    host: str | None = None,
+    http: Mapping[str, Any] | None = None,
+) -> Transport:
     """The gateway relays bytes over pooled aiohttp connections; the others use the ollama client.
 
-    ``host``: another server than ``OLLAMA_HOST`` (one of the gateway's several).
+    ``host``: another server than ``OLLAMA_HOST`` (one of the gateway's several); ``http``:
+    the httpx arguments the ``ollama`` client is made with (the gateway takes none).
     """
     from ollama_meter.upstream import RetryPolicy, breaker_for
 
@@ -96,7 +105,9 @@ def transport_for(settings: Settings, source: Source, *, host: str | None = None
         return PooledUpstream(host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker)
     from ollama_meter.upstream import Upstream
 
-    return Upstream(host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker)
+    return Upstream(
+        host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker, http=http
+    )
 
 
 def ledger_for(settings: Settings) -> Ledger:

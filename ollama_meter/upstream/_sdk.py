@@ -45,16 +45,8 @@ from ollama_meter.upstream._resilience import (
     Waits,
     breaker_for,
 )
-from ollama_meter.upstream._sdk_heard import (
-    ANSWERED as _ANSWERED,
-    aon_request,
-    aon_response,
-    attempting,
-    on_request,
-    on_response,
-    sent_whole,
-)
-from ollama_meter.upstream._sdk_kept import AsyncKeptTransport, KeptTransport
+from ollama_meter.upstream._sdk_heard import ANSWERED as _ANSWERED, attempting, sent_whole
+from ollama_meter.upstream._sdk_made import client_arguments
 from ollama_meter.upstream._sdk_said import (
     header_of_error as _header,
     one_line as _one_line,
@@ -65,7 +57,6 @@ from ollama_meter.upstream._sdk_said import (
 )
 from ollama_meter.upstream._sdk_time import TimeCap, within as _within
 from ollama_meter.upstream._sent import as_sent
-from ollama_meter.upstream._tls import client_tls
 
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
@@ -82,15 +73,17 @@ class Upstream(Resilient):
         timeout: float = 300.0,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
-        headers: Mapping[str, str] | None = None,
+        http: Mapping[str, Any] | None = None,
     ) -> None:
+        """``http``: the httpx arguments ``ollama.Client`` takes, given by the caller
+        (``headers``, ``timeout``, ``verify``...: see ``_sdk_made.py``)."""
         super().__init__(
             host,
             retry=retry or RetryPolicy(),
             breaker=breaker or breaker_for(host, threshold=3, reset_after=60.0),
         )
-        self._timeout = httpx.Timeout(timeout, connect=10.0)
-        self._headers = dict(headers or {})
+        self._timeout = timeout
+        self._http = dict(http or {})
         self.client = self._new_client()
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ollama.AsyncClient]
         self._async = weakref.WeakKeyDictionary()
@@ -101,13 +94,7 @@ class Upstream(Resilient):
 
     def _new_client(self) -> ollama.Client:
         return ollama.Client(
-            host=self.host,
-            timeout=self._timeout,
-            headers=self._headers,
-            follow_redirects=False,  # a redirect is no answer (as the gateway has it): said
-            event_hooks={"request": [on_request], "response": [on_response]},
-            verify=client_tls(),
-            transport=KeptTransport(verify=client_tls()),
+            host=self.host, **client_arguments(self._timeout, self._http, aio=False)
         )
 
     def _after_fork(self) -> None:
@@ -134,13 +121,7 @@ class Upstream(Resilient):
                 for gone in [old for old in self._async if old.is_closed()]:
                     del self._async[gone]
                 client = self._async[loop] = ollama.AsyncClient(
-                    host=self.host,
-                    timeout=self._timeout,
-                    headers=self._headers,
-                    follow_redirects=False,
-                    event_hooks={"request": [aon_request], "response": [aon_response]},
-                    verify=client_tls(),
-                    transport=AsyncKeptTransport(verify=client_tls()),
+                    host=self.host, **client_arguments(self._timeout, self._http, aio=True)
                 )
             return client
 
