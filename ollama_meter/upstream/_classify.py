@@ -143,6 +143,16 @@ def no_connection(
     return transport_error(Failure.CONNECTION, host=host, started=False, reason=said, hint=hint)
 
 
+def hung_up(host: str, reason: str) -> UpstreamConnectionError:
+    """The error for a call whose connection the server took, then closed before a byte of an
+    answer (``reason``: the client library's words). Not "cannot reach Ollama: is it
+    running?": something is running there, and it took the connection."""
+    return UpstreamConnectionError(
+        f"Ollama at {host} closed the connection without answering ({reason}): it is reachable, "
+        "but it (or a proxy before it) dropped the call; check its log for a crash or restart"
+    )
+
+
 def unreached(exc: BaseException, host: str) -> str | None:
     """Why a connect to ``host`` failed, plainly: its address and the system's reason
     (``127.0.0.1:9: Connection refused``), or the TLS library's. None when ``exc`` holds none.

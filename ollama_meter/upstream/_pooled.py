@@ -32,6 +32,7 @@ from ollama_meter.upstream._classify import (
     answer_error,
     detail_of,
     gateway_refusal,
+    hung_up,
     no_connection,
     retry_after_seconds,
     transport_error,
@@ -146,7 +147,7 @@ class PooledUpstream(Resilient):
             ) from exc
         except aiohttp.ServerDisconnectedError as exc:
             if isinstance(exc.message, str):  # aiohttp's "Server disconnected": not a byte came
-                raise self._down(exc, exc.message) from exc
+                raise hung_up(self.host, exc.message) from exc
             # What it read of an answer's head before the connection closed: the call was
             # taken (it is not sent again), and the answer is none.
             raise transport_error(

@@ -29,6 +29,7 @@ from ollama_meter.upstream._classify import (
     answer_error,
     error_text,
     gateway_refusal,
+    hung_up,
     mid_stream_error,
     no_connection,
     not_an_answer,
@@ -363,7 +364,9 @@ class Upstream(Resilient):
             # Its headers came, then its body broke off (a whole answer too): the call was
             # taken, so it is not sent again, nor the server said to be unreachable.
             kind = Failure.BROKEN
-        elif isinstance(exc, httpx.RemoteProtocolError) and not _said_nothing(exc):
+        elif isinstance(exc, httpx.RemoteProtocolError):
+            if _said_nothing(exc):  # it took the connection, then closed it: no answer
+                return hung_up(self.host, reason.rstrip("."))
             kind = Failure.GARBLED  # something answered, in bytes that are no HTTP answer
         elif isinstance(exc, ConnectionError | httpx.TransportError):
             return no_connection(exc, host=self.host)  # the client's own words say nothing more
