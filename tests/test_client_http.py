@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter import AsyncMeteredClient, MeteredClient, UpstreamError, ValidationError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
+from tests._raw_http import answering as answering_server
 
 HI = [{"role": "user", "content": "say hi to the team"}]
 SECRET = "Bearer s3cr3t-t0ken-never-logged"
@@ -211,3 +212,53 @@ def test_a_whole_answer_cut_before_a_byte_says_the_server_hung_up(
     assert "is it running" not in message and "cannot reach" not in message
     assert "closed the connection without answering" in message
     assert span.error_message == message
+
+
+def test_redirects_are_followed_when_asked(sqlite_url: str, emulator: OllamaEmulator) -> None:
+    """``follow_redirects=True`` (``ollama.Client``'s default) follows a 307 to Ollama; by
+    default a redirect is still said where it points (``test_client_arguments.py``)."""
+    with answering_server() as server:
+        server.answer = (307, {"location": f"{emulator.url}{{path}}"}, b"")  # type: ignore[attr-defined]
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with MeteredClient(
+            url, db_url=sqlite_url, follow_redirects=True, headers={"X-Ometer-Key": "om-k"}
+        ) as client:
+            reply = client.chat(model="llama3.1:8b", messages=HI)
+    assert reply.meter is not None and reply.meter.status == "ok"
+    (sent,) = emulator.requests_to("/api/chat")
+    assert sent.body["messages"] == HI and sent.headers["x-ometer-key"] == "om-k"
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_proxy_given_is_the_way_to_ollama(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str
+) -> None:
+    """``proxy=`` reaches the transport ometer sends through (on the client, httpx would have
+    sent the calls past it): the request goes to the proxy, for Ollama's address."""
+    far = "http://ollama.invalid:11434"
+    kwargs: dict[str, Any] = {"db_url": sqlite_url, "proxy": emulator.url, "retries": 0}
+
+    def sync() -> None:
+        with MeteredClient(far, **kwargs) as client:
+            client.chat(model="llama3.1:8b", messages=HI)
+
+    async def run() -> None:
+        async with AsyncMeteredClient(far, **kwargs) as client:
+            await client.chat(model="llama3.1:8b", messages=HI)
+
+    with pytest.raises(UpstreamError):
+        sync() if flavour == "sync" else asyncio.run(run())
+    assert [r.path for r in emulator.requests] == [f"{far}/api/chat"]
+
+
+def test_an_async_clients_timeout_is_its_own(sqlite_url: str, emulator: OllamaEmulator) -> None:
+    emulator.inject(Fault.HANG)
+
+    async def run() -> None:
+        async with AsyncMeteredClient(
+            emulator.url, db_url=sqlite_url, upstream_timeout=600, timeout=0.3, retries=0
+        ) as client:
+            await client.chat(model="llama3.1:8b", messages=HI)
+
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(run())
