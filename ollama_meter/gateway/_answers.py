@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse, Response
 
 from ollama_meter.budgets._refusals import IN_FLIGHT_RETRY_AFTER
@@ -49,6 +50,24 @@ def _no_long_sleep(headers: dict[str, str] | None) -> dict[str, str] | None:
     if wait is None or wait <= CLIENT_WAIT_S:
         return headers
     return {**(headers or {}), "x-should-retry": "false"}
+
+
+SDK_RETRIED = frozenset({408, 409, 429})
+"""The statuses the official OpenAI and Anthropic clients send again (besides every 5xx),
+twice by default, unless the answer says ``x-should-retry: false``."""
+
+
+def final_unless_told(status: int, headers: MutableHeaders) -> None:
+    """Mark the answer to a call the gateway sent on as final for the official clients, unless
+    it says when to try again (``Retry-After``, which :func:`_no_long_sleep` bounds).
+
+    The gateway retried its upstream itself, within the call's one span; each retry of a
+    client's was a call of its own (three ``error`` spans and nine requests to Ollama for one
+    ``create``, and three failed calls in a row open the model's circuit to its caller). An
+    ometer client takes such an answer as final already (``UpstreamError.recorded``)."""
+    retried = status >= 500 or status in SDK_RETRIED
+    if retried and "Retry-After" not in headers and "x-should-retry" not in headers:
+        headers["x-should-retry"] = "false"
 
 
 def budget_retry(retry_after: float | None) -> dict[str, str]:

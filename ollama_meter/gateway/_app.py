@@ -36,7 +36,7 @@ from ollama_meter.gateway._access import (
     Refused,
     unrouted,
 )
-from ollama_meter.gateway._answers import error_response
+from ollama_meter.gateway._answers import error_response, final_unless_told
 from ollama_meter.gateway._attribution import Forbidden, resolve, vouched
 from ollama_meter.gateway._dash import KEY_SCOPE, METRICS_NEED_TOKEN, NO_STORE, dashboard_routes
 from ollama_meter.gateway._drain import Drain, drained
@@ -251,6 +251,7 @@ class Gateway:
             recheck=recheck,
         )
         self.ledger_name.stamp(answer.headers, spans[-1] if spans else None)  # a refusal: its own
+        final_unless_told(answer.status_code, answer.headers)
         return answer
 
     async def passthrough(self, request: Request) -> Response:

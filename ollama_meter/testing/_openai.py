@@ -12,9 +12,12 @@ usage chunk.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ollama_meter.testing._faults import SMALL_COUNT, WILD_COUNT, WILD_REPLY, Fault, early
@@ -128,6 +131,26 @@ def _openai_calls(calls: tuple[dict[str, Any], ...], seed: str) -> list[dict[str
             }
         )
     return written
+
+
+def _base64(vector: list[float]) -> str:
+    """A vector as Ollama writes it for ``encoding_format: base64``: its float32s, little-endian."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _encoding_format(body: dict[str, Any]) -> Callable[[list[float]], Any]:
+    """How an embeddings answer writes each vector: as numbers, or (``base64``, in any case,
+    the official OpenAI client's default) as a base64 string; Ollama refuses other formats."""
+    value = body.get("encoding_format")
+    if value is not None and not isinstance(value, str):
+        field = "EmbedRequest.encoding_format"
+        raise Refusal(400, unmarshal_error(value, field, "string"))
+    if not value or value.lower() == "float":
+        return list
+    if value.lower() == "base64":
+        return _base64
+    supported = "Supported values: ['float', 'base64']."
+    raise Refusal(400, f"Invalid value for 'encoding_format' = {value}. {supported}")
 
 
 class OpenAIRoutes(Handler):
@@ -344,6 +367,7 @@ class OpenAIRoutes(Handler):
     def _openai_embeddings(self, raw: bytes) -> None:
         try:
             body = decode_body(raw, "openai.EmbedRequest")
+            encoding = _encoding_format(body)
             value = body.get("input")
             if value == "" or value is None or value == []:
                 raise Refusal(400, "invalid input")
@@ -361,10 +385,16 @@ class OpenAIRoutes(Handler):
         self._pause(self.emulator.latency)
         self.emulator._warm(model)
         tokens = 0 if fault is Fault.OMIT_COUNTS else sum(count_tokens(t) for t in inputs)
+        dimensions = body.get("dimensions")
+        dimensions = dimensions if type(dimensions) is int else None
         data = [
             {
                 "object": "embedding",
-                "embedding": expected_embedding(model, text, models=self.emulator.models),
+                "embedding": encoding(
+                    expected_embedding(
+                        model, text, dimensions=dimensions, models=self.emulator.models
+                    )
+                ),
                 "index": index,
             }
             for index, text in enumerate(inputs)

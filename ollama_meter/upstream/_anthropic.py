@@ -202,9 +202,10 @@ ANTHROPIC: WireFormat = _Anthropic()
 
 
 def wire_of_path(path: str) -> WireFormat:
-    """The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
+    """The wire format a route's clients speak: Anthropic's on ``/v1/messages`` and under it
+    (the Anthropic client's ``count_tokens`` and ``batches``, refused in its words), OpenAI's
     elsewhere under ``/v1/``, else Ollama's."""
-    if path == MESSAGES_PATH:
+    if path == MESSAGES_PATH or path.startswith(f"{MESSAGES_PATH}/"):
         return ANTHROPIC
     return OPENAI if path.startswith("/v1/") else OLLAMA
 

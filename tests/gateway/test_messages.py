@@ -379,3 +379,20 @@ def test_blocks_ollama_cannot_convert_are_its_400s_in_anthropics_shape_and_spans
         }
     assert len(emulator.requests_to("/v1/messages")) == 3
     assert [(s.status, s.http_status) for s in spans(sqlite_app)] == [("error", 400)] * 3
+
+
+def test_a_messages_route_the_gateway_does_not_serve_is_refused_in_anthropics_shape(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The Anthropic client's ``count_tokens`` (and ``batches``) live under ``/v1/messages/``: it
+    got OpenAI's error object there, with no ``not_found_error`` for it to read."""
+    with pytest.raises(anthropic.NotFoundError) as refused:
+        client_of(sqlite_gateway).messages.count_tokens(model="llama3.1:8b", messages=USER)
+    assert refused.value.body == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "POST /v1/messages/count_tokens is not a route this gateway serves",
+        },
+    }
+    assert emulator.requests == []
