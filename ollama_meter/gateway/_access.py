@@ -75,6 +75,11 @@ class Refused(Exception):
         self.response = response
 
 
+_RETRY_SOON = {"Retry-After": "5"}
+"""What a 503 for a ledger that cannot be read says: try again in 5 s (the clients that retry
+a 503 wait that long; without it the OpenAI and Anthropic ones tried again at once)."""
+
+
 class BadCall(Exception):
     """A metered request refused before metering could start: answered, and written as a span."""
 
@@ -309,9 +314,7 @@ class Access:
         except LedgerError as exc:
             message = self._cannot_check(exc)
             wire = wire_of(request.url.path)
-            raise Refused(
-                error_response(wire, 503, message, headers={"Retry-After": "5"})
-            ) from None
+            raise Refused(error_response(wire, 503, message, headers=_RETRY_SOON)) from None
         if key is None:
             raise self._refused(
                 request,
@@ -332,7 +335,8 @@ class Access:
         try:
             key = await self._key_of(request)
         except LedgerError as exc:
-            raise BadCall(503, "ledger_unavailable", self._cannot_check(exc)) from None
+            message = self._cannot_check(exc)
+            raise BadCall(503, "ledger_unavailable", message, headers=_RETRY_SOON) from None
         if key is None and offered_keys(request):
             raise self._refused(request, _twice(request) or _not_live(required=False))
         return key

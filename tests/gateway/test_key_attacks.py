@@ -102,6 +102,10 @@ def test_a_key_row_edited_in_sql_is_a_503_naming_it_on_every_route(
     for method, path, body in routes if require_key else routes[:1]:
         reply = gw.client.request(method, path, json=body, headers=bearer(secret))
         assert (reply.status_code, reply.json()) == (503, {"error": message}), path
+        # when to try again, as each other 503 of the ledger's says: without it the OpenAI
+        # and Anthropic clients retried at once, and the gateway's x-should-retry: false
+        # (for what it had retried itself) would not have kept them from it either
+        assert reply.headers.get("retry-after") == "5", path
     assert emulator.requests == []
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.gateway"]
     assert said == [f"checking an API key failed: {message.split(': ', 1)[1]}"]
