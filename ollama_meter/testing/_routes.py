@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,7 +25,10 @@ class RecordedRequest:
     """One request as the emulator received it.
 
     ``body`` is the parsed JSON (None when absent or not JSON); ``headers`` has
-    lower-cased names.
+    lower-cased names. ``target`` is the request target as sent: the path (and query), or
+    a whole URL (``http://ollama.invalid:11434/api/chat``) from a client sending through
+    this emulator as its HTTP proxy, which it answers as Ollama does (Go's server routes
+    such a request by its path).
     """
 
     method: str
@@ -32,6 +36,7 @@ class RecordedRequest:
     query: str
     body: Any
     headers: dict[str, str]
+    target: str = ""
 
 
 _INFERENCE = frozenset({
@@ -87,7 +92,7 @@ class RoutingHandler(OllamaRoutes, ManageRoutes, MessagesRoutes):
         self._dispatch("OPTIONS")
 
     def _dispatch(self, method: str) -> None:
-        path, _, query = self.path.partition("?")
+        path, _, query = _origin(self.path).partition("?")
         raw = self._read_body()
         parsed: Any = None
         if raw.strip():
@@ -100,6 +105,7 @@ class RoutingHandler(OllamaRoutes, ManageRoutes, MessagesRoutes):
                 query=query,
                 body=parsed,
                 headers={k.lower(): v for k, v in self.headers.items()},
+                target=self.path,
             )
         )
         routes: dict[tuple[str, str], Callable[[bytes], None]] = {
@@ -148,3 +154,12 @@ class RoutingHandler(OllamaRoutes, ManageRoutes, MessagesRoutes):
             self._send_text(405, "405 method not allowed")
         else:
             self._send_text(404, "404 page not found")
+
+
+def _origin(target: str) -> str:
+    """The path (and query) of a request ``target``: a whole URL's (absolute form, sent to a
+    proxy) as Go's server reads it, else the target as sent."""
+    url = urllib.parse.urlsplit(target)
+    if not (url.scheme and url.netloc):
+        return target
+    return (url.path or "/") + (f"?{url.query}" if url.query else "")
