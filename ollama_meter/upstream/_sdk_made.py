@@ -6,10 +6,17 @@ the transport (:mod:`._sdk_kept`), which takes the connection's settings (``veri
 ``cert``, ``proxy``, ``limits``, ``http2``... a proxy given to the client would bypass it),
 the event hooks (:mod:`._sdk_heard`), and ``follow_redirects`` off unless asked (a redirect
 is no answer, as the gateway has it). ``timeout`` as given replaces the configured one.
+
+A proxy in the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
+httpx reads for no client given a transport: each is mounted here as httpx would mount it,
+on a transport of ours made with that proxy, so the calls httpx would send through it go
+that way, kept-alive resends and the body's "sent whole" heard as on any other.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +42,42 @@ def client_arguments(timeout: float, http: Mapping[str, Any], *, aio: bool) -> d
     }
     if aio:
         made["event_hooks"] = {"request": [aon_request], "response": [aon_response]}
-        made["transport"] = AsyncKeptTransport(**connection)
     else:
         made["event_hooks"] = {"request": [on_request], "response": [on_response]}
-        made["transport"] = KeptTransport(**connection)
+    kept = AsyncKeptTransport if aio else KeptTransport
+    made["transport"] = kept(**connection)
+    if http.get("proxy") is None and http.get("trust_env", True):  # as httpx: a proxy given wins
+        made["mounts"] = {
+            pattern: None if proxy is None else kept(**{**connection, "proxy": proxy})
+            for pattern, proxy in environment_proxies().items()
+        }
     return made
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """The proxies in the environment as httpx reads them (``get_environment_proxies``): a
+    URL pattern (``http://``, ``all://*.corp``) and its proxy, None for one ``NO_PROXY`` sends
+    straight (the default transport); empty when ``NO_PROXY`` is ``*``."""
+    found = urllib.request.getproxies()
+    mounts: dict[str, str | None] = {
+        f"{scheme}://": url if "://" in url else f"http://{url}"
+        for scheme in ("http", "https", "all")
+        if (url := found.get(scheme))
+    }
+    for host in (name.strip() for name in found.get("no", "").split(",")):
+        if host == "*":
+            return {}
+        if host:
+            mounts[_excluded(host)] = None
+    return mounts
+
+
+def _excluded(host: str) -> str:
+    """The pattern httpx mounts for one host of ``NO_PROXY`` (curl's reading of it)."""
+    if "://" in host:
+        return host
+    try:
+        address = ipaddress.ip_address(host.split("/", maxsplit=1)[0])  # 10.0.0.0/8 too
+    except ValueError:
+        return f"all://{host}" if host.lower() == "localhost" else f"all://*{host}"
+    return f"all://{host}" if address.version == 4 else f"all://[{host}]"
