@@ -78,11 +78,11 @@ def test_a_call_through_an_environment_proxy_ollama_has_is_sent_once(
 ) -> None:
     """A call whose body went whole through the proxy and whose answer never came in time is
     Ollama's (ometer's transport heard it sent): retries on, it is not sent again."""
-    proxy.inject(Fault.HANG)
+    proxy.inject(Fault.HANG, times=4)  # every attempt, were it sent again
     with pytest.raises(UpstreamError) as raised:
         _chat(flavour, emulator.url, db_url=sqlite_url, retries=3, upstream_timeout=0.5)
-    assert raised.value.taken is True
     assert len(proxy.requests_to("/api/chat")) == 1
+    assert raised.value.taken is True
     assert emulator.requests_to("/api/chat") == []
 
 
