@@ -62,6 +62,19 @@ def _chat(flavour: str, host: str, **kwargs: Any) -> Any:
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_proxy_given_is_the_way_to_ollama(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str
+) -> None:
+    """``proxy=`` reaches the transport ometer sends through (on the client, httpx would have
+    sent the calls past it): the request goes to the proxy, for Ollama's address (the
+    emulator, as the proxy, answers it as Ollama)."""
+    far = "http://ollama.invalid:11434"
+    reply = _chat(flavour, far, db_url=sqlite_url, proxy=emulator.url, retries=0)
+    assert reply.meter is not None and reply.meter.status == "ok"
+    assert [(r.path, r.target) for r in emulator.requests] == [("/api/chat", f"{far}/api/chat")]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_an_environment_proxy_is_the_way_to_ollama(
     sqlite_url: str, emulator: OllamaEmulator, proxy: OllamaEmulator, flavour: str
 ) -> None:

@@ -229,29 +229,6 @@ def test_redirects_are_followed_when_asked(sqlite_url: str, emulator: OllamaEmul
     assert sent.body["messages"] == HI and sent.headers["x-ometer-key"] == "om-k"
 
 
-@pytest.mark.parametrize("flavour", ["sync", "async"])
-def test_a_proxy_given_is_the_way_to_ollama(
-    sqlite_url: str, emulator: OllamaEmulator, flavour: str
-) -> None:
-    """``proxy=`` reaches the transport ometer sends through (on the client, httpx would have
-    sent the calls past it): the request goes to the proxy, for Ollama's address (the
-    emulator, as the proxy, answers it as Ollama)."""
-    far = "http://ollama.invalid:11434"
-    kwargs: dict[str, Any] = {"db_url": sqlite_url, "proxy": emulator.url, "retries": 0}
-
-    def sync() -> Any:
-        with MeteredClient(far, **kwargs) as client:
-            return client.chat(model="llama3.1:8b", messages=HI)
-
-    async def run() -> Any:
-        async with AsyncMeteredClient(far, **kwargs) as client:
-            return await client.chat(model="llama3.1:8b", messages=HI)
-
-    reply = sync() if flavour == "sync" else asyncio.run(run())
-    assert reply.meter is not None and reply.meter.status == "ok"
-    assert [(r.path, r.target) for r in emulator.requests] == [("/api/chat", f"{far}/api/chat")]
-
-
 def test_an_async_clients_timeout_is_its_own(sqlite_url: str, emulator: OllamaEmulator) -> None:
     emulator.inject(Fault.HANG)
 
