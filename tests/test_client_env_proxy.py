@@ -119,16 +119,19 @@ def test_no_proxy_sends_straight_to_ollama(
 def test_trust_env_off_or_a_proxy_given_wins_over_the_environment(
     sqlite_url: str, emulator: OllamaEmulator, proxy: OllamaEmulator, flavour: str
 ) -> None:
-    """As httpx has it: ``trust_env=False`` reads no proxy from the environment, and an
-    explicit ``proxy=`` is the way for every call whatever the environment says."""
+    """As httpx has it: ``trust_env=False`` reads no proxy from the environment, ``proxy=None``
+    is none given, and an explicit ``proxy=`` is the way for every call whatever the
+    environment says."""
     _chat(flavour, emulator.url, db_url=sqlite_url, retries=0, trust_env=False)
     assert len(emulator.requests_to("/api/chat")) == 1 and proxy.requests == []
+    _chat(flavour, emulator.url, db_url=sqlite_url, retries=0, proxy=None)  # none given
+    assert len(emulator.requests_to("/api/chat")) == 1 and len(proxy.requests) == 1
     with OllamaEmulator() as given_proxy:
         _chat(flavour, emulator.url, db_url=sqlite_url, retries=0, proxy=given_proxy.url)
         assert [r.target for r in given_proxy.requests_to("/api/chat")] == [
             f"{emulator.url}/api/chat"
         ]
-    assert len(emulator.requests_to("/api/chat")) == 1 and proxy.requests == []
+    assert len(emulator.requests_to("/api/chat")) == 1 and len(proxy.requests) == 1
 
 
 _HOSTS = st.sampled_from([
