@@ -23,6 +23,8 @@ from ollama_meter.testing import Fault, OllamaEmulator
 from ollama_meter.upstream._sdk_made import environment_proxies
 
 HI = [{"role": "user", "content": "say hi to the team"}]
+FAR = "http://ollama.invalid:11434"
+"""Ollama at a name only the proxy (an emulator answering as Ollama) reaches."""
 _VARIABLES = [
     f"{name}{end}" for name in ("http", "https", "all", "no") for end in ("_proxy", "_PROXY")
 ]
@@ -68,10 +70,9 @@ def test_a_proxy_given_is_the_way_to_ollama(
     """``proxy=`` reaches the transport ometer sends through (on the client, httpx would have
     sent the calls past it): the request goes to the proxy, for Ollama's address (the
     emulator, as the proxy, answers it as Ollama)."""
-    far = "http://ollama.invalid:11434"
-    reply = _chat(flavour, far, db_url=sqlite_url, proxy=emulator.url, retries=0)
+    reply = _chat(flavour, FAR, db_url=sqlite_url, proxy=emulator.url, retries=0)
     assert reply.meter is not None and reply.meter.status == "ok"
-    assert [(r.path, r.target) for r in emulator.requests] == [("/api/chat", f"{far}/api/chat")]
+    assert [(r.path, r.target) for r in emulator.requests] == [("/api/chat", f"{FAR}/api/chat")]
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
@@ -79,10 +80,26 @@ def test_an_environment_proxy_is_the_way_to_ollama(
     sqlite_url: str, emulator: OllamaEmulator, proxy: OllamaEmulator, flavour: str
 ) -> None:
     """Main sent the call straight to Ollama, past ``HTTP_PROXY``."""
-    reply = _chat(flavour, emulator.url, db_url=sqlite_url, retries=0)
+    reply = _chat(flavour, FAR, db_url=sqlite_url, retries=0)
     assert reply.meter is not None and reply.meter.status == "ok"
     assert emulator.requests_to("/api/chat") == []
-    assert [r.target for r in proxy.requests_to("/api/chat")] == [f"{emulator.url}/api/chat"]
+    assert [r.target for r in proxy.requests_to("/api/chat")] == [f"{FAR}/api/chat"]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize("name", ["127.0.0.1", "localhost", "LocalHost"])
+def test_an_ollama_on_this_machine_is_never_called_through_a_proxy(
+    sqlite_url: str, emulator: OllamaEmulator, proxy: OllamaEmulator, flavour: str, name: str
+) -> None:
+    """A proxy would reach its own loopback, not this machine's: with ``HTTP_PROXY`` set for
+    a corporate network and Ollama on 127.0.0.1 (the default), every call went to the proxy
+    and failed. Ollama's own CLI (Go's ``ProxyFromEnvironment``) never proxies loopback;
+    httpx and the ``ollama`` client do, with no ``NO_PROXY`` saying otherwise."""
+    host = emulator.url.replace("127.0.0.1", name)
+    reply = _chat(flavour, host, db_url=sqlite_url, retries=0)
+    assert reply.meter is not None and reply.meter.status == "ok"
+    assert [r.target for r in emulator.requests_to("/api/chat")] == ["/api/chat"]
+    assert proxy.requests == []
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
@@ -93,7 +110,7 @@ def test_a_call_through_an_environment_proxy_ollama_has_is_sent_once(
     Ollama's (ometer's transport heard it sent): retries on, it is not sent again."""
     proxy.inject(Fault.HANG, times=4)  # every attempt, were it sent again
     with pytest.raises(UpstreamError) as raised:
-        _chat(flavour, emulator.url, db_url=sqlite_url, retries=3, upstream_timeout=0.5)
+        _chat(flavour, FAR, db_url=sqlite_url, retries=3, upstream_timeout=0.5)
     assert len(proxy.requests_to("/api/chat")) == 1
     assert raised.value.taken is True
     assert emulator.requests_to("/api/chat") == []
@@ -124,13 +141,11 @@ def test_trust_env_off_or_a_proxy_given_wins_over_the_environment(
     environment says."""
     _chat(flavour, emulator.url, db_url=sqlite_url, retries=0, trust_env=False)
     assert len(emulator.requests_to("/api/chat")) == 1 and proxy.requests == []
-    _chat(flavour, emulator.url, db_url=sqlite_url, retries=0, proxy=None)  # none given
+    _chat(flavour, FAR, db_url=sqlite_url, retries=0, proxy=None)  # none given
     assert len(emulator.requests_to("/api/chat")) == 1 and len(proxy.requests) == 1
     with OllamaEmulator() as given_proxy:
-        _chat(flavour, emulator.url, db_url=sqlite_url, retries=0, proxy=given_proxy.url)
-        assert [r.target for r in given_proxy.requests_to("/api/chat")] == [
-            f"{emulator.url}/api/chat"
-        ]
+        _chat(flavour, FAR, db_url=sqlite_url, retries=0, proxy=given_proxy.url)
+        assert [r.target for r in given_proxy.requests_to("/api/chat")] == [f"{FAR}/api/chat"]
     assert len(emulator.requests_to("/api/chat")) == 1 and len(proxy.requests) == 1
 
 

@@ -10,7 +10,8 @@ is no answer, as the gateway has it). ``timeout`` as given replaces the configur
 A proxy in the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
 httpx reads for no client given a transport: each is mounted here as httpx would mount it,
 on a transport of ours made with that proxy, so the calls httpx would send through it go
-that way, kept-alive resends and the body's "sent whole" heard as on any other.
+that way, kept-alive resends and the body's "sent whole" heard as on any other; but this
+machine's loopback (:data:`LOOPBACK`).
 """
 
 from __future__ import annotations
@@ -47,11 +48,19 @@ def client_arguments(timeout: float, http: Mapping[str, Any], *, aio: bool) -> d
     kept = AsyncKeptTransport if aio else KeptTransport
     made["transport"] = kept(**connection)
     if http.get("proxy") is None and http.get("trust_env", True):  # as httpx: a proxy given wins
+        mounts = environment_proxies()
         made["mounts"] = {
             pattern: None if proxy is None else kept(**{**connection, "proxy": proxy})
-            for pattern, proxy in environment_proxies().items()
+            for pattern, proxy in ({**mounts, **dict.fromkeys(LOOPBACK)} if mounts else {}).items()
         }
     return made
+
+
+LOOPBACK = ("all://localhost", "all://127.0.0.1", "all://[::1]")
+"""Never called through a proxy in the environment, which would reach its own loopback, not
+this machine's: an Ollama on 127.0.0.1 (the default) is called straight, as Ollama's own CLI
+(Go's ``ProxyFromEnvironment``) calls it, where httpx and the ``ollama`` client send it to the
+proxy unless ``NO_PROXY`` names it."""
 
 
 def environment_proxies() -> dict[str, str | None]:

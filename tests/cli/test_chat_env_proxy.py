@@ -24,7 +24,7 @@ def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[OllamaEmulator]:
         yield emu
 
 
-@pytest.mark.parametrize("no_proxy", [None, "127.0.0.1"])
+@pytest.mark.parametrize("no_proxy", [None, "ollama.invalid"])
 def test_chat_goes_through_the_environments_proxy(  # type: ignore[no-untyped-def]
     cli,
     db: str,
@@ -33,12 +33,27 @@ def test_chat_goes_through_the_environments_proxy(  # type: ignore[no-untyped-de
     monkeypatch: pytest.MonkeyPatch,
     no_proxy: str | None,
 ) -> None:
+    """To an Ollama elsewhere (a name only the proxy, an emulator answering as Ollama,
+    reaches); one that ``NO_PROXY`` names is called straight, and cannot be reached here."""
+    far = "http://ollama.invalid:11434"
+    monkeypatch.setenv("OLLAMA_HOST", far)
     if no_proxy is not None:
         monkeypatch.setenv("NO_PROXY", no_proxy)
     result = cli("chat", "-m", "llama3.1:8b", "hello there friend")
+    if no_proxy:
+        assert result.code != 0 and "ollama.invalid" in result.stderr
+        assert proxy.requests == []
+    else:
+        assert result.code == 0, result.stderr
+        assert [r.target for r in proxy.requests_to("/api/chat")] == [f"{far}/api/chat"]
+    assert emulator.requests_to("/api/chat") == []
+
+
+def test_chat_calls_an_ollama_on_this_machine_straight(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator, proxy: OllamaEmulator
+) -> None:
+    """A proxy would reach its own loopback, not this machine's (``tests/test_client_env_proxy.py``)."""
+    result = cli("chat", "-m", "llama3.1:8b", "hello there friend")
     assert result.code == 0, result.stderr
-    through, past = (emulator, proxy) if no_proxy else (proxy, emulator)
-    assert [r.target for r in through.requests_to("/api/chat")] == [
-        "/api/chat" if no_proxy else f"{emulator.url}/api/chat"
-    ]
-    assert past.requests_to("/api/chat") == []
+    assert [r.target for r in emulator.requests_to("/api/chat")] == ["/api/chat"]
+    assert proxy.requests == []
