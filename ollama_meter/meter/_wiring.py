@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ollama_meter.errors import PricingError
+from ollama_meter.errors import ConfigError, PricingError
 from ollama_meter.records import Source
 
 if TYPE_CHECKING:
@@ -103,6 +103,10 @@ def transport_for(
         from ollama_meter.upstream import PooledUpstream
 
         return PooledUpstream(host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker)
+    from ollama_meter.upstream._sdk_made import proxy_problem
+
+    if (problem := proxy_problem()) is not None:  # before the ollama client reads it, as imported
+        raise ConfigError(problem)
     from ollama_meter.upstream import Upstream
 
     return Upstream(

@@ -16,7 +16,9 @@ machine's loopback (:data:`LOOPBACK`).
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import re
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -79,6 +81,33 @@ def environment_proxies() -> dict[str, str | None]:
         if host:
             mounts[_excluded(host)] = None
     return mounts
+
+
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+"""The proxies httpx has a transport for (``socks5`` and ``socks5h`` with socksio installed)."""
+
+
+def proxy_problem() -> str | None:
+    """What makes a proxy in the environment one httpx cannot use, naming its variable (never
+    its URL: it may hold a password), or None. The ``ollama`` client makes a client as it is
+    imported, which reads them: ``ometer chat`` said "unexpected ImportError ... a bug"."""
+    for pattern, url in environment_proxies().items():
+        if url is None:
+            continue
+        kind = url.split("://", 1)[0].lower()
+        name = f"{pattern.removesuffix('://').upper()}_PROXY"
+        if kind not in _PROXY_SCHEMES:
+            shown = f" ({kind}://)" if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", kind) else ""
+            return (
+                f"{name} is not a proxy httpx can use{shown}: give an http://, https:// or "
+                "socks5:// URL, or unset it (NO_PROXY names hosts called straight)"
+            )
+        if kind.startswith("socks") and importlib.util.find_spec("socksio") is None:
+            return (
+                f"{name} is a SOCKS proxy, which needs the socksio package: "
+                "pip install 'httpx[socks]', or unset it"
+            )
+    return None
 
 
 def _excluded(host: str) -> str:

@@ -57,3 +57,43 @@ def test_chat_calls_an_ollama_on_this_machine_straight(  # type: ignore[no-untyp
     assert result.code == 0, result.stderr
     assert [r.target for r in emulator.requests_to("/api/chat")] == ["/api/chat"]
     assert proxy.requests == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        (
+            "HTTP_PROXY",
+            "ftp://ops:s3cret@gate.corp:21",
+            "HTTP_PROXY is not a proxy httpx can use (ftp://)",
+        ),
+        ("ALL_PROXY", "socks5://ops:s3cret@gate.corp:1080", "ALL_PROXY is a SOCKS proxy"),
+        (
+            "https_proxy",
+            "gopher://gate.corp",
+            "HTTPS_PROXY is not a proxy httpx can use (gopher://)",
+        ),
+        ("HTTP_PROXY", "\x1b[31mx://gate", "HTTP_PROXY is not a proxy httpx can use: give"),
+    ],
+)
+def test_a_proxy_httpx_cannot_use_is_a_setting_named_not_a_bug(  # type: ignore[no-untyped-def]
+    cli,
+    db: str,
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    said: str,
+) -> None:
+    """The ``ollama`` client makes a client as it is imported, which reads these: ``ometer
+    chat`` said "unexpected ImportError ... This is a bug in ometer" (a SOCKS proxy with no
+    socksio installed) or "unexpected ValueError" (a scheme httpx has no transport for)."""
+    for name in _VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    result = cli("chat", "-m", "llama3.1:8b", "hello there friend")
+    assert result.code == 2 and result.stderr.startswith(f"error: {said}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "s3cret" not in result.stderr
+    assert emulator.requests == []
+    monkeypatch.setenv("NO_PROXY", "*")  # no proxy read at all: nothing in the way
+    assert cli("chat", "-m", "llama3.1:8b", "hello there friend").code == 0
