@@ -19,7 +19,6 @@ from hypothesis import given, settings, strategies as st
 
 from ollama_meter import load_settings
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
-from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import Final
 from ollama_meter.upstream._anthropic import MessagesReader
 from ollama_meter.upstream._responses import ResponsesReader
@@ -27,6 +26,7 @@ from ollama_meter.upstream._wire import OpenAIReader
 from tests._otlp import OtlpHttpReceiver, SpanView, spans, wait_for
 from tests.gateway.conftest import Gateway
 from tests.telemetry.test_content_shape import _exported
+from tests.telemetry.test_tool_parts_routes import gateway  # noqa: F401 (a fixture)
 
 MODEL = "llama3.1:8b"
 ROUTES = {
@@ -52,23 +52,10 @@ def _ids(text: str) -> set[str]:
     return found
 
 
-@pytest.fixture
-def gateway(
-    app_on: Callable[..., Gateway],
-    emulator: OllamaEmulator,
-    sqlite_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[str], Gateway]:
-    def start(collector: str) -> Gateway:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
-        return app_on(emulator.url, sqlite_url)
-
-    return start
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_each_route_exports_the_id_its_answer_gave(
-    gateway: Callable[[str], Gateway], stream: bool
+    gateway: Callable[[str], Gateway],  # noqa: F811
+    stream: bool,
 ) -> None:
     answers: dict[str, set[str]] = {}
     with OtlpHttpReceiver() as rx:
