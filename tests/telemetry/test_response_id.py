@@ -150,3 +150,9 @@ def test_the_id_is_not_stored_in_the_ledger() -> None:
     from ollama_meter.records import ROW_FIELDS
 
     assert "response_id" not in ROW_FIELDS
+
+
+@pytest.mark.parametrize("ident", [12345, ["chatcmpl-1"], b"chatcmpl-1", {"id": "x"}])
+def test_an_id_a_hook_set_to_no_text_is_not_exported(ident: Any) -> None:
+    """A hook may set anything on the span: what is no text is no id."""
+    assert sc.GEN_AI_RESPONSE_ID not in _exported(None, response_id=ident)
