@@ -349,12 +349,6 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
                 if not unset and value not in _COMPRESSIONS[protocol]:
                     takes = " or ".join(_COMPRESSIONS[protocol])
                     raise bad(name, f"a compression the {protocol} exporter takes ({takes})")
-        name = f"OTEL_EXPORTER_OTLP_{signal}TIMEOUT"
-        if name in environ:
-            try:
-                float(environ[name])
-            except ValueError:
-                raise bad(name, "a number of seconds") from None
         for part in _TLS_FILES:
             name = f"OTEL_EXPORTER_OTLP_{signal}{part}"
             path = environ.get(name)

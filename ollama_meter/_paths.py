@@ -18,6 +18,17 @@ from ollama_meter.errors import ConfigError
 APP_NAME = "ollama-meter"
 
 
+def existing_file(path: Path) -> Path:
+    """``path`` made absolute (not resolved: a link switched is the same file); ValueError
+    saying why when it is no file that exists."""
+    try:
+        if path.is_file():  # False for most errors, but not a name too long
+            return path.absolute()
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
+    raise ValueError(f"{str(path)!r} does not exist or is not a file")
+
+
 def default_data_dir() -> Path:
     """The user's data folder for ometer; ConfigError when this user has none to find (a
     container's ``--user`` uid with no HOME and no entry in the user database)."""

@@ -112,3 +112,26 @@ MIN_SECONDS = 0.001
 out, a ledger wait that short only spools, and an interval that short spins."""
 Seconds = Annotated[Float, Field(ge=MIN_SECONDS)]
 """A timer setting, in seconds: a number of at least :data:`MIN_SECONDS` (its most, its own)."""
+
+MAX_TIMEOUT_MS = 3_600_000
+"""The longest an OTLP export may take, in milliseconds: an hour, as ``OMETER_EXPORT_TIMEOUT``."""
+
+
+def _millis(value: object) -> object:
+    """An OTLP timeout as the spec writes it (``OTEL_EXPORTER_OTLP_*TIMEOUT``), in seconds: a
+    whole number of milliseconds, 0 no limit (taken as :data:`MAX_TIMEOUT_MS`, as the spec
+    allows). The SDK read seconds, a fraction too; an empty value crashed its grpc exporter."""
+    if value is None:
+        return None
+    text = value.strip() if isinstance(value, str) else str(value)
+    number = int(text) if text.isascii() and text.isdigit() else -1
+    if not 0 <= number <= MAX_TIMEOUT_MS:
+        raise ValueError(
+            f"{_shown(value)} is not a whole number of milliseconds from 0 to "
+            f"{MAX_TIMEOUT_MS:,} (an hour; 0: no limit); fix or unset it"
+        )
+    return (number or MAX_TIMEOUT_MS) / 1000
+
+
+Millis = Annotated[float | None, BeforeValidator(_millis)]
+"""An OTLP exporter's timeout: milliseconds in the environment (the spec's unit), seconds here."""

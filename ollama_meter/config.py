@@ -41,8 +41,8 @@ from ollama_meter._environment import (
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
-from ollama_meter._paths import default_data_dir
-from ollama_meter._said import Float, Int, Seconds
+from ollama_meter._paths import default_data_dir, existing_file
+from ollama_meter._said import Float, Int, Millis, Seconds
 from ollama_meter._sources import QuickSettings
 from ollama_meter._urls import (
     UpstreamSpec,
@@ -137,6 +137,13 @@ class Settings(QuickSettings):
     ] = None
     otlp_metrics_headers: Annotated[
         str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+    ] = None
+    otlp_timeout: Annotated[Millis, Field(validation_alias="OTEL_EXPORTER_OTLP_TIMEOUT")] = None
+    otlp_traces_timeout: Annotated[
+        Millis, Field(validation_alias="OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+    ] = None
+    otlp_metrics_timeout: Annotated[
+        Millis, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_TIMEOUT")
     ] = None
     otel_service_name: Annotated[str | None, Field(validation_alias="OTEL_SERVICE_NAME")] = None
     otel_sdk_disabled: Annotated[str | None, Field(validation_alias="OTEL_SDK_DISABLED")] = None
@@ -333,9 +340,9 @@ class Settings(QuickSettings):
         return traces_sampler(os.environ)
 
     def otlp_of(self, setting: str, signal: str) -> Any:
-        """``signal``'s (traces, metrics) OTLP ``setting`` (endpoint, protocol, headers): its own,
-        else the general one, never both merged (the spec's rule); no endpoint for a signal
-        whose exporter (``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER``) is ``none``."""
+        """``signal``'s (traces, metrics) OTLP ``setting`` (endpoint, protocol, headers, timeout
+        in s): its own, else the general one, never both merged (the spec's rule); no endpoint
+        for a signal whose exporter (``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER``) is none."""
         if setting == "endpoint" and getattr(self, f"{signal}_exporter") == "none":
             return None
         return getattr(self, f"otlp_{signal}_{setting}") or getattr(self, f"otlp_{setting}")
@@ -375,14 +382,7 @@ class Settings(QuickSettings):
     @field_validator("pricing_file")
     @classmethod
     def _pricing_file(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        try:
-            if value.is_file():  # False for most errors, but not a name too long
-                return value.absolute()  # not resolved: a link switched is the same file
-        except OSError as exc:
-            raise ValueError(f"{str(value)!r} cannot be read: {exc.strerror}") from None
-        raise ValueError(f"{str(value)!r} does not exist or is not a file")
+        return None if value is None else existing_file(value)
 
     @cached_property
     def tz(self) -> ZoneInfo:

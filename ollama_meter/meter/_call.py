@@ -407,7 +407,7 @@ class MeteredCall:
             span.ttft_ns = self._first_ns - self._t0  # a call that generated nothing has none
         if final is not None:
             span.response_model = self._priced_as_admitted(final.model or None)
-            span.done_reason = final.done_reason
+            span.done_reason, span.response_id = final.done_reason, final.response_id
             span.total_duration_ns = final.total_ns
             span.load_duration_ns = final.load_ns
             span.prompt_eval_duration_ns = final.prompt_eval_ns

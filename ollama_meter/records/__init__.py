@@ -84,6 +84,7 @@ from ollama_meter.records._span import (
     new_span_ids,
     new_span_row_id,
     new_trace_id,
+    printable,
     storable_text,
 )
 
@@ -156,6 +157,7 @@ __all__ = [
     "parse_limit",
     "parse_thresholds",
     "pattern_key",
+    "printable",
     "readied",
     "record_from",
     "round_half_even",

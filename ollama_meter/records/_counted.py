@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from ollama_meter.records._price import model_key
-from ollama_meter.records._span import TEXT_LIMITS, storable_text
+from ollama_meter.records._span import TEXT_LIMITS, printable, storable_text
 
 MODEL_LIMIT = TEXT_LIMITS["request_model"]
 """The longest model name the ledger stores (spans' and rollups' model columns alike)."""
@@ -45,4 +45,4 @@ def _fold(name: str) -> str:
     if not name.strip():  # no name Ollama runs: nothing to fold
         return storable_text(name, MODEL_LIMIT)
     key = storable_text(model_key(name), MODEL_LIMIT)
-    return key if key.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in key)
+    return printable(key)

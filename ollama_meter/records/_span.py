@@ -217,6 +217,10 @@ class SpanRecord:
     asked: Asked | None = field(default=None, compare=False, repr=False)
     """The settings the request asked the model to generate with, where it set any: exported
     as the conventions' ``gen_ai.request.*``; not stored in the ledger."""
+    response_id: str | None = field(default=None, compare=False, repr=False)
+    """The id the upstream gave its answer (``chatcmpl-…``, ``msg_…``, ``resp_…``; Ollama's
+    native answers have none), as given: exported as ``gen_ai.response.id``, bounded; not
+    stored in the ledger."""
 
     @property
     def model(self) -> str:
@@ -284,7 +288,7 @@ class SpanRecord:
 ROW_FIELDS: tuple[str, ...] = tuple(
     name
     for name in SpanRecord.__dataclass_fields__
-    if name not in ("attributes", "said", "told", "called", "asked")
+    if name not in ("attributes", "said", "told", "called", "asked", "response_id")
 )
 """The fields the ledger stores, a column each, in the order of the dataclass."""
 _row_of = attrgetter(*ROW_FIELDS)  # all at once: a span's row is made at every call
@@ -337,6 +341,12 @@ def storable_text(value: str, limit: int) -> str:
     return value
 
 
+def printable(text: str) -> str:
+    """``text`` with U+FFFD for each character that is not printable (a control character, a
+    line break): a label a terminal, a CSV or a backend's list shows puts no escape there."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in text)
+
+
 def _stored_model(name: str, limit: int) -> str:
     """A model's name that does not fit as it is, as the ledger keeps it: counting as the same
     model (:func:`~ollama_meter.records.counted_model`) as the name sent. Cut, or a character
@@ -352,8 +362,7 @@ def _stored_model(name: str, limit: int) -> str:
         from ollama_meter.records._counted import counted_model  # it folds with this module
 
         return counted_model(name)
-    name = storable_text(name, limit)
-    return name if name.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in name)
+    return printable(storable_text(name, limit))
 
 
 def _bounded(value: object, top: int) -> int:
@@ -394,8 +403,8 @@ def _storable_texts(span: SpanRecord) -> None:
             value = str(value)
         if not value.isascii() or len(value) > limit or "\x00" in value:
             value = storable_text(value, limit)
-        if label and not value.isprintable():
-            value = "".join(c if c.isprintable() else "\ufffd" for c in value)
+        if label:
+            value = printable(value)
         if value != given and name in _MODELS:
             value = _stored_model(str(given), limit)
         if value is not given:

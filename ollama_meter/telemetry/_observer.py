@@ -27,6 +27,7 @@ from ollama_meter.records import (
     Status as SpanStatus,
     exported_json,
     format_micros,
+    printable,
     storable_text,
 )
 from ollama_meter.telemetry import _semconv as sc
@@ -330,6 +331,10 @@ class TelemetryObserver:
             attributes[sc.GEN_AI_RESPONSE_MODEL] = span.response_model
         if span.done_reason:
             attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = [span.done_reason]
+        if isinstance(span.response_id, str) and span.response_id:  # a hook may set anything
+            attributes[sc.GEN_AI_RESPONSE_ID] = printable(
+                _bounded(span.response_id, sc.MAX_RESPONSE_ID)
+            )
         if span.user:
             attributes[sc.OMETER_USER] = span.user
             attributes[sc.USER_ID] = span.user

@@ -11,6 +11,7 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_PROVIDER_NAME,
     GEN_AI_REQUEST_MODEL,
     GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_ID,
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_SYSTEM_INSTRUCTIONS,
     GEN_AI_TOKEN_TYPE,
@@ -22,6 +23,9 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 
 PROVIDER_OLLAMA = "ollama"
+MAX_RESPONSE_ID = 255
+"""Characters of an exported ``gen_ai.response.id``: an answer's id is the upstream's text
+(``chatcmpl-…``, ``msg_…``, ``resp_…``: a few dozen); a longer one is cut, ending in "…"."""
 TOKEN_INPUT = gen_ai.GenAiTokenTypeValues.INPUT.value
 TOKEN_OUTPUT = gen_ai.GenAiTokenTypeValues.OUTPUT.value
 OPERATION_EMBEDDINGS = gen_ai.GenAiOperationNameValues.EMBEDDINGS.value
@@ -150,6 +154,7 @@ __all__ = [
     "GEN_AI_PROVIDER_NAME",
     "GEN_AI_REQUEST_MODEL",
     "GEN_AI_RESPONSE_FINISH_REASONS",
+    "GEN_AI_RESPONSE_ID",
     "GEN_AI_RESPONSE_MODEL",
     "GEN_AI_SYSTEM_INSTRUCTIONS",
     "GEN_AI_TOKEN_TYPE",
@@ -161,6 +166,7 @@ __all__ = [
     "LANGFUSE_OBSERVATION_TYPE",
     "LANGFUSE_TAGS",
     "LANGFUSE_USAGE",
+    "MAX_RESPONSE_ID",
     "METRIC_COST",
     "METRIC_OPERATION_DURATION",
     "METRIC_QUEUE_DURATION",

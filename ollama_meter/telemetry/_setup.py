@@ -1,8 +1,8 @@
 """Exporters from configuration: OTLP (http/protobuf or grpc), Langfuse, Traceloop.
 
 Providers are ometer's own, not the global ones, so an application that also
-uses OpenTelemetry keeps its setup. Every exporter is bounded by
-``OMETER_EXPORT_TIMEOUT``; at exit the providers flush within that bound and a
+uses OpenTelemetry keeps its setup. Every exporter is bounded by its timeout (see
+:func:`export_timeout`); at exit the providers flush within the longest and a
 collector that could not be reached costs one warning line, never the call.
 """
 
@@ -32,6 +32,7 @@ from ollama_meter.config import Settings
 from ollama_meter.telemetry._ids import OwnIds
 from ollama_meter.telemetry._observer import TelemetryObserver
 from ollama_meter.telemetry._terminated import stop_on_sigterm, unless_ending
+from ollama_meter.telemetry._timeouts import export_bound, export_timeout
 from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -80,7 +81,7 @@ def _otlp(signal: str, endpoint: str, settings: Settings, session: Any = None) -
     # the exporters merged the environment's under ours, so the general value of a header
     # both name won): given whole, the exporter reads no other.
     headers = dict(parse_env_headers(settings.otlp_of("headers", signal) or "", liberal=True))
-    options: dict[str, Any] = {"headers": headers, "timeout": settings.export_timeout}
+    options: dict[str, Any] = {"headers": headers, "timeout": export_timeout(settings, signal)[0]}
     if signal == "metrics":
         options["max_export_batch_size"] = METRIC_BATCH
     if grpc:
@@ -192,12 +193,12 @@ _open: list[Telemetry] = []
 _ending: dict[int, Telemetry] = {}
 """Every telemetry whose stop has begun and not ended, by id: a SIGTERM waits for them."""
 _timeouts: set[float] = set()
-"""Each ``OMETER_EXPORT_TIMEOUT`` a telemetry of the process was given."""
+"""Each bound of a telemetry of the process (the longest of its exporters' timeouts)."""
 _lock = ChildLock()
 
 
 def stop_together(telemetries: Sequence[Telemetry]) -> None:
-    """Stop ``telemetries`` at once: within the longest ``OMETER_EXPORT_TIMEOUT`` among them,
+    """Stop ``telemetries`` at once: within the longest export timeout among them,
     not their sum, with one warning line for the places that failed.
 
     A process has one telemetry per configuration (a client with its own Langfuse or
@@ -211,18 +212,18 @@ def _waited(begun: Sequence[Telemetry]) -> None:
     """Wait for the stops ``begun``, each up to its deadline; one warning line for them."""
     failed: list[str] = []
     late: list[str] = []
-    waited = 0.0
+    waited = (0.0, "")
     for telemetry in begun:
         its_failed, its_late = telemetry._end_stop()
         failed += its_failed
         late += its_late
         if its_late:
-            waited = max(waited, telemetry.timeout)
+            waited = max(waited, (telemetry.timeout, telemetry.timeout_name))
     names = ", ".join(dict.fromkeys([*failed, *late]))
     if late:
         sys.stderr.write(
-            f"warning: could not export telemetry to {names} within OMETER_EXPORT_TIMEOUT "
-            f"({waited:g} s); what was not sent is dropped\n"
+            f"warning: could not export telemetry to {names} within {waited[1]} "
+            f"({waited[0]:g} s); what was not sent is dropped\n"
         )
     elif failed:
         sys.stderr.write(f"warning: could not export telemetry to {names}\n")
@@ -287,7 +288,7 @@ class Telemetry:
     def __init__(self, settings: Settings, owner: object = None) -> None:
         self.owner = owner  # the runtime that shares it, if one does
         resource = _resource(settings.otel_service_name)
-        self.timeout = settings.export_timeout
+        self.timeout, self.timeout_name = export_bound(settings)  # how long the exit waits
         _timeouts.add(self.timeout)
         self.span_exporters = _span_exporters(settings)
         # The SDK's own exit hooks flush again, unbounded (a flush ignores its timeout, and a

@@ -73,6 +73,7 @@ class MessagesReader:
         self.stream = stream
         """The answer is a stream of events, which only its ``message_stop`` ends."""
         self.model: str | None = None
+        self.response_id: str | None = None
         self.ended = False
         """The answer's end was read (a whole message, or ``message_stop``)."""
         self.complete = False
@@ -123,13 +124,16 @@ class MessagesReader:
         self.complete = True
         if self.ended:
             return []
-        return [StreamError(_UNENDED)] if self.stream else [Final(model=self.model)]
+        if self.stream:
+            return [StreamError(_UNENDED)]
+        return [Final(model=self.model, response_id=self.response_id)]
 
     def _usage(self, obj: dict[str, Any]) -> None:
-        """What an object says of the answer: its model, stop reason and counts. A count
+        """What an object says of the answer: its id, model, stop reason and counts. A count
         ``message_delta`` writes replaces ``message_start``'s (Ollama's input count there is
         its estimate); a 0 is a count not taken, which the meter estimates."""
         self.model = _text(obj.get("model")) or self.model
+        self.response_id = self.response_id or _text(obj.get("id"))  # message_delta has none
         delta = obj.get("delta")
         where = delta if isinstance(delta, dict) else obj
         self._reason = _text(where.get("stop_reason")) or self._reason
@@ -170,6 +174,7 @@ class MessagesReader:
             Final(
                 model=self.model,
                 done_reason=self._reason,
+                response_id=self.response_id,
                 input_tokens=self._input,
                 output_tokens=self._output,
             )

@@ -51,6 +51,7 @@ class ResponsesReader:
         self.stream = stream
         """The answer is a stream of events, which only its terminal event ends."""
         self.model: str | None = None
+        self.response_id: str | None = None
         self.ended = False
         """The answer's final record was given (its end, with or without usage)."""
         self.complete = False
@@ -83,7 +84,7 @@ class ResponsesReader:
         response = obj.get("response")
         if not isinstance(response, dict):
             return []
-        self.model = _text(response.get("model")) or self.model
+        self._said(response)
         return self._end(response) if kind in _ENDS else []
 
     def finish(self) -> list[Event]:
@@ -93,7 +94,9 @@ class ResponsesReader:
         self.complete = True
         if self.ended:
             return []
-        return [StreamError(_UNENDED)] if self.stream else [Final(model=self.model)]
+        if self.stream:
+            return [StreamError(_UNENDED)]
+        return [Final(model=self.model, response_id=self.response_id)]
 
     @staticmethod
     def _output(response: dict[str, Any]) -> list[Event]:
@@ -123,10 +126,15 @@ class ResponsesReader:
         called = response if calls else None  # its function_call items: read where captured
         return [Delta(text, other, thought + calls, calls, called)] if text or other else []
 
+    def _said(self, response: dict[str, Any]) -> None:
+        """The model and the id a ``response`` object (a whole answer, an event's) gives."""
+        self.model = _text(response.get("model")) or self.model
+        self.response_id = self.response_id or _text(response.get("id"))
+
     def _end(self, response: dict[str, Any]) -> list[Event]:
         """The answer's end: its usage, the model that answered and how it ended."""
         self.ended = self.complete = True
-        self.model = _text(response.get("model")) or self.model
+        self._said(response)
         status = _text(response.get("status"))
         if status == "failed":
             return [mid_stream_error(error_text(response.get("error") or "the response failed"))]
@@ -138,6 +146,7 @@ class ResponsesReader:
             Final(
                 model=self.model,
                 done_reason=reason or status,
+                response_id=self.response_id,
                 input_tokens=_counted(usage.get("input_tokens")),
                 output_tokens=_counted(usage.get("output_tokens")),
             )

@@ -59,6 +59,9 @@ class Final:
     load_ns: int | None = None
     prompt_eval_ns: int | None = None
     eval_ns: int | None = None
+    response_id: str | None = None
+    """The id the answer gave itself (OpenAI's ``chatcmpl-…``, Anthropic's ``msg_…``, a
+    Responses ``resp_…``): as given, a text or None; Ollama's native answers have none."""
     only: str | None = None
     """``"load"`` or ``"unload"``: the call only loaded the model into memory, or unloaded it.
     Nothing was evaluated or generated, so the counts and busy time are the zeros Ollama

@@ -5,7 +5,7 @@ Each format is one strategy, :data:`OLLAMA` or :data:`OPENAI`, that knows
 - how a streamed answer is framed (NDJSON lines; SSE ``data:`` events ending in ``[DONE]``,
   or, on ``/v1/responses``, in a terminal event: ``_responses.py`` reads those);
 - how to read an answer's objects into :mod:`events <._vocabulary>`, with a :class:`Reader`
-  per call (OpenAI's carries the model and finish reason until the usage arrives);
+  per call (OpenAI's carries the model, id and finish reason until the usage arrives);
 - what an error looks like to a client of that format (a body, and the last line
   of a stream that broke), the way Ollama itself would send it.
 
@@ -221,8 +221,8 @@ class OpenAIReader:
         self.embedding = operation == f"{OPENAI_PREFIX}embeddings"
         self.model: str | None = None
         self.finish_reason: str | None = None
-        self.usage_seen = False
-        self.complete = False
+        self.response_id: str | None = None  # on every chunk of a stream: the first one's
+        self.usage_seen = self.complete = False
 
     def read(self, obj: Any) -> list[Event]:
         failure = reported_error(obj)
@@ -230,6 +230,7 @@ class OpenAIReader:
             return [failure]
         events: list[Event] = []
         self.model = _text(obj.get("model")) or self.model
+        self.response_id = self.response_id or _text(obj.get("id"))
         choices = obj.get("choices")
         for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, dict):
@@ -270,6 +271,7 @@ class OpenAIReader:
         return Final(
             model=self.model,
             done_reason=self.finish_reason,
+            response_id=self.response_id,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
