@@ -23,6 +23,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
@@ -416,3 +417,18 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
         when = when.replace(tzinfo=UTC)
     seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+_FRACTION = re.compile(r"[0-9]{1,300}\.[0-9]{0,300}")
+
+
+def retry_after_passed(value: str | None) -> str | None:
+    """An upstream's ``Retry-After`` as the gateway passes it on: whole seconds or an HTTP date
+    as they came, seconds with a fraction (some proxies send them) rounded up, never sooner;
+    None for anything else (``-5``, ``abc``), which each client read as it pleased."""
+    if value is None:
+        return None
+    text = value.strip()
+    if _FRACTION.fullmatch(text):
+        return str(math.ceil(Decimal(text)))
+    return text if retry_after_seconds(text) is not None else None

@@ -34,6 +34,7 @@ from ollama_meter.upstream._classify import (
     gateway_refusal,
     hung_up,
     no_connection,
+    retry_after_passed,
     retry_after_seconds,
     transport_error,
 )
@@ -68,7 +69,8 @@ class Refusal:
     body: bytes
     content_type: str | None
     retry_after: str | None
-    """The answer's ``Retry-After`` header, passed on as it came."""
+    """The answer's ``Retry-After`` header, passed on as it came if it says seconds or a date
+    (:func:`~._classify.retry_after_passed`)."""
     named: dict[str, str] = field(default_factory=dict)
     """What a metering gateway's answer named of its record of the call (its ledger, its span)."""
 
@@ -252,7 +254,7 @@ class PooledUpstream(Resilient):
             raise
         else:
             self.finish(response, completed=True)
-        header = header_of(response, b"retry-after")
+        header = retry_after_passed(header_of(response, b"retry-after"))
         # A gateway in front of Ollama that refused the call itself: its words, no server's failure
         refused = header_of(response, REFUSED_HEADER.lower().encode())
         failure = (answer_error if refused is None else partial(gateway_refusal, refused))(

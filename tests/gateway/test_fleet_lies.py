@@ -1,0 +1,114 @@
+"""What a fleet's servers say that is not so, and what the gateway then tells its callers.
+
+A server's ``Retry-After`` passed on as it came told a client ``-5`` or ``abc``; a stream a
+server broke off counted as one it served; servers without ``/api/ps`` made ``ollama ps``
+a 502 though every one of them answered. The gateway runs in this process; the servers
+are emulators, or a small server answering what a test tells it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from ollama_meter.testing import Fault, OllamaEmulator
+from tests._raw_http import RawServer
+from tests.gateway.conftest import TestClient
+from tests.gateway.test_fleet_attacks import in_process, liar  # noqa: F401  (fixtures)
+
+LLAMA = "llama3.1:8b"
+HI = [{"role": "user", "content": "hi"}]
+TAGS = json.dumps({"models": [{"model": LLAMA, "name": LLAMA}]}).encode()
+
+
+class _Refusing(RawServer):
+    """Lists the model, and refuses every call with ``status`` and ``Retry-After: said``."""
+
+    def __init__(self, status: int, said: str) -> None:
+        self.status, self.said = status, said
+        super().__init__(lambda: b"", threaded=True)
+
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        status, payload, extra = self.status, b'{"error":"busy"}', b"retry-after: %s\r\n" % (
+            self.said.encode()
+        )
+        if head.split(b" ")[1] in (b"/api/tags", b"/api/ps"):
+            status, payload, extra = 200, TAGS, b""
+        return (
+            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\nconnection: close\r\n%s"
+            b"content-length: %d\r\n\r\n%s" % (status, extra, len(payload), payload)
+        )
+
+
+@pytest.mark.parametrize(
+    ("said", "passed"),
+    [
+        ("7", "7"),
+        ("0", "0"),
+        ("1.5", "2"),  # seconds with a fraction (some proxies): rounded up, never sooner
+        ("0.001", "1"),
+        ("-5", None),
+        ("abc", None),
+        ("1e3", None),
+        ("Wed, 21 Oct 2099 07:28:00 GMT", "Wed, 21 Oct 2099 07:28:00 GMT"),
+    ],
+)
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("servers", [1, 2])
+def test_a_servers_retry_after_is_passed_on_as_seconds_or_a_date_or_not_at_all(
+    said: str,
+    passed: str | None,
+    status: int,
+    servers: int,
+    in_process: Callable[..., TestClient],
+) -> None:
+    refusing = [_Refusing(status, said) for _ in range(servers)]
+    try:
+        client = in_process(*(s.url for s in refusing), retries=0, breaker_failures=100)
+        call = {"model": LLAMA, "messages": HI, "stream": False}
+        reply = client.post("/api/chat", json=call)
+    finally:
+        for server in refusing:
+            server.close()
+    assert reply.status_code == status
+    assert reply.headers.get("retry-after") == passed
+    if passed is None:  # the gateway retried; told no wait, a client is told not to
+        assert reply.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize("fault", [Fault.DROP, Fault.MIDSTREAM_ERROR, Fault.STALL])
+def test_a_stream_a_server_broke_off_is_not_one_it_served(
+    fault: Fault,
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    client = in_process(
+        one.url, two.url, discovery_interval=3600, breaker_failures=100, upstream_timeout=1
+    )
+    for server in (one, two):
+        server.inject(fault, times=1, after_tokens=1)
+    call = {"model": LLAMA, "messages": HI, "stream": True}
+    for _ in range(2):  # one on each server (the one given fewer calls goes first)
+        with client.stream("POST", "/api/chat", json=call) as broken:
+            assert b'"error"' in b"".join(broken.iter_bytes())
+    answered = client.post("/api/chat", json=call)
+    assert answered.status_code == 200
+    served = {s["url"]: s["served"] for s in client.get("/api/dash").json()["servers"]}
+    assert sorted(served.values()) == [0, 1]
+
+
+def test_servers_without_api_ps_answer_it_with_nothing_loaded(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    in_process: Callable[..., TestClient],
+) -> None:
+    # An Ollama older than /api/ps (0.1.38), or a compatible server: in the fleet, answering.
+    old = [liar({"/api/tags": (200, TAGS)}) for _ in range(2)]
+    client = in_process(*old)
+    assert [s["state"] for s in client.get("/healthz").json()["servers"]] == ["up", "up"]
+    loaded = client.get("/api/ps")
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json() == {"models": []}
+    assert [m["model"] for m in client.get("/api/tags").json()["models"]] == [LLAMA]
