@@ -364,7 +364,12 @@ class Fleet:
         """
         # A server found down is not waited for (it may take the whole timeout to say nothing).
         asked = [s for s in self.servers if s.up] or self.servers
-        answers = await asyncio.gather(*(self._get(s, path) for s in asked), return_exceptions=True)
+        # A server with no /api/ps (an Ollama older than 0.1.38) answers with nothing loaded,
+        # as discovery has it: not as one that does not answer.
+        missing = {"models": []} if path == "/api/ps" else _REQUIRED
+        answers = await asyncio.gather(
+            *(self._get(s, path, missing=missing) for s in asked), return_exceptions=True
+        )
         openai = path == "/v1/models"
         field, name = ("data", "id") if openai else ("models", "model")
         merged: dict[str, Any] = {}
