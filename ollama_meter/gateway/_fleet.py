@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -259,11 +259,21 @@ class Fleet:
             server.models = server.models - {key}
         server.loaded.discard(key)
 
-    def served(self, server: Server, model: str) -> None:
-        """``model`` answered on ``server``: it is loaded there now, and the server served one
-        more call (one it failed is not counted: the call moved on, or failed)."""
+    def answering(self, server: Server, model: str) -> Callable[[BaseException | None], None]:
+        """``model`` answered on ``server`` (its 200): it is loaded there now. Returns what
+        counts the call as one the server served when the call ends, as it ended: one the
+        server failed on the way (a stream broken off, stalled, or ended in an error) is not."""
         server.loaded.add(model_key(model))
-        server.served += 1
+
+        counted = False
+
+        def ended(outcome: BaseException | None) -> None:
+            nonlocal counted
+            if not (counted or isinstance(outcome, UpstreamError)):  # (its caller may have left)
+                counted = True
+                server.served += 1
+
+        return ended
 
     # -- routing --------------------------------------------------------------------------
 

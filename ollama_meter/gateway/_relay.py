@@ -1,13 +1,12 @@
 """Metered relay of one call: admit, wait for a slot, forward, observe items as they pass, write the span.
 
-The reply is streamed to the client item by item as Ollama sends it. The last
-item (Ollama's ``done`` chunk, or the SSE ``[DONE]``) is held until the span is
-in the ledger: a client that has its whole answer always has its span written.
+The reply is streamed to the client item by item as Ollama sends it. The last item (Ollama's
+``done`` chunk, or the SSE ``[DONE]``) is held until the span is in the ledger: a client that
+has its whole answer always has its span written.
 
-A call waits for a slot on a server that has its model (``_slots.py``, the fair
-queue); it moves to another such server, ahead of the queue, when its server
-fails it with a transient failure, or says it lacks the model, before anything
-reached the client.
+A call waits for a slot on a server that has its model (``_slots.py``, the fair queue); it
+moves to another such server, ahead of the queue, when its server fails it with a transient
+failure, or says it lacks the model, before anything reached the client.
 
 The route's wire format (``ollama_meter.upstream.OLLAMA`` or ``OPENAI``) says how items are
 framed, how they read as the meter's events, and what an error looks like to the client. The
@@ -101,10 +100,12 @@ class _Answered:
     wire: WireFormat
     response: aiohttp.ClientResponse
     pool: PooledUpstream
+    served: Callable[[BaseException | None], None]  # as the call ended (``Fleet.answering``)
 
     async def end(self, outcome: BaseException | None = None) -> None:
         """The call's outcome counted once by the retry policy, and its span written."""
         self.attempts.end(outcome)
+        self.served(outcome)
         await close_call(self.meter, self.call, outcome)
 
     async def whole(self, hangup: Hangup | None = None) -> Response:
@@ -384,8 +385,10 @@ class Relay:
                 if (recorded := heard(self.meter, call, said)) and bind is not None:
                     bind(recorded)  # a gateway behind this one recorded it here: its span
                 if not isinstance(sent, Refusal):
-                    fleet.served(server, model)
-                    return _Answered(self.meter, call, attempts, request, wire, sent, server.pool)
+                    served = fleet.answering(server, model)
+                    return _Answered(
+                        self.meter, call, attempts, request, wire, sent, server.pool, served
+                    )
                 missing = isinstance(sent.error, ModelNotFound)
                 if missing:  # removed since discovery (or never there): not routed here again
                     fleet.lacks(server, model)

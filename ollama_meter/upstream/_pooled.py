@@ -69,8 +69,7 @@ class Refusal:
     body: bytes
     content_type: str | None
     retry_after: str | None
-    """The answer's ``Retry-After`` header, passed on as it came if it says seconds or a date
-    (:func:`~._classify.retry_after_passed`)."""
+    """The answer's ``Retry-After``, passed on if it says seconds or a date (``retry_after_passed``)."""
     named: dict[str, str] = field(default_factory=dict)
     """What a metering gateway's answer named of its record of the call (its ledger, its span)."""
 

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
 import httpx
@@ -273,3 +274,59 @@ def upstream(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[
         yield gw, server
     finally:
         server.close()
+
+
+class _Liar(BaseHTTPRequestHandler):
+    """Answers each GET with what its server was told: ``answers[path] = (status, body)``."""
+
+    def do_GET(self) -> None:
+        status, body = self.server.answers.get(self.path, (404, b"404 page not found"))  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def liar() -> Iterator[Callable[[dict[str, tuple[int, bytes]]], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answers: dict[str, tuple[int, bytes]]) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
+        server.answers = answers  # type: ignore[attr-defined]
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def in_process(sqlite_url: str) -> Iterator[Callable[..., TestClient]]:
+    """A gateway in this process in front of ``upstreams``: ``in_process(*urls, **settings)``."""
+    clients: list[TestClient] = []
+
+    def start(*upstreams: str, **config: Any) -> TestClient:
+        settings = load_settings(
+            db_url=sqlite_url,
+            ollama_host=upstreams[0].split("#")[0],
+            upstreams=",".join(upstreams),
+            **config,
+        )
+        client = TestClient(create_app(settings, GatewayOptions()))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)

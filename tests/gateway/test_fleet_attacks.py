@@ -10,9 +10,8 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,7 +23,7 @@ from ollama_meter.budgets._leases import Lease
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.cli.serve import serve_settings
 from ollama_meter.config import load_settings
-from ollama_meter.gateway import GatewayOptions, create_app
+from ollama_meter.gateway import GatewayOptions
 from ollama_meter.gateway._app import Gateway
 from ollama_meter.gateway._queue import Capacity, FairQueue
 from ollama_meter.gateway._rates import OverLimit, RateLimits
@@ -38,62 +37,6 @@ from tests.gateway.conftest import TestClient
 
 LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
 HI = [{"role": "user", "content": "hi"}]
-
-
-class _Liar(BaseHTTPRequestHandler):
-    """Answers each GET with what its server was told: ``answers[path] = (status, body)``."""
-
-    def do_GET(self) -> None:
-        status, body = self.server.answers.get(self.path, (404, b"404 page not found"))  # type: ignore[attr-defined]
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def liar() -> Iterator[Callable[[dict[str, tuple[int, bytes]]], str]]:
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(answers: dict[str, tuple[int, bytes]]) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
-        server.answers = answers  # type: ignore[attr-defined]
-        threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def in_process(sqlite_url: str) -> Iterator[Callable[..., TestClient]]:
-    """A gateway in this process in front of ``upstreams``: ``in_process(*urls, **settings)``."""
-    clients: list[TestClient] = []
-
-    def start(*upstreams: str, **config: Any) -> TestClient:
-        settings = load_settings(
-            db_url=sqlite_url,
-            ollama_host=upstreams[0].split("#")[0],
-            upstreams=",".join(upstreams),
-            **config,
-        )
-        client = TestClient(create_app(settings, GatewayOptions()))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize(

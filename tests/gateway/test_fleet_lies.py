@@ -16,7 +16,6 @@ import pytest
 from ollama_meter.testing import Fault, OllamaEmulator
 from tests._raw_http import RawServer
 from tests.gateway.conftest import TestClient
-from tests.gateway.test_fleet_attacks import in_process, liar  # noqa: F401  (fixtures)
 
 LLAMA = "llama3.1:8b"
 HI = [{"role": "user", "content": "hi"}]
@@ -31,8 +30,10 @@ class _Refusing(RawServer):
         super().__init__(lambda: b"", threaded=True)
 
     def reply(self, head: bytes, body: bytes) -> bytes:
-        status, payload, extra = self.status, b'{"error":"busy"}', b"retry-after: %s\r\n" % (
-            self.said.encode()
+        status, payload, extra = (
+            self.status,
+            b'{"error":"busy"}',
+            b"retry-after: %s\r\n" % (self.said.encode()),
         )
         if head.split(b" ")[1] in (b"/api/tags", b"/api/ps"):
             status, payload, extra = 200, TAGS, b""
@@ -88,16 +89,17 @@ def test_a_stream_a_server_broke_off_is_not_one_it_served(
     client = in_process(
         one.url, two.url, discovery_interval=3600, breaker_failures=100, upstream_timeout=1
     )
-    for server in (one, two):
-        server.inject(fault, times=1, after_tokens=1)
+    one.inject(fault, times=2, after_tokens=1)
     call = {"model": LLAMA, "messages": HI, "stream": True}
-    for _ in range(2):  # one on each server (the one given fewer calls goes first)
+    # All on the first server: it has the model loaded after the first (loaded goes first).
+    for _ in range(2):
         with client.stream("POST", "/api/chat", json=call) as broken:
             assert b'"error"' in b"".join(broken.iter_bytes())
     answered = client.post("/api/chat", json=call)
     assert answered.status_code == 200
+    assert len(one.requests_to("/api/chat")) == 3 and not two.requests_to("/api/chat")
     served = {s["url"]: s["served"] for s in client.get("/api/dash").json()["servers"]}
-    assert sorted(served.values()) == [0, 1]
+    assert served == {one.url: 1, two.url: 0}
 
 
 def test_servers_without_api_ps_answer_it_with_nothing_loaded(
