@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger._stored import read_records, readable_records
@@ -18,6 +19,7 @@ from ollama_meter.ledger.models import LIMITS
 from ollama_meter.records import Limit
 
 _LIMITS: Table = LIMITS
+_VALUES = ("rpm", "tpm", "concurrency", "weight")
 
 
 def _where(tenant: str, department: str | None, key_id: int | None) -> list[Any]:
@@ -47,22 +49,22 @@ def set_limit(conn: Connection, limit: Limit) -> Limit:
     now = datetime.now(UTC)
     where = _where(limit.tenant, limit.department, limit.key_id)
     found = conn.execute(select(_LIMITS).where(*where)).first()
-    given = {
-        name: value
-        for name in ("rpm", "tpm", "concurrency", "weight")
-        if (value := getattr(limit, name)) is not None
-    }
+    given = {name: value for name in _VALUES if (value := getattr(limit, name)) is not None}
     if found is None:
-        conn.execute(
-            insert(_LIMITS).values(
-                tenant=limit.tenant,
-                department=limit.department or "",
-                key_id=limit.key_id or 0,
-                updated_at=now,
-                **{name: given.get(name) for name in ("rpm", "tpm", "concurrency", "weight")},
-            )
-        )
-        return replace(limit, updated_at=now)
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(_LIMITS).values(
+                        tenant=limit.tenant,
+                        department=limit.department or "",
+                        key_id=limit.key_id or 0,
+                        updated_at=now,
+                        **{name: given.get(name) for name in _VALUES},
+                    )
+                )
+            return replace(limit, updated_at=now)
+        except IntegrityError:  # another process made the scope's row first: it is updated
+            found = conn.execute(select(_LIMITS).where(*where)).one()
     conn.execute(update(_LIMITS).where(*where).values(updated_at=now, **given))
     return replace(_to_limit(found), updated_at=now, **given)
 
