@@ -74,10 +74,16 @@ def read_json(raw: bytes) -> Any:
         ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise NotJson(f"invalid JSON body: {exc}") from None
-    # Only a body with that many brackets can nest that deep (a few: none is walked).
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+    if nests_too_deep(raw, value):
         raise NotJson(_TOO_DEEP)
     return value
+
+
+def nests_too_deep(raw: bytes, value: Any) -> bool:
+    """Whether ``value``, decoded from ``raw``, nests deeper than :data:`MAX_DEPTH`: deeper than
+    every part of the gateway can write again (its encoder stops where its stack does)."""
+    # Only a text with that many brackets can nest that deep (a few: none is walked).
+    return raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH)
 
 
 def _deeper_than(value: Any, most: int) -> bool:

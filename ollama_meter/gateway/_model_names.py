@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from ollama_meter.gateway._json import NotJson, read_json
+from ollama_meter.gateway._json import MAX_DEPTH, NotJson, nests_too_deep, read_json
 from ollama_meter.records import model_key
+
+
+def list_answer(body: bytes, where: str) -> Any:
+    """The JSON of a server's list at ``where``; ValueError if it is none the gateway can
+    answer with again (the union's items are written again: one nested some thousand levels
+    deep was read, then broke the answer of ``/api/tags`` for every caller)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser
+        raise ValueError(f"{where} answered something that is not JSON") from None
+    if nests_too_deep(body, value):
+        raise ValueError(f"{where} answered JSON nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
 def name_of(item: Any, name: str) -> str | None:

@@ -9,10 +9,15 @@ are emulators, or a small server answering what a test tells it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
 
 import pytest
 
+from ollama_meter.gateway._json import MAX_DEPTH
 from ollama_meter.testing import Fault, OllamaEmulator
 from tests._raw_http import RawServer
 from tests.gateway.conftest import TestClient
@@ -114,3 +119,71 @@ def test_servers_without_api_ps_answer_it_with_nothing_loaded(
     assert loaded.status_code == 200, loaded.text
     assert loaded.json() == {"models": []}
     assert [m["model"] for m in client.get("/api/tags").json()["models"]] == [LLAMA]
+
+
+def _nested(depth: int) -> bytes:
+    item = b'{"model": "deep:latest", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    return b'{"models": [' + item + b"]}"
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 950, 960, 970])
+def test_a_server_listing_models_nested_past_what_the_gateway_writes_is_left_out(
+    depth: int,
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    # Read, an item some 960 levels deep could not be written again (the event loop's stack
+    # is deeper than the parser's was): /api/tags raised RecursionError for every caller.
+    good = emulators(LLAMA)
+    deep = liar({"/api/tags": (200, _nested(depth)), "/api/ps": (200, _nested(depth))})
+    client = in_process(good.url, deep)
+    for path, listed in (("/api/tags", [LLAMA]), ("/api/ps", [])):  # nothing loaded yet
+        answer = client.get(path)
+        assert answer.status_code == 200, answer.text
+        assert [m["model"] for m in answer.json()["models"]] == listed
+    (_, shown) = client.get("/api/dash").json()["servers"]
+    assert shown["state"] == "down"
+    assert shown["problem"] == f"{deep}/api/tags answered JSON nested deeper than 512 levels"
+
+
+@pytest.fixture
+def parsed_on() -> Iterator[list[tuple[int, str, int]]]:
+    """(thread id, what, bytes) of each JSON text read (``loads``) and each discovery run."""
+    seen: list[tuple[int, str, int]] = []
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event != "call":
+            return
+        if code.co_name == "loads" and code.co_filename.endswith("json/__init__.py"):
+            seen.append((threading.get_ident(), "loads", len(frame.f_locals.get("s") or b"")))
+        elif code.co_name in ("_discover", "union") and code.co_filename.endswith("_fleet.py"):
+            seen.append((threading.get_ident(), code.co_name, 0))
+
+    threading.setprofile(hook)
+    try:
+        yield seen
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        sys.setprofile(None)
+
+
+def test_a_long_list_of_models_is_read_off_the_event_loop(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    parsed_on: list[tuple[int, str, int]],
+) -> None:
+    # 8 MiB of models took 0.16 s to read, each discovery and each /api/tags: every call
+    # through the gateway waited for it.
+    models = [{"model": f"m{at}:latest", "digest": "a" * 64} for at in range(5_000)]
+    long = json.dumps({"models": models}).encode()
+    many = liar({"/api/tags": (200, long), "/api/ps": (200, long)})
+    client = in_process(emulators(LLAMA).url, many)
+    assert len(client.get("/api/tags").json()["models"]) == 5_001
+    loop = {ident for ident, what, _ in parsed_on if what in ("_discover", "union")}
+    assert len(loop) == 1
+    long_reads = [(ident, size) for ident, what, size in parsed_on if size == len(long)]
+    assert len(long_reads) == 3  # /api/tags and /api/ps by discovery, /api/tags by the caller
+    assert not [size for ident, size in long_reads if ident in loop]
