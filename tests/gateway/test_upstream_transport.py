@@ -14,12 +14,16 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import math
+import re
 import select
 import socket
 import threading
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -590,20 +594,39 @@ HEADER_VALUES = st.binary(min_size=1, max_size=24).map(
 ) | st.sampled_from([b"\xd9\xa1", "3\u2003".encode(), b"-5", b"9" * 400])
 
 
+def _said(value: bytes) -> list[bytes]:
+    """The ``Retry-After`` a caller gets for an upstream's ``value``."""
+    text = value.decode("latin-1")
+    if re.fullmatch(r"[0-9]+", text):
+        return [value]
+    if re.fullmatch(r"[0-9]+\.[0-9]*", text):
+        return [str(math.ceil(Decimal(text))).encode()]
+    try:
+        parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return []
+    return [value]
+
+
 @EXAMPLES
-@given(value=HEADER_VALUES, status=st.sampled_from([429, 503]))
+@given(
+    value=HEADER_VALUES | st.sampled_from([b"0", b"2.5", b"Wed, 21 Oct 2099 07:28:00 GMT"]),
+    status=st.sampled_from([429, 503]),
+)
 def test_ollamas_refusal_reaches_the_caller_with_its_retry_after_whatever_its_bytes(
     headed: tuple[Gateway, _Headed], value: bytes, status: int
 ) -> None:
     """A 429 or 503 whose ``Retry-After`` was not Latin-1 text once decoded (UTF-8 digits,
-    an em space) crashed the gateway's answer: a 500 for Ollama's refusal. It is passed on
-    as it came, byte for byte, with Ollama's status and body, and one span."""
+    an em space) crashed the gateway's answer: a 500 for Ollama's refusal. It reaches the
+    caller with Ollama's status and body, and one span; its ``Retry-After`` as it came when
+    it says whole seconds or a date, a fraction of seconds rounded up, else none (``-5`` was
+    passed on, each client reading it its own way)."""
     gw, server = headed
     server.status, server.header = status, b"retry-after: " + value
     before = len(gw.ledger.latest(SpanFilter(), 1000))
     reply = gw.client.post("/api/generate", json={**GENERATE, "stream": False})
     assert (reply.status_code, reply.content) == (status, b'{"error": "busy"}')
-    assert [v for k, v in reply.headers.raw if k.lower() == b"retry-after"] == [value]
+    assert [v for k, v in reply.headers.raw if k.lower() == b"retry-after"] == _said(value)
     spans = gw.ledger.latest(SpanFilter(), 1000)
     assert len(spans) == before + 1
     assert spans[0].error_type == ("rate_limited" if status == 429 else "upstream_5xx")
