@@ -9,7 +9,9 @@ a real server shows (the official clients, streams, hang-ups, timeouts on the wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
 from typing import Any, cast
 
 import httpx
@@ -330,3 +333,15 @@ def in_process(sqlite_url: str) -> Iterator[Callable[..., TestClient]]:
     yield start
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def threads_profiled(hook: Callable[[FrameType, str, Any], None]) -> Iterator[None]:
+    """``hook`` sees every Python call and return in the threads started meanwhile (the
+    event loop's, the thread pools'): which thread ran what."""
+    threading.setprofile(hook)
+    try:
+        yield
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        sys.setprofile(None)

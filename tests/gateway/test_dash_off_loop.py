@@ -10,7 +10,6 @@ long it took.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ import pytest
 
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import Gateway, threads_profiled
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 ROUTES = {"api_dash", "dashboard"}
@@ -49,12 +48,8 @@ def calls_by_thread() -> Iterator[list[tuple[int, str, str]]]:
         if event == "call" and (name in ROUTES or heavy(name, frame.f_code.co_filename)):
             seen.append((threading.get_ident(), name, frame.f_code.co_filename))
 
-    threading.setprofile(hook)
-    try:
+    with threads_profiled(hook):
         yield seen
-    finally:
-        threading.setprofile(None)  # type: ignore[arg-type]
-        sys.setprofile(None)
 
 
 def test_the_dashboards_reports_json_and_page_are_built_off_the_event_loop(

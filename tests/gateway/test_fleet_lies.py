@@ -9,7 +9,6 @@ are emulators, or a small server answering what a test tells it.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -20,7 +19,7 @@ import pytest
 from ollama_meter.gateway._json import MAX_DEPTH
 from ollama_meter.testing import Fault, OllamaEmulator
 from tests._raw_http import RawServer
-from tests.gateway.conftest import TestClient
+from tests.gateway.conftest import TestClient, threads_profiled
 
 LLAMA = "llama3.1:8b"
 HI = [{"role": "user", "content": "hi"}]
@@ -161,12 +160,8 @@ def parsed_on() -> Iterator[list[tuple[int, str, int]]]:
         elif code.co_name in ("_discover", "union") and code.co_filename.endswith("_fleet.py"):
             seen.append((threading.get_ident(), code.co_name, 0))
 
-    threading.setprofile(hook)
-    try:
+    with threads_profiled(hook):
         yield seen
-    finally:
-        threading.setprofile(None)  # type: ignore[arg-type]
-        sys.setprofile(None)
 
 
 def test_a_long_list_of_models_is_read_off_the_event_loop(
