@@ -168,9 +168,10 @@ class CircuitBreaker:
     def any_open(self, model: str, caller: str = "") -> bool:
         """Whether the host's circuit, ``model``'s or ``caller``'s for ``model`` is open: the
         three :meth:`state` reads of routing (two a call), under one lock, none made up."""
+        key = model_cache_key(model)  # as the circuits are kept (a long name: its digest)
         with self._lock:
-            own = self._callers.get((model, caller)) if caller else self._models.get(model)
-            for circuit in (self._host, self._models.get(model), own):
+            own = self._callers.get((key, caller)) if caller else self._models.get(key)
+            for circuit in (self._host, self._models.get(key), own):
                 if circuit is not None and self._state(circuit) == "open":
                     return True
             return False
