@@ -32,7 +32,7 @@ from typing import Any
 
 from ollama_meter._urls import UpstreamSpec
 from ollama_meter.config import Settings
-from ollama_meter.errors import UpstreamError
+from ollama_meter.errors import UpstreamError, UpstreamTimeout
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._model_names import list_answer, name_of, names
 from ollama_meter.gateway._queue import Capacity, FairQueue, Grant, Place, Where
@@ -232,11 +232,16 @@ class Fleet:
     async def _get(self, server: Server, path: str, *, missing: Any = _REQUIRED) -> Any:
         """``path``'s JSON on ``server``; ``missing`` if given, when the server has no such
         route (404), else a ValueError saying what it answered."""
-        response = await server.pool.request("GET", path, timeout=DISCOVERY_TIMEOUT)
         try:
-            body = await server.pool.read(response, most=MODEL_LIST_BYTES)
-        finally:
-            server.pool.finish(response, completed=response.content.at_eof())
+            response = await server.pool.request("GET", path, timeout=DISCOVERY_TIMEOUT)
+            try:
+                body = await server.pool.read(response, most=MODEL_LIST_BYTES)
+            finally:
+                server.pool.finish(response, completed=response.content.at_eof())
+        except UpstreamTimeout:  # its own words advise OMETER_UPSTREAM_TIMEOUT, not this one's
+            raise ValueError(
+                f"{server.url}{path} did not answer in {DISCOVERY_TIMEOUT:g} s"
+            ) from None
         if response.status == 404 and missing is not _REQUIRED:
             return missing
         if response.status != 200:

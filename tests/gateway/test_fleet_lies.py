@@ -9,6 +9,7 @@ are emulators, or a small server answering what a test tells it.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -18,7 +19,7 @@ import pytest
 
 from ollama_meter.gateway._json import MAX_DEPTH
 from ollama_meter.testing import Fault, OllamaEmulator
-from tests._raw_http import RawServer
+from tests._raw_http import RawServer, _Listener
 from tests.gateway.conftest import TestClient, threads_profiled
 
 LLAMA = "llama3.1:8b"
@@ -182,3 +183,34 @@ def test_a_long_list_of_models_is_read_off_the_event_loop(
     long_reads = [(ident, size) for ident, what, size in parsed_on if size == len(long)]
     assert len(long_reads) == 3  # /api/tags and /api/ps by discovery, /api/tags by the caller
     assert not [size for ident, size in long_reads if ident in loop]
+
+
+class _Mute(_Listener):
+    """Takes each connection and says nothing (an Ollama wedged, a port behind a firewall
+    that accepts): held until the test ends."""
+
+    def __init__(self) -> None:
+        self.held: list[socket.socket] = []
+        super().__init__()
+
+    def _accepted(self, conn: socket.socket) -> None:
+        self.held.append(conn)
+
+
+def test_a_server_silent_to_discovery_is_said_to_be_so_without_advice_that_cannot_help(
+    emulators: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+) -> None:
+    # Discovery waits 5 s whatever OMETER_UPSTREAM_TIMEOUT says: its problem advised raising it.
+    mute = _Mute()
+    url = mute.url
+    try:
+        client = in_process(url, emulators(LLAMA).url)
+        answered = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+        assert answered.status_code == 200
+        (shown, _) = client.get("/api/dash").json()["servers"]
+    finally:
+        mute.close()
+    assert (shown["state"], shown["problem"]) == (
+        "down",
+        f"{url}/api/tags did not answer in 5 s",
+    )
