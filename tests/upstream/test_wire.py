@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 
@@ -45,6 +47,7 @@ from ollama_meter.upstream._classify import (
     answer_error,
     detail_of,
     reported_error,
+    retry_after_passed,
     retry_after_seconds,
     transport_error,
 )
@@ -200,6 +203,23 @@ def test_retry_after_reads_seconds_and_dates(seconds: int) -> None:
 def test_a_retry_after_that_is_neither_is_ignored(text: str) -> None:
     value = retry_after_seconds(text)
     assert value is None or value >= 0
+
+
+@given(
+    text=st.text(max_size=30)
+    | st.from_regex(r"\A[0-9]{0,400}(\.[0-9]{0,400})?\Z")
+    | st.sampled_from(["-5", "1.5", " 7 ", "1e3", "Wed, 21 Oct 2099 07:28:00 GMT"])
+)
+def test_a_retry_after_passed_on_says_seconds_or_a_date_and_never_sooner(text: str) -> None:
+    passed = retry_after_passed(text)
+    if passed is None:
+        return
+    assert retry_after_seconds(passed) is not None  # what every client reads alike
+    said = text.strip()
+    if re.fullmatch(r"[0-9]+\.[0-9]*", said):
+        assert passed.isdigit() and int(passed) >= Decimal(said) > int(passed) - 1
+    else:
+        assert passed == said
 
 
 def test_a_retry_after_too_long_to_wait_for_is_infinite_not_a_crash() -> None:
