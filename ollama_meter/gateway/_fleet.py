@@ -266,10 +266,13 @@ class Fleet:
         server.loaded.discard(key)
 
     def answering(self, server: Server, model: str) -> Callable[[BaseException | None], None]:
-        """``model`` answered on ``server`` (its 200): it is loaded there now. Returns what
-        counts the call as one the server served when the call ends, as it ended: one the
-        server failed on the way (a stream broken off, stalled, or ended in an error) is not."""
-        server.loaded.add(model_key(model))
+        """``model`` answered on ``server`` (its 200): it is loaded there now, if the server
+        lists it (a server that answers any name a caller makes up filled the set, for ever
+        with one server). Returns what counts the call as one the server served when the
+        call ends, as it ended: one the server failed on the way (a stream broken off,
+        stalled, or ended in an error) is not."""
+        if server.models is not None and (key := model_key(model)) in server.models:
+            server.loaded.add(key)
 
         counted = False
 

@@ -214,3 +214,38 @@ def test_a_server_silent_to_discovery_is_said_to_be_so_without_advice_that_canno
         "down",
         f"{url}/api/tags did not answer in 5 s",
     )
+
+
+class _AnyModel(RawServer):
+    """Lists no model and answers a chat to any model name it is given (llama.cpp's server
+    does, some proxies too)."""
+
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        payload = b'{"models": []}'
+        if head.startswith(b"POST"):
+            said = {"role": "assistant", "content": "ok"}
+            answer = {"model": json.loads(body)["model"], "message": said, "done": True}
+            payload = json.dumps({**answer, "prompt_eval_count": 1, "eval_count": 1}).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_model_names_a_caller_makes_up_are_not_kept_as_loaded(
+    servers: int, in_process: Callable[..., TestClient]
+) -> None:
+    # Each name a server answered was kept as loaded there, for ever with one server (no
+    # discovery reads /api/ps again): 20 calls of 100 KB names, 2 MB; a body may be 32 MiB.
+    answering = [_AnyModel(lambda: b"", threaded=True) for _ in range(servers)]
+    try:
+        client = in_process(*(s.url for s in answering), discovery_interval=3600)
+        for at in range(20):
+            call = {"model": f"m{at}-" + "x" * 100_000, "messages": HI, "stream": False}
+            assert client.post("/api/chat", json=call).status_code == 200
+        fleet = client.app_state["gateway"].fleet
+        assert [server.loaded for server in fleet.servers] == [set()] * servers
+    finally:
+        for server in answering:
+            server.close()
