@@ -1,17 +1,15 @@
 """Retries and circuit breakers for calls to Ollama (DESIGN §10): one policy for every transport.
 
-A call is one unit. It passes the breaker once, before its first attempt; its
-own retries are never refused by a circuit that its first attempt opened; and
-its outcome counts once, however many attempts it took. Only transient
-failures are retried (connection, timeout, 5xx, 429), with exponential
-backoff and jitter, and only while nothing has been streamed to the caller: a
-4xx is the caller's mistake and is never repeated. An upstream that says when
-to come back (``Retry-After`` on a 429 or 503) is waited for, unless that is
-longer than ``max_backoff``: then the call fails at once with that answer, and
-its caller learns when to retry. An answer a metering gateway recorded as a call
-(``UpstreamError.recorded``: its 429, Ollama's 503 it relayed) is never retried
-either: each attempt was a span in its ledger, one call counted three times, and
-the gateway had retried its own upstream already.
+A call is one unit. It passes the breaker once, before its first attempt; its own retries are
+never refused by a circuit that its first attempt opened; and its outcome counts once, however
+many attempts it took. Only transient failures are retried (connection, timeout, 5xx, 429),
+with exponential backoff and jitter, and only while nothing has been streamed to the caller: a
+4xx is the caller's mistake and is never repeated. An upstream that says when to come back
+(``Retry-After`` on a 429 or 503) is waited for, unless that is longer than ``max_backoff``:
+then the call fails at once with that answer, and its caller learns when to retry. An answer a
+metering gateway recorded as a call (``UpstreamError.recorded``: its 429, Ollama's 503 it
+relayed) is never retried either: each attempt was a span in its ledger, one call counted three
+times, and the gateway had retried its own upstream already.
 
 Each upstream host has two kinds of circuit. The host's own counts connection
 failures (nothing answers there at all). One circuit per (host, model) counts
@@ -28,15 +26,16 @@ classifier knows yet), so it opens that caller's circuit for the model, and the 
 callers' calls still reach it; once it opened, that caller's failures count on its circuit
 alone, and its calls are never the model's trial. Calls that name no caller count as before.
 
-The two transports (the ``ollama`` client in ``_sdk.py``, the gateway's pooled
-aiohttp client in ``_pooled.py``) are :class:`Resilient`: each drives every call
-through :class:`CallAttempts`, whose :meth:`~CallAttempts.run` is the one retry loop.
+The two transports (the ``ollama`` client in ``_sdk.py``, the gateway's pooled aiohttp client
+in ``_pooled.py``) are :class:`Resilient`: each drives every call through :class:`CallAttempts`,
+whose :meth:`~CallAttempts.run` is the one retry loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -226,10 +225,14 @@ class CircuitBreaker:
             return None
         assert circuit.opened_at is not None
         wait = max(self.reset_after - (self._clock() - circuit.opened_at), 0.0)
-        retry_at = datetime.now(UTC) + timedelta(seconds=wait)
+        if state == "half_open":  # its trial is under way: the time it gave has passed
+            when = "one call is trying it now: try again in a second"
+        else:  # whole seconds up, as the gateway's Retry-After says it
+            retry_at = datetime.now(UTC) + timedelta(seconds=wait)
+            when = f"not calling it until {retry_at:%H:%M:%S} UTC (in {math.ceil(wait)} s)"
         return CircuitOpen(
-            f"{what} failed {circuit.failures} calls in a row; not calling it until "
-            f"{retry_at:%H:%M:%S} UTC (in {wait:.0f} s){hint}. Check the server, or wait",
+            f"{what} failed {circuit.failures} calls in a row; {when}{hint}. Check the server, "
+            "or wait",
             retry_after=wait,
         )
 

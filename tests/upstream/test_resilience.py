@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -65,6 +66,35 @@ def test_half_open_lets_one_trial_through_and_closes_on_success() -> None:
     assert b.state("m") == "closed" and b.failures("m") == 0
     call(b, "m", MISSING)  # caller mistakes never count
     assert b.failures("m") == 0
+
+
+@pytest.mark.parametrize("into", [0.0, 6.5, 9.6])
+def test_a_refusal_says_when_the_circuit_lets_a_call_through_as_retry_after_does(
+    into: float,
+) -> None:
+    """Open, it said ``(in 0 s)`` with under half a second left, and a ``Retry-After`` of 1;
+    half-open with its trial under way, a time already past, ``(in 0 s)``, to every caller
+    (the gateway's Retry-After: 1)."""
+    b, clock = breaker()
+    call(b, "m", BOOM)
+    call(b, "m", BOOM)
+    clock.now = into
+    with pytest.raises(CircuitOpen) as refused:
+        b.admit("m")
+    left = 10.0 - into
+    assert refused.value.retry_after == pytest.approx(left)
+    assert f"(in {math.ceil(left)} s)" in str(refused.value)
+    clock.now = 10.0
+    trial = b.admit("m")
+    with pytest.raises(CircuitOpen) as waiting:
+        b.admit("m")
+    assert waiting.value.retry_after == 0.0
+    assert str(waiting.value) == (
+        "model 'm' on http://gpu-1:11434 failed 2 calls in a row; one call is trying it now: "
+        "try again in a second; other models on this server are not affected. Check the "
+        "server, or wait"
+    )
+    b.settle(trial, None)
 
 
 def test_a_models_failures_never_refuse_another_model() -> None:
