@@ -20,7 +20,7 @@ import pytest
 
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator, expected_reply
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import Gateway, left_mid_stream
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT = json.dumps({"model": "llama3.1:8b", "messages": HI})
@@ -91,3 +91,22 @@ def test_an_answer_passed_through_to_an_http10_caller_is_its_body(
 def emulator_answer(emulator: OllamaEmulator, path: bytes) -> object:
     """What Ollama itself answers a GET of ``path``."""
     return httpx.get(emulator.url + path.decode(), timeout=60).json()
+
+
+def test_an_http10_caller_hanging_up_mid_stream_stops_ollama_and_its_span_is_client_abort(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    emulator.token_latency = 0.2  # the 13 tokens take 2.6 s: it notices long before the end
+    try:
+        host, port = sqlite_gateway.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(
+                f"POST /api/chat HTTP/1.0\r\nContent-Length: {len(CHAT)}\r\n\r\n{CHAT}".encode()
+            )
+            got = b""
+            while b'"done":false}\n' not in got.partition(b"\r\n\r\n")[2]:  # its first line
+                got += sock.recv(65536)
+        span = left_mid_stream(sqlite_gateway, emulator)
+    finally:
+        emulator.hurry()
+    assert span.stream is True and span.output_tokens < EXPECTED.output_tokens
