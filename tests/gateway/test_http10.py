@@ -21,6 +21,7 @@ import pytest
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator, expected_reply
 from tests.gateway.conftest import Gateway, left_mid_stream
+from tests.gateway.test_security import raw
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT = json.dumps({"model": "llama3.1:8b", "messages": HI})
@@ -29,14 +30,8 @@ EXPECTED = expected_reply("llama3.1:8b", HI)
 
 def _answer(gw: Gateway, request: bytes) -> tuple[bytes, list[bytes], bytes]:
     """The status line, the headers and the body of the gateway's answer to ``request``,
-    read until the gateway closes the connection (generous deadline: a busy machine)."""
-    host, port = gw.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(request)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-    head, _, body = got.partition(b"\r\n\r\n")
+    read until the gateway closes the connection."""
+    head, _, body = raw(gw.url, request, timeout=60).partition(b"\r\n\r\n")
     status, *headers = head.split(b"\r\n")
     return status, [h.lower() for h in headers], body
 

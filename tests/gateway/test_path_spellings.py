@@ -11,9 +11,7 @@ redirect to the route as it is spelt), nothing reaches Ollama, and no spend is s
 from __future__ import annotations
 
 import itertools
-import socket
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -22,6 +20,7 @@ from ollama_meter.meter import utc_now
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway
+from tests.gateway.test_security import raw
 
 TOKEN = "admin-s3cret-" + "t" * 32
 MANAGING = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
@@ -58,20 +57,12 @@ def _spelt(path: str, data: st.DataObject) -> str:
 
 
 def _ask(url: str, method: str, target: str, version: str, headers: dict[str, str]) -> bytes:
-    parts = urlsplit(url)
     lines = [f"{method} {target} {version}", "Host: localhost", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    if method not in ("GET", "HEAD"):
-        lines.append("Content-Length: 22")
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    if method not in ("GET", "HEAD"):
-        request += b'{"model":"llama3.1:8b"}'[:22]
-    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
-        sock.sendall(request)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-    return got
+    body = b"" if method in ("GET", "HEAD") else b'{"model":"llama3.1:8b"}'
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return raw(url, ("\r\n".join(lines) + "\r\n\r\n").encode() + body, timeout=60)
 
 
 @pytest.mark.parametrize("allow_admin", [False, True])
