@@ -1,5 +1,6 @@
 """``ometer serve`` and ``ometer keys``: the metering gateway from the terminal."""
 
+import dataclasses
 import json
 import os
 from typing import TYPE_CHECKING, Annotated
@@ -193,14 +194,16 @@ def serve(
         allow_admin=allow_admin,
         admin_token=admin_token,
         max_body_bytes=max_body_bytes,
-        loopback=is_loopback(host),
         origins=tuple(origins.split(",")),
     )
     admin_token = options.admin_token
-    check_listen_host(host, port)  # no key makes a host this machine has no address for work
-    if admin_token and (short := short_token(admin_token, host, loopback=is_loopback(host))):
+    # No key makes a host this machine has no address for work. Loopback is the address it
+    # binds, not its spelling: 127.1, ::ffff:127.0.0.1, a name resolving to 127.0.0.1.
+    loopback = is_loopback(check_listen_host(host, port))
+    options = dataclasses.replace(options, loopback=loopback)
+    if admin_token and (short := short_token(admin_token, host, loopback=loopback)):
         raise ValidationError(short)
-    if not (is_loopback(host) or require_key or admin_token or insecure_open):
+    if not (loopback or require_key or admin_token or insecure_open):
         raise ValidationError(
             f"not listening on {host}: with neither --require-key nor --admin-token, anyone who "
             "can reach the port could call Ollama on someone else's budget and read everyone's "
@@ -218,7 +221,7 @@ def serve(
         f"ometer gateway on {listening_url(host, port)} → {servers} "
         f"(ledger {named(ledger_for(cfg).display_url)})"
     )
-    if insecure_open and not (is_loopback(host) or require_key or admin_token):
+    if insecure_open and not (loopback or require_key or admin_token):
         err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")
     config = server_config(
         app, host=host, port=port, max_header_bytes=max_header_bytes, trusted_proxies=proxies

@@ -135,13 +135,18 @@ class Waiting(Generic[Conn]):
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a --host value) listens only on this machine."""
+    """Whether the address ``host`` is one of this machine's loopback ones (an IPv4 one as an
+    IPv6 socket writes it, ``::ffff:127.0.0.1``, too); ``localhost`` is. For a ``--host`` as
+    given, read the address it binds (:func:`check_listen_host`): ``127.1`` and a name that
+    resolves to 127.0.0.1 are loopback, however spelt."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 _CANNOT_LISTEN = {
@@ -168,11 +173,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return _bound(host, port, port)
 
 
-def check_listen_host(host: str, port: int) -> None:
-    """Raise what :func:`listening_socket` would for ``host`` itself (no address, a name that
-    does not resolve, an address no interface has), without taking ``port``: said before
-    what listening there would need (a key beyond loopback), which no key fixes."""
-    _bound(host, 0, port).close()
+def check_listen_host(host: str, port: int) -> str:
+    """The address ``host`` binds (a name resolved as the socket resolves it), or what
+    :func:`listening_socket` would raise for ``host`` itself (no address, a name that does
+    not resolve, an address no interface has), without taking ``port``: said before what
+    listening there would need (a key beyond loopback), which no key fixes."""
+    with _bound(host, 0, port) as sock:
+        return str(sock.getsockname()[0])
 
 
 def _bound(host: str, port: int, shown: int) -> socket.socket:

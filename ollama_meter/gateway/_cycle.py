@@ -93,10 +93,16 @@ def closing_early(cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None
     now and then held the connection for ever (a 404, a refusal, a GET's unread body).
 
     A whole answer (its length said in its head) leaves in one write with its body's first
-    part (:class:`_HeadHeld`); a streamed one's head leaves at once, before its first item."""
+    part (:class:`_HeadHeld`); a streamed one's head leaves at once, before its first item.
+
+    A streamed answer to an HTTP/1.0 request is its bytes as they come, its end the
+    connection's close: uvicorn chunked it whatever the request's version, which HTTP/1.0 has
+    no chunks for (RFC 9112 §6.1), so a 1.0 client read each chunk's size as part of it."""
     weak = weakref.ref(cycle)
+    by_close = False  # this answer's end is the connection's close (HTTP/1.0, no length)
 
     async def answer(message: Any) -> None:
+        nonlocal by_close
         cycle = weak()
         if cycle is None:  # its request is over: nothing goes anywhere (as uvicorn's, closed)
             return
@@ -106,8 +112,15 @@ def closing_early(cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None
                 cycle.keep_alive = False
             if _whole(message):
                 cycle.transport = _HeadHeld(cycle.transport)  # type: ignore[assignment]
+            elif cycle.scope.get("http_version") == "1.0":
+                by_close = True
+                cycle.keep_alive = False  # the close is what says the answer has ended
+                cycle.chunked_encoding = False  # uvicorn then writes no transfer-encoding
             await _SEND(cycle, message)
             return
+        if by_close and kind == "http.response.body":
+            # uvicorn writes an unchunked body against the length its head said: this part's.
+            cycle.expected_content_length = len(message.get("body", b""))
         held: Any = cycle.transport
         if kind != "http.response.body" or type(held) is not _HeadHeld:
             await _SEND(cycle, message)

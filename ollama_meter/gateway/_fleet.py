@@ -93,10 +93,12 @@ class Server(Capacity):
         return self.in_use / self.limit if self.limit else float(self.in_use)
 
     def describe(self, *, details: bool = True) -> dict[str, Any]:
-        """What ``/healthz`` and ``/api/dash`` say about the server."""
-        shown: dict[str, Any] = {"url": self.url, "state": self.state()}
+        """What ``/healthz`` and ``/api/dash`` say about the server; without ``details`` (an
+        open ``/healthz`` of a guarded gateway) its state alone, not its URL: reached directly,
+        Ollama is called unmetered and with no key."""
         if not details:
-            return shown
+            return {"state": self.state()}
+        shown: dict[str, Any] = {"url": self.url, "state": self.state()}
         shown.update(
             slots=self.limit,
             in_flight=self.in_use,

@@ -327,6 +327,10 @@ class _GuardedHttpTools(HttpToolsProtocol):
         if len(self.pipeline) >= PIPELINED:
             self._too_many_ahead = True
             raise _TooManyAhead  # the parser stops; uvicorn calls send_400_response
+        if self.parser.get_http_version() == "1.0":
+            # RFC 9110 §10.1.1: ignored. A 1.0 client knows no interim answer: it read
+            # uvicorn's "100 Continue" as its call's answer.
+            self.expect_100_continue = False
         before = self.cycle
         super().on_headers_complete()
         self._waiting.began(self, self._peer)  # for its body, if it has one

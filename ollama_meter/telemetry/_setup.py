@@ -32,7 +32,11 @@ from ollama_meter.config import Settings
 from ollama_meter.telemetry._ids import OwnIds
 from ollama_meter.telemetry._observer import TelemetryObserver
 from ollama_meter.telemetry._terminated import stop_on_sigterm, unless_ending
-from ollama_meter.telemetry._timeouts import export_bound, export_timeout
+from ollama_meter.telemetry._timeouts import (
+    export_bound,
+    export_timeout,
+    warn_if_meant_as_seconds,
+)
 from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -81,7 +85,9 @@ def _otlp(signal: str, endpoint: str, settings: Settings, session: Any = None) -
     # the exporters merged the environment's under ours, so the general value of a header
     # both name won): given whole, the exporter reads no other.
     headers = dict(parse_env_headers(settings.otlp_of("headers", signal) or "", liberal=True))
-    options: dict[str, Any] = {"headers": headers, "timeout": export_timeout(settings, signal)[0]}
+    timeout, timeout_name = export_timeout(settings, signal)
+    warn_if_meant_as_seconds(timeout, timeout_name)
+    options: dict[str, Any] = {"headers": headers, "timeout": timeout}
     if signal == "metrics":
         options["max_export_batch_size"] = METRIC_BATCH
     if grpc:

@@ -9,7 +9,15 @@ of the client's, reading the modules in another order).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger("ollama_meter.telemetry")
+
+MEANT_AS_SECONDS = 0.1
+"""An OTLP timeout under this (100 ms) was almost surely written in seconds, as the Python SDK
+reads it: ``OTEL_EXPORTER_OTLP_TIMEOUT=10`` is 10 ms here, and every export fails."""
+_said: set[tuple[str, float]] = set()
 
 
 def export_timeout(settings: Any, signal: str | None) -> tuple[float, str]:
@@ -21,6 +29,20 @@ def export_timeout(settings: Any, signal: str | None) -> tuple[float, str]:
         own = getattr(settings, f"otlp_{signal}_timeout") is not None
         return seconds, f"OTEL_EXPORTER_OTLP_{signal.upper() + '_' if own else ''}TIMEOUT"
     return settings.export_timeout, "OMETER_EXPORT_TIMEOUT"
+
+
+def warn_if_meant_as_seconds(seconds: float, name: str) -> None:
+    """Say once a process that an OTLP timeout ``name`` of under 100 ms is milliseconds:
+    written as seconds, it failed every export with no word of why."""
+    if seconds >= MEANT_AS_SECONDS or not name.startswith("OTEL_") or (name, seconds) in _said:
+        return
+    _said.add((name, seconds))
+    ms = round(seconds * 1000)
+    log.warning(
+        "%s=%d is %d milliseconds (the OpenTelemetry spec's unit; the Python SDK reads "
+        "seconds): an export that takes longer fails. For %d seconds, write %d",
+        name, ms, ms, ms, ms * 1000,
+    )  # fmt: skip
 
 
 def export_bound(settings: Any) -> tuple[float, str]:

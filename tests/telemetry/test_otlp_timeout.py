@@ -9,11 +9,16 @@ still bounds Langfuse and Traceloop; the exit waits for the longest of those in 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from ollama_meter import load_settings
 from ollama_meter.errors import ConfigError
+from ollama_meter.telemetry import _timeouts
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.telemetry._timeouts import export_bound, export_timeout
 from tests._otlp import SilentCollector
@@ -111,3 +116,54 @@ def test_the_exit_waits_for_the_longest_timeout_in_use(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert export_bound(load_settings()) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(ms=st.integers(0, 3_600_000), signal=st.sampled_from(["traces", "metrics"]))
+def test_a_timeout_under_100_ms_is_said_to_be_milliseconds(ms: int, signal: str) -> None:
+    """``OTEL_EXPORTER_OTLP_TIMEOUT=10``, meant as ten seconds (the Python SDK's reading), is
+    10 ms here: every export failed, and the only line said the collector did not answer."""
+    name = NAMES[signal]
+    with pytest.MonkeyPatch.context() as mp, _records() as records:
+        mp.setattr(_timeouts, "_said", set())
+        for variable in NAMES.values():
+            mp.delenv(variable, raising=False)
+        mp.setenv(name, str(ms))
+        _timeouts.warn_if_meant_as_seconds(*export_timeout(load_settings(), signal))
+    if 0 < ms < 100:
+        assert records == [
+            f"{name}={ms} is {ms} milliseconds (the OpenTelemetry spec's unit; the Python SDK "
+            f"reads seconds): an export that takes longer fails. For {ms} seconds, write "
+            f"{ms * 1000}"
+        ]
+    else:
+        assert records == []
+
+
+def test_a_telemetry_with_a_timeout_meant_as_seconds_says_so_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_timeouts, "_said", set())
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "10")
+    with _records() as records:
+        for _ in range(2):
+            Telemetry(load_settings()).shutdown()
+    assert records == [
+        "OTEL_EXPORTER_OTLP_TIMEOUT=10 is 10 milliseconds (the OpenTelemetry spec's unit; the "
+        "Python SDK reads seconds): an export that takes longer fails. For 10 seconds, write 10000"
+    ]
+
+
+@contextmanager
+def _records() -> Iterator[list[str]]:
+    """The warnings ``ollama_meter.telemetry`` logs meanwhile, as their messages."""
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("ollama_meter.telemetry")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
