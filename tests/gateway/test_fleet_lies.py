@@ -2,8 +2,11 @@
 
 A server's ``Retry-After`` passed on as it came told a client ``-5`` or ``abc``; a stream a
 server broke off counted as one it served; servers without ``/api/ps`` made ``ollama ps``
-a 502 though every one of them answered. The gateway runs in this process; the servers
-are emulators, or a small server answering what a test tells it.
+a 502 though every one of them answered; a list nested some 960 levels deep broke
+``/api/tags`` for every caller, and a long one was read on the event loop; a server silent to
+discovery was said to need a larger ``OMETER_UPSTREAM_TIMEOUT``; a server answering any
+model name had every made-up name kept as loaded. The gateway runs in this process; the
+servers are emulators, or a small server answering what a test tells it.
 """
 
 from __future__ import annotations
