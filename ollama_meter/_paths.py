@@ -144,6 +144,22 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+NAME_MAX = 255
+"""The longest file name, in bytes, most file systems take (ext4, XFS, Btrfs, tmpfs)."""
+
+
+def temp_beside(target: Path, end: str, *, room: int = 0) -> Path:
+    """A hidden temp name of this process's own beside ``target``: ``.NAME.PID.RANDOM{end}``,
+    within the longest name a folder takes with ``room`` bytes more after it (what SQLite
+    adds, ``-journal``). A target name near that length is cut short in the temp name: the
+    22 bytes added to one of 233 to 255 made a name no folder takes, and a report or bill
+    whose own name was fine was refused as "longer than the file system takes"."""
+    mark = f".{os.getpid()}.{secrets.token_hex(4)}{end}"
+    cut = NAME_MAX - 1 - len(mark) - room
+    # The name's own bytes (os.fsencode): one that is not UTF-8 arrives with surrogates in it.
+    return target.with_name(f".{os.fsdecode(os.fsencode(target.name)[:cut])}{mark}")
+
+
 def replace_file(target: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` through a temp file of its own renamed over it:
     readers see the old file or the new one, never half, and a power cut just after leaves
@@ -156,7 +172,7 @@ def replace_file(target: Path, text: str) -> None:
     """
     # A name of its own: two runs writing one file (cron overlapping a manual run) must not
     # write into each other's temp file and rename a mix, or the other's half, into place.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_beside(target, ".tmp")
     try:
         before: os.stat_result | None = target.stat()
     except OSError:

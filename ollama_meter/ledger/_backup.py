@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import shlex
 import sqlite3
 import stat
@@ -21,7 +20,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
-from ollama_meter._paths import cannot_write, discard, resolved, sync_folder, written_through
+from ollama_meter._paths import (
+    cannot_write,
+    discard,
+    resolved,
+    sync_folder,
+    temp_beside,
+    written_through,
+)
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._at_work import STOPPED
 from ollama_meter.ledger._meta import IDENTITY, PLACE
@@ -279,18 +285,10 @@ def _discard_copy(partial: Path) -> None:
         discard(path)
 
 
-_NAME_MAX = 255
-"""The longest file name, in bytes, most file systems take."""
-
-
 def _partial_name(target: Path) -> Path:
-    """A temp name of this backup's own beside ``target``, within the longest name a folder
-    takes with SQLite's ``-journal`` after it (a target name near it is cut short here)."""
-    mark = f".{os.getpid()}.{secrets.token_hex(4)}.partial"
-    room = _NAME_MAX - 1 - len(mark) - len("-journal")
-    # The name's own bytes (os.fsencode): one that is not UTF-8 arrives with surrogates in it.
-    head = os.fsdecode(os.fsencode(target.name)[:room])
-    return target.with_name(f".{head}{mark}")
+    """A temp name of this backup's own beside ``target``, with room for SQLite's
+    ``-journal`` after it."""
+    return temp_beside(target, ".partial", room=len("-journal"))
 
 
 _STALE_S = 3600
