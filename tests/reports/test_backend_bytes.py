@@ -8,7 +8,6 @@ letters past ASCII in models), several currencies, durations that tie."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +16,7 @@ from hypothesis import given, strategies as st
 
 from ollama_meter.ledger import Ledger, close_ledgers
 from ollama_meter.records import SpanRecord
+from tests.conftest import _MADE, _fresh_pg_database
 from tests.factories import make_span
 from tests.reports.test_oracle_prices import SETTINGS
 
@@ -60,7 +60,7 @@ BY = st.lists(
     fmt=st.sampled_from(["csv", "json"]),
 )
 def test_sqlite_and_postgresql_write_the_same_bytes(
-    db_url: str,
+    pg_server: str | None,
     tmp_path_factory: pytest.TempPathFactory,
     cli: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -69,13 +69,10 @@ def test_sqlite_and_postgresql_write_the_same_bytes(
     unit: str | None,
     fmt: str,
 ) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("compares PostgreSQL's bytes with SQLite's: run once, from the PostgreSQL case")
-    from tests.conftest import _MADE, _fresh_pg_database
-
-    server = db_url.rsplit("/", 1)[0]
-    postgres = _fresh_pg_database(server)
-    _MADE.append((server, postgres.rsplit("/", 1)[1]))
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    postgres = _fresh_pg_database(pg_server)
+    _MADE.append((pg_server, postgres.rsplit("/", 1)[1]))  # dropped when the test ends
     sqlite = f"sqlite:///{tmp_path_factory.mktemp('bytes') / 'ledger.db'}"
     monkeypatch.setenv("OMETER_TIMEZONE", "Europe/Berlin")
     outputs: list[list[str]] = []
@@ -83,16 +80,15 @@ def test_sqlite_and_postgresql_write_the_same_bytes(
         ledger = Ledger(url, zone="Europe/Berlin")
         ledger.record(calls)
         ledger.dispose()
-        run: Callable[..., Any] = cli
         columns = ",".join([*by, *([unit] if unit else [])])
         try:
             said = [
-                run("report", "--db", url, "--period", "2026-11", "--by", columns, "-f", fmt),
-                run("perf", "--db", url, "--period", "2026-11", "--by", ",".join(by) or "model",
+                cli("report", "--db", url, "--period", "2026-11", "--by", columns, "-f", fmt),
+                cli("perf", "--db", url, "--period", "2026-11", "--by", ",".join(by) or "model",
                     "-f", fmt),
-                run("chargeback", "--db", url, "--month", "2026-11", "--fixed-cost", "1000",
+                cli("chargeback", "--db", url, "--month", "2026-11", "--fixed-cost", "1000",
                     "--idle", "separate", "-f", fmt),
-                run("log", "--db", url, "--json", "--limit", "100"),
+                cli("log", "--db", url, "--json", "--limit", "100"),
             ]  # fmt: skip
         finally:
             close_ledgers()
