@@ -8,6 +8,7 @@ letters past ASCII in models), several currencies, durations that tie."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import given, strategies as st
 
 from ollama_meter.ledger import Ledger, close_ledgers
 from ollama_meter.records import SpanRecord
-from tests.conftest import _MADE, _fresh_pg_database
+from tests.conftest import _MADE, _admin
 from tests.factories import make_span
 from tests.reports.test_oracle_prices import SETTINGS
 
@@ -47,6 +48,26 @@ def spans(draw: st.DrawFn) -> list[SpanRecord]:
     return out
 
 
+def _locale_database(server: str) -> str:
+    """A database whose text sorts as most servers' do (ICU's en-US: case and punctuation
+    count last), not by byte as the tests' C cluster does: an ORDER BY left to the database
+    would order ``Sales``, ``sales-2`` and ``sales2`` otherwise than SQLite."""
+    from sqlalchemy import text
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with _admin(server).connect() as conn:
+        conn.execute(
+            text(
+                f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+                "ICU_LOCALE 'en-US' LOCALE 'C'"
+            )
+        )
+        found = "SELECT datlocprovider FROM pg_database WHERE datname = :name"
+        assert conn.execute(text(found), {"name": name}).scalar() == "i"
+    _MADE.append((server, name))  # dropped when the test ends
+    return f"{server}/{name}"
+
+
 BY = st.lists(
     st.sampled_from(["tenant", "department", "user", "model"]), min_size=0, max_size=4, unique=True
 )
@@ -71,8 +92,7 @@ def test_sqlite_and_postgresql_write_the_same_bytes(
 ) -> None:
     if pg_server is None:
         pytest.skip("no PostgreSQL server available")
-    postgres = _fresh_pg_database(pg_server)
-    _MADE.append((pg_server, postgres.rsplit("/", 1)[1]))  # dropped when the test ends
+    postgres = _locale_database(pg_server)
     sqlite = f"sqlite:///{tmp_path_factory.mktemp('bytes') / 'ledger.db'}"
     monkeypatch.setenv("OMETER_TIMEZONE", "Europe/Berlin")
     outputs: list[list[str]] = []
