@@ -1,5 +1,5 @@
 """The same spans give the same bytes on SQLite and PostgreSQL: report (any --by), perf,
-chargeback and log --json, in CSV and JSON. A ledger moved with ``db export``/``import``
+chargeback and log --json, in CSV and JSON, and /api/dash's JSON (its top lists cut short). A ledger moved with ``db export``/``import``
 to PostgreSQL (README: "moving up") must bill as it did: a reordered row, a tie broken
 another way or a figure written with other decimals is another file to finance's diff.
 
@@ -11,12 +11,15 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, strategies as st
 
+from ollama_meter._text import json_text
 from ollama_meter.ledger import Ledger, close_ledgers
 from ollama_meter.records import SpanRecord
+from ollama_meter.reports import DashQuery, dashboard_report
 from tests.conftest import _MADE, _admin
 from tests.factories import make_span
 from tests.reports.test_oracle_prices import SETTINGS
@@ -24,6 +27,8 @@ from tests.reports.test_oracle_prices import SETTINGS
 NAMES = ["sales", "Sales", "SALES", "sales-2", "sales.2", "sales_2", "sales2", "a", "B", "9x"]
 MODELS = ["llama3.1:8b", "Llama3.1:8B", "qwen2.5:中文", "ÄÖ:latest", "zz", "a.b:c", "a-b:c"]
 START = datetime(2026, 11, 1, tzinfo=UTC)
+NOW = datetime(2026, 12, 7, tzinfo=UTC)
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 @st.composite
@@ -113,5 +118,8 @@ def test_sqlite_and_postgresql_write_the_same_bytes(
         finally:
             close_ledgers()
         assert all(done.code == 0 for done in said), [done.stderr for done in said]
-        outputs.append([done.stdout for done in said])
+        reader = Ledger(url)
+        dash = dashboard_report(reader, DashQuery(period="2026-11"), tz=BERLIN, now=NOW, top=3)
+        reader.dispose()
+        outputs.append([*(done.stdout for done in said), json_text(dash.to_json())])
     assert outputs[0] == outputs[1]
