@@ -1,7 +1,8 @@
 """The same spans give the same bytes on SQLite and PostgreSQL: report (any --by), perf,
-chargeback and log --json, in CSV and JSON, and /api/dash's JSON (its top lists cut short). A ledger moved with ``db export``/``import``
-to PostgreSQL (README: "moving up") must bill as it did: a reordered row, a tie broken
-another way or a figure written with other decimals is another file to finance's diff.
+chargeback and log --json, in CSV and JSON, and /api/dash's JSON (its top lists cut short).
+A ledger moved with ``db export``/``import`` to PostgreSQL (README: "moving up") must bill as
+it did: a reordered row, a tie broken another way or a figure written with other decimals is
+another file to finance's diff.
 
 Names that sort differently by byte and by a locale (case, ``.``, ``-``, ``_``, digits,
 letters past ASCII in models), several currencies, durations that tie."""
