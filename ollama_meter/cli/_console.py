@@ -8,7 +8,7 @@ import errno
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from rich.console import Console, ConsoleDimensions
 from rich.text import Text
@@ -201,8 +201,24 @@ def write_data(text: str) -> None:
         stream.flush()
         return
     stream.flush()  # what a table or message before it left in the text layer goes first
-    binary.write(text.encode("utf-8"))
+    write_all(binary, text.encode("utf-8"))
     binary.flush()
+
+
+def write_all(binary: BinaryIO, data: bytes) -> None:
+    """All of ``data`` into ``binary``, or the OSError that stopped it.
+
+    A buffered write of more than its buffer can return a short count and no error: a pipe
+    whose reader went away mid-write (an upload that died, ``| head``) takes what fits, the
+    kernel says how much, and Python's BufferedWriter returns that. A report, bill or ``log
+    --json`` went out cut at 64 KiB with exit code 0; the rest, written again, meets the
+    closed pipe (EPIPE: a quiet exit 1, as for every other output that cannot be written)."""
+    view = memoryview(data)
+    while view:
+        written = binary.write(view)
+        if not written:  # a stream that takes nothing and says nothing: no spin, one line
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        view = view[written:]
 
 
 def escape_unencodable() -> None:
