@@ -349,3 +349,19 @@ def test_out_never_replaces_a_database(
         assert target.read_bytes() == before
     assert Ledger(url).count() == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_out_into_a_pipe_whose_reader_goes_mid_write_exits_1(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """``--out FIFO`` (or ``/dev/stdout`` in a pipe) is written into: a reader that went after
+    the first line left the report cut at the pipe's 64 KiB, and exit code 0."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = _ometer(["report", "--format", "csv", "--out", str(fifo)], env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    with fifo.open("rb") as reader:
+        first = reader.readline()
+    stderr = proc.stderr.read().decode()
+    assert (proc.wait(timeout=60), first.startswith(b"department,")) == (1, True)
+    assert stderr.startswith(f"error: cannot write {fifo}: "), stderr
