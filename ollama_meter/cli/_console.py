@@ -149,12 +149,23 @@ class _TextConsole(Console):
     table is as wide as its content, up to :data:`PIPED_WIDTH`.
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, whole: bool = False, **options: Any) -> None:
+        self._whole = whole  # before rich's own __init__, which reads the file
         super().__init__(**options)
         # Rich fixes the width from COLUMNS as it was when the console was made (at import);
         # read it when printing instead, as a process that runs commands one after another
         # (the tests, an embedding) has it set for each.
         self._width = options.get("width")
+
+    @property
+    def file(self) -> Any:
+        """Where it prints; stdout's console writes each piece whole (:class:`_Whole`)."""
+        found = Console.file.fget(self)  # type: ignore[attr-defined]
+        return _Whole(found) if self._whole else found
+
+    @file.setter
+    def file(self, new_file: Any) -> None:
+        self._file = new_file
 
     @property
     def size(self) -> ConsoleDimensions:
@@ -187,6 +198,27 @@ class _TextConsole(Console):
         """Drop what a failed write left unwritten; rich would print it before the next
         command's output."""
         del self._buffer[:]
+
+
+class _Whole:
+    """A text stream that writes each piece whole, in its own encoding, or raises: a table
+    of more than a pipe's 64 KiB whose reader went away mid-write (``ometer report | head``)
+    was cut with exit code 0, as data was (:func:`write_all`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        binary = getattr(self.stream, "buffer", None)
+        if binary is None:  # a text-only stream (an embedding's StringIO): it holds any text
+            return int(self.stream.write(text))
+        self.stream.flush()  # what went through the text layer before it goes first
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        write_all(binary, text.encode(encoding, getattr(self.stream, "errors", None) or "strict"))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...: the stream's
+        return getattr(self.stream, name)
 
 
 def write_data(text: str) -> None:
@@ -231,5 +263,5 @@ def escape_unencodable() -> None:
         reconfigure(errors="backslashreplace")
 
 
-out = _TextConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = _TextConsole(whole=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = _TextConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)

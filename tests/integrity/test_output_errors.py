@@ -365,3 +365,15 @@ def test_out_into_a_pipe_whose_reader_goes_mid_write_exits_1(
     stderr = proc.stderr.read().decode()
     assert (proc.wait(timeout=60), first.startswith(b"department,")) == (1, True)
     assert stderr.startswith(f"error: cannot write {fifo}: "), stderr
+
+
+def test_a_table_whose_reader_goes_mid_write_exits_1(env: dict[str, str]) -> None:
+    """``ometer report | head``: a table of more than the pipe's 64 KiB was cut there with
+    exit code 0, as data was."""
+    proc = _ometer(["report"], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert (proc.wait(timeout=60), stderr) == (1, "")
+    assert first.startswith(b"spend ")
