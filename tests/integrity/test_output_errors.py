@@ -29,7 +29,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A ledger with enough spans that no command's output fits a pipe's buffer: this month's
     for report and log, last month's for chargeback."""
     url = f"sqlite:///{tmp_path_factory.mktemp('out') / 'l.db'}"
-    at = datetime.now(UTC) - timedelta(hours=1)
+    now = datetime.now(UTC)  # an hour ago, but in this month (UTC, as the commands read it)
+    at = max(now - timedelta(hours=1), now.replace(day=1, hour=0, minute=0, second=0))
     before = datetime.fromisoformat(f"{_LAST_MONTH}-15T12:00:00+00:00")
     Ledger(url).record(
         [
@@ -40,7 +41,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             for n in range(3_000)  # 120 KiB of report or bill, past the pipe's 64
         ]
     )
-    return {**os.environ, "OMETER_DB_URL": url, "NO_COLOR": "1"}
+    return {**os.environ, "OMETER_DB_URL": url, "OMETER_TIMEZONE": "UTC", "NO_COLOR": "1"}
 
 
 def _ometer(args: list[str], env: dict[str, str], **streams: object) -> subprocess.Popen[bytes]:
