@@ -33,6 +33,7 @@ import contextvars
 import functools
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -213,9 +214,40 @@ the port of an HTTP server (the gateway's, Ollama's). Its "received invalid resp
 negotiation: H" said neither what was wrong nor what to do."""
 
 
+_OPTION = re.compile(r'invalid connection option "[^"]*"$')
+"""libpq's refusal of a query parameter of the URL that it does not know (``?sslmod=``)."""
+
+_VALUE = re.compile(r'invalid \w+ value: "[^"]*"$')
+"""libpq's refusal of a value a parameter cannot take (``?sslmode=requires``)."""
+
+
 def not_there(said: str) -> str | None:
-    """What to do when a connection found no PostgreSQL server at the URL's address
-    (``said``: the driver's words, in lower case); None when it found one."""
+    """What to do when a connection found no PostgreSQL server at the URL's address, or one
+    that turned it away for what the URL or the server's set-up says (``said``: the driver's
+    words, in lower case); None otherwise. libpq's words name no fix."""
+    if "failed to resolve host" in said or "could not translate host name" in said:
+        return (
+            "no host of that name is known to this machine (DNS, /etc/hosts): correct the host "
+            "in OMETER_DB_URL"
+        )
+    if "server does not support ssl" in said:
+        return (
+            "the server at that address takes no SSL connections, and sslmode (in OMETER_DB_URL, "
+            "or PGSSLMODE) asks for them: turn SSL on at the server (ssl = on in "
+            "postgresql.conf, with its certificate), or correct the host and port in "
+            "OMETER_DB_URL; on a network you trust, sslmode=prefer connects without"
+        )
+    if "no pg_hba.conf entry" in said or "pg_hba.conf rejects" in said:
+        return (
+            "the server's pg_hba.conf lets this user in to this database from no address this "
+            "machine connects from; add a line for it there (then SELECT pg_reload_conf()), or "
+            "correct the user, database and host in OMETER_DB_URL; a line for SSL connections "
+            "(hostssl) alone wants sslmode=require in OMETER_DB_URL"
+        )
+    if _OPTION.search(said):
+        return "correct or remove it in OMETER_DB_URL"
+    if _VALUE.search(said):
+        return "correct it in OMETER_DB_URL"
     if any(words in said for words in NOTHING_LISTENS):
         return (
             "no server answers at that address: start it, or correct the host and port in "

@@ -1,0 +1,103 @@
+"""A PostgreSQL connection refused before a ledger is reached, for a reason the URL or the
+server's set-up holds: SSL asked of a server that has none, a host no name service knows,
+``pg_hba.conf`` keeping the user out, a connection option libpq has not. Each was said in
+libpq's words alone, none of which says what to change; each is one line that does, with the
+URL's password never shown."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests._pg import PgCluster
+
+SECRET = "Pw-never-shown-9"
+"""A password each URL carries (the test servers trust every local connection)."""
+
+
+def _refused(cli: Any, url: str) -> str:
+    """The one error line ``ometer report`` gives for the ledger at ``url``."""
+    result = cli("report", "--period", "month", "--db", url)
+    assert (result.code, result.stdout) == (1, ""), result
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: cannot open the ledger at ") and SECRET not in line, line
+    return str(line)
+
+
+def _with_password(server: str, **parts: Any) -> str:
+    return make_url(server).set(password=SECRET, **parts).render_as_string(False)
+
+
+def test_ssl_asked_of_a_server_that_has_none_says_what_to_change(
+    cli: Any, pg_server: str | None
+) -> None:
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    for mode in ("require", "verify-full"):
+        url = f"{_with_password(pg_server, database='postgres')}?sslmode={mode}"
+        assert _refused(cli, url).endswith(
+            "server does not support SSL, but SSL was required: the server at that address "
+            "takes no SSL connections, and sslmode (in OMETER_DB_URL, or PGSSLMODE) asks for "
+            "them: turn SSL on at the server (ssl = on in postgresql.conf, with its "
+            "certificate), or correct the host and port in OMETER_DB_URL; on a network you "
+            "trust, sslmode=prefer connects without"
+        )
+
+
+def test_a_host_no_name_service_knows_says_to_correct_it(cli: Any) -> None:
+    url = f"postgresql+psycopg://ometer:{SECRET}@no-such-host.invalid:5432/ledger"
+    said = _refused(cli, url)
+    assert said.endswith(
+        ": no host of that name is known to this machine (DNS, /etc/hosts): correct the host "
+        "in OMETER_DB_URL"
+    ) or said.endswith(  # a machine with no name service at all
+        "Temporary failure in name resolution: no server answers at that address: start it, "
+        "or correct the host and port in OMETER_DB_URL"
+    ), said
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("foo=bar", 'invalid connection option "foo": correct or remove it in OMETER_DB_URL'),
+        ("sslmode=requires", 'invalid sslmode value: "requires": correct it in OMETER_DB_URL'),
+    ],
+)
+def test_a_connection_option_libpq_has_not_says_to_correct_it(
+    cli: Any, pg_server: str | None, query: str, says: str
+) -> None:
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    said = _refused(cli, f"{_with_password(pg_server, database='postgres')}?{query}")
+    assert said.endswith(says), said
+
+
+def test_a_user_pg_hba_conf_keeps_out_says_what_to_change(cli: Any, cluster: PgCluster) -> None:
+    """``pg_hba.conf`` with no line for the user (or one that rejects it): the server's
+    "no pg_hba.conf entry for host ..." named no fix, nor that a server taking only SSL
+    connections (``hostssl``) wants ``sslmode=require``."""
+    kept_out, rejected = (f"r_{uuid.uuid4().hex[:10]}" for _ in range(2))
+    admin = create_engine(f"{cluster.url}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for role in (kept_out, rejected):
+            conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        (cluster.data / "pg_hba.conf").write_text(
+            f"local all all trust\nhost all {rejected} 127.0.0.1/32 reject\n"
+            "host all ometer 127.0.0.1/32 trust\n"
+        )
+        conn.execute(text("SELECT pg_reload_conf()"))
+    admin.dispose()
+    fix = (
+        "the server's pg_hba.conf lets this user in to this database from no address this "
+        "machine connects from; add a line for it there (then SELECT pg_reload_conf()), or "
+        "correct the user, database and host in OMETER_DB_URL; a line for SSL connections "
+        "(hostssl) alone wants sslmode=require in OMETER_DB_URL"
+    )
+    for role, says in ((kept_out, "no pg_hba.conf entry"), (rejected, "pg_hba.conf rejects")):
+        said = _refused(cli, _with_password(cluster.url, username=role, database="postgres"))
+        assert f"FATAL:  {says} connection for host" in said or says in said, said
+        assert said.endswith(f", no encryption: {fix}"), said
