@@ -214,6 +214,17 @@ the port of an HTTP server (the gateway's, Ollama's). Its "received invalid resp
 negotiation: H" said neither what was wrong nor what to do."""
 
 
+_SETTING_REFUSED = (
+    "unrecognized configuration parameter",
+    "invalid value for parameter",
+    "cannot be changed",  # without restarting the server; or after the connection starts
+    "requires a value",
+    "invalid command-line argument",
+    "permission denied to set parameter",
+)
+"""What a server says, as it turns a connection away, of a setting in libpq's ``options``:
+ometer's own are valid, so it is the URL's."""
+
 _OPTION = re.compile(r'invalid connection option "[^"]*"$')
 """libpq's refusal of a query parameter of the URL that it does not know (``?sslmod=``)."""
 
@@ -243,6 +254,12 @@ def not_there(said: str) -> str | None:
             "machine connects from; add a line for it there (then SELECT pg_reload_conf()), or "
             "correct the user, database and host in OMETER_DB_URL; a line for SSL connections "
             "(hostssl) alone wants sslmode=require in OMETER_DB_URL"
+        )
+    if "fatal:" in said and any(words in said for words in _SETTING_REFUSED):
+        return (
+            "the server refused a setting the URL's ?options= gives (-c name=value): correct or "
+            "remove it in OMETER_DB_URL (a setting the server knows, with a value it takes, that "
+            "a session may change)"
         )
     if _OPTION.search(said):
         return "correct or remove it in OMETER_DB_URL"

@@ -60,11 +60,27 @@ def test_a_host_no_name_service_knows_says_to_correct_it(cli: Any) -> None:
     ), said
 
 
+_SETTINGS = (
+    "the server refused a setting the URL's ?options= gives (-c name=value): correct or "
+    "remove it in OMETER_DB_URL (a setting the server knows, with a value it takes, that a "
+    "session may change)"
+)
+
+
 @pytest.mark.parametrize(
     ("query", "says"),
     [
         ("foo=bar", 'invalid connection option "foo": correct or remove it in OMETER_DB_URL'),
         ("sslmode=requires", 'invalid sslmode value: "requires": correct it in OMETER_DB_URL'),
+        ("options=-cfoo%3Dbar", f'unrecognized configuration parameter "foo": {_SETTINGS}'),
+        (
+            "options=-cstatement_timeout%3Dabc",
+            f'invalid value for parameter "statement_timeout": "abc": {_SETTINGS}',
+        ),
+        (
+            "options=-cshared_buffers%3D1MB",
+            f"cannot be changed without restarting the server: {_SETTINGS}",
+        ),
     ],
 )
 def test_a_connection_option_libpq_has_not_says_to_correct_it(
