@@ -357,7 +357,7 @@ class Database:
             )
         if state == NOT_ALLOWED:
             return f"{text}: {_why.not_allowed(text, make_url(self.url).username)}"
-        if not self._sqlite and (missing := no_such(text)):
+        if not self._sqlite and (missing := no_such(text, make_url(self.url).username)):
             return f"{text}: {missing}{meanwhile}"
         if "is not currently accepting connections" in lowered:
             return (

@@ -117,3 +117,35 @@ def test_a_user_pg_hba_conf_keeps_out_says_what_to_change(cli: Any, cluster: PgC
         said = _refused(cli, _with_password(cluster.url, username=role, database="postgres"))
         assert f"FATAL:  {says} connection for host" in said or says in said, said
         assert said.endswith(f", no encryption: {fix}"), said
+
+
+def test_a_user_that_may_not_log_in_or_connect_says_what_to_grant(
+    cli: Any, pg_server: str | None
+) -> None:
+    """A role made NOLOGIN (a group role put in the URL, or a user locked out), and one without
+    CONNECT on the database (``REVOKE CONNECT ON DATABASE ... FROM PUBLIC``, a hardened
+    site's default): the server's FATAL line named no fix, and the second is no typo."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    database = make_url(_fresh_pg_database(pg_server)).database
+    group, user = (f"r_{uuid.uuid4().hex[:10]}" for _ in range(2))
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {group} NOLOGIN"))
+        conn.execute(text(f"CREATE ROLE {user} LOGIN"))
+        conn.execute(text(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC"))
+    admin.dispose()
+    said = _refused(cli, _with_password(pg_server, username=group, database=database))
+    assert said.endswith(
+        f'role "{group}" is not permitted to log in: the user may not log in (NOLOGIN: a group '
+        f"role, or one locked out); let it (ALTER ROLE {group} LOGIN), or name a user that "
+        "may in OMETER_DB_URL"
+    ), said
+    said = _refused(cli, _with_password(pg_server, username=user, database=database))
+    assert said.endswith(
+        f'permission denied for database "{database}": the user {user} has no CONNECT on this '
+        f"database; give it (GRANT CONNECT ON DATABASE {database} TO {user}, as its owner), "
+        "or name a user that has it in OMETER_DB_URL"
+    ), said
