@@ -275,6 +275,13 @@ def not_there(said: str) -> str | None:
             "what answers at that address is not a PostgreSQL server (an HTTP server, say): "
             "correct the host and port in OMETER_DB_URL"
         )
+    if "not allowed in statement pooling mode" in said:
+        return (
+            "a connection pooler (PgBouncer, say) answers at that address, pooling by "
+            "statement, and every ledger write is a transaction (a span and its rollups "
+            "together); have it pool this database by transaction (pool_mode = transaction) "
+            "or session, or point OMETER_DB_URL at PostgreSQL itself"
+        )
     if "unsupported startup parameter" in said:
         return (
             "a connection pooler (PgBouncer, say) answers at that address and refuses the "

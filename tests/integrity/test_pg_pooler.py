@@ -251,6 +251,24 @@ def test_a_pooler_that_refuses_ometers_session_settings_says_how_to_let_them_thr
     )
 
 
+def test_a_pooler_in_statement_pooling_says_to_pool_by_transaction(
+    pg_server: str | None, pg_url: str
+) -> None:
+    """PgBouncer with ``pool_mode = statement`` runs no transaction, which every ledger write
+    needs (a span and its rollup rows together): its bare "transaction blocks not allowed in
+    statement pooling mode" named no fix."""
+    with pgbouncer(_need_pgbouncer(pg_server), "statement") as pooled:
+        with pytest.raises(LedgerError) as refused:
+            Ledger(_through(pooled, pg_url), wait=1.0)
+    assert str(refused.value).endswith(
+        "transaction blocks not allowed in statement pooling mode: a connection pooler "
+        "(PgBouncer, say) answers at that address, pooling by statement, and every ledger "
+        "write is a transaction (a span and its rollups together); have it pool this "
+        "database by transaction (pool_mode = transaction) or session, or point "
+        "OMETER_DB_URL at PostgreSQL itself"
+    ), refused.value
+
+
 def test_a_connection_straight_to_the_server_sets_nothing_per_transaction(pg_url: str) -> None:
     """The server took the settings as the session began: a transaction asks nothing more of it
     (a round trip each would slow every write for a pooler that is not there)."""
