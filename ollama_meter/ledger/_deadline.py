@@ -192,6 +192,7 @@ AT_CONNECTION_LIMIT = (
     "too many clients already",  # the server's max_connections
     "too many connections for",  # a role's or a database's CONNECTION LIMIT
     "remaining connection slots are reserved",  # what max_connections keeps for superusers
+    "no more connections allowed",  # PgBouncer's max_client_conn
 )
 """What a PostgreSQL server with no connection to spare answers: one frees as a client ends."""
 
