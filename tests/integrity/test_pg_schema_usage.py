@@ -126,3 +126,50 @@ def test_usage_revoked_under_a_running_ledger_is_named_as_its_spans_spool(
     assert ledger.record([after]) == {after.id: Stored.COMMITTED}
     assert ledger.count() == 4 and ledger.spool.pending() == []
     ledger.dispose()
+
+
+def _shadowing_role(pg_url: str, *, like: bool) -> tuple[str, str]:
+    """A role whose search path is ``app, public`` on the ledger's database, where schema
+    ``app`` holds another application's ``spans`` table (the ledger's columns when
+    ``like``); its name and URL."""
+    role, url = _role_on(pg_url, usage=True, tables=True)
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE SCHEMA app"))
+        shape = "(LIKE public.spans INCLUDING ALL)" if like else "(id text PRIMARY KEY, note text)"
+        conn.execute(text(f"CREATE TABLE app.spans {shape}"))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA app TO {role}"))
+        conn.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA app TO {role}"))
+        conn.execute(text(f"ALTER ROLE {role} SET search_path = app, public"))
+    admin.dispose()
+    return role, url
+
+
+SHADOWED = (
+    "the search path (app, public) finds the ledger's table spans in schema app, not in the "
+    "ledger's own schema public (another application's table of that name, or a copy), and "
+    "ometer would read and write it there; name the ledger's schema alone in OMETER_DB_URL "
+    "(?options=-csearch_path%3Dpublic), or put public first in the search path"
+)
+
+
+@pytest.mark.parametrize("like", [True, False], ids=["same-columns", "other-columns"])
+def test_a_search_path_finding_another_schemas_spans_first_is_refused(
+    cli: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch, like: bool
+) -> None:
+    """A shared database whose role's search path is ``app, public``, schema ``app`` another
+    application's with a ``spans`` table of its own: every span went to ``app.spans`` while
+    its rollups went to ``public`` (a later ``db rollup`` dropped the calls from every
+    report), or, its columns other, each command said the ledger's schema had been changed
+    by hand and to restore it from a backup."""
+    Ledger(pg_url, zone="UTC").record([make_span()])
+    _, url = _shadowing_role(pg_url, like=like)
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    for command in (["report", "--period", "2026-11"], ["log"], ["budget", "status"]):
+        result = cli(*command)
+        assert (result.code, result.stdout) == (1, ""), result.stderr
+        assert result.stderr == f"error: cannot open the ledger at {url}: {SHADOWED}\n"
+    with create_engine(pg_url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM app.spans")).scalar() == 0
+    named = f"{url}?options=-csearch_path%3Dpublic"
+    assert cli("log", "--db", named).code == 0
