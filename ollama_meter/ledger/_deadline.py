@@ -249,6 +249,25 @@ def not_there(said: str) -> str | None:
             "postgresql.conf, with its certificate), or correct the host and port in "
             "OMETER_DB_URL; on a network you trust, sslmode=prefer connects without"
         )
+    if "root certificate file" in said and "does not exist" in said:  # its fix on a line cut
+        return (
+            "sslmode=verify-full (or verify-ca) verifies the server's certificate, and no root "
+            "certificate to verify it with is there: give its CA's certificate "
+            "(?sslrootcert=/path/to/ca.crt in OMETER_DB_URL, or sslrootcert=system for this "
+            "machine's trusted roots), or sslmode=require to encrypt without verifying"
+        )
+    if "certificate verify failed" in said:
+        return (
+            "the server's certificate is not signed by a root certificate sslrootcert gives (in "
+            "OMETER_DB_URL; ~/.postgresql/root.crt when none is named): give its CA's "
+            "certificate there, or sslmode=require to encrypt without verifying"
+        )
+    if "does not match host name" in said:
+        return (
+            "the server's certificate is for another name: give the host by the name its "
+            "certificate holds in OMETER_DB_URL, or sslmode=verify-ca to verify the "
+            "certificate but not the name"
+        )
     if "no pg_hba.conf entry" in said or "pg_hba.conf rejects" in said:
         return (
             "the server's pg_hba.conf lets this user in to this database from no address this "

@@ -149,3 +149,62 @@ def test_a_user_that_may_not_log_in_or_connect_says_what_to_grant(
         f"database; give it (GRANT CONNECT ON DATABASE {database} TO {user}, as its owner), "
         "or name a user that has it in OMETER_DB_URL"
     ), said
+
+
+@pytest.fixture
+def ssl_cluster(cluster: PgCluster, tmp_path: Any) -> PgCluster:
+    """A private server taking SSL, its certificate self-signed for ``db.example.org``."""
+    import os
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate with")
+    crt, key = cluster.data / "server.crt", cluster.data / "server.key"
+    subprocess.run(
+        [openssl, "req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=db.example.org",
+         "-out", str(crt), "-keyout", str(key)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    key.chmod(0o600)
+    if os.geteuid() == 0:  # the server runs as postgres, and reads its key only if it owns it
+        for made in (crt, key):
+            shutil.chown(made, "postgres")
+    shutil.copy(crt, tmp_path / "root.crt")
+    admin = create_engine(f"{cluster.url}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("ALTER SYSTEM SET ssl = on"))
+        conn.execute(text("SELECT pg_reload_conf()"))
+    admin.dispose()
+    return cluster
+
+
+def test_a_server_certificate_that_cannot_be_verified_says_what_to_give(
+    cli: Any, ssl_cluster: PgCluster, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sslmode=verify-full``: libpq's "root certificate file ... does not exist" came with
+    its fix on a second line, which was cut; "certificate verify failed" and "does not match
+    host name" came with none."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.postgresql/root.crt
+    base = f"{_with_password(ssl_cluster.url, database='postgres')}?sslmode=verify-full"
+    said = _refused(cli, base)
+    assert said.endswith(
+        "does not exist: sslmode=verify-full (or verify-ca) verifies the server's "
+        "certificate, and no root certificate to verify it with is there: give its CA's "
+        "certificate (?sslrootcert=/path/to/ca.crt in OMETER_DB_URL, or sslrootcert=system for "
+        "this machine's trusted roots), or sslmode=require to encrypt without verifying"
+    ), said
+    said = _refused(cli, f"{base}&sslrootcert=system")
+    assert said.endswith(
+        "certificate verify failed: the server's certificate is not signed by a root "
+        "certificate sslrootcert gives (in OMETER_DB_URL; ~/.postgresql/root.crt when none "
+        "is named): give its CA's certificate there, or sslmode=require to encrypt without "
+        "verifying"
+    ), said
+    said = _refused(cli, f"{base}&sslrootcert={tmp_path / 'root.crt'}")
+    assert said.endswith(
+        'does not match host name "127.0.0.1": the server\'s certificate is for another '
+        "name: give the host by the name its certificate holds in OMETER_DB_URL, or "
+        "sslmode=verify-ca to verify the certificate but not the name"
+    ), said
