@@ -8,12 +8,18 @@ address again. Pointed at the primary as told, the spooled calls stayed out of t
 
 from __future__ import annotations
 
+import multiprocessing
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import make_url
 
 from ollama_meter.ledger import Ledger
+from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.periods import parse_period
 from ollama_meter.records import Stored
+from ollama_meter.reports import spend_report
 from tests.factories import make_span
 
 
@@ -62,3 +68,33 @@ def _cannot_write() -> Exception:
     from ollama_meter.errors import LedgerError
 
     return LedgerError("the database did not answer")
+
+
+def _open(url: str) -> None:
+    Ledger(url).dispose()
+
+
+@pytest.mark.slow
+def test_four_processes_opening_the_primary_record_a_standbys_spool_once(pg_url: str) -> None:
+    """Four processes (gateways restarted together after a failover) open the ledger at once,
+    each finding the same folder of another address: each span once, rollups as raw spans."""
+    Ledger(pg_url, zone="UTC").dispose()
+    standby = Ledger(_elsewhere(pg_url, "localhost", "-cdefault_transaction_read_only%3Don"))
+    spooled = [make_span(department=f"d{n % 3}") for n in range(40)]
+    for start in range(0, 40, 5):
+        assert set(standby.record(spooled[start : start + 5]).values()) == {Stored.SPOOLED}
+    standby.dispose()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_open, args=(pg_url,)) for _ in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    ledger = Ledger(pg_url)
+    assert ledger.count() == 40 and list(standby.spool.directory.glob("*.jsonl")) == []
+    window = parse_period("2026-11", tz=UTC, now=datetime(2026, 12, 7, tzinfo=UTC))
+    report = spend_report(ledger, window, ["department"], tz=UTC).rows
+    with raw_spans():
+        assert report == spend_report(ledger, window, ["department"], tz=UTC).rows
+    ledger.dispose()
