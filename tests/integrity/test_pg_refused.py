@@ -137,18 +137,22 @@ def test_a_user_that_may_not_log_in_or_connect_says_what_to_grant(
         conn.execute(text(f"CREATE ROLE {user} LOGIN"))
         conn.execute(text(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC"))
     admin.dispose()
-    said = _refused(cli, _with_password(pg_server, username=group, database=database))
-    assert said.endswith(
-        f'role "{group}" is not permitted to log in: the user may not log in (NOLOGIN: a group '
-        f"role, or one locked out); let it (ALTER ROLE {group} LOGIN), or name a user that "
-        "may in OMETER_DB_URL"
-    ), said
-    said = _refused(cli, _with_password(pg_server, username=user, database=database))
-    assert said.endswith(
-        f'permission denied for database "{database}": the user {user} has no CONNECT on this '
-        f"database; give it (GRANT CONNECT ON DATABASE {database} TO {user}, as its owner), "
-        "or name a user that has it in OMETER_DB_URL"
-    ), said
+    for role, says in (
+        (
+            group,
+            f'role "{group}" is not permitted to log in: the user may not log in (NOLOGIN: a '
+            f"group role, or one locked out); let it (ALTER ROLE {group} LOGIN), or name a "
+            "user that may in OMETER_DB_URL",
+        ),
+        (
+            user,
+            f'permission denied for database "{database}": the user {user} has no CONNECT on '
+            f"this database; give it (GRANT CONNECT ON DATABASE {database} TO {user}, as its "
+            "owner), or name a user that has it in OMETER_DB_URL",
+        ),
+    ):
+        said = _refused(cli, _with_password(pg_server, username=role, database=database))
+        assert said.endswith(says), said
 
 
 @pytest.fixture
