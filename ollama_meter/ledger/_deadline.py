@@ -237,6 +237,12 @@ def not_there(said: str) -> str | None:
     """What to do when a connection found no PostgreSQL server at the URL's address, or one
     that turned it away for what the URL or the server's set-up says (``said``: the driver's
     words, in lower case); None otherwise. libpq's words name no fix."""
+    if "host '%2f" in said or 'host name "%2f' in said:  # libpq's URI for a socket's folder
+        return (
+            "a Unix socket's folder goes in ?host= in OMETER_DB_URL "
+            "(postgresql+psycopg://user@/ledger?host=/var/run/postgresql), not percent-encoded "
+            "in the host's place as libpq's own URIs write it"
+        )
     if "failed to resolve host" in said or "could not translate host name" in said:
         return (
             "no host of that name is known to this machine (DNS, /etc/hosts): correct the host "

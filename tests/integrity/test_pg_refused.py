@@ -67,6 +67,18 @@ _SETTINGS = (
 )
 
 
+def test_a_socket_folder_written_in_the_hosts_place_says_how_a_url_names_it(cli: Any) -> None:
+    """libpq's own URIs write a Unix socket's folder percent-encoded where the host goes
+    (``postgresql://ometer@%2Fvar%2Frun%2Fpostgresql/ledger``); SQLAlchemy's take it as a host
+    name, which no name service knows."""
+    said = _refused(cli, f"postgresql+psycopg://ometer:{SECRET}@%2Fvar%2Frun%2Fpostgresql/ledger")
+    assert said.endswith(
+        ": a Unix socket's folder goes in ?host= in OMETER_DB_URL "
+        "(postgresql+psycopg://user@/ledger?host=/var/run/postgresql), not percent-encoded in "
+        "the host's place as libpq's own URIs write it"
+    ), said
+
+
 @pytest.mark.parametrize(
     ("query", "says"),
     [
