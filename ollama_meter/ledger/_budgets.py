@@ -78,8 +78,8 @@ _NAMED: dict[str, Any] = {
 
 GONE = "~"
 """What a removed budget's source begins with. Its row stays, in no list, with the lease rows
-that hold its calls in flight: set again (scope, period and source) it is the same budget,
-which counts them. Deleted, with its rows, a budget removed and set again while gateways held
+that hold its calls in flight: set again (scope, period, source and currency: the money they
+hold is in it) it is the same budget, which counts them. Deleted, with its rows, a budget removed and set again while gateways held
 leases on it admitted as many calls again beside those running (18 calls of 1 within a limit
 of 10: tests/budgets/test_removed_holds.py)."""
 _LIVE = ~BUDGETS.c.source.startswith(GONE, autoescape=True)
@@ -117,18 +117,23 @@ _TERMS = ("limit_micros", "currency", "hard", "thresholds")
 
 
 def save_budget(conn: Connection, budget: Budget) -> Budget:
-    """Insert, or replace the budget with the same scope, period and source (one removed too:
-    see :data:`GONE`)."""
+    """Insert, or replace the budget with the same scope, period and source (one removed too,
+    in the same currency: see :data:`GONE`)."""
     _new_version(conn)
     same = conn.execute(
-        select(BUDGETS).where(
+        select(BUDGETS)
+        .where(
             BUDGETS.c.tenant == budget.tenant,
             BUDGETS.c.department.is_(None)
             if budget.department is None
             else BUDGETS.c.department == budget.department,
             BUDGETS.c.period == budget.period,
-            BUDGETS.c.source.in_((budget.source, GONE + budget.source)),
+            (BUDGETS.c.source == budget.source)
+            | (
+                (BUDGETS.c.source == GONE + budget.source) & (BUDGETS.c.currency == budget.currency)
+            ),
         )
+        .order_by(BUDGETS.c.source != budget.source)  # one in force first
     ).first()
     if same is not None:
         values = _values(budget)

@@ -92,3 +92,16 @@ def test_a_removed_budget_is_in_no_list_and_removed_once(db_url: str) -> None:
 
 def _fields(budget: Budget) -> dict[str, object]:
     return {f: getattr(budget, f) for f in ("tenant", "department", "period", "limit", "currency")}
+
+
+def test_a_removed_budget_set_again_in_another_currency_is_a_new_one(db_url: str) -> None:
+    """What its leases hold is in the old currency, which the new budget does not count: it
+    is set as a new budget; one still in force for the scope is changed in place."""
+    ledger = Ledger(db_url)
+    usd = ledger.save_budget(SALES)
+    ledger.remove_budget(usd.id or 0)
+    eur = ledger.save_budget(Budget(**{**_fields(SALES), "currency": "EUR"}))
+    assert eur.id != usd.id
+    assert ledger.save_budget(SALES).id == eur.id  # in force: changed in place, as before
+    assert [(b.id, b.currency) for b in ledger.budgets()] == [(eur.id, "USD")]
+    ledger.dispose()
