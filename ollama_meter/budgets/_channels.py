@@ -91,6 +91,8 @@ class WebhookChannel:
     def send(self, alert: Alert) -> str:
         import httpx  # loaded when an alert goes out, not by every command that reads budgets
 
+        from ollama_meter.upstream._sdk_made import proxy_problem
+
         # Streamed, the body never read: the status says it all, and a webhook that answers
         # with an endless body (a URL that serves a download) held the alert thread for
         # ever, its memory growing, every later alert queued behind it. The timeout bounds
@@ -98,8 +100,13 @@ class WebhookChannel:
         cut = _Cut()
         watchdog = threading.Timer(self.timeout * 3, cut)
         watchdog.daemon = True
+        # This machine's loopback is posted to straight, as Ollama is called: through a proxy
+        # in the environment it was the proxy's own loopback, and no alert arrived.
+        straight = _on_this_machine(self.url)
+        if not straight and (problem := proxy_problem()) is not None:
+            raise OSError(f"{problem}; the alert to {self.where} goes through it")
         try:
-            with httpx.Client(timeout=self.timeout) as client:
+            with httpx.Client(timeout=self.timeout, trust_env=not straight) as client:
                 request = client.build_request(
                     "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
                 )
@@ -136,6 +143,19 @@ class WebhookChannel:
         if not 200 <= status < 300:
             raise OSError(answered)
         return f"sent to {self.where}"
+
+
+def _on_this_machine(url: str) -> bool:
+    """Whether ``url`` names this machine's loopback (``LOOPBACK``, as Ollama's calls have it)."""
+    import httpx
+
+    from ollama_meter.upstream._sdk_made import LOOPBACK
+
+    try:
+        host = httpx.URL(url).host
+    except Exception:  # httpx says what is wrong with it as it posts
+        return False
+    return f"all://[{host}]" in LOOPBACK if ":" in host else f"all://{host}" in LOOPBACK
 
 
 _FOR_NOW = frozenset({408, 425, 429})
