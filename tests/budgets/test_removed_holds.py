@@ -105,3 +105,17 @@ def test_a_removed_budget_set_again_in_another_currency_is_a_new_one(db_url: str
     assert ledger.save_budget(SALES).id == eur.id  # in force: changed in place, as before
     assert [(b.id, b.currency) for b in ledger.budgets()] == [(eur.id, "USD")]
     ledger.dispose()
+
+
+def test_a_row_whose_source_was_edited_to_its_full_length_is_removed(db_url: str) -> None:
+    """`budget rm` is what a row edited by hand is to be fixed with: its mark of removal fits
+    the column however long the source was made."""
+    from sqlalchemy import text
+
+    ledger = Ledger(db_url)
+    sales = ledger.save_budget(SALES)
+    with ledger.write() as conn:
+        conn.execute(text("UPDATE budgets SET source = 'x123456789abcdef'"))
+    ledger.remove_budget(sales.id or 0)
+    assert ledger.budgets() == []
+    ledger.dispose()
