@@ -42,11 +42,20 @@ class Remembering(Protocol):
 
 CHANNEL_TIMEOUT = 3.0
 """Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
+ANSWER_TIMEOUT = 10.0
+"""Seconds a webhook may take to answer an alert it was sent whole (a relay that posts it on
+to a chat service before it answers): past it, the alert may be there all the same."""
 
 
 class Undeliverable(OSError):
     """The server refused the alert in a way no later try changes (a redirect, a 404, every
     recipient refused for good): not tried again. The message says what to change."""
+
+
+class Unanswered(OSError):
+    """The server was sent the alert whole and did not answer: it may have it. Tried again at
+    the next attempt, minutes later, not at once: each try at once posted it again (a webhook
+    answering in 3.5 s got every alert 15 times, and each was on record as never sent)."""
 
 
 class Deferred(OSError):
@@ -67,10 +76,14 @@ class _Cut:
     def __init__(self) -> None:
         self.streams: list[Any] = []
         self.done = False
+        self.sent = False
+        """Whether the request went out whole: from then on the server may have the alert."""
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self.streams.append(info.get("return_value"))
+        elif event == "http11.send_request_body.complete":
+            self.sent = True
 
     def __call__(self) -> None:
         self.done = True
@@ -83,30 +96,34 @@ class WebhookChannel:
     name = "webhook"
     check = "the server OMETER_ALERT_WEBHOOK_URL names"
 
-    def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = CHANNEL_TIMEOUT, answer: float = ANSWER_TIMEOUT
+    ) -> None:
         self.url = url
         self.where = shown(url, path=False)  # a webhook's path is its secret
-        self.timeout = timeout
+        self.timeout, self.answer = timeout, answer
 
     def send(self, alert: Alert) -> str:
         import httpx  # loaded when an alert goes out, not by every command that reads budgets
 
-        from ollama_meter.upstream._sdk_made import proxy_problem
+        from ollama_meter.upstream._sdk_made import on_this_machine, proxy_problem
 
         # Streamed, the body never read: the status says it all, and a webhook that answers
         # with an endless body (a URL that serves a download) held the alert thread for
         # ever, its memory growing, every later alert queued behind it. The timeout bounds
         # each read, not the answer: one trickled a byte at a time is cut by a watchdog.
         cut = _Cut()
-        watchdog = threading.Timer(self.timeout * 3, cut)
+        within = self.timeout * 2 + self.answer  # to connect, to send, and for the answer
+        watchdog = threading.Timer(within, cut)
         watchdog.daemon = True
         # This machine's loopback is posted to straight, as Ollama is called: through a proxy
         # in the environment it was the proxy's own loopback, and no alert arrived.
-        straight = _on_this_machine(self.url)
+        straight = on_this_machine(self.url)
         if not straight and (problem := proxy_problem()) is not None:
             raise OSError(f"{problem}; the alert to {self.where} goes through it")
         try:
-            with httpx.Client(timeout=self.timeout, trust_env=not straight) as client:
+            timeout = httpx.Timeout(self.timeout, read=self.answer)
+            with httpx.Client(timeout=timeout, trust_env=not straight) as client:
                 request = client.build_request(
                     "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
                 )
@@ -116,10 +133,13 @@ class WebhookChannel:
                 moved = response.headers.get("location", "")
                 response.close()
         except httpx.HTTPError as exc:
-            if cut.done:
-                raise OSError(
-                    f"{self.where} did not answer within {self.timeout * 3:g} s"
+            if cut.sent:  # (a timeout, the watchdog, or the connection closed unanswered)
+                raise Unanswered(
+                    f"{self.where} was sent the alert and did not answer "
+                    + (f"within {within:g} s" if cut.done else f"({type(exc).__name__})")
                 ) from None
+            if cut.done:
+                raise OSError(f"{self.where} did not answer within {within:g} s") from None
             raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
         finally:
             watchdog.cancel()
@@ -143,19 +163,6 @@ class WebhookChannel:
         if not 200 <= status < 300:
             raise OSError(answered)
         return f"sent to {self.where}"
-
-
-def _on_this_machine(url: str) -> bool:
-    """Whether ``url`` names this machine's loopback (``LOOPBACK``, as Ollama's calls have it)."""
-    import httpx
-
-    from ollama_meter.upstream._sdk_made import LOOPBACK
-
-    try:
-        host = httpx.URL(url).host
-    except Exception:  # httpx says what is wrong with it as it posts
-        return False
-    return f"all://[{host}]" in LOOPBACK if ":" in host else f"all://{host}" in LOOPBACK
 
 
 _FOR_NOW = frozenset({408, 425, 429})
