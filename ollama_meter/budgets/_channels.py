@@ -17,6 +17,7 @@ from email.utils import parseaddr
 from typing import Any, Protocol, runtime_checkable
 
 from ollama_meter._urls import shown
+from ollama_meter.budgets._smtp import Session
 from ollama_meter.records import Alert
 
 log = logging.getLogger("ollama_meter.alerts")
@@ -43,8 +44,9 @@ class Remembering(Protocol):
 CHANNEL_TIMEOUT = 3.0
 """Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
 ANSWER_TIMEOUT = 10.0
-"""Seconds a webhook may take to answer an alert it was sent whole (a relay that posts it on
-to a chat service before it answers): past it, the alert may be there all the same."""
+"""Seconds a server may take to answer an alert it was sent whole (a webhook relaying it to a
+chat service, an SMTP server's content filter): past it, the alert may be there all the
+same."""
 
 
 class Undeliverable(OSError):
@@ -63,6 +65,10 @@ class Deferred(OSError):
     later). Its text is the record a later run resumes from (:func:`_sent_before`: who has
     it), so it is kept whole: the addresses are the configured recipients, and each of the
     server's answers in it is cut to :data:`ANSWER` characters."""
+
+
+class _Unsure(Deferred, Unanswered):
+    """Recipients deferred before, and the others sent it whole, unanswered."""
 
 
 ANSWER = 200
@@ -169,60 +175,6 @@ _FOR_NOW = frozenset({408, 425, 429})
 """The 4xx answers that mean "later" (a timeout, too early, too many): tried again."""
 
 
-SMTP_REPLY_BYTES = 256 * 1024
-"""Bytes an SMTP server may send in one session: a few hundred make a normal one."""
-
-
-class _Session(smtplib.SMTP):
-    """An SMTP session bounded in the bytes it reads and, by :meth:`cut`, in time.
-
-    ``timeout`` bounds each read, not the session: a server that never ends a multi-line
-    reply (or trickles it) held the alert thread for ever, smtplib collecting every line.
-    """
-
-    def __init__(self, timeout: float, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(timeout=timeout)  # no host: connect() below, once it can be cut
-        self._left = SMTP_REPLY_BYTES
-        self._tls = tls
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        # smtplib's own hook (SMTP_SSL overrides it too); typeshed leaves it out.
-        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
-        if self._tls is None:
-            return sock
-        return self._tls.wrap_socket(sock, server_hostname=host)  # implicit TLS: SMTPS
-
-    def getreply(self) -> tuple[int, bytes]:
-        if self.file is None and self.sock is not None:  # a new socket (connect, STARTTLS)
-            self.file = _Counted(self, self.sock.makefile("rb"))
-        return super().getreply()
-
-    def count(self, line: bytes) -> bytes:
-        self._left -= len(line)
-        if self._left < 0:
-            raise OSError(f"the server sent more than {SMTP_REPLY_BYTES} bytes")
-        return line
-
-    def cut(self) -> None:
-        """End the session from another thread: a read waiting in it returns at once."""
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            if self.sock is not None:
-                self.sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Counted:
-    """The reader smtplib reads replies from, its bytes counted against the session's."""
-
-    def __init__(self, session: _Session, reader: Any) -> None:
-        self.session, self.reader = session, reader
-
-    def readline(self, size: int = -1) -> bytes:
-        return self.session.count(self.reader.readline(size))
-
-    def close(self) -> None:
-        self.reader.close()
-
-
 SMTPS_PORT = 465
 """The port of SMTP over implicit TLS (RFC 8314): TLS from the first byte, no STARTTLS."""
 
@@ -241,9 +193,11 @@ class EmailChannel:
         user: str | None = None,
         password: str | None = None,
         timeout: float = CHANNEL_TIMEOUT,
+        answer: float = ANSWER_TIMEOUT,
         implicit_tls: bool | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.answer = answer
         self.sender, self.recipients = _dns_domain(sender), [_dns_domain(r) for r in recipients]
         self.user, self.password = user, password
         self.timeout = timeout
@@ -268,9 +222,10 @@ class EmailChannel:
             message["To"] = ", ".join(self.recipients)
             message.set_content(alert.text() + "\n")
             tls = ssl.create_default_context() if self.implicit_tls else None
-            smtp = _Session(self.timeout, tls)
-            # A whole session (about six exchanges) within three reads' timeout.
-            watchdog = threading.Timer(self.timeout * 3, smtp.cut)
+            smtp = Session(self.timeout, tls, answer=self.answer)
+            # A whole session (about six exchanges) within three reads' timeout, and the
+            # answer to the message within its own.
+            watchdog = threading.Timer(self.timeout * 3 + self.answer, smtp.cut)
             watchdog.daemon = True
             watchdog.start()
             try:
@@ -283,6 +238,11 @@ class EmailChannel:
                     "check OMETER_ALERT_EMAIL_TO"
                 ) from None
             except (OSError, smtplib.SMTPException) as exc:  # no server, a timeout, cut off
+                if smtp.sent:  # (after its final "."): the server may have it all the same
+                    why = (
+                        f"{self.host} was sent the alert and did not answer ({type(exc).__name__})"
+                    )
+                    exc = Unanswered(why)
                 raise self._kept(alert, addresses, have, exc) from None
             finally:
                 watchdog.cancel()
@@ -316,7 +276,8 @@ class EmailChannel:
             return exc
         self._have[alert.id] = have
         took = ", ".join(a for a in addresses if a in have)
-        return Deferred(f"{SENT}{took}{UNSENT}{str(exc)[:ANSWER]}")
+        kind = _Unsure if isinstance(exc, Unanswered) else Deferred
+        return kind(f"{SENT}{took}{UNSENT}{str(exc)[:ANSWER]}")
 
     def _for_good(self, exc: smtplib.SMTPResponseException) -> OSError:
         """``exc`` as an :class:`Undeliverable` when the server's 5xx says no try changes it."""
