@@ -239,10 +239,8 @@ class EmailChannel:
                 ) from None
             except (OSError, smtplib.SMTPException) as exc:  # no server, a timeout, cut off
                 if smtp.sent:  # (after its final "."): the server may have it all the same
-                    why = (
-                        f"{self.host} was sent the alert and did not answer ({type(exc).__name__})"
-                    )
-                    exc = Unanswered(why)
+                    said = str(exc)[:ANSWER]  # smtplib's words: a read timed out, or cut
+                    exc = Unanswered(f"{self.host} was sent the alert and did not answer ({said})")
                 raise self._kept(alert, addresses, have, exc) from None
             finally:
                 watchdog.cancel()

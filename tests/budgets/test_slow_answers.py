@@ -14,30 +14,22 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from ollama_meter.budgets import AlertDispatcher, EmailChannel, WebhookChannel
 from ollama_meter.budgets._alerts import MAX_RUNS
 from ollama_meter.ledger import Ledger
+from ollama_meter.records import Alert
+from tests._raw_http import _Listener
 from tests.budgets.test_alert_once import fired
-from tests.budgets.test_gate import Receiver
+from tests.budgets.test_gate import Receiver, receiver  # noqa: F401 (a fixture)
 
 NOW = (0.0,) * (MAX_RUNS - 1)
 """Try again at once: the schedule's minutes are not what these tests pin."""
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
-
-
 def test_a_webhook_answering_in_a_few_seconds_gets_the_alert_once(
-    sqlite_url: str, receiver: Receiver
+    sqlite_url: str,
+    receiver: Receiver,  # noqa: F811
 ) -> None:
     """It answered 200 after 3.5 s, past the 3 s each try waited: the alert was posted 15
     times (3 tries, 5 attempts), and on record as never delivered (failed before)."""
@@ -54,7 +46,8 @@ def test_a_webhook_answering_in_a_few_seconds_gets_the_alert_once(
 
 
 def test_a_webhook_that_takes_the_alert_and_never_answers_gets_it_once_an_attempt(
-    sqlite_url: str, receiver: Receiver
+    sqlite_url: str,
+    receiver: Receiver,  # noqa: F811
 ) -> None:
     """Each attempt posts it once, not three times: the server may have it each time."""
     receiver.delay = 3600.0  # takes it, and answers in an hour
@@ -74,24 +67,18 @@ def test_a_webhook_that_takes_the_alert_and_never_answers_gets_it_once_an_attemp
     dispatcher.close()
 
 
-class SlowMail:
+class SlowMail(_Listener):
     """A local SMTP server that keeps each message it is sent whole, then answers its end
     (the final ".") after ``delay`` seconds: a content filter scanning it first."""
 
     def __init__(self, delay: float) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.delay = delay
         self.messages: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
+        self.port = self.listener.getsockname()[1]
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError), conn:
@@ -111,8 +98,21 @@ class SlowMail:
                 else:
                     conn.sendall(b"250 OK\r\n")
 
-    def close(self) -> None:
-        self.listener.close()
+
+def _mailed(server: SlowMail, sqlite_url: str, **channel: float) -> Alert:
+    """The alert as on record once ``server`` was offered it, with every attempt at once."""
+    ledger = Ledger(sqlite_url)
+    to = ["it@x.org"]
+    mail = EmailChannel("127.0.0.1", server.port, sender="m@x.org", recipients=to, **channel)
+    dispatcher = AlertDispatcher(ledger, [mail], backoff=0, retry_after=NOW)
+    try:
+        dispatcher.dispatch(fired(ledger))
+        assert dispatcher.flush(600.0)  # a bound for a hang, not a timing
+    finally:
+        server.close()
+        dispatcher.close()
+    (row,) = ledger.alerts()
+    return row
 
 
 def test_an_smtp_server_answering_a_message_in_a_few_seconds_mails_it_once(
@@ -122,17 +122,8 @@ def test_an_smtp_server_answering_a_message_in_a_few_seconds_mails_it_once(
     went out 15 times, 3 tries in each of 5 attempts, on record as never delivered (failed
     before)."""
     server = SlowMail(3.5)
-    ledger = Ledger(sqlite_url)
-    mail = EmailChannel("127.0.0.1", server.port, sender="m@x.org", recipients=["it@x.org"])
-    dispatcher = AlertDispatcher(ledger, [mail], backoff=0, retry_after=NOW)
-    try:
-        dispatcher.dispatch(fired(ledger))
-        assert dispatcher.flush(600.0)
-    finally:
-        server.close()
-        dispatcher.close()
+    row = _mailed(server, sqlite_url)
     assert len(server.messages) == 1
-    (row,) = ledger.alerts()
     assert (row.delivered, row.attempts, row.deliveries["email"]) == (True, 1, "sent to it@x.org")
 
 
@@ -140,20 +131,10 @@ def test_an_smtp_server_that_never_answers_a_message_it_took_gets_it_once_an_att
     sqlite_url: str,
 ) -> None:
     server = SlowMail(3600.0)
-    ledger = Ledger(sqlite_url)
-    mail = EmailChannel(
-        "127.0.0.1", server.port, sender="m@x.org", recipients=["it@x.org"], answer=0.2
-    )
-    dispatcher = AlertDispatcher(ledger, [mail], backoff=0, retry_after=NOW)
-    try:
-        dispatcher.dispatch(fired(ledger))
-        assert dispatcher.flush(600.0)
-    finally:
-        server.close()
-        dispatcher.close()
+    row = _mailed(server, sqlite_url, answer=0.2)
     assert len(server.messages) == MAX_RUNS
-    (row,) = ledger.alerts()
     assert (row.delivered, row.attempts) == (False, MAX_RUNS)
-    assert row.deliveries["email"].startswith(
-        "failed: 127.0.0.1 was sent the alert and did not answer"
+    assert row.deliveries["email"] == (
+        "failed: 127.0.0.1 was sent the alert and did not answer (Connection unexpectedly closed: "
+        "timed out)"
     )

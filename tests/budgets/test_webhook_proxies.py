@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
 from ollama_meter.budgets import WebhookChannel
 from ollama_meter.records import Alert
-from tests.budgets.test_gate import Receiver
+from tests.budgets.test_gate import Receiver, receiver  # noqa: F401 (a fixture)
 
 ALERT = Alert(1, 1, "acme", "sales", "month", "2026-11", datetime(2026, 11, 1, tzinfo=UTC), 90, 9, 10, "USD")  # fmt: skip
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
 
 
 def _dead_port() -> int:
@@ -39,7 +30,10 @@ def _dead_port() -> int:
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_webhook_on_this_machine_is_posted_to_straight_past_a_proxy(
-    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, variable: str, host: str
+    receiver: Receiver,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    host: str,
 ) -> None:
     """A corporate HTTP_PROXY set for the gateway's host sent the alert for
     http://127.0.0.1:PORT to the proxy ('ConnectError posting to http://127.0.0.1:PORT', or
@@ -68,7 +62,11 @@ def test_a_webhook_on_this_machine_is_posted_to_straight_past_a_proxy(
     ],
 )
 def test_a_proxy_httpx_cannot_use_is_said_by_its_variable(
-    monkeypatch: pytest.MonkeyPatch, receiver: Receiver, variable: str, proxy: str, said: str
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: Receiver,  # noqa: F811
+    variable: str,
+    proxy: str,
+    said: str,
 ) -> None:
     """It raised httpx's ImportError ('... Make sure to install httpx using `pip install
     httpx[socks]`') or ValueError (the proxy's URL, password and all), recorded with the alert.
