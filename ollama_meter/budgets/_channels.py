@@ -113,6 +113,7 @@ class WebhookChannel:
         import httpx  # loaded when an alert goes out, not by every command that reads budgets
 
         from ollama_meter.upstream._sdk_made import on_this_machine, proxy_problem
+        from ollama_meter.upstream._tls import client_tls
 
         # Streamed, the body never read: the status says it all, and a webhook that answers
         # with an endless body (a URL that serves a download) held the alert thread for
@@ -129,7 +130,9 @@ class WebhookChannel:
             raise OSError(f"{problem}; the alert to {self.where} goes through it")
         try:
             timeout = httpx.Timeout(self.timeout, read=self.answer)
-            with httpx.Client(timeout=timeout, trust_env=not straight) as client:
+            # The certificates SSL_CERT_FILE names, straight or not (trust_env off drops them).
+            verify = client_tls()
+            with httpx.Client(timeout=timeout, trust_env=not straight, verify=verify) as client:
                 request = client.build_request(
                     "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
                 )

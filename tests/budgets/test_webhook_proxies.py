@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import ssl
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from ollama_meter.budgets import WebhookChannel
 from ollama_meter.records import Alert
+from tests.budgets.test_alert_retry import certificate  # noqa: F401 (a fixture)
 from tests.budgets.test_gate import Receiver, receiver  # noqa: F401 (a fixture)
 
 ALERT = Alert(1, 1, "acme", "sales", "month", "2026-11", datetime(2026, 11, 1, tzinfo=UTC), 90, 9, 10, "USD")  # fmt: skip
@@ -79,3 +82,20 @@ def test_a_proxy_httpx_cannot_use_is_said_by_its_variable(
     assert str(failed.value) == f"{said}; the alert to https://hooks.example.org goes through it"
     assert "secret" not in str(failed.value)
     assert WebhookChannel(receiver.url).send(ALERT).startswith("sent to ")
+
+
+def test_a_webhook_on_this_machine_over_tls_is_trusted_as_ssl_cert_file_says(
+    receiver: Receiver,  # noqa: F811
+    certificate: tuple[Path, Path],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Posted straight, it is still verified against the certificates ``SSL_CERT_FILE``
+    names, as every other webhook and Ollama's calls are."""
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    receiver.server.socket = tls.wrap_socket(receiver.server.socket, server_side=True)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_dead_port()}")
+    url = receiver.url.replace("http://", "https://")
+    assert WebhookChannel(url).send(ALERT) == f"sent to {url.removesuffix('/hook')}"
+    assert [p["threshold"] for p in receiver.posts] == [90]
