@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -43,9 +42,9 @@ def _totals(ledger: Ledger) -> Counter[str]:
 
 
 def test_a_reprice_killed_midway_leaves_a_consistent_ledger_and_runs_again_to_the_end(
-    tmp_path: Path,
+    db_url: str,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = db_url
     ledger = Ledger(url)
     ledger.record(_spans(CALLS))
     ledger.add_price_rules([token_prices()])  # every span's cost moves
