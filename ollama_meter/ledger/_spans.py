@@ -251,7 +251,7 @@ def _priced(conn: Connection, spans: list[SpanRecord], price: Pricer) -> list[Sp
     def rules() -> Rules:
         return (*_prices.readable_rules(conn), _meta.get_meta(conn, "zone"))
 
-    cost_of = price(_prices.write_version(conn), rules)
+    cost_of = price(_prices.rules_version(conn), rules)
     priced = []
     for span in spans:
         cost = cost_of(span)
