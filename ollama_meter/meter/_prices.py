@@ -7,7 +7,6 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO
 
 from ollama_meter._reloaded import Reloaded
@@ -55,13 +54,7 @@ class PriceSource:
                 unreadable=unreadable,
             )
             kept = self._committing = (version, book)
-        book = kept[1]
-
-        def cost_of(span: SpanRecord) -> Cost:
-            cost = book.cost_of(span)  # unpriced: in the currency of the meter that ran it
-            return replace(cost, currency=span.currency) if cost.unpriced else cost
-
-        return cost_of
+        return kept[1].cost_of
 
     def __call__(self) -> PriceBook:
         return self.cache.get()
