@@ -1,0 +1,64 @@
+"""A dashboard filtered by a name no call in its window has says so, as ``ometer report`` does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from ollama_meter.testing import OllamaEmulator
+from tests.factories import make_span
+from tests.gateway.conftest import Gateway
+
+NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def dash(app: Callable[..., Gateway], emulator: OllamaEmulator) -> Gateway:
+    gw = app(emulator.url, clock=lambda: NOW)
+    at = datetime(2026, 11, 18, 10, tzinfo=UTC)
+    gw.ledger.record(
+        [
+            make_span(started_at=at, tenant="acme", department="sales", cost_total=5),
+            make_span(started_at=at, tenant="acme", department="support", cost_total=7),
+        ]
+    )
+    return gw
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        (
+            {"tenant": " acme "},
+            "no call in 2026-11 has tenant ' acme ' (did you mean 'acme'?)",
+        ),
+        (
+            {"dept": "salse", "model": "lama3.1:8b"},
+            "no call in 2026-11 has department 'salse' (did you mean 'sales'?); "
+            "no call in 2026-11 has model 'lama3.1:8b' (did you mean 'llama3.1:8b'?)",
+        ),
+        (
+            {"dept": "legal\u202e<b>", "period": "2026-10"},
+            "no call in 2026-10 has department 'legal\\u202e<b>'",
+        ),
+    ],
+)
+def test_a_filter_no_call_has_is_a_warning_with_the_near_names(
+    dash: Gateway, params: dict[str, str], said: str
+) -> None:
+    """Typed into the filter field (past 500 names) or the URL, ``acme `` showed a dashboard
+    of nothing, and nothing said why; ``ometer report --tenant 'acme '`` says so."""
+    warnings = dash.client.get("/api/dash", params=params).json()["warnings"]
+    assert warnings == [said]
+    page = dash.client.get("/dashboard", params=params).text
+    assert 'id="unmatched-banner"' in page and "<b>" not in page.split("unmatched-banner")[1]
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"tenant": "acme"}, {"model": "LLAMA3.1:8B"}, {"dept": "sales"}]
+)
+def test_a_filter_some_call_has_says_nothing(dash: Gateway, params: dict[str, str]) -> None:
+    assert dash.client.get("/api/dash", params=params).json()["warnings"] == []
+    assert 'id="unmatched-banner"' not in dash.client.get("/dashboard", params=params).text
