@@ -123,10 +123,22 @@ def unmatched_note(d: Dashboard, show: Callable[[str], str] = quoted) -> str:
             continue
         if q.scope is not None and column != "model":
             continue
-        close = get_close_matches(value, known, n=3)
+        close = _near(value, known)
         hint = f" (did you mean {' or '.join(map(show, close))}?)" if close else ""
         said.append(f"no call in {d.window.label} has {column} {show(value)}{hint}")
     return "; ".join(said)
+
+
+NEAR_AMONG = 2_000
+"""The most names a filter's typo is compared with letter by letter: among 40,000 alike
+names that took 3 s of CPU for each page drawn. Past it, only the names it matches but for
+case and blanks around it are offered."""
+
+
+def _near(value: str, known: Sequence[str]) -> list[str]:
+    folded = value.strip().casefold()
+    alike = [name for name in known if name.strip().casefold() == folded][:3]
+    return alike or ([] if len(known) > NEAR_AMONG else get_close_matches(value, known, n=3))
 
 
 def budget_json(status: BudgetStatus) -> dict[str, Any]:
