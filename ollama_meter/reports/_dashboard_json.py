@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from ollama_meter._urls import quoted
 from ollama_meter.budgets import BudgetStatus
-from ollama_meter.records import counted_model, format_micros
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.records import format_micros
 from ollama_meter.reports._dashboard import LISTED, TOP, budget_share, change, share
 from ollama_meter.reports._render import iso_utc
 from ollama_meter.reports._rows import SPEND_FIGURES, PerfRow, SpendRow
@@ -117,9 +118,10 @@ def unmatched_note(d: Dashboard, show: Callable[[str], str] = quoted) -> str:
     typed: its empty month is no typo."""
     said = []
     q = d.query
+    stored = SpanFilter(tenant=q.tenant, department=q.department, model=q.model)  # as matched
     for column, value in (("tenant", q.tenant), ("department", q.department), ("model", q.model)):
         known = d.options[column]
-        if value is None or (counted_model(value) if column == "model" else value) in known:
+        if value is None or getattr(stored, column) in known:
             continue
         if q.scope is not None and column != "model":
             continue
