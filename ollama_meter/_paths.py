@@ -9,6 +9,7 @@ import secrets
 import shlex
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -144,6 +145,62 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+NAME_MAX = 255
+"""The longest file name, in bytes, most file systems take (ext4, XFS, Btrfs, tmpfs)."""
+
+
+def temp_beside(target: Path, end: str, *, room: int = 0) -> Path:
+    """A hidden temp name of this process's own beside ``target``: ``.NAME.PID.RANDOM{end}``,
+    within the longest name a folder takes with ``room`` bytes more after it (what SQLite
+    adds, ``-journal``). A target name near that length is cut short in the temp name: the
+    22 bytes added to one of 233 to 255 made a name no folder takes, and a report or bill
+    whose own name was fine was refused as "longer than the file system takes"."""
+    mark = f".{os.getpid()}.{secrets.token_hex(4)}{end}"
+    cut = NAME_MAX - 1 - len(mark) - room
+    # The name's own bytes (os.fsencode): one that is not UTF-8 arrives with surrogates in it.
+    return target.with_name(f".{os.fsdecode(os.fsencode(target.name)[:cut])}{mark}")
+
+
+STALE_S = 3600
+"""How long a temp file whose process is gone must have been left untouched to be swept."""
+
+
+def sweep_killed(target: Path, end: str, beside: tuple[str, ...] = ()) -> None:
+    """Remove the temp files (:func:`temp_beside`'s, ending ``end``, or that and one of
+    ``beside``: what SQLite keeps beside a copy) that earlier writes of ``target`` left when
+    killed: ``kill -9``, a power cut, the OOM killer ran nothing to remove them, and each is
+    a whole or half a report, bill or ledger copy, hidden beside it, one more each time.
+
+    Only a file whose process is gone from this host and that nobody wrote for an hour: a
+    live write's (here, or another host's on a shared folder) is written to all along.
+    """
+    name = os.fsencode(target.name)
+    try:
+        left = [path for tail in ("", *beside) for path in target.parent.glob(f".*{end}{tail}")]
+    except OSError:
+        return
+    room = max(map(len, beside), default=0)
+    for path in left:
+        stem, _, rest = path.name.rpartition(end)
+        head, pid, mark = [*stem[1:].rsplit(".", 2), "", ""][:3]
+        if rest not in ("", *beside) or not head:
+            continue
+        # its name whole, or cut short to fit (temp_beside): then as long as a name can be
+        cut = len(os.fsencode(stem + end)) == NAME_MAX - room
+        if name != os.fsencode(head) and not (cut and name.startswith(os.fsencode(head))):
+            continue
+        if not pid.isdigit() or len(mark) != 8 or mark.strip("0123456789abcdef"):
+            continue
+        try:
+            if time.time() - path.stat().st_mtime < STALE_S:
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            discard(path)
+        except OSError:  # alive under another user, or gone already: not ours to judge
+            continue
+
+
 def replace_file(target: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` through a temp file of its own renamed over it:
     readers see the old file or the new one, never half, and a power cut just after leaves
@@ -152,11 +209,13 @@ def replace_file(target: Path, text: str) -> None:
     The file it replaces gives the new one its mode, and its owner and group where this
     process may set them: a bill kept from other users (``chmod 600``) stays so when
     written again. Until renamed the temp file is its owner's alone. Raises OSError; a
-    temp file is never left behind (nor on Ctrl-C).
+    temp file is never left behind (nor on Ctrl-C), and those of runs killed outright
+    (``kill -9``) are swept by the next (:func:`sweep_killed`).
     """
     # A name of its own: two runs writing one file (cron overlapping a manual run) must not
     # write into each other's temp file and rename a mix, or the other's half, into place.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    sweep_killed(target, ".tmp")
+    tmp = temp_beside(target, ".tmp")
     try:
         before: os.stat_result | None = target.stat()
     except OSError:

@@ -39,10 +39,11 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def pgbouncer(server: str, pool_mode: str, *, ignore: bool = True) -> Iterator[str]:
+def pgbouncer(server: str, pool_mode: str, *, ignore: bool = True, more: str = "") -> Iterator[str]:
     """Run PgBouncer in ``pool_mode`` in front of ``server`` (a URL without a database, as
     ``pg_server`` gives); yield the same URL through the pooler. ``ignore``: it drops
-    ``options`` (else it refuses a connection that sends them). Stopped at the end."""
+    ``options`` (else it refuses a connection that sends them); ``more``: lines of its
+    ``[pgbouncer]`` settings besides. Stopped at the end."""
     assert PGBOUNCER is not None
     target = make_url(server)
     folder = Path(tempfile.mkdtemp(prefix="ometer-pgbouncer-"))
@@ -57,7 +58,7 @@ def pgbouncer(server: str, pool_mode: str, *, ignore: bool = True) -> Iterator[s
         f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
         f"pool_mode = {pool_mode}\n"
         f"ignore_startup_parameters = {'options' if ignore else ''}\n"
-        f"logfile = {folder / 'log'}\n"
+        f"logfile = {folder / 'log'}\n{more}"
     )
     command = [PGBOUNCER, "-q", str(folder / "pgbouncer.ini")]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root

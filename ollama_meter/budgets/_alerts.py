@@ -22,7 +22,13 @@ from ollama_meter._forks import renew_after_fork
 from ollama_meter._jitter import jittered
 from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
-from ollama_meter.budgets._channels import Channel, Deferred, Remembering, Undeliverable
+from ollama_meter.budgets._channels import (
+    Channel,
+    Deferred,
+    Remembering,
+    Unanswered,
+    Undeliverable,
+)
 from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
@@ -47,7 +53,8 @@ EXIT_WAIT = 1.0
 """Seconds a process that is ending waits for alerts still being delivered."""
 CLAIM_SECONDS = 120.0
 """Seconds a process holds an alert it is delivering: no other sends it meanwhile. Longer
-than a delivery takes (three tries per channel, each bounded by :data:`~ollama_meter.budgets._channels.CHANNEL_TIMEOUT`);
+than a delivery takes (three tries per channel, each bounded by :data:`~ollama_meter.budgets._channels.CHANNEL_TIMEOUT`,
+and a webhook's answer by ``ANSWER_TIMEOUT``: one unanswered is not tried again at once);
 a process that dies mid-delivery holds it that long, then the next run tries it again."""
 
 
@@ -91,6 +98,8 @@ def deliver(
                 # Cut: a hostile server's text. Not a record of who has the alert already.
                 cut = None if isinstance(exc, Deferred) else 500
                 outcome[channel.name] = f"failed: {exc}"[:cut]
+                if isinstance(exc, Unanswered):  # it may have it: not posted again at once
+                    break
                 if attempt < attempts:
                     sleep(jittered(backoff * 2 ** (attempt - 1)))
             else:

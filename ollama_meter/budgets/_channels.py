@@ -17,6 +17,7 @@ from email.utils import parseaddr
 from typing import Any, Protocol, runtime_checkable
 
 from ollama_meter._urls import shown
+from ollama_meter.budgets._smtp import Session
 from ollama_meter.records import Alert
 
 log = logging.getLogger("ollama_meter.alerts")
@@ -42,6 +43,10 @@ class Remembering(Protocol):
 
 CHANNEL_TIMEOUT = 3.0
 """Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
+ANSWER_TIMEOUT = 10.0
+"""Seconds a server may take to answer an alert it was sent whole (a webhook relaying it to a
+chat service, an SMTP server's content filter): past it, the alert may be there all the
+same."""
 
 
 class Undeliverable(OSError):
@@ -49,11 +54,21 @@ class Undeliverable(OSError):
     recipient refused for good): not tried again. The message says what to change."""
 
 
+class Unanswered(OSError):
+    """The server was sent the alert whole and did not answer: it may have it. Tried again at
+    the next attempt, minutes later, not at once: each try at once posted it again (a webhook
+    answering in 3.5 s got every alert 15 times, and each was on record as never sent)."""
+
+
 class Deferred(OSError):
     """The server took the alert for some recipients and deferred the others (a 4xx: try
     later). Its text is the record a later run resumes from (:func:`_sent_before`: who has
     it), so it is kept whole: the addresses are the configured recipients, and each of the
     server's answers in it is cut to :data:`ANSWER` characters."""
+
+
+class _Unsure(Deferred, Unanswered):
+    """Recipients deferred before, and the others sent it whole, unanswered."""
 
 
 ANSWER = 200
@@ -67,10 +82,14 @@ class _Cut:
     def __init__(self) -> None:
         self.streams: list[Any] = []
         self.done = False
+        self.sent = False
+        """Whether the request went out whole: from then on the server may have the alert."""
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self.streams.append(info.get("return_value"))
+        elif event == "http11.send_request_body.complete":
+            self.sent = True
 
     def __call__(self) -> None:
         self.done = True
@@ -83,23 +102,37 @@ class WebhookChannel:
     name = "webhook"
     check = "the server OMETER_ALERT_WEBHOOK_URL names"
 
-    def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = CHANNEL_TIMEOUT, answer: float = ANSWER_TIMEOUT
+    ) -> None:
         self.url = url
         self.where = shown(url, path=False)  # a webhook's path is its secret
-        self.timeout = timeout
+        self.timeout, self.answer = timeout, answer
 
     def send(self, alert: Alert) -> str:
         import httpx  # loaded when an alert goes out, not by every command that reads budgets
+
+        from ollama_meter.upstream._sdk_made import on_this_machine, proxy_problem
+        from ollama_meter.upstream._tls import client_tls
 
         # Streamed, the body never read: the status says it all, and a webhook that answers
         # with an endless body (a URL that serves a download) held the alert thread for
         # ever, its memory growing, every later alert queued behind it. The timeout bounds
         # each read, not the answer: one trickled a byte at a time is cut by a watchdog.
         cut = _Cut()
-        watchdog = threading.Timer(self.timeout * 3, cut)
+        within = self.timeout * 2 + self.answer  # to connect, to send, and for the answer
+        watchdog = threading.Timer(within, cut)
         watchdog.daemon = True
+        # This machine's loopback is posted to straight, as Ollama is called: through a proxy
+        # in the environment it was the proxy's own loopback, and no alert arrived.
+        straight = on_this_machine(self.url)
+        if not straight and (problem := proxy_problem()) is not None:
+            raise OSError(f"{problem}; the alert to {self.where} goes through it")
         try:
-            with httpx.Client(timeout=self.timeout) as client:
+            timeout = httpx.Timeout(self.timeout, read=self.answer)
+            # The certificates SSL_CERT_FILE names, straight or not (trust_env off drops them).
+            verify = client_tls()
+            with httpx.Client(timeout=timeout, trust_env=not straight, verify=verify) as client:
                 request = client.build_request(
                     "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
                 )
@@ -109,10 +142,13 @@ class WebhookChannel:
                 moved = response.headers.get("location", "")
                 response.close()
         except httpx.HTTPError as exc:
-            if cut.done:
-                raise OSError(
-                    f"{self.where} did not answer within {self.timeout * 3:g} s"
+            if cut.sent:  # (a timeout, the watchdog, or the connection closed unanswered)
+                raise Unanswered(
+                    f"{self.where} was sent the alert and did not answer "
+                    + (f"within {within:g} s" if cut.done else f"({type(exc).__name__})")
                 ) from None
+            if cut.done:
+                raise OSError(f"{self.where} did not answer within {within:g} s") from None
             raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
         finally:
             watchdog.cancel()
@@ -142,60 +178,6 @@ _FOR_NOW = frozenset({408, 425, 429})
 """The 4xx answers that mean "later" (a timeout, too early, too many): tried again."""
 
 
-SMTP_REPLY_BYTES = 256 * 1024
-"""Bytes an SMTP server may send in one session: a few hundred make a normal one."""
-
-
-class _Session(smtplib.SMTP):
-    """An SMTP session bounded in the bytes it reads and, by :meth:`cut`, in time.
-
-    ``timeout`` bounds each read, not the session: a server that never ends a multi-line
-    reply (or trickles it) held the alert thread for ever, smtplib collecting every line.
-    """
-
-    def __init__(self, timeout: float, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(timeout=timeout)  # no host: connect() below, once it can be cut
-        self._left = SMTP_REPLY_BYTES
-        self._tls = tls
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        # smtplib's own hook (SMTP_SSL overrides it too); typeshed leaves it out.
-        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
-        if self._tls is None:
-            return sock
-        return self._tls.wrap_socket(sock, server_hostname=host)  # implicit TLS: SMTPS
-
-    def getreply(self) -> tuple[int, bytes]:
-        if self.file is None and self.sock is not None:  # a new socket (connect, STARTTLS)
-            self.file = _Counted(self, self.sock.makefile("rb"))
-        return super().getreply()
-
-    def count(self, line: bytes) -> bytes:
-        self._left -= len(line)
-        if self._left < 0:
-            raise OSError(f"the server sent more than {SMTP_REPLY_BYTES} bytes")
-        return line
-
-    def cut(self) -> None:
-        """End the session from another thread: a read waiting in it returns at once."""
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            if self.sock is not None:
-                self.sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Counted:
-    """The reader smtplib reads replies from, its bytes counted against the session's."""
-
-    def __init__(self, session: _Session, reader: Any) -> None:
-        self.session, self.reader = session, reader
-
-    def readline(self, size: int = -1) -> bytes:
-        return self.session.count(self.reader.readline(size))
-
-    def close(self) -> None:
-        self.reader.close()
-
-
 SMTPS_PORT = 465
 """The port of SMTP over implicit TLS (RFC 8314): TLS from the first byte, no STARTTLS."""
 
@@ -214,9 +196,11 @@ class EmailChannel:
         user: str | None = None,
         password: str | None = None,
         timeout: float = CHANNEL_TIMEOUT,
+        answer: float = ANSWER_TIMEOUT,
         implicit_tls: bool | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.answer = answer
         self.sender, self.recipients = _dns_domain(sender), [_dns_domain(r) for r in recipients]
         self.user, self.password = user, password
         self.timeout = timeout
@@ -241,9 +225,10 @@ class EmailChannel:
             message["To"] = ", ".join(self.recipients)
             message.set_content(alert.text() + "\n")
             tls = ssl.create_default_context() if self.implicit_tls else None
-            smtp = _Session(self.timeout, tls)
-            # A whole session (about six exchanges) within three reads' timeout.
-            watchdog = threading.Timer(self.timeout * 3, smtp.cut)
+            smtp = Session(self.timeout, tls, answer=self.answer)
+            # A whole session (about six exchanges) within three reads' timeout, and the
+            # answer to the message within its own.
+            watchdog = threading.Timer(self.timeout * 3 + self.answer, smtp.cut)
             watchdog.daemon = True
             watchdog.start()
             try:
@@ -256,6 +241,9 @@ class EmailChannel:
                     "check OMETER_ALERT_EMAIL_TO"
                 ) from None
             except (OSError, smtplib.SMTPException) as exc:  # no server, a timeout, cut off
+                if smtp.sent:  # (after its final "."): the server may have it all the same
+                    said = str(exc)[:ANSWER]  # smtplib's words: a read timed out, or cut
+                    exc = Unanswered(f"{self.host} was sent the alert and did not answer ({said})")
                 raise self._kept(alert, addresses, have, exc) from None
             finally:
                 watchdog.cancel()
@@ -289,7 +277,8 @@ class EmailChannel:
             return exc
         self._have[alert.id] = have
         took = ", ".join(a for a in addresses if a in have)
-        return Deferred(f"{SENT}{took}{UNSENT}{str(exc)[:ANSWER]}")
+        kind = _Unsure if isinstance(exc, Unanswered) else Deferred
+        return kind(f"{SENT}{took}{UNSENT}{str(exc)[:ANSWER]}")
 
     def _for_good(self, exc: smtplib.SMTPResponseException) -> OSError:
         """``exc`` as an :class:`Undeliverable` when the server's 5xx says no try changes it."""

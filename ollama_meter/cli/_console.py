@@ -8,7 +8,7 @@ import errno
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from rich.console import Console, ConsoleDimensions
 from rich.text import Text
@@ -149,12 +149,23 @@ class _TextConsole(Console):
     table is as wide as its content, up to :data:`PIPED_WIDTH`.
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, whole: bool = False, **options: Any) -> None:
+        self._whole = whole  # before rich's own __init__, which reads the file
         super().__init__(**options)
         # Rich fixes the width from COLUMNS as it was when the console was made (at import);
         # read it when printing instead, as a process that runs commands one after another
         # (the tests, an embedding) has it set for each.
         self._width = options.get("width")
+
+    @property
+    def file(self) -> Any:
+        """Where it prints; stdout's console writes each piece whole (:class:`_Whole`)."""
+        found = Console.file.fget(self)  # type: ignore[attr-defined]
+        return _Whole(found) if self._whole else found
+
+    @file.setter
+    def file(self, new_file: Any) -> None:
+        self._file = new_file
 
     @property
     def size(self) -> ConsoleDimensions:
@@ -189,6 +200,27 @@ class _TextConsole(Console):
         del self._buffer[:]
 
 
+class _Whole:
+    """A text stream that writes each piece whole, in its own encoding, or raises: a table
+    of more than a pipe's 64 KiB whose reader went away mid-write (``ometer report | head``)
+    was cut with exit code 0, as data was (:func:`write_all`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        binary = getattr(self.stream, "buffer", None)
+        if binary is None:  # a text-only stream (an embedding's StringIO): it holds any text
+            return int(self.stream.write(text))
+        self.stream.flush()  # what went through the text layer before it goes first
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        write_all(binary, text.encode(encoding, getattr(self.stream, "errors", None) or "strict"))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...: the stream's
+        return getattr(self.stream, name)
+
+
 def write_data(text: str) -> None:
     """CSV, JSON or an HTML page on stdout: UTF-8 whatever the locale's encoding, the bytes
     ``--out`` writes to a file. In the locale's (a Windows redirect's cp1252, ISO-8859-1, a
@@ -201,8 +233,24 @@ def write_data(text: str) -> None:
         stream.flush()
         return
     stream.flush()  # what a table or message before it left in the text layer goes first
-    binary.write(text.encode("utf-8"))
+    write_all(binary, text.encode("utf-8"))
     binary.flush()
+
+
+def write_all(binary: BinaryIO, data: bytes) -> None:
+    """All of ``data`` into ``binary``, or the OSError that stopped it.
+
+    A buffered write of more than its buffer can return a short count and no error: a pipe
+    whose reader went away mid-write (an upload that died, ``| head``) takes what fits, the
+    kernel says how much, and Python's BufferedWriter returns that. A report, bill or ``log
+    --json`` went out cut at 64 KiB with exit code 0; the rest, written again, meets the
+    closed pipe (EPIPE: a quiet exit 1, as for every other output that cannot be written)."""
+    view = memoryview(data)
+    while view:
+        written = binary.write(view)
+        if not written:  # a stream that takes nothing and says nothing: no spin, one line
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        view = view[written:]
 
 
 def escape_unencodable() -> None:
@@ -215,5 +263,5 @@ def escape_unencodable() -> None:
         reconfigure(errors="backslashreplace")
 
 
-out = _TextConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = _TextConsole(whole=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = _TextConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)

@@ -21,7 +21,7 @@ from ollama_meter.cli._common import (
     progress_bar,
     settings,
 )
-from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._console import err, named, out, write_all
 from ollama_meter.cli._files import stdin_bytes
 from ollama_meter.cli._stopped import said_if_stopped, tallied
 from ollama_meter.errors import LedgerError, OmeterError, ValidationError
@@ -136,7 +136,7 @@ def export_command(
         counted = ledger.count(SpanFilter(since=start, until=end)) if shown else None
         task = bar.add_task("spans", total=counted)
         for line in export_lines(ledger, since=start, until=end):
-            sink.write(line)
+            write_all(sink, line)  # a line of a span with content may pass the buffer
             count += 1
             if not count % 1000:
                 bar.update(task, completed=count)

@@ -52,14 +52,9 @@ def perf(
     cfg, window = settings_and_window(period, since, until, db)
     columns = parse_perf_by(by)
     check_out(fmt, out_file)
-    result = perf_report(
-        ledger_for(cfg, existing=True),
-        window,
-        columns,
-        tenant=tenant,
-        department=dept,
-        model=model,
-    )
+    ledger = ledger_for(cfg, existing=True)
+    where = {"tenant": tenant, "department": dept, "model": model}
+    result = perf_report(ledger, window, columns, tenant=tenant, department=dept, model=model)
     write_rows(
         fmt,
         result.columns,
@@ -67,10 +62,12 @@ def perf(
         out_file,
         lambda: out.print(render_table(result, cfg.timezone)),
     )
-    if not result.rows:
-        from ollama_meter.cli._hints import note_unmatched
+    from ollama_meter.cli import _hints
 
-        note_unmatched(ledger_for(cfg, existing=True), tenant=tenant, department=dept, model=model)
+    if not result.rows:
+        _hints.note_unmatched(ledger, **where)
+    else:  # a department or user of several tenants is one row's percentiles, as in report
+        _hints.note_tenants_summed(ledger, window, columns, tz=cfg.tz, **where)
     for warning in result.warnings:
         err.print(f"warning: {warning}")
 

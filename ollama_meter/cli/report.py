@@ -101,8 +101,18 @@ def report(
 
 
 def _whose(where: dict[str, str | None]) -> str:
-    """The filters, for the title of a file read by someone who never saw the command."""
-    named = [f"{what} {value}" for what, value in where.items() if value is not None]
+    """The filters, for the title of a file read by someone who never saw the command.
+
+    As typed, they are anyone's text (a cron line's variable, a pasted name): each is shown
+    as a log line shows text, its controls written as escapes, and set apart when it holds
+    right-to-left letters, so it can neither hide nor reorder the period after it (an
+    unclosed U+202E in ``--model`` drew "2026-11 · UTC" as "CTU · 11-6202")."""
+    from ollama_meter._text import one_line
+    from ollama_meter.reports import isolate
+
+    named = [
+        f"{what} {isolate(one_line(value))}" for what, value in where.items() if value is not None
+    ]
     return f" of {', '.join(named)}" if named else ""
 
 

@@ -10,18 +10,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import shlex
 import sqlite3
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
-from ollama_meter._paths import cannot_write, discard, resolved, sync_folder, written_through
+from ollama_meter._paths import (
+    cannot_write,
+    discard,
+    resolved,
+    sweep_killed,
+    sync_folder,
+    temp_beside,
+    written_through,
+)
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._at_work import STOPPED
 from ollama_meter.ledger._meta import IDENTITY, PLACE
@@ -71,7 +77,7 @@ def backup(
     target = through or target
     _refuse_in_use(target)
     _refuse_no_backup(source, target)
-    _sweep_killed(target)
+    sweep_killed(target, ".partial", _BESIDE)
     # A name of its own: two backups to one file at once (cron and a manual run) must not
     # copy into each other's temp file, nor rename the other's half into place.
     partial = _partial_name(target)
@@ -279,50 +285,10 @@ def _discard_copy(partial: Path) -> None:
         discard(path)
 
 
-_NAME_MAX = 255
-"""The longest file name, in bytes, most file systems take."""
-
-
 def _partial_name(target: Path) -> Path:
-    """A temp name of this backup's own beside ``target``, within the longest name a folder
-    takes with SQLite's ``-journal`` after it (a target name near it is cut short here)."""
-    mark = f".{os.getpid()}.{secrets.token_hex(4)}.partial"
-    room = _NAME_MAX - 1 - len(mark) - len("-journal")
-    # The name's own bytes (os.fsencode): one that is not UTF-8 arrives with surrogates in it.
-    head = os.fsdecode(os.fsencode(target.name)[:room])
-    return target.with_name(f".{head}{mark}")
-
-
-_STALE_S = 3600
-"""How long a temp copy whose process is gone must have been left untouched to be swept."""
-
-
-def _sweep_killed(target: Path) -> None:
-    """Remove the temp copies that earlier backups to ``target`` left when killed (``kill
-    -9``, a power cut: nothing ran to remove them), each the ledger's size.
-
-    Only a copy whose process is gone from this host and that nobody wrote for an hour:
-    a live backup's (here, or another host's on a shared folder) is written to all along.
-    """
-    name = os.fsencode(target.name)
-    try:
-        left = [path for end in ("", *_BESIDE) for path in target.parent.glob(f".*.partial{end}")]
-    except OSError:
-        return
-    for path in left:
-        head, _, rest = path.name[1:].rpartition(".partial")
-        rest = "" if rest in _BESIDE else rest
-        head, pid, _ = [*head.rsplit(".", 2), "", ""][:3]
-        if rest or not head or not name.startswith(os.fsencode(head)) or not pid.isdigit():
-            continue
-        try:
-            if time.time() - path.stat().st_mtime < _STALE_S:
-                continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            discard(path)
-        except OSError:  # alive under another user, or gone already: not ours to judge
-            continue
+    """A temp name of this backup's own beside ``target``, with room for SQLite's
+    ``-journal`` after it."""
+    return temp_beside(target, ".partial", room=len("-journal"))
 
 
 def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], None]:

@@ -61,6 +61,7 @@ from ollama_meter.ledger._sqlstates import (
     once_more_if_ended,
     session_ended,
 )
+from ollama_meter.ledger._usage import schema_unseen
 from ollama_meter.ledger._why import emptied, file_limit, full_disk, no_such, unwritable
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -268,7 +269,7 @@ class Database:
     def explain(self, exc: DBAPIError) -> str:
         """The driver's message, and what to do when the cause is one a user can fix."""
         text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-        lowered = text.lower()
+        lowered, state = text.lower(), getattr(exc.orig, "sqlstate", None)
         # An import or a prune spools nothing: what failed is run again, not recorded later.
         meanwhile = spooled_meanwhile()
         if "malformed" in lowered or "not a database" in lowered:
@@ -318,13 +319,13 @@ class Database:
                 f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off, or is not a "
                 f"PostgreSQL server (check the port in OMETER_DB_URL){meanwhile}"
             )
-        if getattr(exc.orig, "sqlstate", None) == READ_ONLY:
+        if state == READ_ONLY:
             return (
                 f"{text}: the database takes no writes (a hot standby, or "
                 f"default_transaction_read_only is on); point OMETER_DB_URL at the primary"
                 f"{meanwhile}"
             )
-        if getattr(exc.orig, "sqlstate", None) == IDLED:  # the timeout ometer sets (_engine)
+        if state == IDLED:  # the timeout ometer sets (_engine)
             return (
                 f"{text}: this process sat silent inside a transaction for over "
                 f"{idle_seconds(self.wait):g} s (stalled: an overloaded machine, a paused "
@@ -335,7 +336,9 @@ class Database:
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
                 f"what it had not committed is undone: run it again{meanwhile}"
             )
-        if getattr(exc.orig, "sqlstate", None) in SCHEMA_CHANGED or (
+        if state in SCHEMA_CHANGED | {NO_SCHEMA} and (unseen := schema_unseen(self.engine, state)):
+            return f"{text}: {unseen}{meanwhile}"
+        if state in SCHEMA_CHANGED or (
             self._sqlite and any(said in lowered for said in SQLITE_SCHEMA_CHANGED)
         ):
             if self._file is not None and (empty := emptied(self._file)):
@@ -352,15 +355,9 @@ class Database:
                 "search path naming another schema); undo the change, or restore it from a "
                 f"backup (`ometer db backup` makes one){meanwhile}"
             )
-        if getattr(exc.orig, "sqlstate", None) == NO_SCHEMA:
-            return (
-                f"{text}: the search path (?options=-csearch_path%3D... in OMETER_DB_URL, or the "
-                "user's own) names no schema that exists; make it (CREATE SCHEMA name) as the "
-                "database's owner, or correct the URL"
-            )
-        if getattr(exc.orig, "sqlstate", None) == NOT_ALLOWED:
+        if state == NOT_ALLOWED:
             return f"{text}: {_why.not_allowed(text, make_url(self.url).username)}"
-        if not self._sqlite and (missing := no_such(text)):
+        if not self._sqlite and (missing := no_such(text, make_url(self.url).username)):
             return f"{text}: {missing}{meanwhile}"
         if "is not currently accepting connections" in lowered:
             return (

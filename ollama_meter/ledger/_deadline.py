@@ -33,6 +33,7 @@ import contextvars
 import functools
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -191,6 +192,7 @@ AT_CONNECTION_LIMIT = (
     "too many clients already",  # the server's max_connections
     "too many connections for",  # a role's or a database's CONNECTION LIMIT
     "remaining connection slots are reserved",  # what max_connections keeps for superusers
+    "no more connections allowed",  # PgBouncer's max_client_conn
 )
 """What a PostgreSQL server with no connection to spare answers: one frees as a client ends."""
 
@@ -213,9 +215,82 @@ the port of an HTTP server (the gateway's, Ollama's). Its "received invalid resp
 negotiation: H" said neither what was wrong nor what to do."""
 
 
+_SETTING_REFUSED = (
+    "unrecognized configuration parameter",
+    "invalid value for parameter",
+    "cannot be changed",  # without restarting the server; or after the connection starts
+    "requires a value",
+    "invalid command-line argument",
+    "permission denied to set parameter",
+)
+"""What a server says, as it turns a connection away, of a setting in libpq's ``options``:
+ometer's own are valid, so it is the URL's."""
+
+_OPTION = re.compile(r'invalid connection option "[^"]*"$')
+"""libpq's refusal of a query parameter of the URL that it does not know (``?sslmod=``)."""
+
+_VALUE = re.compile(r'invalid \w+ value: "[^"]*"$')
+"""libpq's refusal of a value a parameter cannot take (``?sslmode=requires``)."""
+
+
 def not_there(said: str) -> str | None:
-    """What to do when a connection found no PostgreSQL server at the URL's address
-    (``said``: the driver's words, in lower case); None when it found one."""
+    """What to do when a connection found no PostgreSQL server at the URL's address, or one
+    that turned it away for what the URL or the server's set-up says (``said``: the driver's
+    words, in lower case); None otherwise. libpq's words name no fix."""
+    if "host '%2f" in said or 'host name "%2f' in said:  # libpq's URI for a socket's folder
+        return (
+            "a Unix socket's folder goes in ?host= in OMETER_DB_URL "
+            "(postgresql+psycopg://user@/ledger?host=/var/run/postgresql), not percent-encoded "
+            "in the host's place as libpq's own URIs write it"
+        )
+    if "failed to resolve host" in said or "could not translate host name" in said:
+        return (
+            "no host of that name is known to this machine (DNS, /etc/hosts): correct the host "
+            "in OMETER_DB_URL"
+        )
+    if "server does not support ssl" in said:
+        return (
+            "the server at that address takes no SSL connections, and sslmode (in OMETER_DB_URL, "
+            "or PGSSLMODE) asks for them: turn SSL on at the server (ssl = on in "
+            "postgresql.conf, with its certificate), or correct the host and port in "
+            "OMETER_DB_URL; on a network you trust, sslmode=prefer connects without"
+        )
+    if "root certificate file" in said and "does not exist" in said:  # its fix on a line cut
+        return (
+            "sslmode=verify-full (or verify-ca) verifies the server's certificate, and no root "
+            "certificate to verify it with is there: give its CA's certificate "
+            "(?sslrootcert=/path/to/ca.crt in OMETER_DB_URL, or sslrootcert=system for this "
+            "machine's trusted roots), or sslmode=require to encrypt without verifying"
+        )
+    if "certificate verify failed" in said:
+        return (
+            "the server's certificate is not signed by a root certificate sslrootcert gives (in "
+            "OMETER_DB_URL; ~/.postgresql/root.crt when none is named): give its CA's "
+            "certificate there, or sslmode=require to encrypt without verifying"
+        )
+    if "does not match host name" in said:
+        return (
+            "the server's certificate is for another name: give the host by the name its "
+            "certificate holds in OMETER_DB_URL, or sslmode=verify-ca to verify the "
+            "certificate but not the name"
+        )
+    if "no pg_hba.conf entry" in said or "pg_hba.conf rejects" in said:
+        return (
+            "the server's pg_hba.conf lets this user in to this database from no address this "
+            "machine connects from; add a line for it there (then SELECT pg_reload_conf()), or "
+            "correct the user, database and host in OMETER_DB_URL; a line for SSL connections "
+            "(hostssl) alone wants sslmode=require in OMETER_DB_URL"
+        )
+    if "fatal:" in said and any(words in said for words in _SETTING_REFUSED):
+        return (
+            "the server refused a setting the URL's ?options= gives (-c name=value): correct or "
+            "remove it in OMETER_DB_URL (a setting the server knows, with a value it takes, that "
+            "a session may change)"
+        )
+    if _OPTION.search(said):
+        return "correct or remove it in OMETER_DB_URL"
+    if _VALUE.search(said):
+        return "correct it in OMETER_DB_URL"
     if any(words in said for words in NOTHING_LISTENS):
         return (
             "no server answers at that address: start it, or correct the host and port in "
@@ -225,6 +300,13 @@ def not_there(said: str) -> str | None:
         return (
             "what answers at that address is not a PostgreSQL server (an HTTP server, say): "
             "correct the host and port in OMETER_DB_URL"
+        )
+    if "not allowed in statement pooling mode" in said:
+        return (
+            "a connection pooler (PgBouncer, say) answers at that address, pooling by "
+            "statement, and every ledger write is a transaction (a span and its rollups "
+            "together); have it pool this database by transaction (pool_mode = transaction) "
+            "or session, or point OMETER_DB_URL at PostgreSQL itself"
         )
     if "unsupported startup parameter" in said:
         return (

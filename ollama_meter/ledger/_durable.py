@@ -1,15 +1,14 @@
 """Writing spans so that no completed call is lost, whatever goes wrong with the write.
 
-- the database is busy, away or full: the spans go to the spool, and are
-  recorded by the next write that succeeds (or the next process that opens);
-- the spool cannot be written either (the disk is full): the spans are held in
-  memory (bounded) and :meth:`check_writable` refuses new calls until they are
-  written somewhere;
-- one span in a batch is refused for its content: the others are recorded, and
-  that one goes to the quarantine with a log line saying why and where.
+- the database is busy, away or full: the spans go to the spool, and are recorded by the
+  next write that succeeds (or the next process that opens);
+- the spool cannot be written either (the disk is full): the spans are held in memory
+  (bounded) and :meth:`check_writable` refuses new calls until they are written somewhere;
+- one span in a batch is refused for its content: the others are recorded, and that one
+  goes to the quarantine with a log line saying why and where.
 
-The journal notes each span once it is durable, so a crash leaves a trace only
-of the calls that really were in flight.
+The journal notes each span once it is durable, so a crash leaves a trace only of the
+calls that really were in flight.
 """
 
 from __future__ import annotations
@@ -76,6 +75,7 @@ class DurableLedger(Database):
         self.writes, self.spell = Failing(), Spell(wait)  # spell: a wait ran out just now
         self.looks_at_budgets = False  # a server's: each span write reads budgets_version
         self.budgets_seen: str | None = None  # as the last span write read it
+        self.price: _spans.Pricer | None = None  # a meter's: spans priced as they commit
 
     def _after_fork(self) -> None:
         """The child writes what the parent held in memory too (recording is idempotent:
@@ -115,8 +115,7 @@ class DurableLedger(Database):
 
     @property
     def kept_aside(self) -> bool:
-        """Whether this process has spans no write has brought in since: spooled, or held in
-        memory (the spool could not be written either)."""
+        """Whether this process has spans no write brought in since: spooled, or held in memory."""
         return self._spooled or bool(self._held)
 
     def bring_in(self) -> int | None:
@@ -188,8 +187,9 @@ class DurableLedger(Database):
         done: list[_spans.Inserted] = []
 
         def insert() -> None:
+            budgets, price = self.looks_at_budgets, self.price
             with self.write() as conn:
-                done[:] = [_spans.insert_spans(conn, spans, budgets=self.looks_at_budgets)]
+                done[:] = [_spans.insert_spans(conn, spans, budgets=budgets, price=price)]
 
         failure = f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
         try:

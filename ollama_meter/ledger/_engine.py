@@ -399,7 +399,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
                 "options": session_options(
                     parsed,
                     f"-c lock_timeout={max(int(lock_seconds(wait) * 1000), 1)} "
-                    f"-c idle_in_transaction_session_timeout={int(idle_seconds(wait) * 1000)} "
+                    f"-c idle_in_transaction_session_timeout={int(idle_seconds(wait) * 1000)}",
                     # The driver reads only ISO dates: a role's DateStyle = 'German' crashed
                     # every command that reads a time the server gives (budget status).
                     "-c DateStyle=ISO -c IntervalStyle=postgres",

@@ -43,6 +43,7 @@ from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
 from ollama_meter.ledger._named import Named
 from ollama_meter.ledger._readable import Readable
 from ollama_meter.ledger._reads import Aggregates
+from ollama_meter.ledger._siblings import record_siblings
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
@@ -85,6 +86,7 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
             with recording_nothing():
                 self._make_current()
             self.recover()
+            record_siblings(self)  # spooled at another address of its database
 
     def _make_current(self) -> None:
         """The schema at head, rollups built, the zone adopted if the ledger has none yet."""

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from ollama_meter._forks import ChildLock
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import unbounded
+from ollama_meter.ledger._usage import shadowed, usage_problem
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -413,8 +414,14 @@ def ensure_current(engine: Engine) -> bool:
     found = current_revision(engine)
     if found is not None:
         check_ledger_encoding(engine, engine.url.render_as_string())
+        if elsewhere := shadowed(engine):  # unqualified statements would miss its tables
+            raise LedgerError(
+                f"cannot open the ledger at {engine.url.render_as_string()}: {elsewhere}"
+            )
     if found == HEAD_REVISION:
         return False
+    if found is None and (unusable := usage_problem(engine)):  # its tables hidden, or none made
+        raise LedgerError(f"cannot open the ledger at {engine.url.render_as_string()}: {unusable}")
     if found is None and create_at_head(engine):
         return True
     upgrade(engine)

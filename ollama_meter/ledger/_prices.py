@@ -63,6 +63,15 @@ def rules_version(conn: Connection) -> tuple[object, ...]:
     return tuple(conn.execute(query).one())
 
 
+_VERSION = f"SELECT count(*), max(id), max(created_at) FROM {PRICE_RULES.name}"
+
+
+def write_version(conn: Connection) -> tuple[object, ...]:
+    """:func:`rules_version` as a span write reads it, every write: its SQL as text, built
+    once (built as an expression each time, it halved the writes a second of one span each)."""
+    return tuple(conn.exec_driver_sql(_VERSION).one())
+
+
 def list_rules(conn: Connection) -> list[PriceRule]:
     return _read(conn, select(PRICE_RULES).order_by(PRICE_RULES.c.id))
 

@@ -83,12 +83,13 @@ def url_options(url: URL) -> str:
     return " ".join(given) if isinstance(given, tuple) else given or ""
 
 
-def session_options(url: URL, ours: str) -> str:
-    """``ours`` and then the URL's own ``options`` (``-csearch_path=meter`` puts the ledger
-    in a schema): connect arguments replace the URL's, which were silently dropped. The
-    URL's come last, so a setting it names itself wins."""
-    given = url_options(url)
-    return f"{ours} {given}" if given else ours
+def session_options(url: URL, ours: str, needed: str) -> str:
+    """``ours``, then the URL's own ``options`` (``-csearch_path=meter`` puts the ledger in a
+    schema), then ``needed``: connect arguments replace the URL's, which were silently
+    dropped. A setting the URL names itself wins over ``ours`` (its own lock timeout), never
+    over ``needed``, what the driver cannot do without: a URL's ``-cDateStyle=German``
+    made every read of a time "unexpected NotImplementedError", a gateway's calls 500."""
+    return " ".join(part for part in (ours, url_options(url), needed) if part)
 
 
 _CHECK = (

@@ -21,11 +21,18 @@ from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import (
     ROW_FIELDS,
     TEXT_LIMITS,
+    Cost,
     PriceRule,
     SpanRecord,
+    UnreadableRule,
     counted_model,
     storable_text,
 )
+
+Rules = tuple[list[PriceRule], list[UnreadableRule], str | None]
+"""The ledger's price rules, those it cannot read, and its zone's name, as a write reads them."""
+Pricer = Callable[[tuple[object, ...], Callable[[], Rules]], Callable[[SpanRecord], Cost]]
+"""Given the rules' version and a read of them, what a span costs under them (the meter's)."""
 
 _TABLE: Table = SPANS
 _COST_COLUMNS = (
@@ -190,6 +197,7 @@ def insert_spans(
     *,
     pruned_too: bool = False,
     budgets: bool = False,
+    price: Pricer | None = None,
 ) -> Inserted:
     """Record ``spans`` and add the new ones to the rollups, in the caller's transaction.
 
@@ -207,6 +215,11 @@ def insert_spans(
     rollups' lock, which a prune holds alone to record it: a prune landing meanwhile
     waits for this transaction, and removes the spans it adds. ``budgets``: read
     ``budgets_version`` too (:attr:`Inserted.budgets`).
+
+    ``price`` (a meter's writes): each span is recorded priced by the rules in force as it
+    is committed, read under the lock a reprice writes each page under. Priced when it
+    ended, by the rules its call opened with, a call that ended as the rules changed was
+    written after a reprice had passed it, at the old price for good.
     """
     if not spans:
         return Inserted([])
@@ -217,6 +230,8 @@ def insert_spans(
         statement = _INSERTS[key] = _SpanInsert(dialect)
     unique = sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
     horizon, zone = _rollup.lock_for_spans(conn)
+    if price is not None:
+        unique = _priced(conn, unique, price)
     if pruned_too:
         horizon = None
     early: list[SpanRecord] = []
@@ -227,6 +242,23 @@ def insert_spans(
     _history.note_calls(conn, added)
     seen = budgets_version(conn) if budgets else None
     return Inserted(added, early, None if horizon is None else from_us(horizon), seen)
+
+
+def _priced(conn: Connection, spans: list[SpanRecord], price: Pricer) -> list[SpanRecord]:
+    """``spans`` priced by the rules as this transaction reads them: a copy of each that moves
+    (the caller's own span, maybe still read by its thread, is not changed under it)."""
+
+    def rules() -> Rules:
+        return (*_prices.readable_rules(conn), _meta.get_meta(conn, "zone"))
+
+    cost_of = price(_prices.write_version(conn), rules)
+    priced = []
+    for span in spans:
+        cost = cost_of(span)
+        fresh = span if _costs(span) == _costs_of(cost) else replace(span)
+        fresh.apply_cost(cost)
+        priced.append(fresh)
+    return priced
 
 
 def _before(
@@ -399,3 +431,9 @@ def update_costs(
 
 def _costs(span: SpanRecord) -> dict[str, Any]:
     return {name: getattr(span, name) for name in _COST_COLUMNS}
+
+
+def _costs_of(cost: Cost) -> dict[str, Any]:
+    """``cost`` as :func:`_costs` reads a span's."""
+    parts = (cost.tokens, cost.compute, cost.energy, cost.fee, cost.total, cost.currency)
+    return dict(zip(_COST_COLUMNS, (*parts, cost.rule_id, cost.unpriced), strict=True))

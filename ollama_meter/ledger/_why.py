@@ -301,12 +301,33 @@ _NAMED = {
 }
 
 
-def no_such(said: str) -> str | None:
-    """What to do when a PostgreSQL server has no database, or no user, of the URL's name
-    (``said``: its refusal), else None."""
+def no_such(said: str, user: str | None) -> str | None:
+    """What to do when a PostgreSQL server has no database, or no user, of the URL's name,
+    or will not let ``user`` in to it (``said``: its refusal), else None."""
     if missing := _MISSING.search(said):
         what, fix = _NAMED[missing[1]]
         return f"no {what} of that name on this server: {fix}"
+    return _kept_out(said, user)
+
+
+_NO_LOGIN = re.compile(r'FATAL:\s+role "(.*)" is not permitted to log in')
+_NO_CONNECT = re.compile(r'FATAL:\s+permission denied for database "(.*)"')
+
+
+def _kept_out(said: str, user: str | None) -> str | None:
+    """What to do when a PostgreSQL server will not let ``user`` in (``said``: its refusal):
+    a role that may not log in, or one without CONNECT on the database; else None."""
+    if found := _NO_LOGIN.search(said):
+        return (
+            f"the user may not log in (NOLOGIN: a group role, or one locked out); let it "
+            f"(ALTER ROLE {found[1]} LOGIN), or name a user that may in OMETER_DB_URL"
+        )
+    if found := _NO_CONNECT.search(said):
+        return (
+            f"the user {user} has no CONNECT on this database; give it (GRANT CONNECT ON "
+            f"DATABASE {found[1]} TO {user}, as its owner), or name a user that has it in "
+            "OMETER_DB_URL"
+        )
     return None
 
 

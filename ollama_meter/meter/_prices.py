@@ -6,6 +6,8 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO
 
 from ollama_meter._reloaded import Reloaded
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
 
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
+    from ollama_meter.ledger._spans import Rules
+    from ollama_meter.records import Cost, SpanRecord
 
 
 class PriceSource:
@@ -33,6 +37,31 @@ class PriceSource:
         # out the 30 s, a gateway priced calls by a changed rule's old price for up to 35 s,
         # and a `reprice` run at once had passed those calls before they were written.
         self.cache = Reloaded(self.load, ttl=ttl, what="price rules", changed=self._changed)
+        self._committing: tuple[tuple[object, ...], PriceBook] | None = None
+
+    def at_commit(
+        self, version: tuple[object, ...], rules: Callable[[], Rules]
+    ) -> Callable[[SpanRecord], Cost]:
+        """What a span costs under the rules a write of it reads (``version``; ``rules``
+        reads them in that write), for the ledger to record it so (``Ledger.price``): a
+        book read again only when the rules changed."""
+        kept = self._committing
+        if kept is None or kept[0] != version:
+            readable, unreadable, zone = rules()
+            book = PriceBook(
+                readable,
+                tz=zone_of(zone, self.settings),
+                currency=self.settings.currency,
+                unreadable=unreadable,
+            )
+            kept = self._committing = (version, book)
+        book = kept[1]
+
+        def cost_of(span: SpanRecord) -> Cost:
+            cost = book.cost_of(span)  # unpriced: in the currency of the meter that ran it
+            return replace(cost, currency=span.currency) if cost.unpriced else cost
+
+        return cost_of
 
     def __call__(self) -> PriceBook:
         return self.cache.get()
@@ -151,9 +180,13 @@ def ledger_zone(ledger: Ledger, settings: Settings) -> ZoneInfo:
     before zones were kept (as before), and when this machine does not know the ledger's
     zone (nothing is recorded then anyway: spans wait in the spool).
     """
+    return zone_of(ledger.chosen_zone(), settings)
+
+
+def zone_of(name: str | None, settings: Settings) -> ZoneInfo:
+    """The zone a ledger's chosen zone ``name`` is here (see :func:`ledger_zone`)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    name = ledger.chosen_zone()
     if name is None:
         return settings.tz
     try:

@@ -54,6 +54,7 @@ def build_meter(
 
     ledger = ledger_for(settings)
     prices = PriceSource(ledger, settings=settings)
+    ledger.price = prices.at_commit  # a call ending as the rules change: as a reprice prices it
     # Before the budgets: a gateway's start says the thresholds they reached, and a crossing
     # by a call recovered after that look waited for the scope's next call, or a restart.
     recover_interrupted(ledger, prices, exporters := telemetry_observers(settings))

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     )
     from ollama_meter.reports._html import (
         content_security_policy as content_security_policy,
+        isolate as isolate,
         render_chargeback_html as render_chargeback_html,
         render_error_page as render_error_page,
         render_spend_html as render_spend_html,
@@ -87,7 +88,8 @@ _NAMES = {
     "._choices": "BY_CHOICES IDLE IDLE_MODES PERF_BY_CHOICES PERF_DEFAULT_BY IdleMode",
     "._dashboard": "PERIOD_CHOICES Dashboard DashQuery dashboard_report failures_report",
     "._dashboard_page": "Links render_dashboard",
-    "._html": "content_security_policy render_chargeback_html render_error_page render_spend_html",
+    "._html": "content_security_policy isolate render_chargeback_html render_error_page "
+    "render_spend_html",
     "._perf": "PERF_METRICS PerfReport histogram_percentile parse_perf_by percentile perf_report",
     "._render": "iso_utc safe_cell span_to_dict to_csv to_json",
     "._rows": "CHARGEBACK_COLUMNS ChargebackRow PerfRow Row SpendRow",

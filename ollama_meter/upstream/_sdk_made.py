@@ -65,6 +65,15 @@ this machine's: an Ollama on 127.0.0.1 (the default) is called straight, as Olla
 proxy unless ``NO_PROXY`` names it."""
 
 
+def on_this_machine(url: str) -> bool:
+    """Whether ``url`` names this machine's loopback (:data:`LOOPBACK`): called straight."""
+    try:
+        host = httpx.URL(url).host
+    except Exception:  # httpx says what is wrong with it as it is called
+        return False
+    return f"all://[{host}]" in LOOPBACK if ":" in host else f"all://{host}" in LOOPBACK
+
+
 def environment_proxies() -> dict[str, str | None]:
     """The proxies in the environment as httpx reads them (``get_environment_proxies``): a
     URL pattern (``http://``, ``all://*.corp``) and its proxy, None for one ``NO_PROXY`` sends

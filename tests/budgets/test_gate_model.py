@@ -365,6 +365,14 @@ class Budgets(RuleBasedStateMachine):
             replace(old, id=None, limit=max(1, old.limit * percent // 100))
         )
 
+    @rule(which=st.integers(0, 1))
+    def remove_and_set_again(self, which: int) -> None:
+        """`budget rm`, then `budget set` as it was, calls in flight: the same budget, which
+        holds them (test_removed_holds.py)."""
+        old = self.budgets[which]
+        self.ledger.remove_budget(old.id or 0)
+        self.budgets[which] = self.ledger.save_budget(replace(old, id=None))
+
     def _levels(self, budget: Budget) -> Iterator[tuple[Window, int]]:
         """Each period's spend, spans still spooled and calls in flight."""
         windows = {

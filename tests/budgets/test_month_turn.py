@@ -22,7 +22,7 @@ from ollama_meter.periods import local_midnight, next_month
 from ollama_meter.records import new_span_row_id
 from ollama_meter.reports import chargeback
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import make_span, token_prices
+from tests.factories import make_span, opened, token_prices
 from tests.gateway.conftest import settle as settle_meter
 
 LIMIT = 10_000_000
@@ -146,7 +146,8 @@ def test_a_metered_stream_from_the_months_last_moment_is_priced_counted_and_bill
     limit = 3 * BOUND  # December's bound, at its prices
     before = limit - BOUND  # spent in November: room for the late call's bound exactly
     saved = budget(meter, limit, thresholds=(80, 100))
-    meter.ledger.record([make_span(started_at=turn - timedelta(days=9), cost_total=before)])
+    with opened(db_url) as seeding:  # priced by other rules: not the meter's, which reprice
+        seeding.record([make_span(started_at=turn - timedelta(days=9), cost_total=before)])
     who = Attribution(tenant="acme", department="sales")
 
     def chat(stream: bool) -> Any:

@@ -15,9 +15,11 @@ import pytest
 from rich.console import Console
 
 from ollama_meter.cli.perf import render_table
+from ollama_meter.ledger import Ledger
 from ollama_meter.periods import Window
 from ollama_meter.reports import PERF_METRICS, PerfReport
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from tests.factories import make_span
 
 HEADER = (
     "model,department,requests,errors,error_rate,latency_p50_ms,latency_p95_ms,latency_p99_ms,"
@@ -155,3 +157,28 @@ def test_table_cells_never_round_a_bin_edge_across_the_true_value() -> None:
         "slow", "-", "-", "-", "1,500.0", "-", "-", "-", "-", "1.15", "-", "-", "0.0022", "-",
         "-", "-",
     ]  # fmt: skip
+
+
+def test_a_department_two_tenants_share_is_said_to_be_summed(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    """As report says it: perf by department merged acme's and globex's ``research`` into one
+    row's percentiles and error rate without a word (the default --by model,department too)."""
+    at = datetime.now(UTC).replace(microsecond=0)
+    ledger = Ledger(db)
+    ledger.record(
+        [
+            make_span(started_at=at, tenant=tenant, department="research", latency_ns=latency)
+            for tenant, latency in [("acme", 10**6), ("globex", 9 * 10**9)]
+        ]
+    )
+    ledger.dispose()
+    note = (
+        "note: department 'research' is in 2 tenants (acme, globex), summed in one row: add "
+        "tenant to --by (--by tenant,{}) to see each"
+    )
+    for by in ("department", "model,department"):
+        merged = cli("perf", "--period", "today", "--by", by, "--format", "csv")
+        assert merged.code == 0, merged.stderr
+        assert merged.stderr.splitlines() == [note.format(by)]
+    for apart in (("--by", "tenant,department"), ("--tenant", "acme"), ("--by", "model")):
+        quiet = cli("perf", "--period", "today", "--format", "csv", *apart)
+        assert quiet.code == 0 and quiet.stderr == "", (apart, quiet.stderr)

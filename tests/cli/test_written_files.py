@@ -9,10 +9,14 @@ as two names in every listing.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,3 +201,110 @@ def test_a_file_in_a_folder_this_user_may_not_write_says_so(
         f"error: {_cannot(command, ledger_url, target)}: {why}\n",
     )
     assert os.listdir(kept) == []
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("letter", ["a", "é", "\udcff"])  # 1 byte, 2 bytes, one not UTF-8
+def test_a_name_as_long_as_the_folder_takes_is_written(
+    cli: Any, tmp_path: Path, ledger_url: str, command: str, letter: str
+) -> None:
+    """A name of up to 255 bytes is a file's name (ext4, XFS, tmpfs...): one of 233 to 255
+    was refused as 'longer than the file system takes' by report and chargeback, whose temp
+    file beside it had 22 bytes more (db backup's was cut to fit)."""
+    size = len(os.fsencode(letter))
+    name = letter * ((255 - 4) // size) + ".csv"
+    name = name[: len(name) - (len(os.fsencode(name)) - 255) // size]
+    assert 254 <= len(os.fsencode(name)) <= 255
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args, _ = COMMANDS[command]
+    done = cli(*args, str(folder / name), "--db", ledger_url)
+    assert done.code == 0, done.stderr
+    assert os.listdir(folder) == [name]
+
+
+def _killed_mid_write(args: list[str], target: Path, old: str) -> list[str]:
+    """Run ``ometer ARGS`` and ``kill -9`` it once its temp file is beside ``target``
+    (holding ``old``), until one is killed before its rename: the temp files it left. Each
+    run killed after its rename, or finished first, left the new file whole."""
+    for _ in range(50):
+        target.write_text(old)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "ollama_meter", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while run.poll() is None:
+            if list(target.parent.glob(f".{target.name}.*.tmp")):
+                os.kill(run.pid, signal.SIGKILL)
+                break
+        run.wait()
+        if left := sorted(p.name for p in target.parent.glob(f".{target.name}.*.tmp")):
+            assert target.read_text() == old
+            return left
+        assert json.loads(target.read_text())  # renamed whole before the kill came
+    pytest.fail("no run was killed while it wrote its temp file")
+
+
+def test_a_report_killed_while_it_writes_leaves_the_old_file_and_the_next_run_sweeps_its_temp(
+    tmp_path: Path,
+) -> None:
+    """``kill -9`` of a report or bill while it wrote (cron's timeout, the OOM killer) left
+    the old file whole, as it should, and beside it a hidden temp file of the new one, half
+    written, for ever: one more each time. The next write of that file now removes those
+    whose process is gone and that nobody wrote for an hour (as ``db backup`` removes its
+    own), and no other file."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).record(_spans(3_000))
+    close_ledgers()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    target = folder / "spend.json"
+    args = ["report", "--db", url, "--period", "2026-11", "--by", "department,user,model,day",
+            "--format", "json", "--out", str(target)]  # fmt: skip
+    left = _killed_mid_write(args, target, "the old report\n")
+    assert len(left) == 1
+    dead = subprocess.Popen(["true"])  # a pid that ran and ended
+    dead.wait()
+    names = {
+        "recent": f".spend.json.{dead.pid}.ffffffff.tmp",  # written a moment ago
+        "alive": f".spend.json.{os.getpid()}.00000000.tmp",  # a run still writing
+        "other_target": f".other.json.{dead.pid}.0a1b2c3d.tmp",
+        "its_start": f".spend.{dead.pid}.0a1b2c3d.tmp",  # spend's, not cut short from spend.json
+        "not_a_temp": ".spend.json.notes.tmp",
+        "not_random": f".spend.json.{dead.pid}.notes.tmp",
+    }
+    for name in names.values():
+        (folder / name).write_bytes(b"x")
+    hour_ago = time.time() - 3700
+    for name in [*left, *(names[k] for k in names if k != "recent")]:
+        os.utime(folder / name, (hour_ago, hour_ago))
+    done = subprocess.run(
+        [sys.executable, "-m", "ollama_meter", *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert target.read_text().startswith("[")
+    assert sorted(p.name for p in folder.glob(".*")) == sorted(names.values())
+
+
+def test_the_temp_file_of_a_long_name_is_swept_as_cut_short(tmp_path: Path) -> None:
+    """A name near 255 bytes has its temp file's name cut short (temp_beside): a killed
+    write's is swept by the next write of that name, and not by that of another name (one
+    that begins as the cut name does may sweep it too: it is a dead process's all the same)."""
+    from ollama_meter._paths import NAME_MAX, replace_file
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mark = f".{dead.pid}.0a1b2c3d.tmp"
+    name, other = "a" + "é" * 120 + ".csv", "b" + "é" * 120 + ".csv"
+    cut = os.fsdecode(os.fsencode(name)[: NAME_MAX - 1 - len(mark)])
+    left = folder / f".{cut}{mark}"
+    left.write_bytes(b"half")
+    hour_ago = time.time() - 3700
+    os.utime(left, (hour_ago, hour_ago))
+    replace_file(folder / other, "b\n")
+    assert left.exists()
+    replace_file(folder / name, "a\n")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([name, other])

@@ -464,6 +464,43 @@ def test_hostile_names_in_the_ledger_render_inert(
     assert watched.problems == []  # a blocked inline script would be a console error
 
 
+def test_hostile_names_in_the_report_and_bill_files_render_inert(
+    browser: Any, cli: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The mailed files as the dashboard above: names as a ledger might hold them in every
+    column of every report grouping and of the bill, and in the filters of the title, run no
+    script, make no element of their own and load nothing from anywhere."""
+    at = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
+    Ledger(sqlite_url).record(
+        [
+            make_storable(
+                make_span(
+                    started_at=at, tenant=name[:64], department=name[:64], user=name[:128],
+                    request_model=name, cost_total=1_000_000 + n, load_duration_ns=200_000_000,
+                )
+            )
+            for n, name in enumerate(HOSTILE)
+        ]
+    )  # fmt: skip
+    runs = [
+        ["report", "--period", "2026-11", "--by", "tenant,department,user,model,day"],
+        ["report", "--period", "2026-11", "--by", "user", "--model", HOSTILE[0]],
+        ["report", "--period", "2026-11", "--by", "model,week", "--tenant", HOSTILE[1][:64]],
+        ["chargeback", "--month", "2026-11", "--fixed-cost", "100", "--idle", "separate"],
+    ]
+    for n, args in enumerate(runs):
+        out = tmp_path / f"{n}.html"
+        done = cli(*args, "--db", sqlite_url, "--format", "html", "--out", str(out))
+        assert done.code == 0, done.stderr
+        watched = open_page(browser, out.as_uri(), "file:")
+        page = watched.page
+        assert page.evaluate("() => [window.pwned, document.scripts.length]") == [None, 0]
+        assert page.locator("img, iframe, [onerror], [onmouseover]").count() == 0
+        if not {"--model", "--tenant"} & set(args):  # each name as text, its own
+            assert "\u202eevil\u202c<b>bold</b>" in page.locator("body").inner_text()
+        assert watched.problems == []
+
+
 def test_a_link_whose_hash_is_no_valid_escape_opens_the_page_without_a_script_error(
     browser: Any, office: Gateway
 ) -> None:

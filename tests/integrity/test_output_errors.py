@@ -20,18 +20,28 @@ import pytest
 from ollama_meter.ledger import Ledger
 from tests.factories import make_span
 
+_LAST_MONTH = f"{datetime.now(UTC).replace(day=1) - timedelta(days=1):%Y-%m}"
 COMMANDS = (["db", "export"], ["log", "--json", "--limit", "500"], ["report", "--format", "csv"])
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A ledger with enough spans that no command's output fits a pipe's buffer."""
+    """A ledger with enough spans that no command's output fits a pipe's buffer: this month's
+    for report and log, last month's for chargeback."""
     url = f"sqlite:///{tmp_path_factory.mktemp('out') / 'l.db'}"
-    at = datetime.now(UTC) - timedelta(hours=1)
+    now = datetime.now(UTC)  # an hour ago, but in this month (UTC, as the commands read it)
+    at = max(now - timedelta(hours=1), now.replace(day=1, hour=0, minute=0, second=0))
+    before = datetime.fromisoformat(f"{_LAST_MONTH}-15T12:00:00+00:00")
     Ledger(url).record(
-        [make_span(started_at=at + timedelta(seconds=n), department=f"d{n}") for n in range(400)]
+        [
+            make_span(
+                started_at=moment + timedelta(milliseconds=n), department=f"d{n}", cost_total=n + 1
+            )
+            for moment in (at, before)
+            for n in range(3_000)  # 120 KiB of report or bill, past the pipe's 64
+        ]
     )
-    return {**os.environ, "OMETER_DB_URL": url, "NO_COLOR": "1"}
+    return {**os.environ, "OMETER_DB_URL": url, "OMETER_TIMEZONE": "UTC", "NO_COLOR": "1"}
 
 
 def _ometer(args: list[str], env: dict[str, str], **streams: object) -> subprocess.Popen[bytes]:
@@ -51,20 +61,23 @@ def test_a_full_disk_is_one_line_and_exit_1(args: list[str], env: dict[str, str]
     )
 
 
-def test_a_pipe_closed_early_ends_the_command_quietly(env: dict[str, str]) -> None:
+@pytest.mark.parametrize("args", [*COMMANDS, ["chargeback", "--month", _LAST_MONTH]], ids=" ".join)
+def test_a_pipe_closed_early_ends_the_command_quietly(args: list[str], env: dict[str, str]) -> None:
     """``ometer db export | head -1``: no message, no traceback; exit 1, as not all was written
     (a pipeline under ``set -o pipefail`` fails, as it does with ``cat`` or ``grep``).
 
-    Export writes line by line, so a write meets the closed pipe. (A command that writes its
-    whole output at once may not: Python drops what a pipe closed on mid-write, and exits 0.)"""
-    proc = _ometer(["db", "export"], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    A command that writes its whole output at once (report, log --json, chargeback: a bill
+    piped to an upload that dies) exited 0 with its output cut at the pipe's 64 KiB: the
+    kernel takes what fits when the reader goes, and Python's buffered write returned that
+    short count as if all was written. Each write now goes on until all is written, so the
+    rest meets the closed pipe."""
+    proc = _ometer(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 1
+    assert (proc.wait(timeout=60), stderr) == (1, "")
     assert first.strip()
-    assert stderr == ""
 
 
 def test_an_interrupted_backup_or_out_file_leaves_no_temp_file_behind(
@@ -337,3 +350,31 @@ def test_out_never_replaces_a_database(
         assert target.read_bytes() == before
     assert Ledger(url).count() == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_out_into_a_pipe_whose_reader_goes_mid_write_exits_1(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """``--out FIFO`` (or ``/dev/stdout`` in a pipe) is written into: a reader that went after
+    the first line left the report cut at the pipe's 64 KiB, and exit code 0."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = _ometer(["report", "--format", "csv", "--out", str(fifo)], env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    with fifo.open("rb") as reader:
+        first = reader.readline()
+    stderr = proc.stderr.read().decode()
+    assert (proc.wait(timeout=60), first.startswith(b"department,")) == (1, True)
+    assert stderr.startswith(f"error: cannot write {fifo}: "), stderr
+
+
+def test_a_table_whose_reader_goes_mid_write_exits_1(env: dict[str, str]) -> None:
+    """``ometer report | head``: a table of more than the pipe's 64 KiB was cut there with
+    exit code 0, as data was."""
+    proc = _ometer(["report"], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert (proc.wait(timeout=60), stderr) == (1, "")
+    assert first.startswith(b"spend ")

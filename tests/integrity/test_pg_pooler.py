@@ -251,6 +251,45 @@ def test_a_pooler_that_refuses_ometers_session_settings_says_how_to_let_them_thr
     )
 
 
+def test_a_pooler_in_statement_pooling_says_to_pool_by_transaction(
+    pg_server: str | None, pg_url: str
+) -> None:
+    """PgBouncer with ``pool_mode = statement`` runs no transaction, which every ledger write
+    needs (a span and its rollup rows together): its bare "transaction blocks not allowed in
+    statement pooling mode" named no fix."""
+    with pgbouncer(_need_pgbouncer(pg_server), "statement") as pooled:
+        with pytest.raises(LedgerError) as refused:
+            Ledger(_through(pooled, pg_url), wait=1.0)
+    assert str(refused.value).endswith(
+        "transaction blocks not allowed in statement pooling mode: a connection pooler "
+        "(PgBouncer, say) answers at that address, pooling by statement, and every ledger "
+        "write is a transaction (a span and its rollups together); have it pool this "
+        "database by transaction (pool_mode = transaction) or session, or point "
+        "OMETER_DB_URL at PostgreSQL itself"
+    ), refused.value
+
+
+def test_a_pooler_with_every_client_connection_taken_is_a_connection_limit(
+    pg_server: str | None, pg_url: str
+) -> None:
+    """PgBouncer's ``max_client_conn`` reached (other clients, or gateways each keeping up to
+    30): its bare "no more connections allowed (max_client_conn)" named no fix, and a
+    starting gateway gave up at once where it waits for a server at its connection limit."""
+    from ollama_meter.cli._waiting import unreachable
+
+    with pgbouncer(_need_pgbouncer(pg_server), "transaction", more="max_client_conn = 1\n") as full:
+        other = create_engine(_through(full, pg_url))
+        with other.connect(), pytest.raises(LedgerError) as refused:
+            Ledger(_through(full, pg_url), wait=1.0)
+        other.dispose()
+    assert str(refused.value).endswith(
+        "no more connections allowed (max_client_conn): the server is at its connection limit "
+        "(max_connections, or the user's CONNECTION LIMIT); each ometer process keeps up to "
+        "30, so raise the limit or stop idle clients"
+    ), refused.value
+    assert unreachable(refused.value)
+
+
 def test_a_connection_straight_to_the_server_sets_nothing_per_transaction(pg_url: str) -> None:
     """The server took the settings as the session began: a transaction asks nothing more of it
     (a round trip each would slow every write for a pooler that is not there)."""

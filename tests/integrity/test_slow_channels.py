@@ -324,10 +324,11 @@ def test_a_webhook_trickling_its_answer_fails_the_attempt_in_bounded_time(tmp_pa
 
     stop = threading.Event()
     host, port = _talking_server(stop, b"X-Still: here\r\n", 0.4, first=b"HTTP/1.1 200 OK\r\n")
-    channel = WebhookChannel(f"http://{host}:{port}/hook", timeout=1.0)
+    channel = WebhookChannel(f"http://{host}:{port}/hook", timeout=1.0, answer=1.0)
     alert = fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}"))
     try:
         failed = _sent_within(channel, alert)
     finally:
         stop.set()
-    assert [str(e) for e in failed] == [f"http://{host}:{port} did not answer within 3 s"]
+    said = f"http://{host}:{port} was sent the alert and did not answer within 3 s"
+    assert [str(e) for e in failed] == [said]

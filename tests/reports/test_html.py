@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -410,17 +411,39 @@ def test_a_filtered_html_file_says_whose_it_is(cli, sqlite_url: str, tmp_path: P
             make_span(started_at=at, tenant="acme", request_model="<b>x</b>", cost_total=4),
         ]
     )
-    out = tmp_path / "spend.html"
     filters = ["--tenant", "acme", "--dept", "sales", "--model", "llama3.1:8b"]
-    result = cli(
-        "report", "--db", sqlite_url, "--period", "2026-11", *filters,
-        "--format", "html", "--out", str(out),
-    )  # fmt: skip
-    assert result.code == 0, result.stderr
-    page = out.read_text()
+    page = _filtered_page(cli, sqlite_url, tmp_path / "spend.html", filters)
     heading = "Spend by department of tenant acme, department sales, model llama3.1:8b"
     assert f"<title>{heading} · 2026-11 · UTC</title>" in page
-    unfiltered = tmp_path / "all.html"
-    cli("report", "--db", sqlite_url, "--period", "2026-11", "--model", "<b>x</b>",
-        "--format", "html", "--out", str(unfiltered))  # fmt: skip
-    assert "<title>Spend by department of model &lt;b&gt;x&lt;/b&gt; · " in unfiltered.read_text()
+    unfiltered = _filtered_page(cli, sqlite_url, tmp_path / "all.html", ["--model", "<b>x</b>"])
+    assert "<title>Spend by department of model &lt;b&gt;x&lt;/b&gt; · " in unfiltered
+
+
+def _filtered_page(cli: Any, url: str, out: Path, filters: list[str]) -> str:
+    """November's HTML report by department with ``filters``, as the file holds it."""
+    result = cli(
+        "report", "--db", url, "--period", "2026-11", *filters, "--format", "html",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    return out.read_text()
+
+
+def test_a_filter_in_the_title_cannot_reorder_or_hide_the_period_after_it(  # type: ignore[no-untyped-def]
+    cli, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The filters are typed by whoever ran the command (a cron line's variable, pasted text),
+    and the title and heading put the period after them: ``--model`` with an unclosed
+    right-to-left override (U+202E) drew "2026-11 · UTC" reversed ("CTU · 11-6202"), and an
+    escape character went into the page as it was. Each filter is now shown as a log line
+    shows text (controls written as their escapes) and set apart when it holds right-to-left
+    letters, as names in the file are."""
+    Ledger(sqlite_url).record([make_span(started_at=datetime(2026, 11, 3, 9, tzinfo=UTC))])
+    filters = ["--model", "\x1b[31mx\u202e", "--dept", "\u05e9\u05dc\u05d5\u05dd"]
+    page = _filtered_page(cli, sqlite_url, tmp_path / "spend.html", filters)
+    heading = (
+        "Spend by department of department \u2068\u05e9\u05dc\u05d5\u05dd\u2069, "
+        "model \\x1b[31mx\\u202e"
+    )
+    assert f"<title>{heading} · 2026-11 · UTC</title>" in page
+    assert f'<h1>{heading} <span class="period">2026-11 · UTC</span></h1>' in page
