@@ -121,6 +121,18 @@ def _days(first: date, after_last: date, tz: ZoneInfo, label: str) -> Window:
     return Window(local_midnight(first, tz), local_midnight(after_last, tz), label)
 
 
+def _held(window: Window, what: str, tz: ZoneInfo) -> Window:
+    """``window`` if it holds any time: days a zone's clocks skipped (Apia went from 29 to 31
+    December 2011) hold none, and were answered as a report of nothing, compared with a
+    period "2011-12-31..2011-12-30"."""
+    if window.start < window.end:
+        return window
+    raise ValidationError(
+        f"{what} {window.label} holds no time in {tz}: its clocks skipped that day; "
+        "name a day they showed"
+    )
+
+
 def parse_period(
     text: str, *, tz: ZoneInfo, now: datetime, what: str = "period", choices: str = PERIOD_HELP
 ) -> Window:
@@ -149,7 +161,7 @@ def parse_period(
         return _days(first, next_month(first), tz, value)
     if _DAY.fullmatch(value):
         day = parse_day(value, what=what, tz=tz)
-        return _days(day, day + timedelta(days=1), tz, value)
+        return _held(_days(day, day + timedelta(days=1), tz, value), what, tz)
     raise ValidationError(f"{what} {quoted(text)} is not one of: {choices}")
 
 
@@ -190,7 +202,9 @@ def window_between(
             raise ValidationError(f"{until_name} {last} is before {since_name} {first}")
         raise ValidationError(f"{since_name} {first} is after today ({last}); give a past date")
     label = f"{'start' if since is None else first.isoformat()}..{last.isoformat()}"
-    window = _days(first, last + timedelta(days=1), tz, label)
+    window = _held(
+        _days(first, last + timedelta(days=1), tz, label), f"{since_name}..{until_name}", tz
+    )
     if since is None and window.start > EARLIEST:
         # West of UTC, local midnight on the first day is hours after the first instant the
         # ledger takes: the calls of those hours would be in no report.

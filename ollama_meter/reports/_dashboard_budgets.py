@@ -30,6 +30,13 @@ class BudgetPanel:
     note: str
     gauge: Gauge
 
+    @property
+    def most(self) -> Decimal:
+        """The gauge's ``aria-valuemax``: 100, or the share spent past it. A meter's value is
+        kept within its bounds, so a budget at 150 % under a maximum of 100 was read out as
+        100, as one just at its limit."""
+        return max(Decimal(100), self.used)
+
 
 _SEVERITY = {"exhausted": 3, "over": 3, "refusing": 2, "warning": 1}
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from ollama_meter._urls import quoted
 from ollama_meter.records import format_micros
 from ollama_meter.reports._charts import (
     WIDE,
@@ -35,6 +36,7 @@ from ollama_meter.reports._dashboard import (
     share,
 )
 from ollama_meter.reports._dashboard_budgets import SHOWN_BUDGETS, budget_panels
+from ollama_meter.reports._dashboard_json import unmatched_note
 from ollama_meter.reports._dashboard_timing import timing_charts
 from ollama_meter.reports._html import (
     SHOWN_SERIES,
@@ -405,6 +407,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         as_of=d.now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
         cards=_cards(d),
         capped_note=d.spend.capped_note(),
+        unmatched_note=unmatched_note(d, lambda name: isolate(quoted(name))),
         counts=counts,
         unpriced_models=[isolate(model) for model in unpriced_models],
         more_unpriced_models=more_unpriced,

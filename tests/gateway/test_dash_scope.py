@@ -152,3 +152,15 @@ def test_the_servers_a_key_sees_count_no_other_tenants_calls(
     (server,) = seen.json()["servers"]
     assert "served" not in server, server
     assert server["state"] == "up" and server["in_flight"] == 0
+
+
+def test_a_keys_filter_hint_names_its_own_models_only(
+    scoped: tuple[Gateway, dict[tuple[str, str], str]],
+) -> None:
+    """The names a typo is near are the key's own (globex's ``gemma2:9b`` is no hint for acme);
+    its own tenant and department, which it did not type, are no typo in a month it has none."""
+    gw, keys = scoped
+    auth = {"Authorization": f"Bearer {keys['acme', 'sales']}"}
+    typo = gw.client.get("/api/dash?model=gemma2:9", headers=auth).json()["warnings"]
+    assert typo == ["no call in 2026-11 has model 'gemma2:9'"]
+    assert gw.client.get("/api/dash?period=2026-10", headers=auth).json()["warnings"] == []

@@ -262,6 +262,29 @@ def test_dashboard_on_a_phone_in_the_dark(browser: Any, office: Gateway, shots: 
         assert watched.problems == []
 
 
+def test_a_budget_over_its_limit_reads_its_share_not_100(browser: Any, office: Gateway) -> None:
+    """Each gauge said ``aria-valuemax="100"``; a meter's value is kept between its bounds,
+    so Chromium's accessibility tree (what a screen reader announces) said 100 for globex's
+    budget at 102.5 % and support's at 121.5 %, as for one just at its limit."""
+    watched = open_page(browser, f"{office.url}/dashboard?token={TOKEN}", office.url)
+    page = watched.page
+    shown = {
+        m.get_attribute("data-scope"): Decimal(m.get_attribute("aria-valuenow"))
+        for m in page.get_by_role("meter").all()
+    }
+    tree = page.context.new_cdp_session(page).send("Accessibility.getFullAXTree")
+    read = {
+        node["name"]["value"].removeprefix("Budget ").split(",")[0]: Decimal(
+            f"{node['value']['value']:.1f}"  # a float32 in the tree: 75.9000015
+        )
+        for node in tree["nodes"]
+        if node.get("role", {}).get("value") == "meter"
+    }
+    assert max(shown.values()) > 100  # the office has budgets over their limit
+    assert read == shown
+    assert watched.problems == []
+
+
 def test_numbers_read_with_javascript_off(
     browser: Any, office: Gateway, spans: list[SpanRecord]
 ) -> None:

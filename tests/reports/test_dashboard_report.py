@@ -387,6 +387,24 @@ def test_the_first_days_compare_with_days_before_them(db_url: str) -> None:
     assert d.previous.label == "1969-11-29..1970-01-04"
 
 
+APIA = ZoneInfo("Pacific/Apia")  # its clocks went from 29 December 2011 to the 31st
+
+
+@pytest.mark.parametrize(
+    "query",
+    [DashQuery(period="2011-12-30"), DashQuery(since="2011-12-30", until="2011-12-30")],
+)
+def test_a_day_the_clocks_skipped_is_no_period(db_url: str, query: DashQuery) -> None:
+    """It was a report of nothing, compared with the period "2011-12-31..2011-12-30"."""
+    now = datetime(2012, 1, 5, tzinfo=UTC)
+    with pytest.raises(ValidationError, match="holds no time in Pacific/Apia: its clocks skip"):
+        dashboard_report(Ledger(db_url), query, tz=APIA, now=now)
+    around = DashQuery(since="2011-12-29", until="2011-12-31")  # a range over it holds two days
+    d = dashboard_report(Ledger(db_url), around, tz=APIA, now=now)
+    assert d.window.end - d.window.start == timedelta(days=2)
+    assert d.previous.label == "2011-12-26..2011-12-28"
+
+
 def test_a_calendar_month_compares_with_the_month_before() -> None:
     march = parse_period("2026-03", tz=BERLIN, now=OFFICE_NOW)
     before = previous_window(march, tz=BERLIN, now=OFFICE_NOW)
