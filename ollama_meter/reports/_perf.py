@@ -25,7 +25,7 @@ from ollama_meter.ledger import Ledger, Metric, SpanFilter, from_us
 from ollama_meter.periods import Window
 from ollama_meter.reports._choices import PERF_BY_CHOICES
 from ollama_meter.reports._rows import PERF_FIGURES, PerfRow
-from ollama_meter.reports._spend import held_buckets
+from ollama_meter.reports._spend import with_held_buckets
 
 PERF_METRICS: tuple[str, ...] = PERF_FIGURES
 
@@ -203,10 +203,18 @@ def perf_report(
     where = SpanFilter(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
-    bounds = held_buckets(ledger, window, unit, zone) if unit else []
+    held, (aggregates, histograms) = with_held_buckets(
+        ledger,
+        window,
+        [unit] if unit else [],
+        zone,
+        lambda held: ledger.timings(where, by, [(s, e) for s, e, _ in held.get(unit or "", [])]),
+    )
+    bounds = held.get(unit or "", [])
     groups: dict[tuple[Any, ...], _Group] = {}
-    aggregates, histograms = ledger.timings(where, by, [(s, e) for s, e, _ in bounds])
     for sums in aggregates:
+        if unit and sums.bucket >= len(bounds):  # days still coming in: in the next answer
+            continue
         keys: tuple[Any, ...] = (*sums.keys, sums.bucket) if unit else sums.keys
         group = groups.setdefault(keys, _Group())
         group.requests += sums.requests

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import islice
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
@@ -219,8 +220,38 @@ def spend_reports(
     return spend_and_top(ledger, window, bys, [], tz=tz, **where)[0]
 
 
+T = TypeVar("T")
+
 _READS = 3
 """Reads of the sums at most while days with calls are being added (an import's)."""
+
+
+def with_held_buckets(
+    ledger: Ledger,
+    window: Window,
+    units: Iterable[str],
+    tz: ZoneInfo,
+    read: Callable[[dict[str, list[Bucket]]], T],
+) -> tuple[dict[str, list[Bucket]], T]:
+    """``read`` of sums in the :func:`held_buckets` of each of ``units``, and those buckets.
+
+    The buckets are read before the sums, not in their snapshot: a call recorded between
+    the two reads in a day none held (a window's first call, a day's first) was summed into
+    no bucket, or, where none was held, into one that was not there (IndexError on
+    /api/dash). So they are read again after the sums, and the sums again while they moved:
+    the same, every day the sums saw was held (days are only added, but by a prune, which
+    keeps their rollups). A row whose bucket is not among them is in the next answer."""
+    units = list(units)
+    bounds = {unit: held_buckets(ledger, window, unit, tz) for unit in units}
+    for attempt in range(_READS):
+        result = read(bounds)
+        if not units or attempt == _READS - 1:
+            break
+        again = {unit: held_buckets(ledger, window, unit, tz) for unit in units}
+        if again == bounds:
+            break
+        bounds = again
+    return bounds, result
 
 
 def spend_and_top(
@@ -241,30 +272,23 @@ def spend_and_top(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
     plans = [(list(by), next((u for u in by if u in TIME_UNITS), None)) for by in bys]
-    # The buckets holding calls are read before the sums, not in their snapshot: a call
-    # recorded between the two reads in a day none held (a window's first, today's first
-    # call) was summed into no bucket, or, where none was held, into a bucket that was not
-    # there (IndexError on /api/dash). Read again after the sums; the same, every day the
-    # sums saw was held (days are only added but by prune, which keeps their rollups).
-    bounds = {unit: held_buckets(ledger, window, unit, tz) for unit in units}
-    for attempt in range(_READS):
-        found, ranked = ledger.spends_ranked(
+    bounds, (found, ranked) = with_held_buckets(
+        ledger,
+        window,
+        units,
+        tz,
+        lambda held: ledger.spends_ranked(
             where,
             [
                 (
                     [name for name in by if name in GROUPS],
-                    [(start, end) for start, end, _ in bounds[unit]] if unit else [],
+                    [(start, end) for start, end, _ in held[unit]] if unit else [],
                 )
                 for by, unit in plans
             ],
             rankings,
-        )
-        if not units or attempt == _READS - 1:
-            break
-        again = {unit: held_buckets(ledger, window, unit, tz) for unit in units}
-        if again == bounds:
-            break
-        bounds = again
+        ),
+    )
     reports = [
         _report(window, by, unit, bounds[unit] if unit else [], aggregates)
         for (by, unit), aggregates in zip(plans, found, strict=True)

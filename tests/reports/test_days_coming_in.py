@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger
 from ollama_meter.periods import parse_period
+from ollama_meter.reports._perf import perf_report
 from ollama_meter.reports._spend import spend_reports
 from tests.factories import make_span
 
@@ -70,3 +71,20 @@ def test_a_call_recorded_between_the_reads_is_in_every_grouping_or_none(
     assert sum(row.cost for row in by_day.rows) == total
     assert total in (10 * len(before), 10 * len(before) + 7 * len(during))
     ledger.dispose()
+
+
+@pytest.mark.parametrize("before", [[], [3]], ids=["no day held", "another day held"])
+def test_perf_by_day_with_a_call_recorded_between_the_reads(
+    sqlite_url: str, before: list[int]
+) -> None:
+    """The same race in ``ometer perf --by model,day``: an IndexError where no day was held."""
+    ledger = Ledger(sqlite_url)
+    start = NOW.replace(day=1)
+    ledger.record([make_span(started_at=start + timedelta(days=d)) for d in before])
+    later = [make_span(started_at=start + timedelta(days=9, hours=1))]
+    with pytest.MonkeyPatch.context() as mp:
+        _write_after_first_read(mp, ledger, later)
+        window = parse_period("2026-11", tz=ZONE, now=NOW)
+        report = perf_report(ledger, window, ["model"], unit="day", tz=ZONE)
+    days = [dict(row.labels)["day"] for row in report.rows]
+    assert days == [f"2026-11-{d + 1:02d}" for d in before] + ["2026-11-10"]
