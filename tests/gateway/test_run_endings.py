@@ -95,11 +95,10 @@ def test_a_call_still_streaming_when_the_program_exits_is_drained_and_recorded(
                 break
         assert exited.exists(), said
         os.killpg(proc.pid, signal.SIGINT)
-        hit = time.monotonic()
     _, stderr = proc.communicate(timeout=180)
     stderr = said + stderr
-    if stopped == "by Ctrl-C":
-        assert time.monotonic() - hit < 8  # the drain (10 s) cut short
+    if stopped == "by Ctrl-C":  # the drain (10 s) cut short, not run out
+        assert "the drain was cut short" in stderr and "ended after" not in stderr, stderr
     assert proc.returncode == 5, stderr
     (span,) = logged(env)  # in the ledger, not only in a journal for the next start to find
     assert (span["status"], span["department"]) == ("client_abort", "sales")
@@ -153,12 +152,11 @@ def test_a_ctrl_c_as_the_program_exits_and_before_the_drain_starts_cuts_the_drai
     seen its program end."""
     from ollama_meter.cli import _job as run
 
-    started, real_wait = [], subprocess.Popen.wait
+    real_wait = subprocess.Popen.wait
 
     def exited_then_ctrl_c(program: subprocess.Popen[bytes], timeout: float | None = None) -> int:
         code = real_wait(program, timeout)
         os.kill(os.getpid(), sig)  # to ometer alone, not to the call left in the background
-        started.append(time.monotonic())
         return code
 
     monkeypatch.setattr(run.subprocess.Popen, "wait", exited_then_ctrl_c)
@@ -173,7 +171,9 @@ def test_a_ctrl_c_as_the_program_exits_and_before_the_drain_starts_cuts_the_drai
     result = cli(
         "run", "--dept", "sales", "--db", f"sqlite:///{tmp_path / 'l.db'}", "--", "sh", "-c", script
     )
-    assert time.monotonic() - started[0] < 5, result.stderr  # the drain (10 s) cut short
+    # the drain (10 s) cut short, not run out
+    assert "the drain was cut short" in result.stderr, result.stderr
+    assert "ended after" not in result.stderr, result.stderr
     assert result.code == 5, result.stderr
     assert "ometer: 1 call(s) metered for default/sales" in result.stderr
     assert result.stderr.rstrip().endswith("1 failed"), result.stderr
