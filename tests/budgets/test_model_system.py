@@ -7,9 +7,11 @@ it: four concurrent runs spent 4.3 times the limit. ``/api/show`` says it before
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -23,7 +25,7 @@ from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution
 from ollama_meter.records import MAX_TOKENS
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
-from tests._raw_http import RawServer, dripping
+from tests._raw_http import DRIP_S, RawServer, dripping
 from tests.budgets.test_gate import BOUND, CALL_COST, IN, NOV, Clock, budget, chat, make_meter
 
 SYSTEM = " ".join(f"rule{n}" for n in range(500))  # 500 words: 500 tokens to the emulator
@@ -188,7 +190,7 @@ def test_a_server_that_drips_its_answer_is_given_up_on_in_time() -> None:
         began = time.monotonic()
         url = f"http://127.0.0.1:{server.server_address[1]}"
         assert ShownPrompts([url], timeout=0.5).read("m") is None
-        assert time.monotonic() - began < 5
+        assert time.monotonic() - began < DRIP_S  # a hang guard: given up before the drip ends
     finally:
         server.shutdown()
 
@@ -221,15 +223,31 @@ def test_no_show_answer_falls_back_to_what_calls_showed(
     assert "counted" in caplog.text and "past the" in caplog.text
 
 
+class _HeldTogether(RawServer):
+    """Holds its request until ``met``'s other servers hold theirs too, then hangs up: only
+    servers asked at once ever meet (asked in turn, the first waits alone until ``met``
+    breaks, well before the caller's timeout)."""
+
+    def __init__(self, met: threading.Barrier) -> None:
+        self.met = met
+        super().__init__(lambda: b"", threaded=True)
+
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.met.wait()
+        return b""
+
+
 def test_servers_are_asked_at_once_so_hung_ones_cost_one_timeout() -> None:
-    hung = [dripping(b" ", lambda path: b"{}") for _ in range(3)]
+    met = threading.Barrier(3, timeout=10)
+    hung = [_HeldTogether(met) for _ in range(3)]
     told = RawServer(lambda: answer("200 OK", b'{"system": "abc"}'))
     try:
-        urls = [f"http://127.0.0.1:{server.server_address[1]}" for server in hung]
-        began = time.monotonic()
-        assert ShownPrompts([*urls, told.url], timeout=1).read("m") == 3 + MESSAGE_TOKENS
-        assert time.monotonic() - began < 2.9  # one 1 s timeout, not three in turn (3 s)
+        # A timeout past the meeting's: asked in turn, the first server would wait alone.
+        shown = ShownPrompts([*(server.url for server in hung), told.url], timeout=20)
+        assert shown.read("m") == 3 + MESSAGE_TOKENS
+        assert not met.broken and met.n_waiting == 0  # the three were held at once
+        assert [server.calls for server in hung] == [1, 1, 1]
     finally:
-        told.close()
-        for server in hung:
-            server.shutdown()
+        for server in (told, *hung):
+            server.close()

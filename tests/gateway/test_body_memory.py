@@ -210,17 +210,16 @@ def test_a_caller_that_hangs_up_waiting_for_room_is_a_client_abort_at_once(
     serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the wire: the span was written 30 s later, as ``server_busy``/503."""
-    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 20.0)
+    # A wait for room far past _until's 30 s: only its ending with the caller ends it in time.
+    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 600.0)
     gw = serve_on(emulator.url, sqlite_url, config={"slots": 8}, max_body_bytes=1000)
     memory, body, request, callers = _room_filled(gw, emulator)
     try:
         leaver = socket.create_connection(callers[0].getpeername(), timeout=30)
         leaver.sendall(request)
         _until(lambda: len(memory._waiting) == 1, "the ninth body did not wait for room")
-        left = time.monotonic()
         leaver.close()
         _until(lambda: not memory._waiting, "the wait went on for a caller that hung up")
-        assert time.monotonic() - left < 10  # not the 20 s wait
         # Its span is written once its wait has ended (the warm-up call's is the other).
         _until(lambda: len(gw.ledger.latest(SpanFilter(), 5)) == 2, "the leaver left no span")
         span = gw.ledger.latest(SpanFilter(), 1)[0]
