@@ -174,16 +174,15 @@ class Gateway:
         if not options.require_key:
             charged, problem = self._attributed(request, None, charged)
         try:
-            key = await (
-                self.access.required_key(request)
-                if options.require_key
-                else self.access.optional_key(request)
-            )
+            door = self.access.required_key if options.require_key else self.access.optional_key
+            key = await door(request)
             if key is not None or options.require_key:  # else read above, without a key
                 vouching = vouched(key, self.settings, options.default_user)
                 charged, problem = self._attributed(request, key, vouching)
+            # A key revoked while a slow body arrived is refused as at the door (README, Security)
+            again = None if key is None else functools.partial(door, request)
             try:
-                raw = await read_body(request, options.max_body_bytes)
+                raw = await read_body(request, options.max_body_bytes, again)
             except Unread as exc:
                 raise BadCall(exc.status, exc.error_type, str(exc), headers=exc.headers) from None
             except ClientDisconnect:

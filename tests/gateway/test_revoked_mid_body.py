@@ -1,0 +1,82 @@
+"""A key revoked while its call's body is still arriving: the call is never sent.
+
+README (Security): "A revoked key stops working for every call not yet sent to Ollama". A
+key is read at the door, as the headers arrive, and a body may take minutes after that (60 s,
+and 1 s more a 64 KiB part). The gateway sent such a call on the key read at the door, and
+charged it to the revoked key. Against a real server (uvicorn on httptools), both ledgers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+BODY = json.dumps(
+    {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+).encode()
+
+
+def _head(path: str, headers: bytes, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\n".encode() + headers
+        + b"Content-Length: " + str(length).encode() + b"\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+
+
+def _answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("required", [True, False], ids=["require-key", "keys-optional"])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_a_key_revoked_while_its_body_arrives_sends_nothing_and_charges_nothing(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    db_url: str,
+    required: bool,
+    path: str,
+) -> None:
+    gw = serve_on(emulator.url, db_url, require_key=required)
+    key, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
+    host, port = gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = _head(path, b"X-Ometer-Key: " + secret.encode() + b"\r\n", len(BODY))
+        sock.sendall(head + BODY[:10])
+        # Time for the door to read the key; what is asserted below holds however long it took.
+        time.sleep(0.5)
+        gw.ledger.revoke_key(key.id)
+        sock.sendall(BODY[10:])
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:400]
+    assert b"not a live key" in answer
+    assert secret.encode() not in answer
+    assert emulator.requests == []
+    assert gw.ledger.latest(SpanFilter(), 10) == []
+
+
+def test_a_live_key_whose_body_arrives_in_parts_is_served_and_charged_to_it(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = serve_on(emulator.url, sqlite_url, require_key=True)
+    _, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
+    host, port = gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(_head("/api/chat", b"X-Api-Key: " + secret.encode() + b"\r\n", len(BODY)))
+        for start in range(0, len(BODY), 16):
+            sock.sendall(BODY[start : start + 16])
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:400]
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.tenant, span.department, span.http_status) == ("acme", "sales", 200)
