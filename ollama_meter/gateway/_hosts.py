@@ -28,7 +28,7 @@ import hmac
 import ipaddress
 import re
 import socket
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -103,16 +103,25 @@ def is_plain_path(path: str) -> bool:
     return not dotted and path.isprintable()
 
 
+_KEY_IN_TEXT = re.compile(rf"(?<![A-Za-z0-9]){re.escape(KEY_PREFIX)}[A-Za-z0-9_-]{{8}}")
+"""A gateway key (its prefix and the 8 characters it is looked up by), wherever it stands: a
+name of its own (``?om_...``), quoted (``"om_..."``), after a colon or a header's name."""
+
+
 def holds_credential(query: bytes, token: str | None) -> bool:
-    """Whether a query string holds a gateway key or ``token`` (the admin token) as a value."""
+    """Whether a query string holds a gateway key anywhere, or ``token`` (the admin token) as
+    a value."""
     if not query:
         return False
-    given = token.encode() if token else None
-    for _, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        for word in value.split():  # a value as a header has it too: "Bearer om_..."
-            if word.startswith(KEY_PREFIX):
-                return True
-            if given is not None and hmac.compare_digest(word.encode("utf-8", "replace"), given):
+    text = query.decode("latin-1")
+    if _KEY_IN_TEXT.search(text) or _KEY_IN_TEXT.search(unquote_plus(text)):
+        return True
+    if not token:
+        return False
+    given = token.encode()
+    for _, value in parse_qsl(text, keep_blank_values=True):
+        for word in value.split():  # a value as a header has it too: "Bearer TOKEN"
+            if hmac.compare_digest(word.encode("utf-8", "replace"), given):
                 return True
     return False
 
