@@ -255,14 +255,15 @@ class Gateway:
 
     async def passthrough(self, request: Request) -> Response:
         try:
-            if self.options.require_key:
-                await self.access.required_key(request)
+            door = self.options.require_key and functools.partial(self.access.required_key, request)
+            if door:  # read again once a slow body has arrived, as for a metered call
+                await door()
             # A body on GET/HEAD is never forwarded: an upstream that ignores it would
             # read it as the next request on the kept-alive connection (smuggling).
             body = (
                 None
                 if request.method in _NO_BODY
-                else await read_body(request, self.options.max_body_bytes)
+                else await read_body(request, self.options.max_body_bytes, door or None)
             )
         except Refused as refused:
             return refused.response

@@ -80,3 +80,22 @@ def test_a_live_key_whose_body_arrives_in_parts_is_served_and_charged_to_it(
     gw.settle()
     (span,) = gw.ledger.latest(SpanFilter(), 10)
     assert (span.tenant, span.department, span.http_status) == ("acme", "sales", 200)
+
+
+def test_a_key_revoked_while_a_pass_through_body_arrives_is_refused(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """With ``--require-key`` every route needs a live key: ``/api/show`` too."""
+    gw = serve_on(emulator.url, sqlite_url, require_key=True)
+    key, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
+    body = json.dumps({"model": "llama3.1:8b"}).encode()
+    host, port = gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(_head("/api/show", b"X-Ometer-Key: " + secret.encode() + b"\r\n", len(body)))
+        sock.sendall(body[:5])
+        time.sleep(0.5)  # as above: the door's read; the assertion holds however long it took
+        gw.ledger.revoke_key(key.id)
+        sock.sendall(body[5:])
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:400]
+    assert emulator.requests == []
