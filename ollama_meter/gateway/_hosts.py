@@ -33,10 +33,10 @@ from urllib.parse import parse_qsl, unquote_plus
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ollama_meter._names import holds_key
 from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._origins import OWN_PAGES
 from ollama_meter.gateway._relay import wire_of
-from ollama_meter.ledger import KEY_PREFIX
 
 IN_URL = (
     "the URL holds a gateway key or the admin token, which would travel on to Ollama and into "
@@ -103,18 +103,13 @@ def is_plain_path(path: str) -> bool:
     return not dotted and path.isprintable()
 
 
-_KEY_IN_TEXT = re.compile(rf"(?<![A-Za-z0-9]){re.escape(KEY_PREFIX)}[A-Za-z0-9_-]{{8}}")
-"""A gateway key (its prefix and the 8 characters it is looked up by), wherever it stands: a
-name of its own (``?om_...``), quoted (``"om_..."``), after a colon or a header's name."""
-
-
 def holds_credential(query: bytes, token: str | None) -> bool:
     """Whether a query string holds a gateway key anywhere, or ``token`` (the admin token) as
     a value."""
     if not query:
         return False
     text = query.decode("latin-1")
-    if _KEY_IN_TEXT.search(text) or _KEY_IN_TEXT.search(unquote_plus(text)):
+    if holds_key(text) or holds_key(unquote_plus(text)):
         return True
     if not token:
         return False
