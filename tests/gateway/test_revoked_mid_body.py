@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+import httpx
 import pytest
 
 from ollama_meter.ledger import SpanFilter
@@ -99,3 +102,46 @@ def test_a_key_revoked_while_a_pass_through_body_arrives_is_refused(
         answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:400]
     assert emulator.requests == []
+
+
+def test_a_key_revoked_by_the_cli_stops_at_the_door_of_every_gateway_on_the_ledger(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    db_url: str,
+    cli: Callable[..., Any],
+) -> None:
+    """Two gateways on one ledger, a stream under way on one when ``ometer keys revoke`` runs:
+    the stream runs to its end, charged to the key; the next call to either gateway is refused
+    at the door (no gateway keeps keys: nothing to wait for)."""
+    emulator.token_latency = 1.0
+    one, other = (serve_on(emulator.url, db_url, require_key=True) for _ in range(2))
+    key, secret = one.ledger.create_key(name="bot", tenant="acme", department="sales")
+    streamed: list[httpx.Response] = []
+    stream_body = {**json.loads(BODY), "stream": True}
+
+    def stream() -> None:
+        sent = {"Authorization": f"Bearer {secret}"}
+        streamed.append(one.client.post("/api/chat", json=stream_body, headers=sent))
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while emulator.in_flight != 1:
+        assert time.monotonic() < deadline, "the stream did not start"
+        time.sleep(0.01)
+    done = cli("keys", "revoke", str(key.id), "--db", db_url)
+    assert done.code == 0, done.stderr
+    refused = [
+        gw.client.post("/api/chat", content=BODY, headers={"X-Api-Key": secret})
+        for gw in (other, one)
+    ]
+    emulator.hurry()
+    thread.join(timeout=60)
+    assert [r.status_code for r in refused] == [401, 401], [r.text for r in refused]
+    assert all("not a live key" in r.json()["error"] for r in refused)
+    (answer,) = streamed
+    assert answer.status_code == 200 and '"done":true' in answer.text.replace(" ", "")
+    one.settle()
+    (span,) = one.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.tenant, span.department) == ("ok", "acme", "sales")
+    assert len(emulator.calls) == 1
