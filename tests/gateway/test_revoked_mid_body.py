@@ -27,18 +27,35 @@ BODY = json.dumps(
 ).encode()
 
 
-def _head(path: str, headers: bytes, length: int) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: localhost\r\n".encode() + headers
-        + b"Content-Length: " + str(length).encode() + b"\r\nConnection: close\r\n\r\n"
-    )  # fmt: skip
-
-
-def _answer(sock: socket.socket) -> bytes:
-    answer = b""
-    while chunk := sock.recv(65536):
-        answer += chunk
+def _sent(gw: Gateway, path: str, header: str, secret: str, body: bytes, *, parts: int = 1,
+          between: Callable[[], object] = lambda: None) -> bytes:  # fmt: skip
+    """The answer to a request sent as its head and ``parts`` parts of ``body``, ``between``
+    called after the first part (the door has the head: the key is read meanwhile)."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\n{header}: {secret}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    size = -(-len(body) // parts)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode())
+        for start in range(0, len(body), size):
+            sock.sendall(body[start : start + size])
+            if start == 0:
+                between()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
     return answer
+
+
+def _revoke_after_a_while(gw: Gateway, key_id: int) -> Callable[[], None]:
+    def revoke() -> None:
+        # Time for the door to read the key; what is asserted holds however long it took.
+        time.sleep(0.5)
+        gw.ledger.revoke_key(key_id)
+
+    return revoke
 
 
 @pytest.mark.parametrize("required", [True, False], ids=["require-key", "keys-optional"])
@@ -52,15 +69,8 @@ def test_a_key_revoked_while_its_body_arrives_sends_nothing_and_charges_nothing(
 ) -> None:
     gw = serve_on(emulator.url, db_url, require_key=required)
     key, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
-    host, port = gw.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        head = _head(path, b"X-Ometer-Key: " + secret.encode() + b"\r\n", len(BODY))
-        sock.sendall(head + BODY[:10])
-        # Time for the door to read the key; what is asserted below holds however long it took.
-        time.sleep(0.5)
-        gw.ledger.revoke_key(key.id)
-        sock.sendall(BODY[10:])
-        answer = _answer(sock)
+    revoke = _revoke_after_a_while(gw, key.id)
+    answer = _sent(gw, path, "X-Ometer-Key", secret, BODY, parts=2, between=revoke)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:400]
     assert b"not a live key" in answer
     assert secret.encode() not in answer
@@ -73,12 +83,7 @@ def test_a_live_key_whose_body_arrives_in_parts_is_served_and_charged_to_it(
 ) -> None:
     gw = serve_on(emulator.url, sqlite_url, require_key=True)
     _, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
-    host, port = gw.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(_head("/api/chat", b"X-Api-Key: " + secret.encode() + b"\r\n", len(BODY)))
-        for start in range(0, len(BODY), 16):
-            sock.sendall(BODY[start : start + 16])
-        answer = _answer(sock)
+    answer = _sent(gw, "/api/chat", "X-Api-Key", secret, BODY, parts=8)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:400]
     gw.settle()
     (span,) = gw.ledger.latest(SpanFilter(), 10)
@@ -92,14 +97,8 @@ def test_a_key_revoked_while_a_pass_through_body_arrives_is_refused(
     gw = serve_on(emulator.url, sqlite_url, require_key=True)
     key, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
     body = json.dumps({"model": "llama3.1:8b"}).encode()
-    host, port = gw.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(_head("/api/show", b"X-Ometer-Key: " + secret.encode() + b"\r\n", len(body)))
-        sock.sendall(body[:5])
-        time.sleep(0.5)  # as above: the door's read; the assertion holds however long it took
-        gw.ledger.revoke_key(key.id)
-        sock.sendall(body[5:])
-        answer = _answer(sock)
+    revoke = _revoke_after_a_while(gw, key.id)
+    answer = _sent(gw, "/api/show", "X-Ometer-Key", secret, body, parts=2, between=revoke)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:400]
     assert emulator.requests == []
 
