@@ -282,7 +282,8 @@ class Gateway:
                 "start `ometer serve --allow-admin` to allow it",
             )
         try:
-            await self.access.admin_only(request)
+            key = await self.access.admin_only(request)  # a key's: read again after a slow body
+            again = functools.partial(self.access.required_key, request) if key else None
             if request.url.path.startswith(BLOBS):  # a model file: streamed, never held
                 if request.method in _NO_BODY:
                     return await forward(self.fleet, request, body=None)
@@ -291,7 +292,7 @@ class Gateway:
                 if upload.broken is not None:  # the caller's side broke it, not Ollama's
                     raise upload.broken
                 return answer
-            body = await read_body(request, self.options.max_body_bytes)
+            body = await read_body(request, self.options.max_body_bytes, again)
         except Refused as refused:
             return refused.response
         except Unread as exc:

@@ -90,15 +90,17 @@ def test_a_live_key_whose_body_arrives_in_parts_is_served_and_charged_to_it(
     assert (span.tenant, span.department, span.http_status) == ("acme", "sales", 200)
 
 
-def test_a_key_revoked_while_a_pass_through_body_arrives_is_refused(
-    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+@pytest.mark.parametrize("path", ["/api/show", "/api/pull"])
+def test_a_key_revoked_while_a_pass_through_or_admin_body_arrives_is_refused(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, path: str
 ) -> None:
-    """With ``--require-key`` every route needs a live key: ``/api/show`` too."""
-    gw = serve_on(emulator.url, sqlite_url, require_key=True)
+    """With ``--require-key`` every route needs a live key: ``/api/show`` too, and model
+    management with ``--allow-admin`` and no admin token."""
+    gw = serve_on(emulator.url, sqlite_url, require_key=True, allow_admin=True)
     key, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
     body = json.dumps({"model": "llama3.1:8b"}).encode()
     revoke = _revoke_after_a_while(gw, key.id)
-    answer = _sent(gw, "/api/show", "X-Ometer-Key", secret, body, parts=2, between=revoke)
+    answer = _sent(gw, path, "X-Ometer-Key", secret, body, parts=2, between=revoke)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:400]
     assert emulator.requests == []
 
