@@ -103,9 +103,14 @@ def is_plain_path(path: str) -> bool:
     return not dotted and path.isprintable()
 
 
+_WORDS = re.compile(r"[\s\"':,;()\[\]{}<>]+")
+"""What stands around a token in a query's name or value: blanks (``Bearer TOKEN``), quotes
+(``"TOKEN"``, as JSON writes it), a colon (``Bearer:TOKEN``), brackets."""
+
+
 def holds_credential(query: bytes, token: str | None) -> bool:
     """Whether a query string holds a gateway key anywhere, or ``token`` (the admin token) as
-    a value."""
+    a name or value, or a word of one; each compared in constant time."""
     if not query:
         return False
     text = query.decode("latin-1")
@@ -114,10 +119,11 @@ def holds_credential(query: bytes, token: str | None) -> bool:
     if not token:
         return False
     given = token.encode()
-    for _, value in parse_qsl(text, keep_blank_values=True):
-        for word in value.split():  # a value as a header has it too: "Bearer TOKEN"
-            if hmac.compare_digest(word.encode("utf-8", "replace"), given):
-                return True
+    for pair in parse_qsl(text, keep_blank_values=True):
+        for part in pair:
+            for word in (part, *_WORDS.split(part)):  # whole too: a token may hold a quote
+                if hmac.compare_digest(word.encode("utf-8", "replace"), given):
+                    return True
     return False
 
 

@@ -196,6 +196,8 @@ def test_a_key_in_authorization_is_the_key_whatever_scheme_it_is_sent_with(
         "auth=%22{key}%22",  # quoted, as JSON writes it
         "auth=key:{key}",
         "h=X-Ometer-Key%3A{key}",
+        "auth=%22{token}%22",
+        "{token}",
     ],
 )
 def test_a_key_or_the_admin_token_in_a_url_is_refused_never_sent_on(
@@ -263,3 +265,26 @@ def test_a_key_anywhere_in_a_query_is_a_credential_in_the_url(
 )
 def test_a_query_holding_no_key_is_no_credential(query: str) -> None:
     assert not holds_credential(query.encode(), TOKEN)
+
+
+_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
+_AROUND = "\"':,;()[]{}<> "
+
+
+@given(
+    token=st.text(st.sampled_from(_TOKEN_CHARS), min_size=16, max_size=64),
+    before=st.text(st.sampled_from(_AROUND), max_size=3).map(lambda b: "Bearer " + b),
+    after=st.text(st.sampled_from(_AROUND), max_size=3),
+    as_name=st.booleans(),
+)
+def test_the_admin_token_quoted_or_as_a_name_in_a_query_is_a_credential_in_the_url(
+    token: str, before: str, after: str, as_name: bool
+) -> None:
+    """The token as ``openssl rand -hex 32`` makes one (letters, digits, ``-_.~``), in a value
+    as JSON or a header writes it (``"TOKEN"``, ``Bearer:TOKEN``) or as a name of its own
+    (``?TOKEN``): only a value that was the token, or a blank-separated word of one, was
+    seen, and the rest went on to Ollama, into its log."""
+    held = before.removeprefix("Bearer ") if as_name else before
+    pair = (held + token + after, "") if as_name else ("auth", held + token + after)
+    query = urlencode([("model", "m"), pair])
+    assert holds_credential(query.encode(), token)
