@@ -31,6 +31,24 @@ def origin_of(span_id: str, tags: Mapping[str, str]) -> str:
     return tags.get(CLIENT_SPAN_TAG) or span_id
 
 
+KEY_PREFIX = "om_"
+"""How a gateway API key starts: then 32 characters of ``secrets.token_urlsafe(24)``."""
+_KEY_IN_TEXT = re.compile(rf"(?<![A-Za-z0-9]){KEY_PREFIX}[A-Za-z0-9_-]{{32}}")
+HOLDS_KEY = (
+    "holds a gateway API key (om_...), which would be stored and shown in clear (the ledger "
+    "keeps keys only as digests): a key goes in X-Ometer-Key or Authorization, never in a name"
+)
+"""Why a name or tag holding a key is refused: said without the key."""
+
+
+def holds_key(text: str) -> bool:
+    """Whether ``text`` holds a gateway API key anywhere (``Bearer om_...``, quoted, alone).
+
+    A name or tag is stored on every span, and shown by reports, the dashboard and errors:
+    a client that sends its key where a name goes must not put it there in clear."""
+    return KEY_PREFIX in text and _KEY_IN_TEXT.search(text) is not None
+
+
 GATEWAY_TAGS = (UNVERIFIED_TAG, CLIENT_SPAN_TAG)
 """The tags only a gateway sets on its spans: never counted among a caller's, nor sent by one."""
 
@@ -41,6 +59,8 @@ def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:
         return f"must be text, not {type(value).__name__}"
     if not value:
         return "is empty"
+    if holds_key(value):
+        return HOLDS_KEY
     if len(value) > limit:
         return f"is longer than {limit} characters"
     if not _NAME.fullmatch(value):  # fullmatch: `$` would let a trailing newline through

@@ -53,17 +53,22 @@ def note_unmatched(ledger: Ledger, **given: str | None) -> None:
 
 
 def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | None) -> None:
-    """After a cap was set (a budget, a limit): on stderr, a tenant or department no span has.
+    """After a cap was set (a budget, a limit), or a key made: on stderr, a tenant or
+    department no span has.
 
     The cap is kept (a new department's may come before its first call), but one on a typo
-    (``salse``) binds no call while whoever set it thinks sales capped."""
+    (``salse``) binds no call while whoever set it thinks sales capped; a key for a typo
+    charges every call to it, which no cap of sales binds."""
     from ollama_meter.cli._console import err
 
     if not ledger.names("tenant"):  # nothing recorded yet: every name is new, none a typo
         return
     hint = unmatched(ledger, tenant=tenant, department=department)
     if hint:
-        err.print(f"note: {hint}: the {what} binds no call until one names it")
+        then = f"the {what} binds no call until one names it"
+        if what == "key":
+            then = "the key charges its calls to it, which no cap on another name binds"
+        err.print(f"note: {hint}: {then}")
 
 
 def note_budgets(ledger: Ledger, saved: list[Budget], cfg: Settings, now: datetime) -> None:

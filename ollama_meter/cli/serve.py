@@ -290,6 +290,9 @@ def create_key(
             f"note: key {key.id} ({key.name}) is revoked: it could not be shown; run the command again"
         )
         raise
+    from ollama_meter.cli import _hints  # a typo'd name charges every call to it
+
+    _hints.note_unused_scope(ledger, "key", key.tenant, key.department)
 
 
 def _users(key: "ApiKey") -> str:

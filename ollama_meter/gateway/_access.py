@@ -60,6 +60,10 @@ NOT_LIVE = (
     "this API key is not a live key (revoked, or mistyped): send a live one (`ometer keys list`)"
 )
 """A key of ours that is not live; without ``--require-key`` a call may send none instead."""
+_NO_KEY = (
+    "a valid API key is required: send `Authorization: Bearer <key>` or `X-Api-Key: <key>` "
+    "(see `ometer keys create`)"
+)
 
 
 NO_PAGES = (
@@ -316,12 +320,9 @@ class Access:
             wire = wire_of(request.url.path)
             raise Refused(error_response(wire, 503, message, headers=_RETRY_SOON)) from None
         if key is None:
-            raise self._refused(
-                request,
-                _twice(request)
-                or "a valid API key is required: send `Authorization: Bearer <key>` or "
-                "`X-Api-Key: <key>` (see `ometer keys create`)",
-            )
+            # A key of ours that is not live (revoked, mistyped) is said to be that.
+            none = _NO_KEY if not offered_keys(request) else _not_live(required=True)
+            raise self._refused(request, _twice(request) or none)
         return key
 
     async def optional_key(self, request: Request) -> ApiKey | None:

@@ -174,16 +174,15 @@ class Gateway:
         if not options.require_key:
             charged, problem = self._attributed(request, None, charged)
         try:
-            key = await (
-                self.access.required_key(request)
-                if options.require_key
-                else self.access.optional_key(request)
-            )
+            door = self.access.required_key if options.require_key else self.access.optional_key
+            key = await door(request)
             if key is not None or options.require_key:  # else read above, without a key
                 vouching = vouched(key, self.settings, options.default_user)
                 charged, problem = self._attributed(request, key, vouching)
+            # A key revoked while a slow body arrived is refused as at the door (README, Security)
+            again = None if key is None else functools.partial(door, request)
             try:
-                raw = await read_body(request, options.max_body_bytes)
+                raw = await read_body(request, options.max_body_bytes, again)
             except Unread as exc:
                 raise BadCall(exc.status, exc.error_type, str(exc), headers=exc.headers) from None
             except ClientDisconnect:
@@ -256,14 +255,15 @@ class Gateway:
 
     async def passthrough(self, request: Request) -> Response:
         try:
-            if self.options.require_key:
-                await self.access.required_key(request)
+            door = self.options.require_key and functools.partial(self.access.required_key, request)
+            if door:  # read again once a slow body has arrived, as for a metered call
+                await door()
             # A body on GET/HEAD is never forwarded: an upstream that ignores it would
             # read it as the next request on the kept-alive connection (smuggling).
             body = (
                 None
                 if request.method in _NO_BODY
-                else await read_body(request, self.options.max_body_bytes)
+                else await read_body(request, self.options.max_body_bytes, door or None)
             )
         except Refused as refused:
             return refused.response
@@ -282,7 +282,8 @@ class Gateway:
                 "start `ometer serve --allow-admin` to allow it",
             )
         try:
-            await self.access.admin_only(request)
+            key = await self.access.admin_only(request)  # a key's: read again after a slow body
+            again = functools.partial(self.access.required_key, request) if key else None
             if request.url.path.startswith(BLOBS):  # a model file: streamed, never held
                 if request.method in _NO_BODY:
                     return await forward(self.fleet, request, body=None)
@@ -291,7 +292,7 @@ class Gateway:
                 if upload.broken is not None:  # the caller's side broke it, not Ollama's
                     raise upload.broken
                 return answer
-            body = await read_body(request, self.options.max_body_bytes)
+            body = await read_body(request, self.options.max_body_bytes, again)
         except Refused as refused:
             return refused.response
         except Unread as exc:

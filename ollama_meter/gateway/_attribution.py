@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from ollama_meter._names import CLIENT_SPAN_TAG, UNVERIFIED_TAG
+from ollama_meter._names import CLIENT_SPAN_TAG, HOLDS_KEY, UNVERIFIED_TAG, holds_key
 from ollama_meter.config import Settings
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import ApiKey
@@ -81,6 +81,8 @@ def resolve(
             key.department if key else settings.department
         )
     named = headers.get(HEADER_USER) or None
+    if named is not None and holds_key(named):  # before any message that would show it
+        raise ValidationError(f"user name {HOLDS_KEY}")
     labels = _tags([headers[name] for name in TAGS_PARTS_HEADERS if name in headers])
     tags: dict[str, str] = {}
     if key is not None and key.user is not None and (require_key or named is None):

@@ -28,15 +28,15 @@ import hmac
 import ipaddress
 import re
 import socket
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ollama_meter._names import holds_key
 from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._origins import OWN_PAGES
 from ollama_meter.gateway._relay import wire_of
-from ollama_meter.ledger import KEY_PREFIX
 
 IN_URL = (
     "the URL holds a gateway key or the admin token, which would travel on to Ollama and into "
@@ -103,17 +103,27 @@ def is_plain_path(path: str) -> bool:
     return not dotted and path.isprintable()
 
 
+_WORDS = re.compile(r"[\s\"':,;()\[\]{}<>]+")
+"""What stands around a token in a query's name or value: blanks (``Bearer TOKEN``), quotes
+(``"TOKEN"``, as JSON writes it), a colon (``Bearer:TOKEN``), brackets."""
+
+
 def holds_credential(query: bytes, token: str | None) -> bool:
-    """Whether a query string holds a gateway key or ``token`` (the admin token) as a value."""
+    """Whether a query string holds a gateway key anywhere, or ``token`` (the admin token) as
+    a name or value, or a word of one; each compared in constant time."""
     if not query:
         return False
-    given = token.encode() if token else None
-    for _, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        for word in value.split():  # a value as a header has it too: "Bearer om_..."
-            if word.startswith(KEY_PREFIX):
-                return True
-            if given is not None and hmac.compare_digest(word.encode("utf-8", "replace"), given):
-                return True
+    text = query.decode("latin-1")
+    if holds_key(text) or holds_key(unquote_plus(text)):
+        return True
+    if not token:
+        return False
+    given = token.encode()
+    for pair in parse_qsl(text, keep_blank_values=True):
+        for part in pair:
+            for word in (part, *_WORDS.split(part)):  # whole too: a token may hold a quote
+                if hmac.compare_digest(word.encode("utf-8", "replace"), given):
+                    return True
     return False
 
 

@@ -21,6 +21,7 @@ the room, by less than one body: the others then wait for its answer, as for any
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -188,8 +189,14 @@ def body_memory(max_body_bytes: int) -> Middleware:
     return Middleware(BodyMemory, most=BODIES_HELD * max_body_bytes)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(
+    request: Request, limit: int, then: Callable[[], Awaitable[object]] | None = None
+) -> bytes:
     """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so).
+
+    ``then`` is awaited once the body is read when it did not come whole in its first part:
+    what was checked as the headers came (a key, revoked meanwhile) is checked again after the
+    caller's wait, which may be minutes. What it raises is raised.
 
     Each part takes its room as it arrives (:func:`take`); :class:`NoRoom` when there is
     none in time; :class:`TooSlow` when the caller takes longer to send it than its size
@@ -204,6 +211,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     loop = asyncio.get_running_loop()
     receive = request.receive  # read as Starlette's ``stream()`` does, without its generator
     more = True  # and the empty part it ends with: a small body is one message, one read
+    parts = 0
     allowed = BODY_S
     timer = asyncio.timeout(None)  # one for the reads, set before each
     try:
@@ -213,6 +221,7 @@ async def read_body(request: Request, limit: int) -> bytes:
                 began = loop.time()
                 timer.reschedule(began + allowed - waited)
                 message = await receive()
+                parts += 1
                 timer.reschedule(None)
                 waited += loop.time() - began
                 kind = message["type"]
@@ -231,4 +240,6 @@ async def read_body(request: Request, limit: int) -> bytes:
         if not timer.expired():
             raise
         raise TooSlow(size, declared, allowed) from None
+    if then is not None and parts > 1:
+        await then()
     return bytes(body)

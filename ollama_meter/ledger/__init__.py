@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
+    from ollama_meter._names import KEY_PREFIX as KEY_PREFIX
     from ollama_meter.ledger._aggregate import (
         FailureCount as FailureCount,
         SpendSums as SpendSums,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
         iso_utc as iso_utc,
         span_to_dict as span_to_dict,
     )
-    from ollama_meter.ledger._keys import KEY_PREFIX as KEY_PREFIX, ApiKey as ApiKey
+    from ollama_meter.ledger._keys import ApiKey as ApiKey
     from ollama_meter.ledger._ledger import (
         Ledger as Ledger,
         close_ledger as close_ledger,
@@ -71,7 +72,7 @@ _NAMES = {
     "._cells": "COLD_LOAD_NS Metric",
     "._deadline": "bulk unbounded",
     "._jsonl": "BATCH_BYTES ImportSummary export_lines import_lines iso_utc span_to_dict",
-    "._keys": "KEY_PREFIX ApiKey",
+    "._keys": "ApiKey",
     "._line": "MAX_LINE_BYTES span_from_line",
     "._ledger": "Ledger close_ledger close_ledgers open_ledger",
     "._migrate": "HEAD_REVISION check_tables current_revision upgrade",
@@ -85,6 +86,7 @@ _NAMES = {
     "._backup": "backup ledger_file ledger_place pg_dump_command",
     "._upkeep": "PruneResult prune",
     "ollama_meter.records": "GROUPS",
+    "ollama_meter._names": "KEY_PREFIX",
 }
 """Module → the public names it defines, each imported when first read: the ledger's
 export format (msgspec) or upkeep load only for the commands that use them."""

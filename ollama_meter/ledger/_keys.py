@@ -20,13 +20,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select, update
 
-from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter._names import KEY_PREFIX, MAX_USER, name_problem
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._stored import read_records, readable_records
 from ollama_meter.ledger.models import API_KEYS
 
 _KEYS: Table = API_KEYS
-KEY_PREFIX = "om_"
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{8}")  # the first 8 characters of token_urlsafe's
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _FIX = "fix or delete the row in SQL (`ometer keys create` makes a new key)"

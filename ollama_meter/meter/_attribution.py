@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ollama_meter._names import GATEWAY_TAGS, MAX_USER, name_problem
+from ollama_meter._names import GATEWAY_TAGS, HOLDS_KEY, MAX_USER, holds_key, name_problem
 from ollama_meter.errors import ValidationError
 
 MAX_TAGS = 64
@@ -56,6 +56,8 @@ def tag_problem(key: object, value: object) -> str | None:
     if not isinstance(key, str) or not isinstance(value, str):
         wrong = value if isinstance(key, str) else key
         return f"tag {shown_key(key)}: keys and values are text, not {type(wrong).__name__}"
+    if holds_key(key) or holds_key(value):
+        return f"a tag {HOLDS_KEY}"
     if name_problem(key) or len(value) > 256 or not value.isprintable():
         return (
             f"tag {shown_key(key)}: keys follow the name rules and values are at most 256 "
@@ -68,6 +70,8 @@ def shown_key(key: object) -> str:
     """A tag key as an error names it: its start, when it is long (it may be kilobytes)."""
     try:  # a hook's key may be any object, its repr() one that raises
         plain = str.__str__(key) if isinstance(key, str) else key
+        if isinstance(plain, str) and holds_key(plain):
+            return "<a gateway API key>"
         text = repr(plain)
     except Exception:
         return f"<{type(key).__name__}>"

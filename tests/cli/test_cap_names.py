@@ -69,3 +69,28 @@ def test_on_a_ledger_with_no_calls_yet_every_name_is_new_and_nothing_is_said(  #
 ) -> None:
     done = cli(*COMMANDS[what], "sales", "--tenant", "acme", "--db", sqlite_url)
     assert done.code == 0 and done.stderr == "", done.stderr
+
+
+def test_a_key_for_a_misspelt_department_is_made_and_said(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    """A key decides whom its calls are charged to (with ``--require-key``, whatever a header
+    says): one made for ``salse`` charged every call to a department no budget or limit of
+    sales binds, and nothing said so."""
+    done = cli("keys", "create", "--tenant", "acme", "--dept", "salse", "--name", "bot")
+    assert done.code == 0 and done.stdout.startswith("om_"), done.stderr
+    assert done.stderr.splitlines()[1:] == [
+        "note: no span has department 'salse' (did you mean 'sales'?): the key charges its "
+        "calls to it, which no cap on another name binds"
+    ]
+    done = cli("keys", "create", "--tenant", "acmee", "--dept", "sales", "--name", "bot")
+    assert done.stderr.splitlines()[1:] == [
+        "note: no span has tenant 'acmee' (did you mean 'acme'?): the key charges its calls "
+        "to it, which no cap on another name binds"
+    ]
+
+
+@settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scope=st.sampled_from(KNOWN))
+def test_a_key_for_names_calls_have_used_says_nothing_more(cli, db: str, scope) -> None:  # type: ignore[no-untyped-def]
+    tenant, department = scope
+    done = cli("keys", "create", "--tenant", tenant, "--dept", department, "--name", "bot")
+    assert done.code == 0 and len(done.stderr.splitlines()) == 1, done.stderr

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, strategies as st
 
+from ollama_meter.gateway._hosts import holds_credential
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
@@ -181,7 +184,21 @@ def test_a_key_in_authorization_is_the_key_whatever_scheme_it_is_sent_with(
     ],
 )
 @pytest.mark.parametrize(
-    "query", ["token={token}", "key={key}", "api_key={key}&x=1", "t=+{key}", "a=Bearer%20{token}"]
+    "query",
+    [
+        "token={token}",
+        "key={key}",
+        "api_key={key}&x=1",
+        "t=+{key}",
+        "a=Bearer%20{token}",
+        "{key}",  # the key as a name of its own
+        "{key}=1",
+        "auth=%22{key}%22",  # quoted, as JSON writes it
+        "auth=key:{key}",
+        "h=X-Ometer-Key%3A{key}",
+        "auth=%22{token}%22",
+        "{token}",
+    ],
 )
 def test_a_key_or_the_admin_token_in_a_url_is_refused_never_sent_on(
     app_on: Callable[..., Gateway],
@@ -215,3 +232,59 @@ def test_the_dashboard_still_takes_its_token_in_the_url(
     assert gw.client.get(f"/dashboard?token={TOKEN}").status_code == 200
     assert gw.client.get(f"/api/dash?token={TOKEN}").status_code == 200
     assert gw.client.get("/api/tags?name=om").status_code == 200  # no credential: as before
+
+
+_KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@given(
+    key=st.text(st.sampled_from(_KEY_CHARS), min_size=32, max_size=32).map(lambda k: f"om_{k}"),
+    before=st.text(st.characters(codec="ascii", exclude_characters=_KEY_CHARS), max_size=4),
+    after=st.text(st.characters(codec="ascii"), max_size=4),
+    others=st.lists(st.tuples(st.sampled_from(["model", "x", "q"]), st.sampled_from(["1", "a b"]))),
+    as_name=st.booleans(),
+    encoded=st.booleans(),
+)
+def test_a_key_anywhere_in_a_query_is_a_credential_in_the_url(
+    key: str, before: str, after: str, others: list[tuple[str, str]], as_name: bool, encoded: bool
+) -> None:
+    """Whatever surrounds a gateway key in a query (quotes, a colon, a header's name, nothing:
+    the key as a name of its own), in either encoding: the URL holds a credential. Only a key
+    alone in a value, or after a blank, was seen: ``?{key}`` and ``?auth="{key}"`` went on to
+    Ollama, into its log."""
+    held = before + key + after
+    pair = (held, "1") if as_name else ("auth", held)
+    query = (
+        urlencode([*others, pair]) if encoded else "&".join(f"{n}={v}" for n, v in [*others, pair])
+    )
+    assert holds_credential(query.encode("latin-1", "replace"), None)
+
+
+@pytest.mark.parametrize(
+    "query", ["", "model=llama3.1:8b", "name=om", "x=custom_abcdefgh12", "om_=1"]
+)
+def test_a_query_holding_no_key_is_no_credential(query: str) -> None:
+    assert not holds_credential(query.encode(), TOKEN)
+
+
+_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
+_AROUND = "\"':,;()[]{}<> "
+
+
+@given(
+    token=st.text(st.sampled_from(_TOKEN_CHARS), min_size=16, max_size=64),
+    before=st.text(st.sampled_from(_AROUND), max_size=3).map(lambda b: "Bearer " + b),
+    after=st.text(st.sampled_from(_AROUND), max_size=3),
+    as_name=st.booleans(),
+)
+def test_the_admin_token_quoted_or_as_a_name_in_a_query_is_a_credential_in_the_url(
+    token: str, before: str, after: str, as_name: bool
+) -> None:
+    """The token as ``openssl rand -hex 32`` makes one (letters, digits, ``-_.~``), in a value
+    as JSON or a header writes it (``"TOKEN"``, ``Bearer:TOKEN``) or as a name of its own
+    (``?TOKEN``): only a value that was the token, or a blank-separated word of one, was
+    seen, and the rest went on to Ollama, into its log."""
+    held = before.removeprefix("Bearer ") if as_name else before
+    pair = (held + token + after, "") if as_name else ("auth", held + token + after)
+    query = urlencode([("model", "m"), pair])
+    assert holds_credential(query.encode(), token)
