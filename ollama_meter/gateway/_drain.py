@@ -37,6 +37,8 @@ DRAIN_S = 10.0
 FINISH_S = 5.0
 """Seconds more for the calls stopped when the drain ends to write their spans and answer."""
 STOPPED = "the gateway stopped before this call was answered; send it again"
+CLEAN_STOPS = frozenset({signal.SIGTERM, signal.SIGHUP})
+"""Signals that ask the gateway to stop: once it has, it exits 0."""
 
 
 class Drain:
@@ -144,9 +146,13 @@ class GatewayServer(uvicorn.Server):
         finally:
             for sig, handler in before.items():
                 signal.signal(sig, handler)
-        # As uvicorn's: the process ends as the signal it was stopped by says (ometer: 128 + N).
+        # A stop asked for (SIGTERM, SIGHUP) and carried out, every call answered and its span
+        # written, is a clean end: the process goes on to exit 0. Raised again, it ended
+        # ``sys.exit(143)`` (ometer's handler), which systemd, Kubernetes and Docker read as
+        # the service failing. Ctrl-C still ends it as an interrupted command does (130).
         for captured in reversed(self._captured_signals):
-            signal.raise_signal(captured)
+            if captured not in CLEAN_STOPS:
+                signal.raise_signal(captured)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """The first stop signal drains; a second (Ctrl-C twice, SIGTERM then Ctrl-C) ends the
