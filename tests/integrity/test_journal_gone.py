@@ -65,8 +65,9 @@ def test_a_copy_of_a_live_journal_put_back_is_never_taken_for_a_dead_process(
 ) -> None:
     """A spool folder restored from a copy under a running process: the copy of its journal,
     at its path and locked by nobody, read as a dead process's, and its open call was recorded
-    as interrupted while the process still ran it (then again as it ended: twice). The
-    process's next line rewrites its open calls to a file of its own and removes the copy."""
+    as interrupted while the process still ran it (its real span, by the same id, then added
+    nothing). The process's next line rewrites its open calls to a file of its own and
+    removes the copy."""
     folder = tmp_path / "journal"
     live, other = Journal(folder), Journal(folder)
     running, answered = make_span(), make_span()
