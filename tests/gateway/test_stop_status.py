@@ -14,6 +14,7 @@ from pathlib import Path
 import ollama
 import pytest
 
+from ollama_meter.gateway import GatewayServer, server_config
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.records import SpanRecord
 from ollama_meter.testing import OllamaEmulator, expected_counts
@@ -120,3 +121,65 @@ def test_a_stop_while_it_starts_exits_0_and_the_spool_is_recorded_once(tmp_path:
     assert sorted(s.id for s in stored) == sorted(s.id for s in spans)
     (total,) = ledger.spend(SpanFilter())
     assert (total.cost, total.requests) == (sum(s.cost_total for s in spans), len(spans))
+
+
+def test_ctrl_backslash_stops_at_once_each_call_answered_and_written(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """SIGQUIT (Ctrl-\\ in the gateway's terminal: quit now) killed the process on the spot,
+    with a core dump: each stream cut with no last item (the official client raised "peer
+    closed connection"), the calls left to the next metering process as ``interrupted``, their
+    output charged as nothing. Now it stops as a second stop signal does: no drain, each
+    stream ends with the gateway's error item, each span written by the gateway itself with
+    what was streamed; it exits 131 (128 + SIGQUIT), as a shell reports it, no core dumped."""
+    db = tmp_path / "l.db"
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{db}"}
+    proc, url = start_gateway(env, emulator.url)
+    emulator.token_latency = 1.0  # no reply ends by itself before the stop
+    received: dict[int, list[str]] = {n: [] for n in range(CALLS)}
+    flowing = threading.Barrier(CALLS + 1)
+
+    def stream(n: int) -> None:
+        client = ollama.Client(host=url)
+        try:
+            for chunk in client.chat(model=MODEL, messages=HI, stream=True):
+                received[n].append(chunk.message.content or "")
+                if len(received[n]) == 1:
+                    flowing.wait(60)
+        except ollama.ResponseError as exc:
+            received[n].append(f"error: {exc.error}")
+
+    callers = [threading.Thread(target=stream, args=(n,)) for n in range(CALLS)]
+    for caller in callers:
+        caller.start()
+    flowing.wait(60)
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(60) == 128 + signal.SIGQUIT
+    for caller in callers:
+        caller.join(60)
+    stopped = "error: the gateway stopped before this call was answered; send it again"
+    assert [chunks[-1] for chunks in received.values()] == [stopped] * CALLS, received
+    with sqlite3.connect(db) as ledger:  # committed by the gateway itself, before it exited
+        rows = ledger.execute("SELECT status, output_tokens FROM spans").fetchall()
+    assert sorted(rows) == sorted(("client_abort", len(r) - 1) for r in received.values())
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        (signal.SIGTERM, signal.SIGTERM, signal.SIGTERM),
+        (signal.SIGHUP, signal.SIGTERM, signal.SIGHUP),
+        (signal.SIGQUIT, signal.SIGTERM),
+        (signal.SIGINT, signal.SIGINT, signal.SIGINT),
+    ],
+)
+def test_the_signal_after_the_drain_was_cut_forces_the_end(signals: tuple[int, ...]) -> None:
+    """The third stop signal (the second after a SIGQUIT) forces the end, whichever it is: a
+    third SIGTERM was ignored (uvicorn forces on SIGINT only)."""
+    server = GatewayServer(server_config(lambda *_: None, host="127.0.0.1", port=0))
+    *before, last = signals
+    for sig in before:
+        server.handle_exit(sig, None)
+    assert (server.should_exit, server.force_exit) == (True, False)
+    server.handle_exit(last, None)
+    assert server.force_exit
