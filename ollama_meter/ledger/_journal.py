@@ -215,6 +215,10 @@ class Journal:
         held = os.fstat(fd)
         self._inode = (held.st_ino, held.st_dev)
         self._fd, self._path, self._size, self._torn = fd, path, 0, False
+        # The calls still open (a rotation; a file made again after one that could not be):
+        # each noted here too, or a kill -9 would leave them only where no one looks.
+        for line in self._open.values():
+            self._append(line)
 
     def _rotate(self) -> None:
         """Start a new file holding only the calls still open, then drop the old one (and what
@@ -222,8 +226,6 @@ class Journal:
         old_fd, old_path = self._fd, self._path
         self._fd = None
         self._start()
-        for line in self._open.values():
-            self._append(line)
         # Removed while still locked: once let go, a file at its path would look like a dead
         # process's, and another process recovering would record the calls open in it.
         if old_path is not None:

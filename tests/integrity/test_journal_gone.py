@@ -88,3 +88,26 @@ def test_a_copy_of_a_live_journal_put_back_is_never_taken_for_a_dead_process(
         assert sorted((o.span.id, o.final) for o in orphans) == sorted(
             [(running.id, False), (answered.id, True)]
         )
+
+
+def test_calls_open_while_the_journal_could_not_be_made_again_are_noted_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """Its folder removed and something else put in its place, the journal cannot be made
+    again (each line is refused: the gateway then commits before answering); once it can, the
+    calls still open are noted in the new file with the next line, not only in the removed one."""
+    folder = tmp_path / "journal"
+    live, other = Journal(folder), Journal(folder)
+    running, during, after = make_span(), make_span(), make_span()
+    live.opened(running, 3)
+    shutil.rmtree(folder)
+    folder.write_text("in the way")
+    assert not live.finished(running)  # refused: nowhere to note it
+    live.opened(during, 3)  # refused too (a warning)
+    folder.unlink()
+    live.opened(after, 3)
+    (kept,) = folder.glob("*.journal")
+    shutil.copy(kept, folder / "1-dead.journal")  # as a kill -9 would leave it
+    kept.unlink()
+    with other.orphans() as orphans:
+        assert sorted(o.span.id for o in orphans) == sorted([running.id, after.id])
