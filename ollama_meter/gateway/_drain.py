@@ -150,11 +150,12 @@ class GatewayServer(uvicorn.Server):
         # A stop asked for (SIGTERM, SIGHUP) and carried out, every call answered and its span
         # written, is a clean end: the process goes on to exit 0. Raised again, it ended
         # ``sys.exit(143)`` (ometer's handler), which systemd, Kubernetes and Docker read as
-        # the service failing. Ctrl-C still ends it as an interrupted command does (130).
+        # the service failing. Ctrl-C still ends it as an interrupted command does (130), and
+        # so does a forced end, whose calls were left to the journal (128 + the signal).
         for captured in reversed(self._captured_signals):
             if captured == signal.SIGQUIT:  # its default dumps core: of a process done
                 raise SystemExit(128 + captured)
-            if captured not in CLEAN_STOPS:
+            if captured not in CLEAN_STOPS or self.force_exit:
                 signal.raise_signal(captured)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -3,6 +3,7 @@ the exit status a service manager reads, and every call's span, exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -164,22 +165,35 @@ def test_ctrl_backslash_stops_at_once_each_call_answered_and_written(
     assert sorted(rows) == sorted(("client_abort", len(r) - 1) for r in received.values())
 
 
+def _raised(signum: int) -> None:
+    raise SystemExit(128 + signum)  # as ometer's own handler ends the process
+
+
 @pytest.mark.parametrize(
-    "signals",
+    ("signals", "status"),
     [
-        (signal.SIGTERM, signal.SIGTERM, signal.SIGTERM),
-        (signal.SIGHUP, signal.SIGTERM, signal.SIGHUP),
-        (signal.SIGQUIT, signal.SIGTERM),
-        (signal.SIGINT, signal.SIGINT, signal.SIGINT),
+        ((signal.SIGTERM,), None),
+        ((signal.SIGHUP, signal.SIGTERM), None),
+        ((signal.SIGQUIT,), 131),
+        ((signal.SIGTERM, signal.SIGTERM, signal.SIGTERM), 143),
+        ((signal.SIGHUP, signal.SIGTERM, signal.SIGHUP), 129),
+        ((signal.SIGQUIT, signal.SIGTERM), 143),  # the last one says
     ],
 )
-def test_the_signal_after_the_drain_was_cut_forces_the_end(signals: tuple[int, ...]) -> None:
+def test_the_signal_after_the_drain_was_cut_forces_the_end_and_a_forced_end_is_no_clean_one(
+    signals: tuple[int, ...], status: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The third stop signal (the second after a SIGQUIT) forces the end, whichever it is: a
-    third SIGTERM was ignored (uvicorn forces on SIGINT only)."""
+    third SIGTERM was ignored (uvicorn forces on SIGINT only). A forced end leaves its calls
+    to the journal: it exits as the signal says, not 0."""
+    monkeypatch.setattr(signal, "raise_signal", _raised)  # never this test run's own end
     server = GatewayServer(server_config(lambda *_: None, host="127.0.0.1", port=0))
-    *before, last = signals
-    for sig in before:
-        server.handle_exit(sig, None)
-    assert (server.should_exit, server.force_exit) == (True, False)
-    server.handle_exit(last, None)
-    assert server.force_exit
+    with pytest.raises(SystemExit) if status else contextlib.nullcontext() as ended:
+        with server.capture_signals():
+            for sig in signals:
+                server.handle_exit(sig, None)
+            assert server.should_exit
+            forced = len(signals) + (signals[0] == signal.SIGQUIT) == 3  # SIGQUIT: two at once
+            assert server.force_exit == forced
+    if status:
+        assert ended.value.code == status
