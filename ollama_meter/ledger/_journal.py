@@ -129,7 +129,7 @@ class Journal:
         if leases:
             entry["l"] = list(leases)
         with self._lock:
-            self._note(span.id, _line(entry))
+            self._note(span.id, _line(entry), moved=self._removed)
 
     def noted(self, span_id: str) -> bool:
         """Whether the call ``span_id`` was noted here as opened and not yet closed."""
@@ -142,11 +142,12 @@ class Journal:
         with self._lock:  # a call never opened here: nothing would recover it
             return span.id in self._open and self._note(span.id, line)
 
-    def _note(self, span_id: str, line: bytes) -> bool:
+    def _note(self, span_id: str, line: bytes, moved: Callable[[], bool] | None = None) -> bool:
         """Append ``line``, the one a rotation keeps of the open call ``span_id`` (lock held);
-        False (and a warning, once) when it could not be written."""
+        False (and a warning, once) when it could not be written. ``moved``: how to tell the
+        file is no longer where other processes look (then it is made again there)."""
         try:
-            if self._fd is not None and self._moved():
+            if self._fd is not None and (moved or self._moved)():
                 self._rotate()
             self._append(line)
         except OSError as exc:
@@ -194,11 +195,17 @@ class Journal:
         self._torn = False
         self._size += done
 
+    def _removed(self) -> bool:
+        """Whether this process's file was removed (its folder cleaned away, by hand or a
+        temporary folder's cleaner): checked as a call opens, by one ``fstat`` (under 1 µs)."""
+        assert self._fd is not None
+        return os.fstat(self._fd).st_nlink == 0
+
     def _moved(self) -> bool:
-        """Whether this process's file is no longer at its path (removed or moved away with
-        its folder, by hand or a temporary folder's cleaner; a copy put in its place): its
-        lines would go where no other process looks, and a ``kill -9`` lose the calls
-        answered and not yet committed. One ``stat`` a line noted (about 2 µs)."""
+        """Whether this process's file is no longer at its path (removed, moved away with its
+        folder, a copy put in its place): its lines would go where no other process looks,
+        and a ``kill -9`` lose the calls answered and not yet committed. Checked before a
+        call's whole span is noted, which its answer waits for: one ``stat`` (about 2 µs)."""
         assert self._path is not None
         try:
             at = os.stat(self._path)

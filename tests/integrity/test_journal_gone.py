@@ -111,3 +111,22 @@ def test_calls_open_while_the_journal_could_not_be_made_again_are_noted_once_it_
     kept.unlink()
     with other.orphans() as orphans:
         assert sorted(o.span.id for o in orphans) == sorted([running.id, after.id])
+
+
+def test_a_call_opened_after_the_journal_was_removed_makes_it_again_with_the_open_calls(
+    tmp_path: Path,
+) -> None:
+    """A process that only opens calls and commits them itself (the Python API, ``ometer
+    chat``): its calls in flight as its folder was removed are noted again with the next
+    call, so a ``kill -9`` leaves each of them to be recorded as ``interrupted``."""
+    folder = tmp_path / "journal"
+    live, other = Journal(folder), Journal(folder)
+    before, after = make_span(), make_span()
+    live.opened(before, 3)
+    shutil.rmtree(folder)
+    live.opened(after, 3)
+    (kept,) = folder.glob("*.journal")
+    shutil.copy(kept, folder / "1-dead.journal")  # as a kill -9 would leave it
+    kept.unlink()
+    with other.orphans() as orphans:
+        assert sorted(o.span.id for o in orphans) == sorted([before.id, after.id])
