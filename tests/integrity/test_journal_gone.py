@@ -14,7 +14,7 @@ from pathlib import Path
 import ollama
 import pytest
 
-from ollama_meter.ledger._journal import Journal
+from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests.factories import make_span
 from tests.gateway.test_processes import logged, start_gateway
@@ -60,6 +60,16 @@ def test_a_journal_removed_under_the_gateway_still_keeps_its_answered_calls(
     assert not list((tmp_path / "l.db.spool" / "journal").glob("*.journal"))
 
 
+def _left_by_a_kill(live: Journal, other: Journal) -> list[Orphan]:
+    """The calls ``other`` (a process opening the ledger) finds open in ``live``'s journal, as
+    a ``kill -9`` of its process would leave it: its one file, locked by nobody."""
+    (kept,) = live.directory.glob("*.journal")
+    shutil.copy(kept, live.directory / "1-dead.journal")
+    kept.unlink()
+    with other.orphans() as orphans:
+        return orphans
+
+
 def test_a_copy_of_a_live_journal_put_back_is_never_taken_for_a_dead_process(
     tmp_path: Path,
 ) -> None:
@@ -80,14 +90,10 @@ def test_a_copy_of_a_live_journal_put_back_is_never_taken_for_a_dead_process(
     assert live.finished(answered)
     with other.orphans() as orphans:  # another process opening the ledger
         assert orphans == []
-    (kept,) = folder.glob("*.journal")
-    dead = folder / "1-dead.journal"  # the live file as a kill -9 would leave it
-    shutil.copy(kept, dead)
-    kept.unlink()
-    with other.orphans() as orphans:
-        assert sorted((o.span.id, o.final) for o in orphans) == sorted(
-            [(running.id, False), (answered.id, True)]
-        )
+    orphans = _left_by_a_kill(live, other)
+    assert sorted((o.span.id, o.final) for o in orphans) == sorted(
+        [(running.id, False), (answered.id, True)]
+    )
 
 
 def test_calls_open_while_the_journal_could_not_be_made_again_are_noted_once_it_can(
@@ -106,11 +112,8 @@ def test_calls_open_while_the_journal_could_not_be_made_again_are_noted_once_it_
     live.opened(during, 3)  # refused too (a warning)
     folder.unlink()
     live.opened(after, 3)
-    (kept,) = folder.glob("*.journal")
-    shutil.copy(kept, folder / "1-dead.journal")  # as a kill -9 would leave it
-    kept.unlink()
-    with other.orphans() as orphans:
-        assert sorted(o.span.id for o in orphans) == sorted([running.id, after.id])
+    orphans = _left_by_a_kill(live, other)
+    assert sorted(o.span.id for o in orphans) == sorted([running.id, after.id])
 
 
 def test_a_call_opened_after_the_journal_was_removed_makes_it_again_with_the_open_calls(
@@ -125,8 +128,5 @@ def test_a_call_opened_after_the_journal_was_removed_makes_it_again_with_the_ope
     live.opened(before, 3)
     shutil.rmtree(folder)
     live.opened(after, 3)
-    (kept,) = folder.glob("*.journal")
-    shutil.copy(kept, folder / "1-dead.journal")  # as a kill -9 would leave it
-    kept.unlink()
-    with other.orphans() as orphans:
-        assert sorted(o.span.id for o in orphans) == sorted([before.id, after.id])
+    orphans = _left_by_a_kill(live, other)
+    assert sorted(o.span.id for o in orphans) == sorted([before.id, after.id])
