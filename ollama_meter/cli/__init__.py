@@ -98,8 +98,24 @@ _RECORDING = frozenset({"chat", "run", "serve"})
 others' errors say nothing of a spool."""
 
 
+def _command(argv: list[str]) -> str | None:
+    return next((arg for arg in argv[1:] if not arg.startswith("-")), None)
+
+
 def _records_calls(argv: list[str]) -> bool:
-    return next((arg for arg in argv[1:] if not arg.startswith("-")), None) in _RECORDING
+    return _command(argv) in _RECORDING
+
+
+def _stopped_cleanly(argv: list[str], stop: SystemExit) -> bool:
+    """Whether ``stop`` is a gateway's SIGTERM or SIGHUP (``systemctl stop``, a terminal gone)
+    that came before its server took the signals itself: while it started (migrations, the
+    spool's drain, each its own transaction: nothing is left half done) or as it ended. Such a
+    gateway exits 0, as one the signal stopped while serving does (``gateway/_drain.py``)."""
+    if _command(argv) != "serve":
+        return False
+    from ollama_meter.gateway import CLEAN_STOPS
+
+    return stop.code in {128 + signum for signum in CLEAN_STOPS}
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -140,7 +156,12 @@ def _main() -> None:
     escape_unencodable()
     try:
         with contextlib.nullcontext() if _records_calls(sys.argv) else recording_nothing():
-            code = command()(standalone_mode=False)
+            try:
+                code = command()(standalone_mode=False)
+            except SystemExit as stop:
+                if not _stopped_cleanly(sys.argv, stop):
+                    raise
+                code = 0
         sys.stdout.flush()  # here, where a failure to write the output is still ours to report
         if code == INTERRUPTED:  # typer's answer to Ctrl-C inside a command: said, not silent
             err.print("interrupted")

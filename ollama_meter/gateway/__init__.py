@@ -20,12 +20,13 @@ if TYPE_CHECKING:
         listening_url,
         trusted_proxies,
     )
-    from ollama_meter.gateway._drain import GatewayServer
+    from ollama_meter.gateway._drain import CLEAN_STOPS, GatewayServer
     from ollama_meter.gateway._passthrough import PASSTHROUGH
     from ollama_meter.gateway._server import server_config
 
 __all__ = [
     "ADMIN",
+    "CLEAN_STOPS",
     "MAX_BODY_BYTES",
     "MAX_HEADER_BYTES",
     "PASSTHROUGH",
@@ -42,6 +43,7 @@ __all__ = [
 
 _LAZY = {
     "ADMIN": "._app",
+    "CLEAN_STOPS": "._drain",
     "PASSTHROUGH": "._passthrough",
     "GatewayOptions": "._access",
     "GatewayServer": "._drain",

@@ -37,6 +37,8 @@ DRAIN_S = 10.0
 FINISH_S = 5.0
 """Seconds more for the calls stopped when the drain ends to write their spans and answer."""
 STOPPED = "the gateway stopped before this call was answered; send it again"
+CLEAN_STOPS = frozenset({signal.SIGTERM, signal.SIGHUP})
+"""Signals that ask the gateway to stop: once it has, it exits 0."""
 
 
 class Drain:
@@ -136,25 +138,42 @@ class GatewayServer(uvicorn.Server):
             yield
             return
         handled = [signal.SIGINT, signal.SIGTERM]
-        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-            handled.append(signal.SIGHUP)
+        for sig in (signal.SIGHUP, signal.SIGQUIT):
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                handled.append(sig)
         before = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
         try:
             yield
         finally:
             for sig, handler in before.items():
                 signal.signal(sig, handler)
-        # As uvicorn's: the process ends as the signal it was stopped by says (ometer: 128 + N).
+        # A stop asked for (SIGTERM, SIGHUP) and carried out, every call answered and its span
+        # written, is a clean end: the process goes on to exit 0. Raised again, it ended
+        # ``sys.exit(143)`` (ometer's handler), which systemd, Kubernetes and Docker read as
+        # the service failing. Ctrl-C still ends it as an interrupted command does (130), and
+        # so does a forced end, whose calls were left to the journal (128 + the signal).
         for captured in reversed(self._captured_signals):
-            signal.raise_signal(captured)
+            if captured == signal.SIGQUIT:  # its default dumps core: of a process done
+                raise SystemExit(128 + captured)
+            if captured not in CLEAN_STOPS or self.force_exit:
+                signal.raise_signal(captured)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """The first stop signal drains; a second (Ctrl-C twice, SIGTERM then Ctrl-C) ends the
         drain at once, as its end would: uvicorn's forced exit cancelled the calls under the
-        server, a stream cut with no last line and two tracebacks logged. A third forces it."""
-        if self.should_exit and not self._cut:
+        server, a stream cut with no last line and two tracebacks logged. A third forces it.
+
+        SIGQUIT (Ctrl-\\: quit now) is a first and a second at once: no drain. Its default
+        killed the process on the spot, each stream cut with no last item and each call left
+        to the next process as ``interrupted``, its output charged as nothing."""
+        if self._cut:
+            self._captured_signals.append(sig)
+            self.force_exit = True
+            return
+        if self.should_exit or sig == signal.SIGQUIT:
             self._captured_signals.append(sig)  # the process still ends as the signal says
             self.cut_drain()
+            self.should_exit = True
             return
         super().handle_exit(sig, frame)
 

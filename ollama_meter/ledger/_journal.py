@@ -102,6 +102,7 @@ class Journal:
         self._path: Path | None = None
         self._open: dict[str, bytes] = {}
         self._size = 0
+        self._inode = (0, 0)  # the file's, as it was opened (:meth:`_moved`)
         self._torn = False  # the file ends in a line cut short (it could not be cut off)
         self._warned = False
         renew_after_fork(self)
@@ -128,7 +129,7 @@ class Journal:
         if leases:
             entry["l"] = list(leases)
         with self._lock:
-            self._note(span.id, _line(entry))
+            self._note(span.id, _line(entry), moved=self._removed)
 
     def noted(self, span_id: str) -> bool:
         """Whether the call ``span_id`` was noted here as opened and not yet closed."""
@@ -141,10 +142,13 @@ class Journal:
         with self._lock:  # a call never opened here: nothing would recover it
             return span.id in self._open and self._note(span.id, line)
 
-    def _note(self, span_id: str, line: bytes) -> bool:
+    def _note(self, span_id: str, line: bytes, moved: Callable[[], bool] | None = None) -> bool:
         """Append ``line``, the one a rotation keeps of the open call ``span_id`` (lock held);
-        False (and a warning, once) when it could not be written."""
+        False (and a warning, once) when it could not be written. ``moved``: how to tell the
+        file is no longer where other processes look (then it is made again there)."""
         try:
+            if self._fd is not None and (moved or self._moved)():
+                self._rotate()
             self._append(line)
         except OSError as exc:
             self._warn(exc)
@@ -191,21 +195,44 @@ class Journal:
         self._torn = False
         self._size += done
 
+    def _removed(self) -> bool:
+        """Whether this process's file was removed (its folder cleaned away, by hand or a
+        temporary folder's cleaner): checked as a call opens, by one ``fstat`` (under 1 µs)."""
+        assert self._fd is not None
+        return os.fstat(self._fd).st_nlink == 0
+
+    def _moved(self) -> bool:
+        """Whether this process's file is no longer at its path (removed, moved away with its
+        folder, a copy put in its place): its lines would go where no other process looks,
+        and a ``kill -9`` lose the calls answered and not yet committed. Checked before a
+        call's whole span is noted, which its answer waits for: one ``stat`` (about 2 µs)."""
+        assert self._path is not None
+        try:
+            at = os.stat(self._path)
+        except OSError:
+            return True
+        return (at.st_ino, at.st_dev) != self._inode
+
     def _start(self) -> None:
         make_folder(self.directory)
         path = self.directory / f"{os.getpid()}-{os.urandom(4).hex()}.journal"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         give_to_folder(fd, self.directory)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        held = os.fstat(fd)
+        self._inode = (held.st_ino, held.st_dev)
         self._fd, self._path, self._size, self._torn = fd, path, 0, False
+        # The calls still open (a rotation; a file made again after one that could not be):
+        # each noted here too, or a kill -9 would leave them only where no one looks.
+        for line in self._open.values():
+            self._append(line)
 
     def _rotate(self) -> None:
-        """Start a new file holding only the calls still open, then drop the old one."""
+        """Start a new file holding only the calls still open, then drop the old one (and what
+        is at its path: a copy put back there would be taken for a dead process's file)."""
         old_fd, old_path = self._fd, self._path
         self._fd = None
         self._start()
-        for line in self._open.values():
-            self._append(line)
         # Removed while still locked: once let go, a file at its path would look like a dead
         # process's, and another process recovering would record the calls open in it.
         if old_path is not None:

@@ -136,7 +136,7 @@ def test_sigterm_drains_an_in_flight_stream(
         assert first.wait(10)
         proc.send_signal(signum)
         reader.join(timeout=30)
-        assert proc.wait(timeout=30) in (0, 128 + signum)  # exits after draining
+        assert proc.wait(timeout=30) == 0  # exits after draining, a clean stop
     finally:
         emulator.token_latency = 0.0
     assert received[-1] == "<done>"

@@ -160,7 +160,7 @@ def test_a_stopping_gateway_commits_every_answered_span_first(
     for thread in threads:
         thread.join(timeout=60)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) in (0, 128 + signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
     assert unsettled(tmp_path / "l.db.spool" / "journal") == []
     reader = sqlite3.connect(db)  # no ometer: opening one would record what the journal kept
     assert reader.execute("SELECT count(*) FROM spans WHERE status = 'ok'").fetchone() == (8,)
