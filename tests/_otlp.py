@@ -254,10 +254,13 @@ class SilentCollector:
     ``url`` takes OTLP/HTTP exports (``/v1/traces`` under it); ``connections`` counts the
     connections accepted, which an exporter opens anew after each timed-out request.
     ``answer``: bytes to send at once and hang up (a lying server) instead of silence.
+    :meth:`hang_up` ends the silence: the clients waiting are told at once that no answer
+    comes, and do not wait out their timeouts.
     """
 
     def __init__(self, answer: bytes = b"") -> None:
         self.answer = answer
+        self._hung_up = False
         self.accepted_at: list[float] = []  # time.monotonic() of each connection accepted
         self._listener: socket.socket | None = None
         self._held: list[socket.socket] = []
@@ -278,10 +281,17 @@ class SilentCollector:
                 return
             self._held.append(conn)
             self.accepted_at.append(time.monotonic())
-            if self.answer:
+            if self.answer or self._hung_up:
                 with contextlib.suppress(OSError):
                     conn.sendall(self.answer)
                 conn.close()
+
+    def hang_up(self) -> None:
+        """Close every connection held, unanswered, and each accepted from now on."""
+        self._hung_up = True  # before the look at those held: one accepted meanwhile sees it
+        for conn in list(self._held):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def __exit__(self, *exc: object) -> None:
         if self._listener is not None:

@@ -217,6 +217,9 @@ def test_a_hung_webhook_keeps_no_later_alert_out_of_the_log(
             wait_for(lambda: hung.connections, what="the webhook posted to")
             said = [r.getMessage() for r in caplog.records if "budget alert:" in r.getMessage()]
             assert [line.split("crossed ")[1][:4] for line in said] == ["90%:", "100%"]
+            # Said within the 10 s the webhook is given to answer: the attempts end at once
+            # now, unanswered, rather than each after those 10 s.
+            hung.hang_up()
             assert dispatcher.flush(600.0)  # both attempts over: neither is said again
         said = [r.getMessage() for r in caplog.records if "budget alert:" in r.getMessage()]
         assert len(said) == 2
@@ -299,11 +302,15 @@ def _mailed(
     to: str = "it@example.org",
 ) -> tuple[str, bool, list[bytes]]:
     """An alert sent by email to :func:`_taking_server`: its outcome, whether it was
-    delivered, and the messages the server took."""
+    delivered, and the messages the server took. Every answer is waited for as long as
+    each of the session's reads, the message's too: a QUIT never answered ends the
+    session after that second, not after the 10 s a message's answer is given by default."""
     from ollama_meter.budgets import EmailChannel, deliver
 
     port, taken, stop = _taking_server(quit_answer, ehlo=ehlo)
-    channel = EmailChannel("127.0.0.1", port, sender=sender, recipients=[to], timeout=1.0)
+    channel = EmailChannel(
+        "127.0.0.1", port, sender=sender, recipients=[to], timeout=1.0, answer=1.0
+    )
     alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
     try:
         outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)

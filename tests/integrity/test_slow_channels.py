@@ -308,13 +308,16 @@ def test_an_smtp_server_that_never_ends_its_reply_fails_the_attempt_in_bounded_t
 
     stop = threading.Event()
     host, port = _talking_server(stop, talk, pause)
-    channel = EmailChannel(host, port, sender="m@x.org", recipients=["it@x.org"], timeout=1.0)
+    channel = EmailChannel(
+        host, port, sender="m@x.org", recipients=["it@x.org"], timeout=1.0, answer=1.0
+    )
     try:
         failed = _sent_within(channel, fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}")))
     finally:
         stop.set()
-    # Cut by the session's bound (three reads' timeout) or, the endless one, by the size
-    # of the reply, whichever comes first on this machine: either way the attempt failed.
+    # Cut by the session's bound (three reads' timeout and the message's answer's: 4 s here,
+    # 13 s with the 10 s a message's answer is given by default) or, the endless one, by the
+    # size of the reply, whichever comes first on this machine: either way the attempt failed.
     assert [type(e) for e in failed] == [smtplib.SMTPServerDisconnected]
 
 
