@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ollama_meter._names import HOLDS_KEY, holds_key
 from ollama_meter.gateway._json import NotJson, read_json
 from ollama_meter.gateway._messages import MessagesRequest
 from ollama_meter.gateway._responses import ResponsesRequest
@@ -322,6 +323,8 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
     if not isinstance(body.get("model"), str) or not body["model"].strip():
         raise BadRequest("model is required")
     model = body["model"]
+    if holds_key(model):  # its refusal's span names no model: a key is never stored
+        raise BadRequest(f"model {HOLDS_KEY}")
     try:
         checked = shape.model_validate(body)
     except PydanticError as exc:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._logging import Throttled
+from ollama_meter._names import HOLDS_KEY, holds_key
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import BudgetGate, HiddenPrompts, ShownPrompts
 from ollama_meter.errors import (
@@ -160,6 +161,8 @@ class Meter(Admitting):
             raise ValidationError(
                 "no model given; name one, e.g. llama3.1:8b (-m on the command line)"
             )
+        if holds_key(model):  # stored on its span, shown by every report: never a key's text
+            raise ValidationError(f"the model name {HOLDS_KEY}")
         if blocking:
             self.ledger.check_writable()
         elif self.ledger.held:

@@ -125,3 +125,41 @@ def test_a_name_that_only_looks_like_a_key_is_a_name(
     gw.settle()
     (span,) = gw.ledger.latest(SpanFilter(), 10)
     assert span.department == name
+
+
+@pytest.mark.parametrize("route", ["/api/chat", "/v1/chat/completions"])
+def test_a_key_where_the_model_goes_is_refused_never_stored(
+    app: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    db_url: str,
+    cli: Callable[..., object],
+    route: str,
+) -> None:
+    """A model name is stored on every span as a name is: one holding a key is refused."""
+    gw = app(emulator.url, admin_token=TOKEN)
+    _, secret = gw.ledger.create_key(name="bot", tenant="acme", department="sales")
+    for model in (secret, f"llama3.1:8b {secret}", f"{secret}:latest"):
+        reply = gw.client.post(route, json={**HI, "model": model}, headers={"X-Ometer-Key": secret})
+        assert reply.status_code == 400, reply.text
+        assert "gateway API key" in reply.text and secret not in reply.text
+    gw.settle()
+    shown = _everything_shown(gw, cli, db_url)
+    assert secret not in shown and secret[:20] not in shown
+    assert not [asked for asked in emulator.requests if asked.path == route]  # nothing sent
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(before=st.text(max_size=5), after=st.text(max_size=5))
+def test_the_python_api_refuses_a_model_holding_a_key(
+    emulator: OllamaEmulator, before: str, after: str
+) -> None:
+    secret = "om_" + "A" * 32
+    asked = len(emulator.requests)
+    with pytest.raises(ValidationError) as refused:
+        MeteredClient(host=emulator.url).chat(
+            model=f"{before} {secret} {after}", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "gateway API key" in str(refused.value) and secret not in str(refused.value)
+    assert len(emulator.requests) == asked  # nothing sent
