@@ -191,14 +191,24 @@ def sweep_killed(target: Path, end: str, beside: tuple[str, ...] = ()) -> None:
             continue
         if not pid.isdigit() or len(mark) != 8 or mark.strip("0123456789abcdef"):
             continue
-        try:
-            if time.time() - path.stat().st_mtime < STALE_S:
-                continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if left_by_the_killed(path, pid):
             discard(path)
-        except OSError:  # alive under another user, or gone already: not ours to judge
-            continue
+
+
+def left_by_the_killed(path: Path, pid: str) -> bool:
+    """Whether the temp file ``path`` that process ``pid`` wrote was left by a write killed:
+    its process gone from this host, and nobody wrote the file for :data:`STALE_S`."""
+    if not pid.isdigit():
+        return False
+    try:
+        if time.time() - path.stat().st_mtime < STALE_S:
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive under another user, or gone already: not ours to judge
+        return False
+    return False
 
 
 def replace_file(target: Path, text: str) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ollama_meter._paths import discard
+from ollama_meter._paths import discard, left_by_the_killed
 from ollama_meter.ledger._beside import give_to_folder, make_folder
 from ollama_meter.records import SpanRecord, Stored
 
@@ -120,6 +120,20 @@ class Spool:
         the same name written since is read): a newer ometer's or another user's, left for
         it, and ones whose spans are recorded but which cannot be removed (every write
         drained them again)."""
+        self._swept = False
+
+    def _sweep_killed_puts(self) -> None:
+        """Remove the temp files of :meth:`put`s killed between their write and their rename
+        (``kill -9``, a power cut): named for no later write, each stayed for ever. Their
+        spans are in their process's journal, recorded from there; once a process opens
+        the spool (as its ledger opens), with :func:`sweep_killed`'s rule."""
+        try:
+            left = list(self.directory.glob(".*-*-*.jsonl.tmp"))
+        except OSError:
+            return
+        for path in left:
+            if left_by_the_killed(path, path.name.split("-")[1]):
+                discard(path)
 
     def put(self, spans: Sequence[SpanRecord]) -> Path:
         make_folder(self.directory)
@@ -156,6 +170,9 @@ class Spool:
             return []
 
     def pending(self) -> list[Path]:
+        if not self._swept:
+            self._swept = True
+            self._sweep_killed_puts()
         try:
             files = self.directory.glob("*.jsonl")
             return sorted(

@@ -676,6 +676,35 @@ def test_a_backup_sweeps_the_temp_copies_killed_backups_left(tmp_path: Path) -> 
     )
 
 
+def test_opening_a_ledger_sweeps_the_spool_files_killed_writes_left(tmp_path: Path) -> None:
+    """A spool file is written to a hidden temp name, then renamed: a ``kill -9`` between
+    the two left the temp file for ever (its spans are in the journal, recorded from there),
+    named for no later write. The next process to open the ledger removes those whose
+    process is gone and that nobody wrote for an hour, and no other file."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).dispose()
+    dead = subprocess.Popen(["true"])  # a pid that ran and ended
+    dead.wait()
+    hour_ago = time.time() - 3700
+    names = {
+        "killed": f".1765000000000000000-{dead.pid}-01KBZ8A0000000000000000000.jsonl.tmp",
+        "recent": f".1765000000000000001-{dead.pid}-01KBZ8A0000000000000000001.jsonl.tmp",
+        "alive": f".1765000000000000002-{os.getpid()}-01KBZ8A0000000000000000002.jsonl.tmp",
+        "not_a_put": ".notes.jsonl.tmp",
+        "no_pid": ".1765000000000000003-x-01KBZ8A0000000000000000003.jsonl.tmp",
+    }
+    folder = tmp_path / "ledger.db.spool"
+    folder.mkdir(exist_ok=True)
+    for key, name in names.items():
+        (folder / name).write_bytes(b"x")
+        if key != "recent":
+            os.utime(folder / name, (hour_ago, hour_ago))
+    Ledger(url).dispose()
+    assert sorted(p.name for p in folder.glob(".*")) == sorted(
+        names[k] for k in ("recent", "alive", "not_a_put", "no_pid")
+    )
+
+
 PRUNE_ZONES = ("UTC", "Europe/Berlin", "America/Santiago", "Australia/Lord_Howe", "Asia/Kathmandu")
 
 
