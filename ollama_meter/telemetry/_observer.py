@@ -275,12 +275,14 @@ class TelemetryObserver:
     def on_recorded_elsewhere(self, span: SpanRecord) -> None:
         """A call a gateway recorded in this client's own ledger: the gateway exports it, with
         its cost, tokens and metrics. Its trace span here ends naming the gateway's record
-        (``span.id``), with none of them: a backend summing a trace's costs counts it once."""
+        (``span.id``), with none of them: a backend summing a trace's costs counts it once, and
+        Langfuse (which types a span by its model else) shows a plain span, no generation."""
         with self._lock:
             otel = self._live.pop(span.span_id, None)
         if otel is None:
             return
         said: dict[str, Any] = {sc.OMETER_RECORDED_BY: "gateway", sc.OMETER_SPAN_ID: span.id}
+        said[sc.LANGFUSE_OBSERVATION_TYPE] = "span"
         said |= {sc.OMETER_STATUS: span.status, sc.ERROR_TYPE: span.error_type}
         otel.set_attributes(exportable({k: v for k, v in said.items() if v is not None}))
         _say_failed(otel, span)
