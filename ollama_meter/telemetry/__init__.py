@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 def telemetry_for(settings: Settings) -> Telemetry | None:
     """The process's telemetry for this configuration, or None when nothing is configured."""
+    _say_no_langfuse(settings)
     if not settings.telemetry_configured:
-        _say_no_langfuse(settings)
         return None
     from ollama_meter.telemetry._setup import Telemetry, stop_with_its_runtime
 

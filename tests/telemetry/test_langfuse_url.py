@@ -58,16 +58,25 @@ def test_a_bad_langfuse_base_url_is_an_error_naming_it(monkeypatch: pytest.Monke
         load_settings()
 
 
+@pytest.mark.parametrize("collector", [False, True])
 def test_keys_with_no_url_say_nothing_goes_to_langfuse(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, collector: bool
 ) -> None:
     """The keys alone (Langfuse's SDK would send to its cloud; ometer, on-prem, sends prompts
-    nowhere it was not told): no telemetry, and a warning that says what to set."""
+    nowhere it was not told): nothing to Langfuse, and a warning that says what to set, with
+    an OTLP collector set or not."""
     _keys(monkeypatch)
     monkeypatch.delenv("LANGFUSE_BASE_URL", raising=False)
+    if collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     caplog.set_level(logging.WARNING, logger="ollama_meter.telemetry")
     monkeypatch.setattr("ollama_meter.telemetry._said", [])  # said once a process
-    assert telemetry_for(load_settings()) is None
-    assert telemetry_for(load_settings()) is None
+    for _ in range(2):
+        telemetry = telemetry_for(load_settings())
+        assert (telemetry is not None) == collector
+        if telemetry is not None:
+            names = telemetry.exporter_names()
+            telemetry.shutdown()  # nothing to send: no call was made
+            assert names == ["http://127.0.0.1:9/v1/traces", "http://127.0.0.1:9/v1/metrics"]
     (said,) = [r.getMessage() for r in caplog.records if "LANGFUSE" in r.getMessage()]
     assert "LANGFUSE_BASE_URL" in said and "nothing is exported to Langfuse" in said
