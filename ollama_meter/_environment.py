@@ -410,3 +410,14 @@ def check_alert_email(settings: Any) -> None:
             f"{given}: set, but {missing} is not, so budget alerts would go out by no email: "
             f"set {missing} too, or unset {given}"
         )
+
+
+def doubts(loaded: Any, in_file: list[str], known: frozenset[str], *, db_flag: str | None) -> None:
+    """Log, once a process, what the settings may not mean as meant: ``OMETER_`` names that
+    are no setting (not in ``known``), and a SQLite ledger relative to the working folder
+    (``db_flag``: the flag it came from, else ``OMETER_DB_URL``)."""
+    from ollama_meter._urls import warn_relative
+
+    warn_unknown(os.environ, in_file, known)
+    if loaded._relative_db_url and loaded.db_url:
+        warn_relative(db_flag or "OMETER_DB_URL", loaded._relative_db_url, loaded.db_url)

@@ -33,12 +33,12 @@ from ollama_meter._environment import (
     check_alert_email,
     check_env_file,
     check_sdk_environment,
+    doubts,
     otlp_headers,
     otlp_protocol,
     sdk_disabled,
     service_name,
     traces_sampler,
-    warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
 from ollama_meter._paths import default_data_dir, existing_file
@@ -54,7 +54,6 @@ from ollama_meter._urls import (
     http_url,
     normalize_host,
     parse_upstreams,
-    warn_relative,
 )
 from ollama_meter.errors import ConfigError
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
@@ -154,6 +153,7 @@ class Settings(QuickSettings):
         SecretStr | None, Field(validation_alias="LANGFUSE_SECRET_KEY")
     ] = None
     langfuse_host: Annotated[str | None, Field(validation_alias="LANGFUSE_HOST")] = None
+    langfuse_base_url: Annotated[str | None, Field(validation_alias="LANGFUSE_BASE_URL")] = None
     traceloop_api_key: Annotated[SecretStr | None, Field(validation_alias="TRACELOOP_API_KEY")] = (
         None
     )
@@ -223,11 +223,13 @@ class Settings(QuickSettings):
         return database_url(value.strip()) if value is not None and value.strip() else None
 
     @model_validator(mode="after")
-    def _absolute_ledger(self) -> "Settings":
+    def _resolved(self) -> "Settings":
         """A SQLite file named relative to the working folder is that folder's, read once: a
         process that changes folder later keeps its ledger (``load_settings`` says which)."""
         if self.db_url and (absolute := absolute_sqlite(self.db_url)):
             self._relative_db_url, self.__dict__["db_url"] = self.db_url, absolute
+        # Langfuse's SDK reads LANGFUSE_BASE_URL (the name Langfuse gives a key with) first.
+        self.__dict__["langfuse_host"] = self.langfuse_base_url or self.langfuse_host
         return self
 
     @field_validator("department_budgets")
@@ -245,6 +247,7 @@ class Settings(QuickSettings):
         "otlp_traces_endpoint",
         "otlp_metrics_endpoint",
         "langfuse_host",
+        "langfuse_base_url",
         "traceloop_base_url",
         "alert_webhook_url",
     )
@@ -437,14 +440,6 @@ def load_settings(
     if loaded.telemetry_configured:
         check_sdk_environment(os.environ, loaded)
     if warn:
-        doubts(loaded, in_file, db_flag=(flags or {}).get("db_url") if "db_url" in given else None)
+        flag = (flags or {}).get("db_url") if "db_url" in given else None
+        doubts(loaded, in_file, known_env_names(), db_flag=flag)
     return loaded
-
-
-def doubts(loaded: Settings, in_file: list[str], *, db_flag: str | None) -> None:
-    """Log, once a process, what the settings may not mean as meant: ``OMETER_`` names that
-    are no setting, and a SQLite ledger relative to the working folder (``db_flag``: the
-    flag it came from, else ``OMETER_DB_URL``)."""
-    warn_unknown(os.environ, in_file, known_env_names())
-    if loaded._relative_db_url and loaded.db_url:
-        warn_relative(db_flag or "OMETER_DB_URL", loaded._relative_db_url, loaded.db_url)

@@ -50,8 +50,8 @@ def settings(*, warn: bool = True, **overrides: Any) -> Settings:
     """Settings with command-line overrides on top of the environment and ``.env``: read
     once in a run of a command, whose logging was set up from them (``warn``: say which
     ``OMETER_`` names are no setting, off only for that logging)."""
-    from ollama_meter._environment import check_env_file
-    from ollama_meter.config import doubts, load_settings
+    from ollama_meter._environment import check_env_file, doubts
+    from ollama_meter.config import known_env_names, load_settings
 
     for field, value in overrides.items():
         # Given empty is given: '--db "$DB"' with DB unset must not quietly mean the default.
@@ -69,7 +69,7 @@ def settings(*, warn: bool = True, **overrides: Any) -> Settings:
         cfg, warned = kept
         if warn and not warned:
             flag = FLAGS["db_url"] if overrides.get("db_url") is not None else None
-            doubts(cfg, check_env_file(Path(".env")), db_flag=flag)
+            doubts(cfg, check_env_file(Path(".env")), known_env_names(), db_flag=flag)
     if run is not None:
         run[key] = (cfg, warn or (kept is not None and kept[1]))
     return cfg

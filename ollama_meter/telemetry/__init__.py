@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import TYPE_CHECKING
 
 from ollama_meter._runtime import runtime
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 def telemetry_for(settings: Settings) -> Telemetry | None:
     """The process's telemetry for this configuration, or None when nothing is configured."""
+    _say_no_langfuse(settings)
     if not settings.telemetry_configured:
         return None
     from ollama_meter.telemetry._setup import Telemetry, stop_with_its_runtime
@@ -53,6 +55,24 @@ def telemetry_for(settings: Settings) -> Telemetry | None:
     shared = runtime()
     return shared.shared(
         "telemetry", key, lambda: Telemetry(settings, owner=shared), stop_with_its_runtime
+    )
+
+
+_said: list[bool] = []
+
+
+def _say_no_langfuse(settings: Settings) -> None:
+    """Say, once a process, that Langfuse's keys are set with no URL: nothing goes to Langfuse
+    (its SDK would send to its cloud; an on-prem meter sends prompts nowhere it is not told),
+    and before, nothing said so."""
+    keys = settings.langfuse_public_key and settings.langfuse_secret_key
+    if not keys or settings.langfuse_host or _said:
+        return
+    _said.append(True)
+    logging.getLogger("ollama_meter.telemetry").warning(
+        "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY are set, but not LANGFUSE_BASE_URL (or "
+        "LANGFUSE_HOST): nothing is exported to Langfuse; set where it is, such as "
+        "https://cloud.langfuse.com"
     )
 
 

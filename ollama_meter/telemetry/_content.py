@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ollama_meter.records import Called, SpanRecord, Told, exported_json, readied, storable_text
+from ollama_meter.records import (
+    Called,
+    SpanRecord,
+    Status,
+    Told,
+    exported_json,
+    readied,
+    storable_text,
+)
+from ollama_meter.telemetry._semconv import input_only
 
 MAX_EXPORTED_TEXT = 16_384
 """Characters an exported text attribute holds, prompt and reply included (cut, ending in "…").
@@ -73,6 +82,16 @@ def input_of(span: SpanRecord, limit: int) -> tuple[str | None, str | None]:
 
 def _written(value: Any) -> int:
     return len(exported_json(value))
+
+
+def replied(span: SpanRecord) -> bool:
+    """Whether the model gave ``span``'s call a reply to export (``gen_ai.output.messages``:
+    the messages it returned): text, tool calls, or an empty text it ended well with. An
+    embedding gives none (its vectors are no message), nor a call that failed before a word
+    came: each was exported as an assistant message of empty text."""
+    if input_only(span.operation):
+        return False
+    return bool(span.reply or span.called) or (span.reply is not None and span.status == Status.OK)
 
 
 def reply_of(span: SpanRecord, limit: int, finish_reason: str) -> str | None:

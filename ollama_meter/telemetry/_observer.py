@@ -35,6 +35,7 @@ from ollama_meter.telemetry._content import (
     MAX_EXPORTED_TEXT,
     bounded as _bounded,
     input_of,
+    replied,
     reply_of,
 )
 from ollama_meter.telemetry._hooked import HookedAttributes
@@ -138,6 +139,14 @@ def _asked(span: SpanRecord) -> dict[str, Any]:
         return {}
     values = ((key, getattr(asked, name)) for name, key in sc.REQUEST_SETTINGS.items())
     return {key: list(v) if isinstance(v, tuple) else v for key, v in values if v is not None}
+
+
+def _usage(span: SpanRecord) -> dict[str, int]:
+    """Langfuse's usage of ``span``: an embedding's input only, as its span's (no output 0)."""
+    if sc.input_only(span.operation):
+        return {"input": span.input_tokens, "total": span.input_tokens}
+    tokens = span.input_tokens, span.output_tokens
+    return {"input": tokens[0], "output": tokens[1], "total": sum(tokens)}
 
 
 def _finish_reason(span: SpanRecord) -> str:
@@ -266,12 +275,14 @@ class TelemetryObserver:
     def on_recorded_elsewhere(self, span: SpanRecord) -> None:
         """A call a gateway recorded in this client's own ledger: the gateway exports it, with
         its cost, tokens and metrics. Its trace span here ends naming the gateway's record
-        (``span.id``), with none of them: a backend summing a trace's costs counts it once."""
+        (``span.id``), with none of them: a backend summing a trace's costs counts it once, and
+        Langfuse (which types a span by its model else) shows a plain span, no generation."""
         with self._lock:
             otel = self._live.pop(span.span_id, None)
         if otel is None:
             return
         said: dict[str, Any] = {sc.OMETER_RECORDED_BY: "gateway", sc.OMETER_SPAN_ID: span.id}
+        said[sc.LANGFUSE_OBSERVATION_TYPE] = "span"
         said |= {sc.OMETER_STATUS: span.status, sc.ERROR_TYPE: span.error_type}
         otel.set_attributes(exportable({k: v for k, v in said.items() if v is not None}))
         _say_failed(otel, span)
@@ -292,13 +303,7 @@ class TelemetryObserver:
                 "embedding" if sc.input_only(span.operation) else "generation"
             ),
             sc.LANGFUSE_MODEL: span.model,
-            sc.LANGFUSE_USAGE: exported_json(
-                {
-                    "input": span.input_tokens,
-                    "output": span.output_tokens,
-                    "total": span.input_tokens + span.output_tokens,
-                }
-            ),
+            sc.LANGFUSE_USAGE: exported_json(_usage(span)),
             sc.LANGFUSE_TAGS: [
                 storable_text(tag, LANGFUSE_MAX_TAG)
                 for tag in (
@@ -344,7 +349,7 @@ class TelemetryObserver:
             said, apart = input_of(span, self.max_length)
             attributes[sc.GEN_AI_INPUT_MESSAGES] = said
             attributes[sc.GEN_AI_SYSTEM_INSTRUCTIONS] = apart
-        if self.capture_content and (span.reply is not None or span.called):
+        if self.capture_content and replied(span):
             reason = _finish_reason(span)
             attributes[sc.GEN_AI_OUTPUT_MESSAGES] = reply_of(span, self.max_length, reason)
         for key in _JSON_VALUED:

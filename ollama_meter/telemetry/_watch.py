@@ -74,7 +74,9 @@ class Reporting:
     def _now(self) -> float:
         return time.monotonic()
 
-    def _saw(self, ok: bool, what: str) -> None:
+    def _saw(self, ok: bool, what: str, answered: object = 0) -> None:
+        """``answered``: the status the place answered a failed export with (an HTTP status,
+        a gRPC code's name; 0: none came), said with it: a wrong key (401) is no dead host."""
         if ok:
             if self.failing and self._said_failing and not self.quiet:
                 log.info("exporting %s to %s again", what, self.name)
@@ -86,12 +88,22 @@ class Reporting:
         now, last = self._now(), self._said_failing_at
         if last is None or now - last >= SAY_DROPS_EVERY:  # else said at its next export
             self._said_failing_at, self._said_failing = now, True
+            said = f" (it answered {_status(answered)})" if _status(answered) else ""
             log.warning(
-                "could not export %s to %s; they are dropped until it answers "
+                "could not export %s to %s%s; they are dropped until it answers "
                 "(the ledger keeps every call)",
                 what,
                 self.name,
+                said,
             )
+
+
+def _status(answered: object) -> str:
+    """An HTTP status or a gRPC code's name as said; nothing for none (0), or for a failure
+    ometer named itself (``_grpc.TooLarge``, said in a line of its own)."""
+    if isinstance(answered, int):  # a success said otherwise (a web page) is no status to say
+        return f"HTTP {answered}" if answered and not 200 <= answered < 300 else ""
+    return str(answered) if str(answered).isupper() else ""
 
 
 class CutToFit(Reporting):
@@ -125,7 +137,7 @@ class CutToFit(Reporting):
             smaller = max(sum(its) // 2, _SMALLEST_LIMIT)
             if not too_large or smaller >= sum(its):
                 if too_large:  # as small as exports get: failed
-                    self._saw(False, self.what)
+                    self._saw(False, self.what, self.answers.status)
                 break
             refused = refused or sum(its)
             self.limit = min(self.limit, smaller)
@@ -155,7 +167,7 @@ class CutToFit(Reporting):
             ok = False
         if not ok and splittable and self.answers is not None and self.answers.too_large:
             return True
-        self._saw(ok, self.what)
+        self._saw(ok, self.what, 0 if ok or self.answers is None else self.answers.status)
         if not ok:
             return False
         if self.answers is not None and self.answers.last:

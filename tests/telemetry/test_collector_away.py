@@ -377,8 +377,8 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
     assert said == [
         (
             "WARNING",
-            f"could not export spans to {url}; they are dropped until it answers "
-            "(the ledger keeps every call)",
+            f"could not export spans to {url} (it answered HTTP 401); they are dropped until "
+            "it answers (the ledger keeps every call)",
         ),
         ("WARNING", f"spans not sent to {url}: 1 (the ledger keeps every call)"),
         ("INFO", f"exporting spans to {url} again"),

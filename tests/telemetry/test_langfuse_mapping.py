@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter._names import CLIENT_SPAN_TAG
 from ollama_meter.pricing import PriceRule
-from ollama_meter.records import MAX_TAG_KEY, MAX_TAG_VALUE, make_storable
+from ollama_meter.records import MAX_TAG_KEY, MAX_TAG_VALUE, Status, make_storable
 from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import LANGFUSE_MAX_TAG, TelemetryObserver
 from ollama_meter.testing import OllamaEmulator
@@ -130,3 +130,22 @@ def test_langfuse_gets_the_cost_to_the_micro_unit(micros: int) -> None:
     sent = otel.attributes[sc.LANGFUSE_COST]
     assert isinstance(sent, str)
     assert json.loads(sent, parse_float=Decimal) == {"total": Decimal(micros).scaleb(-6)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(operation=st.sampled_from(sorted(sc.OPERATION_NAMES)), status=st.sampled_from(list(Status)))
+def test_a_call_a_gateway_recorded_is_no_second_generation_in_langfuse(
+    operation: str, status: Status
+) -> None:
+    """A client's span of a call a gateway recorded ends with no usage or cost (the gateway's
+    span has them). Langfuse types a span by ``langfuse.observation.type``, else by its
+    ``gen_ai.operation.name`` or model: it took this one as a second generation (or embedding)
+    of the call, of no tokens, beside the gateway's, in every count of generations by model."""
+    span = make_span(operation=operation, status=status)
+    mine = dict(observed(span, elsewhere=True).attributes or {})
+    assert mine[sc.LANGFUSE_OBSERVATION_TYPE] == "span"
+    assert mine[sc.OMETER_RECORDED_BY] == "gateway"
+    assert not {sc.LANGFUSE_USAGE, sc.LANGFUSE_COST, sc.LANGFUSE_MODEL} & set(mine)
+    ours = dict(observed(span).attributes or {})  # the call's own record: as before
+    expected = "embedding" if sc.input_only(operation) else "generation"
+    assert ours[sc.LANGFUSE_OBSERVATION_TYPE] == expected
