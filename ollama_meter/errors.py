@@ -12,6 +12,7 @@
     └── UpstreamError                a call to Ollama failed; ``error_type`` classifies it
         ├── UpstreamConnectionError  Ollama cannot be reached            (connection)
         ├── UpstreamTimeout          Ollama did not answer in time       (timeout)
+        │   └── NoConnectionFree     the client's every connection is held: not sent, not retried
         ├── ModelNotFound            Ollama does not have the model      (model_not_found)
         ├── UpstreamBadRequest       Ollama refused the request (4xx)    (bad_request)
         │   └── InvalidRequest       malformed before sending (also a ValidationError, a ValueError)
@@ -138,6 +139,16 @@ class UpstreamConnectionError(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     error_type = "timeout"
+
+
+class NoConnectionFree(UpstreamTimeout):
+    """Every connection the client may open to Ollama is held (by streams its program read
+    part-way and kept) and none came free in time: nothing was sent. The program's own wait,
+    not Ollama's silence: tried once (another try would wait as long), counted by no circuit
+    breaker (three of them opened the model's, failing its calls once the streams were let go).
+    """
+
+    reached_upstream = False
 
 
 class ModelNotFound(UpstreamError):

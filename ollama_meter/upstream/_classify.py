@@ -34,6 +34,7 @@ from ollama_meter.errors import (
     GatewayBudgetExceeded,
     InvalidRequest,
     ModelNotFound,
+    NoConnectionFree,
     RateLimited,
     ServerBusy,
     StreamError,
@@ -123,6 +124,17 @@ def out_of_resources(exc: BaseException, *, host: str) -> ServerBusy | None:
             busy.reached_upstream = False  # its breaker neither fails nor recovers by it
             return busy
     return None
+
+
+def no_connection_free(host: str) -> NoConnectionFree:
+    """The error for a call that waited its time for one of its client's own connections to
+    Ollama, every one held (a stream read part-way and kept holds its own): never sent."""
+    return NoConnectionFree(
+        f"every connection this client may open to Ollama at {host} is in use (streams read "
+        "part-way and not closed hold theirs) and none came free in time; nothing was sent: "
+        "read those streams to the end or close() them, or allow more connections with "
+        "limits=httpx.Limits(max_connections=...)"
+    )
 
 
 def no_connection(

@@ -47,7 +47,7 @@ from ollama_meter._forks import renew_after_fork
 from ollama_meter._jitter import jittered
 from ollama_meter._names import model_cache_key
 from ollama_meter._runtime import runtime
-from ollama_meter.errors import CircuitOpen, UpstreamError
+from ollama_meter.errors import CircuitOpen, NoConnectionFree, UpstreamError
 
 TRANSIENT = frozenset({"connection", "timeout", "upstream_5xx", "rate_limited"})
 """Failures worth another attempt, when nothing was streamed yet."""
@@ -77,7 +77,7 @@ _NOT_TOLD: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def is_transient(error: UpstreamError) -> bool:
-    return error.error_type in TRANSIENT
+    return error.error_type in TRANSIENT and not isinstance(error, NoConnectionFree)
 
 
 @dataclass(frozen=True, slots=True)

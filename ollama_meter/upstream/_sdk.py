@@ -32,6 +32,7 @@ from ollama_meter.upstream._classify import (
     hung_up,
     mid_stream_error,
     no_connection,
+    no_connection_free,
     not_an_answer,
     reported_error,
     transport_error,
@@ -354,6 +355,8 @@ class Upstream(Resilient):
                 Failure.UNEXPECTED,
                 f"its answer does not read as Ollama's API has it: {reason}",
             )
+        elif isinstance(exc, httpx.PoolTimeout):  # the program holds every connection
+            return no_connection_free(self.host)
         elif isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
             # A connect nobody answered is an unreachable host (below); a request sent whole
             # and not answered in time, a call the upstream has: not sent again.

@@ -11,11 +11,20 @@ as the connection's stream reads them.
 
 The same trace tells when a request's body was sent whole: Ollama has the call
 (``Heard.delivered``), and a caller who stops it from then on consumed its prompt.
+
+Closing the client (another thread's ``close()``) shuts its connections down before httpx
+closes them: a socket's close does not wake a thread blocked reading it, which slept on until
+Ollama's next bytes (minutes, for a long prompt), or, once the closed socket's number was
+given to another file or connection, until the call's timeout. Shut down, its read ends now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import socket
+import threading
+import weakref
 from typing import Any
 
 import httpx
@@ -69,8 +78,10 @@ class _Connections:
 class _Stream:
     """A connection's stream (httpcore's), which notes each byte of an answer it reads."""
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, stream: Any, made_by: _Backend | None = None) -> None:
+        self._stream, self._made_by = stream, made_by
+        if made_by is not None:
+            made_by.keep(self)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data: bytes = self._stream.read(max_bytes, timeout)
@@ -83,10 +94,18 @@ class _Stream:
         return data
 
     def start_tls(self, *args: Any, **kwargs: Any) -> Any:
-        return _Stream(self._stream.start_tls(*args, **kwargs))
+        return _Stream(self._stream.start_tls(*args, **kwargs), self._made_by)
+
+    def cut(self) -> None:
+        """Shut the connection down, waking a thread blocked reading it (the socket's, not
+        TLS's own shutdown, which would pull its state from under that thread)."""
+        sock = self._stream.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # closed already, or never connected
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     async def astart_tls(self, *args: Any, **kwargs: Any) -> Any:
-        return _AsyncStream(await self._stream.start_tls(*args, **kwargs))
+        return _AsyncStream(await self._stream.start_tls(*args, **kwargs), self._made_by)
 
     def __getattr__(self, name: str) -> Any:  # write, close, get_extra_info
         return getattr(self._stream, name)
@@ -104,12 +123,31 @@ class _Backend:
 
     def __init__(self, backend: Any, stream: type[_Stream]) -> None:
         self._backend, self._wrap = backend, stream
+        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._cut = False
+
+    def keep(self, stream: _Stream) -> None:
+        """Keep ``stream`` to :meth:`cut` (weakly: a closed connection's goes with it); one
+        made as the client closed (its call began before) is cut at once."""
+        with self._lock:
+            self._streams.add(stream)
+            cut = self._cut
+        if cut:
+            stream.cut()
+
+    def cut(self) -> None:
+        """Shut every connection made down, as the client closes, and any made after."""
+        with self._lock:
+            self._cut, streams = True, list(self._streams)
+        for stream in streams:
+            stream.cut()
 
     def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrap(self._backend.connect_tcp(*args, **kwargs))
+        return self._wrap(self._backend.connect_tcp(*args, **kwargs), self)
 
     async def aconnect_tcp(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrap(await self._backend.connect_tcp(*args, **kwargs))
+        return self._wrap(await self._backend.connect_tcp(*args, **kwargs), self)
 
     def __getattr__(self, name: str) -> Any:  # connect_unix_socket (no kept-alive use), sleep
         return getattr(self._backend, name)
@@ -121,7 +159,9 @@ class _AsyncBackend(_Backend):
     connect_tcp = _Backend.aconnect_tcp
 
 
-def _counting(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, aio: bool) -> None:
+def _counting(
+    transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, aio: bool
+) -> _Backend | None:
     """Wrap the pool's backend (httpx takes none of its own), if it has the one httpcore's
     pools have; without it, a partial answer's loss reads as no answer's, as before."""
     pool = getattr(transport, "_pool", None)
@@ -129,6 +169,8 @@ def _counting(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, aio: bo
     if backend is not None:
         wrapped = _AsyncBackend(backend, _AsyncStream) if aio else _Backend(backend, _Stream)
         pool._network_backend = wrapped  # type: ignore[union-attr]
+        return wrapped
+    return None
 
 
 class KeptTransport(httpx.HTTPTransport):
@@ -136,7 +178,12 @@ class KeptTransport(httpx.HTTPTransport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _counting(self, aio=False)
+        self._backend = _counting(self, aio=False)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.cut()
+        super().close()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         theirs = request.extensions.get("trace")
