@@ -649,27 +649,38 @@ def test_a_line_nested_deeper_than_python_recurses_is_refused_with_its_number(
     assert ledger.count() == 1
 
 
+def _dead_pid() -> int:
+    """The pid of a process that ran and ended."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
+
+
+def _left_an_hour_ago(folder: Path, names: dict[str, str]) -> None:
+    """Each of ``names``' files in ``folder``, last written an hour ago but ``recent``'s."""
+    hour_ago = time.time() - 3700
+    for key, name in names.items():
+        (folder / name).write_bytes(b"x")
+        if key != "recent":
+            os.utime(folder / name, (hour_ago, hour_ago))
+
+
 def test_a_backup_sweeps_the_temp_copies_killed_backups_left(tmp_path: Path) -> None:
     """A ``kill -9``ed backup left its hidden temp copy (the ledger's size) for ever; the
     next backup to the same file removes those whose process is gone and that nobody
     wrote for an hour, and no other file."""
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.record(_spans(3))
-    dead_pid = subprocess.Popen(["true"])  # a pid that ran and ended
-    dead_pid.wait()
-    hour_ago = time.time() - 3700
+    dead = _dead_pid()
     names = {
-        "killed": f".copy.db.{dead_pid.pid}.0a1b2c3d.partial",
-        "killed_journal": f".copy.db.{dead_pid.pid}.0a1b2c3d.partial-journal",
-        "recent": f".copy.db.{dead_pid.pid}.ffffffff.partial",  # written a moment ago
+        "killed": f".copy.db.{dead}.0a1b2c3d.partial",
+        "killed_journal": f".copy.db.{dead}.0a1b2c3d.partial-journal",
+        "recent": f".copy.db.{dead}.ffffffff.partial",  # written a moment ago
         "alive": f".copy.db.{os.getpid()}.00000000.partial",  # a backup still running
-        "other_target": f".other.db.{dead_pid.pid}.0a1b2c3d.partial",
+        "other_target": f".other.db.{dead}.0a1b2c3d.partial",
         "not_a_copy": ".copy.db.notes.partial",
     }
-    for key, name in names.items():
-        (tmp_path / name).write_bytes(b"x")
-        if key != "recent":
-            os.utime(tmp_path / name, (hour_ago, hour_ago))
+    _left_an_hour_ago(tmp_path, names)
     backup(ledger, tmp_path / "copy.db")
     assert sorted(p.name for p in tmp_path.glob(".*")) == sorted(
         names[k] for k in ("recent", "alive", "other_target", "not_a_copy")
@@ -683,22 +694,17 @@ def test_opening_a_ledger_sweeps_the_spool_files_killed_writes_left(tmp_path: Pa
     process is gone and that nobody wrote for an hour, and no other file."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     Ledger(url).dispose()
-    dead = subprocess.Popen(["true"])  # a pid that ran and ended
-    dead.wait()
-    hour_ago = time.time() - 3700
+    dead = _dead_pid()
     names = {
-        "killed": f".1765000000000000000-{dead.pid}-01KBZ8A0000000000000000000.jsonl.tmp",
-        "recent": f".1765000000000000001-{dead.pid}-01KBZ8A0000000000000000001.jsonl.tmp",
+        "killed": f".1765000000000000000-{dead}-01KBZ8A0000000000000000000.jsonl.tmp",
+        "recent": f".1765000000000000001-{dead}-01KBZ8A0000000000000000001.jsonl.tmp",
         "alive": f".1765000000000000002-{os.getpid()}-01KBZ8A0000000000000000002.jsonl.tmp",
         "not_a_put": ".notes.jsonl.tmp",
         "no_pid": ".1765000000000000003-x-01KBZ8A0000000000000000003.jsonl.tmp",
     }
     folder = tmp_path / "ledger.db.spool"
     folder.mkdir(exist_ok=True)
-    for key, name in names.items():
-        (folder / name).write_bytes(b"x")
-        if key != "recent":
-            os.utime(folder / name, (hour_ago, hour_ago))
+    _left_an_hour_ago(folder, names)
     Ledger(url).dispose()
     assert sorted(p.name for p in folder.glob(".*")) == sorted(
         names[k] for k in ("recent", "alive", "not_a_put", "no_pid")
