@@ -12,6 +12,7 @@ Python API hands back and ``_wire.py`` reads for the meter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import weakref
@@ -174,7 +175,9 @@ class Upstream(Resilient):
 
         A failure before the first chunk is retried like :meth:`call` (the caller has
         seen nothing yet); after it, never. A stream that ends before Ollama's ``done``
-        chunk was cut short (a proxy closing cleanly), and fails as the gateway's does.
+        chunk was cut short (a proxy closing cleanly), and fails as the gateway's does; the
+        answer ends at that chunk, as the gateway reads it: what an upstream sends after it
+        (the chunk again, other figures) is neither handed over nor charged.
         ``time_cap``: no wait for a chunk outlasts the time the call had left when sent.
         """
         model = str(request.get("model", ""))
@@ -198,6 +201,10 @@ class Upstream(Resilient):
             while part is not None:
                 done = _says_done(part)
                 yield part
+                if done:  # the answer's end: nothing after it is the answer's (nor charged)
+                    with contextlib.suppress(Exception), _within(time_cap):
+                        next(parts, None)  # read to the body's end, to keep its connection
+                    break
                 with _within(time_cap):
                     part = next(parts, None)
             if not done:
@@ -269,6 +276,10 @@ class Upstream(Resilient):
             while part is not None:
                 done = _says_done(part)
                 yield part
+                if done:  # as :meth:`stream`
+                    with contextlib.suppress(Exception):
+                        await anext(parts, None)
+                    break
                 part = await anext(parts, None)
             if not done:
                 raise unfinished_error(self.host)
