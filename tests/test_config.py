@@ -929,7 +929,7 @@ def test_an_empty_ollama_host_is_the_default_address_as_ollama_takes_it(
     assert load_settings().ollama_host == "http://127.0.0.1:11434"
     specs = serve_settings(None, slots=None, max_queue=None, db=sqlite_url).upstream_specs
     assert [s.url for s in specs] == ["http://127.0.0.1:11434"]  # --upstream's default
-    done = cli("budget", "list", "--db", sqlite_url)
+    done = cli("budget", "set", "sales", "--daily", "5", "--db", sqlite_url)
     assert done.code == 0, done.stderr
     # MeteredClient(host=""), as ollama.Client(host="")
     assert load_settings(ollama_host=value).ollama_host == "http://127.0.0.1:11434"

@@ -139,7 +139,7 @@ def _readable(ledger: "Ledger") -> list[Budget]:
 @app.command("list")
 def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every budget, with its limit, kind and thresholds."""
-    ledger = ledger_at(db)
+    ledger = ledger_at(db, existing=True)
     budgets = _readable(ledger)
     if as_json:
         write_data(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
@@ -291,5 +291,5 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
 @app.command("rm")
 def remove(budget_id: RowId, db: DbOption = None) -> None:
     """Remove a budget (its id from `ometer budget list`)."""
-    ledger_at(db).remove_budget(budget_id)
+    ledger_at(db, existing=True).remove_budget(budget_id)
     out.print(f"removed budget {budget_id}")

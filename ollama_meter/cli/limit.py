@@ -80,7 +80,7 @@ def remove_limit(
 ) -> None:
     """Remove every limit of a department, tenant or key."""
     scope = _scope(department, tenant, key, db)
-    ledger_at(db).remove_limit(scope.tenant, department, key)
+    ledger_at(db, existing=True).remove_limit(scope.tenant, department, key)
     out.print(f"removed the limits of {scope.scope() if key is None else f'key {key}'}")
 
 
@@ -96,7 +96,7 @@ def _readable(ledger: "Ledger") -> list[Limit]:
 @app.command("list")
 def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every limit, per tenant, department and key."""
-    limits = _readable(ledger_at(db))
+    limits = _readable(ledger_at(db, existing=True))
     if as_json:
         rows = [
             values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)

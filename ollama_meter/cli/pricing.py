@@ -138,7 +138,7 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Show every price rule."""
     from ollama_meter.pricing import sort_rules
 
-    readable, unreadable = ledger_at(db).readable_price_rules()
+    readable, unreadable = ledger_at(db, existing=True).readable_price_rules()
     for broken in unreadable:  # edited by hand in SQL: named, and no other rule hidden
         err.print(f"note: {broken.problem}")
     rules = sort_rules(readable)
@@ -177,7 +177,7 @@ def remove_rule(rule_id: RowId, db: DbOption = None) -> None:
 
     Spans already priced keep their cost until `ometer reprice`.
     """
-    ledger_at(db).remove_price_rule(rule_id)
+    ledger_at(db, existing=True).remove_price_rule(rule_id)
     out.print(f"removed rule {rule_id}")
 
 
@@ -238,7 +238,7 @@ def reprice_command(
 
     cfg = settings(db_url=db)
     _window(since, until, cfg.tz)  # a date no one can read is refused before the ledger is opened
-    ledger = ledger_for(cfg)
+    ledger = ledger_for(cfg, existing=True)  # what was recorded: none is nothing to reprice
     prices = PriceSource(ledger, settings=cfg)
     book = prices.load()
     # The dates are read where the rules' --from/--until are (the ledger's midnights): from

@@ -306,7 +306,7 @@ def _users(key: "ApiKey") -> str:
 @keys_app.command("list")
 def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every key (never the secret), live or revoked."""
-    keys, unreadable = ledger_at(db).readable_keys()
+    keys, unreadable = ledger_at(db, existing=True).readable_keys()
     for problem in unreadable:  # edited by hand in SQL: named, and no other key hidden
         err.print(f"note: {problem}")
     if as_json:
@@ -354,5 +354,5 @@ def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
 @keys_app.command("revoke")
 def revoke_key(key_id: RowId, db: DbOption = None) -> None:
     """Revoke a key (its id from `ometer keys list`): the gateway refuses it from the next request on."""
-    ledger_at(db).revoke_key(key_id)
+    ledger_at(db, existing=True).revoke_key(key_id)
     out.print(f"revoked key {key_id}")

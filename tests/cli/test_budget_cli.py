@@ -12,6 +12,7 @@ from ollama_meter.testing import OllamaEmulator
 
 
 def test_budget_commands(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade").code == 0  # a ledger with nothing in it (none: "no ledger at")
     assert "no budgets" in cli("budget", "list").stdout
     assert "no budgets" in cli("budget", "status").stdout
     first = cli("budget", "set", "sales", "--tenant", "acme", "--daily", "5", "--monthly", "100")
@@ -141,6 +142,7 @@ def test_a_budget_the_ledger_could_not_read_back_is_never_stored(
     cli, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     """A typo in DEPARTMENT_BUDGETS or --thresholds is one line; it never poisons the ledger."""
+    assert cli("db", "upgrade").code == 0
     monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 5, "thresholds": [true, 50]}}')
     refused = cli("budget", "list")
     assert refused.code == 2 and "thresholds must be a list of whole percentages" in refused.stderr
@@ -170,7 +172,7 @@ def test_a_limit_given_empty_is_named(cli, sqlite_url: str, args: list[str], err
     does in every command (`pricing set`, `chargeback`); `budget set` exited 1."""
     result = cli("budget", "set", "sales", *args, "--db", sqlite_url)
     assert (result.code, result.stderr.startswith(error), result.stdout) == (2, True, "")
-    assert "no budgets" in cli("budget", "list", "--db", sqlite_url).stdout
+    assert "no ledger at" in cli("budget", "list", "--db", sqlite_url).stderr  # nor made
 
 
 def test_any_use_shows_in_the_bar_and_none_shows_nothing(

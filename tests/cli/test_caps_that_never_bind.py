@@ -70,6 +70,7 @@ def test_department_budgets_that_can_never_bind_are_said_once(  # type: ignore[n
     """``DEPARTMENT_BUDGETS`` seeded the same two caps as `budget set` and said nothing: the
     seeding says the same note (through the log, as the gateway seeds them too), once, when
     the budgets it brings in change."""
+    assert cli("db", "upgrade").code == 0
     monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 200, "monthly": 100}}')
     done = cli("budget", "list", "--json")
     assert done.code == 0

@@ -487,6 +487,7 @@ def test_filters_naming_what_no_span_has_say_so_with_the_near_names(
 
 
 def test_removing_a_keys_limits_that_are_not_there_names_the_key(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade").code == 0
     result = cli("limit", "rm", "--key", "99")
     assert (result.code, result.stderr) == (
         1,

@@ -178,6 +178,7 @@ def test_log_table_and_filters(cli, db: str, emulator: OllamaEmulator) -> None: 
 
 
 def test_pricing_commands(cli, db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade").code == 0  # a ledger with nothing in it (none: "no ledger at")
     assert "no price rules" in cli("pricing", "list").stdout
     assert cli(*PRICE_LLAMA).code == 0
     assert (

@@ -12,6 +12,7 @@ from ollama_meter.records import Limit
 
 
 def test_limit_commands(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade").code == 0  # a ledger with nothing in it (none: "no ledger at")
     assert "no limits" in cli("limit", "list").stdout
     done = cli("limit", "set", "sales", "--tenant", "acme", "--rpm", "60", "--tpm", "20000")
     assert done.code == 0, done.stderr
@@ -75,6 +76,7 @@ def test_a_bad_limit_is_one_line_saying_what_to_fix(
 
 
 def test_removing_what_is_not_there_says_so(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade").code == 0
     done = cli("limit", "rm", "sales", "--tenant", "acme")
     assert done.code != 0
     assert "no limits set for acme/sales; see `ometer limit list`" in done.stderr

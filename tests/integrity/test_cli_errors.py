@@ -288,6 +288,7 @@ def test_a_pricing_file_at_any_path_syncs_once_and_apart_from_the_others(
     """A folder name that is not UTF-8, or a path longer than the source column (512): every
     command failed with "unexpected UnicodeEncodeError" / "value too long" (on PostgreSQL)."""
     monkeypatch.setenv("OMETER_DB_URL", db_url)
+    assert cli("db", "upgrade").code == 0
     deep = Path(*["d" * 200] * 3)
     folders = [Path("caf\udcff"), Path("caf\udcfe"), Path("a") / deep, Path("b") / deep]
     for price, folder in enumerate(folders, start=1):
@@ -316,6 +317,7 @@ def test_an_id_no_row_can_have_is_not_found_not_a_crash(
 ) -> None:
     """Ids are 32-bit on PostgreSQL (and 64 on SQLite): a larger one names nothing there."""
     monkeypatch.setenv("OMETER_DB_URL", db_url)
+    assert cli("db", "upgrade").code == 0
     for command, says in (
         (["pricing", "rm", number], f"no price rule with id {number}"),
         (["budget", "rm", number], f"no budget with id {number}"),
