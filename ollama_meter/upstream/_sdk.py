@@ -11,11 +11,8 @@ Python API hands back and ``_wire.py`` reads for the meter.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import threading
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
 
@@ -49,6 +46,7 @@ from ollama_meter.upstream._resilience import (
     breaker_for,
 )
 from ollama_meter.upstream._sdk_heard import ANSWERED as _ANSWERED, attempting, sent_whole
+from ollama_meter.upstream._sdk_loops import LoopClients
 from ollama_meter.upstream._sdk_made import client_arguments
 from ollama_meter.upstream._sdk_said import (
     header_of_error as _header,
@@ -88,9 +86,7 @@ class Upstream(Resilient):
         self._timeout = timeout
         self._http = dict(http or {})
         self.client = self._new_client()
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ollama.AsyncClient]
-        self._async = weakref.WeakKeyDictionary()
-        self._async_lock = threading.Lock()
+        self._async = self._new_async()
         self.closed = False
         """Whether :meth:`close` was called: what fails after it is the caller's doing."""
         renew_after_fork(self)
@@ -100,33 +96,19 @@ class Upstream(Resilient):
             host=self.host, **client_arguments(self._timeout, self._http, aio=False)
         )
 
+    def _new_async(self) -> LoopClients:
+        return LoopClients(self.host, lambda: client_arguments(self._timeout, self._http, aio=True))
+
     def _after_fork(self) -> None:
         """A forked child connects to Ollama on its own: on a kept-alive connection it
         shared with its parent, each process read the other's answers."""
         self.client = self._new_client()
-        self._async = weakref.WeakKeyDictionary()
-        self._async_lock = threading.Lock()
+        self._async = self._new_async()
 
     @property
     def async_client(self) -> ollama.AsyncClient:
-        """The async client of the running event loop.
-
-        Its connections belong to the loop they were opened on: once that loop is gone
-        (``asyncio.run`` per call), reusing them fails as if Ollama had. Each loop has its
-        own client, also while several run at once (a loop per thread), and it goes with
-        its loop.
-        """
-        loop = asyncio.get_running_loop()
-        with self._async_lock:
-            client = self._async.get(loop)
-            if client is None:
-                # A client holds its loop (its connections do): those of closed loops go here.
-                for gone in [old for old in self._async if old.is_closed()]:
-                    del self._async[gone]
-                client = self._async[loop] = ollama.AsyncClient(
-                    host=self.host, **client_arguments(self._timeout, self._http, aio=True)
-                )
-            return client
+        """The async client of the running event loop (``_sdk_loops.py``: one a loop)."""
+        return self._async.running()
 
     def sent(self, operation: str, request: Mapping[str, Any]) -> Mapping[str, Any]:
         """``request`` as the ``ollama`` client writes it (bytes as text, models as JSON)."""
@@ -393,12 +375,9 @@ class Upstream(Resilient):
         self.client.close()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
-        """Close both clients: the async one only on its event loop."""
+        """Close both clients: the async ones of every event loop, each on its own."""
         self.close()
-        with self._async_lock:
-            client = self._async.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()  # type: ignore[no-untyped-call]
+        await self._async.aclose()
 
 
 def _taken(exc: BaseException, error: UpstreamError | ClientClosed) -> UpstreamError | ClientClosed:

@@ -20,6 +20,7 @@ given to another file or connection, until the call's timeout. Shut down, its re
 
 from __future__ import annotations
 
+import asyncio.trsock
 import contextlib
 import contextvars
 import socket
@@ -100,9 +101,11 @@ class _Stream:
         """Shut the connection down, waking a thread blocked reading it (the socket's, not
         TLS's own shutdown, which would pull its state from under that thread)."""
         sock = self._stream.get_extra_info("socket")
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):  # closed already, or never connected
+        with contextlib.suppress(OSError):  # closed already, or never connected
+            if isinstance(sock, socket.socket):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            elif isinstance(sock, asyncio.trsock.TransportSocket):  # on an event loop
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def astart_tls(self, *args: Any, **kwargs: Any) -> Any:
         return _AsyncStream(await self._stream.start_tls(*args, **kwargs), self._made_by)
@@ -204,7 +207,13 @@ class AsyncKeptTransport(httpx.AsyncHTTPTransport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _counting(self, aio=True)
+        self._backend = _counting(self, aio=True)
+
+    def cut(self) -> None:
+        """Shut every connection down (from any thread), and any made after: its client is
+        closed by another event loop than its own (``_sdk_loops.py``)."""
+        if self._backend is not None:
+            self._backend.cut()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         theirs = request.extensions.get("trace")
