@@ -221,10 +221,10 @@ def presented_key(request: Request) -> str | None:
     """
     sent: list[str] = []
     for header in _KEY_HEADERS:
-        keys = [value.strip() for value in request.headers.getlist(header) if value.strip()]
-        if len(keys) > 1:
+        given = request.headers.getlist(header)
+        if len(given) > 1:  # a blank one too: a header sent twice, whatever its values
             return None
-        sent += keys
+        sent += [key for value in given if (key := value.strip())]
     sent += [token] if (token := _credentials_of(_only(request, "authorization") or "")) else []
     return next((key for key in sent if key.startswith(KEY_PREFIX)), sent[0] if sent else None)
 
