@@ -16,6 +16,9 @@ import gc
 
 
 def main() -> None:
+    from ollama_meter._stops import hold
+
+    hold()  # before the modules load: a stop signal meanwhile is the command's to act on
     from ollama_meter._runtime import STARTING, reset_runtime
 
     gc.set_threshold(STARTING)

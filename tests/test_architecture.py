@@ -33,6 +33,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_lazy",
             "_forks",
             "_runtime",
+            "_stops",
             "_said",
             "_sources",
             "_urls",

@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import re
-import signal
 import sys
 from functools import cache
 from typing import Any, NoReturn
@@ -26,6 +25,7 @@ import typer
 
 from ollama_meter._logging import configure_logging
 from ollama_meter._names import whole_number
+from ollama_meter._stops import take_over
 from ollama_meter._version import __version__
 from ollama_meter.cli import (
     budget,
@@ -146,17 +146,15 @@ def main() -> None:
 
 
 def _main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
-    # A terminal gone (an ssh session dropped) stops a command as a kill does, its call still
-    # written as a span; ignored (nohup), it stays ignored.
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, _terminate)
     if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream at all
         sys.stdout = _ClosedStdout()
     escape_unencodable()
     try:
         with contextlib.nullcontext() if _records_calls(sys.argv) else recording_nothing():
             try:
+                # SIGTERM, a terminal gone (SIGHUP), Ctrl-\ (SIGQUIT) stop a command as Ctrl-C
+                # does, its call still written as a span; one that came as ometer loaded, now.
+                take_over(_terminate)
                 code = command()(standalone_mode=False)
             except SystemExit as stop:
                 if not _stopped_cleanly(sys.argv, stop):
