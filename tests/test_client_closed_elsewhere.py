@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ollama_meter import AsyncMeteredClient, ClientClosed
 from ollama_meter.testing import OllamaEmulator
+from tests.test_client_closed_under import GENEROUS, _until
 
 HI = [{"role": "user", "content": "hello"}]
-GENEROUS = 60.0  # a deadline, not a wait: each wait ends on its condition
 
 
 def _established(port: int) -> set[int]:
@@ -36,14 +35,6 @@ def _established(port: int) -> set[int]:
             if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
                 ports.add(int(fields[2].rsplit(":", 1)[1], 16))
     return ports
-
-
-def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + GENEROUS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {GENEROUS:g} s: {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -76,9 +67,12 @@ def test_closing_from_another_thread_closes_the_worker_loops_connections(
 
     async def call() -> str:
         if streamed:
-            return "".join([c.message.content async for c in await client.chat(
-                model="llama3.1:8b", messages=HI, stream=True
-            )])
+            return "".join(
+                [
+                    c.message.content
+                    async for c in await client.chat(model="llama3.1:8b", messages=HI, stream=True)
+                ]
+            )
         return (await client.chat(model="llama3.1:8b", messages=HI)).message.content or ""
 
     before = _established(emulator.port)  # other tests' (the emulator is the session's)

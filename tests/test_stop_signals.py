@@ -14,26 +14,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.records import SpanRecord
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import make_span
 from tests.gateway.test_processes import HEARING, logged
-
-FILES = 200
-GENEROUS = 60.0  # a deadline, not a wait: each wait ends on its condition
-
-
-def _until(condition: object, what: str) -> None:
-    deadline = time.monotonic() + GENEROUS
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {GENEROUS:g} s: {what}"
-        time.sleep(0.005)
+from tests.gateway.test_stop_status import FILES, spooled
+from tests.test_client_closed_under import GENEROUS, _until
 
 
 def test_ctrl_backslash_while_the_gateway_starts_ends_it_131_and_dumps_no_core(
@@ -42,12 +31,7 @@ def test_ctrl_backslash_while_the_gateway_starts_ends_it_131_and_dumps_no_core(
     """As after it started: exit 131, no traceback; the spool it was recording is recorded
     once, by it or by the next ``ometer``."""
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    ledger = Ledger(url)
-    spans: list[SpanRecord] = []
-    for n in range(FILES):
-        batch = [make_span(cost_tokens=n * 10 + i, cost_total=n * 10 + i) for i in range(4)]
-        ledger.spool.put(batch)
-        spans.extend(batch)
+    ledger, spans = spooled(url)
     env = {**os.environ, "OMETER_DB_URL": url}
     proc = subprocess.Popen(
         [*HEARING, "serve", "--port", "0", "--upstream", "http://127.0.0.1:9"],

@@ -89,17 +89,24 @@ def test_ctrl_c_still_ends_as_interrupted(emulator: OllamaEmulator, tmp_path: Pa
         assert ledger.execute("SELECT status, count(*) FROM spans").fetchall() == [("ok", CALLS)]
 
 
-def test_a_stop_while_it_starts_exits_0_and_the_spool_is_recorded_once(tmp_path: Path) -> None:
-    """SIGTERM while the gateway starts (here: recording a large spool, before it listens) is
-    a stop like any other: exit 0 (it was 143), and the spool's spans each recorded once, by
-    whichever process gets to them (the stopped one, or the next ``ometer``)."""
-    url = f"sqlite:///{tmp_path / 'l.db'}"
+def spooled(url: str) -> tuple[Ledger, list[SpanRecord]]:
+    """The ledger at ``url`` with ``FILES`` spool files to record (4 spans each): a gateway
+    starting on it takes a moment to record them, before it listens."""
     ledger = Ledger(url)
     spans: list[SpanRecord] = []
     for n in range(FILES):
         batch = [make_span(cost_tokens=n * 10 + i, cost_total=n * 10 + i) for i in range(4)]
         ledger.spool.put(batch)
         spans.extend(batch)
+    return ledger, spans
+
+
+def test_a_stop_while_it_starts_exits_0_and_the_spool_is_recorded_once(tmp_path: Path) -> None:
+    """SIGTERM while the gateway starts (here: recording a large spool, before it listens) is
+    a stop like any other: exit 0 (it was 143), and the spool's spans each recorded once, by
+    whichever process gets to them (the stopped one, or the next ``ometer``)."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger, spans = spooled(url)
     env = {**os.environ, "OMETER_DB_URL": url}
     proc = subprocess.Popen(
         [*HEARING, "serve", "--port", "0", "--upstream", "http://127.0.0.1:9"],
