@@ -11,10 +11,8 @@ makes none (:class:`ClientClosed`), as it makes no metered call.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import ollama
 
 from ollama_meter._forks import renew_after_fork
+from ollama_meter.upstream._sdk_loops import LoopClients
 from ollama_meter.upstream._tls import client_tls
 
 Messages = Sequence[Mapping[str, Any] | ollama.Message] | None
@@ -35,13 +34,13 @@ class Plain:
         self.host = host
         self._http = {"verify": client_tls(), **(http or {})}  # the caller's httpx arguments
         self._sync: ollama.Client | None = None
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ollama.AsyncClient]
-        self._async = weakref.WeakKeyDictionary()
+        self._async = LoopClients(host, lambda: dict(self._http))
         self._lock = threading.Lock()
         renew_after_fork(self)
 
     def _after_fork(self) -> None:  # a child shares no connection with its parent
-        self._sync, self._async, self._lock = None, weakref.WeakKeyDictionary(), threading.Lock()
+        self._sync, self._lock = None, threading.Lock()
+        self._async = LoopClients(self.host, lambda: dict(self._http))
 
     def client(self) -> ollama.Client:
         with self._lock:
@@ -50,14 +49,7 @@ class Plain:
             return self._sync
 
     def async_client(self) -> ollama.AsyncClient:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._async.get(loop)
-            if client is None:
-                for gone in [old for old in self._async if old.is_closed()]:
-                    del self._async[gone]
-                client = self._async[loop] = ollama.AsyncClient(self.host, **self._http)
-            return client
+        return self._async.running()
 
     def close(self) -> None:
         with self._lock:
@@ -66,11 +58,9 @@ class Plain:
             client.close()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
+        """Close every client: each event loop's on its own (``upstream/_sdk_loops.py``)."""
         self.close()
-        with self._lock:
-            client = self._async.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()  # type: ignore[no-untyped-call]
+        await self._async.aclose()
 
 
 class ModelCalls:

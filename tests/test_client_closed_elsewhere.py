@@ -56,17 +56,19 @@ def _on(loop: asyncio.AbstractEventLoop, work: object) -> object:
     return asyncio.run_coroutine_threadsafe(work, loop).result(GENEROUS)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("how", ["whole", "streamed", "no model (list)"])
 def test_closing_from_another_thread_closes_the_worker_loops_connections(
     emulator: OllamaEmulator,
     sqlite_url: str,
     worker: asyncio.AbstractEventLoop,
-    streamed: bool,
+    how: str,
 ) -> None:
     client = AsyncMeteredClient(emulator.url, department="sales", db_url=sqlite_url)
 
     async def call() -> str:
-        if streamed:
+        if how == "no model (list)":
+            return str((await client.list()).models[0].model)
+        if how == "streamed":
             return "".join(
                 [
                     c.message.content
