@@ -273,6 +273,7 @@ PERIOD_UNITS = {"day": "today", "week": "week", "month": "month"}
 _CURRENT: dict[tuple[str, tzinfo], Window] = {}
 """The last period :func:`current_period` found for each unit and zone (a budget's, asked at
 every call): a few entries, one a unit and zone in use."""
+_CURRENT_KEPT = 64
 
 
 def current_period(unit: str, *, tz: ZoneInfo, now: datetime) -> Window:
@@ -291,6 +292,3 @@ def current_period(unit: str, *, tz: ZoneInfo, now: datetime) -> Window:
             _CURRENT.clear()
         _CURRENT[key] = window
     return window
-
-
-_CURRENT_KEPT = 64

@@ -121,8 +121,8 @@ def _read_query(
     )
 
 
-# A gateway that requires keys reads one every call: its statements are made once (making one
-# with SQLAlchemy took longer than running it, 0.26 ms of the 0.6 each of the two took).
+# A gateway that requires keys reads one every call: its statements are made once (made with
+# SQLAlchemy at every look-up, they took more than half of its CPU: 480 µs a look-up, now 205).
 _LIVE_WITH_PREFIX = select(_KEYS.c.id, _KEYS.c.key_hash).where(
     _KEYS.c.prefix == bindparam("prefix"), _KEYS.c.revoked_at.is_(None)
 )

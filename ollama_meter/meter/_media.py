@@ -75,8 +75,8 @@ def audio_tokens(value: object) -> int:
     total, pending = 0, [value]
     while pending:
         item = pending.pop()
-        # What JSON makes first, by its exact type (each answers as below): a dict and a number
-        # went through two ABC checks (os.PathLike, Mapping), a third of a budget's walk.
+        # What JSON makes, by its exact type first (each answers as below): a dict, a list and
+        # a number each went through two ABC checks (os.PathLike, Mapping) on every call.
         if type(item) is dict:
             pending.extend(item.values())
         elif type(item) is list:
