@@ -98,7 +98,11 @@ def main() -> None:
         "OMETER_BENCH_PROFILE": str(stats_file),
     }
     serve = ["serve", "--port", str(port), "--upstream", emulator, *caller.serve]
-    gateway = start(["-c", PROFILED, *serve], f"{url}/healthz", env, args.python, module=False)
+    try:  # a gateway that does not start (a --python not found) leaves no emulator behind
+        gateway = start(["-c", PROFILED, *serve], f"{url}/healthz", env, args.python, module=False)
+    except BaseException:
+        emu.terminate()
+        raise
     try:
         asyncio.run(_calls(url, body, args.warm, caller))
         time.sleep(1)  # the warm-up's spans committed
