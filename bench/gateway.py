@@ -37,6 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.callers import CHAT, Caller, caller_options, describe, prepare
 from bench.facts import BODIES
 from ollama_meter.testing import unused_port
 
@@ -83,29 +84,33 @@ def start(
     raise SystemExit(f"{args[0]} did not start")
 
 
-async def sequential(url: str, body: dict[str, object], n: int) -> list[float]:
+async def sequential(
+    url: str, body: dict[str, object], n: int, caller: Caller = CHAT
+) -> list[float]:
     times = []
-    async with aiohttp.ClientSession(url) as client:
+    async with aiohttp.ClientSession(url, headers=caller.headers) as client:
         for _ in range(20):
-            async with client.post("/api/chat", json=body) as reply:
+            async with client.post(caller.path, json=body) as reply:
                 await reply.read()
         for _ in range(n):
             start = time.perf_counter()
-            async with client.post("/api/chat", json=body) as reply:
+            async with client.post(caller.path, json=body) as reply:
                 async for _ in reply.content.iter_any():
                     pass
             times.append((time.perf_counter() - start) * 1000)
     return times
 
 
-async def burst(url: str, body: dict[str, object], total: int, concurrency: int) -> float:
+async def burst(
+    url: str, body: dict[str, object], total: int, concurrency: int, caller: Caller = CHAT
+) -> float:
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(url, connector=connector) as client:
+    async with aiohttp.ClientSession(url, connector=connector, headers=caller.headers) as client:
         queue = iter(range(total))
 
         async def worker() -> None:
             for _ in queue:
-                async with client.post("/api/chat", json=body) as reply:
+                async with client.post(caller.path, json=body) as reply:
                     await reply.read()
                     reply.raise_for_status()
 
@@ -158,9 +163,8 @@ def main() -> None:
         action="store_true",
         help="also measure a bare relay (bench/relay.py: uvicorn and aiohttp, nothing else)",
     )
+    caller_options(parser)
     args = parser.parse_args()
-    whole = {**BODIES[args.body], "stream": False}
-    bodies = (("non-streamed", whole), ("streamed", {**whole, "stream": True}))
     folder = Path(tempfile.mkdtemp(prefix="ometer-gw-bench-"))
     emu_port = unused_port()
     emulator = f"http://127.0.0.1:{emu_port}"
@@ -169,21 +173,27 @@ def main() -> None:
         f"{emulator}/api/version",
     )
     gateways: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    callers: dict[str, Caller] = {"direct": Caller(path=f"/api/{args.route}")}
     for name, python in (("gateway", sys.executable), ("against", args.against)):
         if python is None:
             continue
         port = unused_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{folder / f'{name}.db'}"}
+        db_url = f"sqlite:///{folder / f'{name}.db'}"
+        env = {**os.environ, "OMETER_DB_URL": db_url}
+        callers[name] = caller = prepare(args, python, db_url)
         serve = ["ollama_meter", "serve", "--port", str(port), "--upstream", emulator]
-        gateways[name] = (url, start(serve, f"{url}/healthz", env, python=python))
+        gateways[name] = (url, start([*serve, *caller.serve], f"{url}/healthz", env, python))
     if args.floor:
         port = unused_port()
         url = f"http://127.0.0.1:{port}"
         relay = [str(Path(__file__).with_name("relay.py")), str(port), emulator]
         gateways["floor"] = (url, start(relay, f"{url}/api/version", module=False))
+        callers["floor"] = callers["direct"]
+    whole = callers["direct"].body(BODIES[args.body], stream=False)
+    bodies = (("non-streamed", whole), ("streamed", {**whole, "stream": True}))
     try:
-        print(f"emulator {emulator}; ledgers in {folder}")
+        print(f"{describe(args)}; emulator {emulator}; ledgers in {folder}")
         for name, (url, proc) in gateways.items():
             print(f"  {name}: {url} (pid {proc.pid})")
         print(
@@ -195,11 +205,13 @@ def main() -> None:
             times: dict[str, list[float]] = {"direct": [], **{name: [] for name in gateways}}
             cpu, loop = dict.fromkeys(gateways, 0.0), dict.fromkeys(gateways, 0.0)
             for round_ in range(args.rounds):  # interleaved, so the machine's moods hit all alike
-                times["direct"] += asyncio.run(sequential(emulator, body, per_round))
+                times["direct"] += asyncio.run(
+                    sequential(emulator, body, per_round, callers["direct"])
+                )
                 order = list(gateways.items())  # each gateway goes first every other round
                 for name, (url, proc) in order[::-1] if round_ % 2 else order:
                     before, looped = cpu_seconds(proc.pid), loop_seconds(proc.pid)
-                    times[name] += asyncio.run(sequential(url, body, per_round))
+                    times[name] += asyncio.run(sequential(url, body, per_round, callers[name]))
                     cpu[name] += cpu_seconds(proc.pid) - before
                     loop[name] += loop_seconds(proc.pid) - looped
             direct = statistics.median(times["direct"])
@@ -220,7 +232,9 @@ def main() -> None:
         print(f"\n{'throughput':<28} {'req/s':>8} {'share':>8}")
         for label, body in bodies:
             for concurrency in (32, 64):
-                direct_rate = asyncio.run(burst(emulator, body, args.burst, concurrency))
+                direct_rate = asyncio.run(
+                    burst(emulator, body, args.burst, concurrency, callers["direct"])
+                )
                 print(f"{f'{label}, c={concurrency}, direct':<28} {direct_rate:>8.0f}")
                 # Each gateway measured first once and second once (A B B A), after a pause for
                 # the last burst's spans to be written: the one measured right after another
@@ -229,7 +243,8 @@ def main() -> None:
                 order = list(gateways.items())
                 for name, (url, _) in order + order[::-1]:
                     time.sleep(SETTLE_S)
-                    rates[name].append(asyncio.run(burst(url, body, args.burst, concurrency)))
+                    rate = asyncio.run(burst(url, body, args.burst, concurrency, callers[name]))
+                    rates[name].append(rate)
                 for name, measured in rates.items():
                     rate = statistics.mean(measured)
                     print(
@@ -242,7 +257,7 @@ def main() -> None:
         step = max(args.rss_requests // 5, 1)
         while done < args.rss_requests:
             count = min(step, args.rss_requests - done)
-            asyncio.run(burst(url, whole, count, 32))
+            asyncio.run(burst(url, whole, count, 32, callers["gateway"]))
             done += count
             samples.append((done, rss_mb(proc.pid)))
         print("  " + "  ".join(f"{n}: {mb:.1f}" for n, mb in samples))

@@ -34,6 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.callers import CHAT, Caller, caller_options, describe, prepare
 from bench.facts import BODIES
 from bench.gateway import start
 from ollama_meter.testing import unused_port
@@ -52,10 +53,10 @@ def _wait(url: str, proc: subprocess.Popen[bytes], seconds: float = 1200) -> Non
     raise SystemExit("ometer serve under callgrind did not start")
 
 
-async def _calls(url: str, body: dict[str, object], n: int) -> None:
-    async with aiohttp.ClientSession(url) as client:
+async def _calls(url: str, body: dict[str, object], n: int, caller: Caller = CHAT) -> None:
+    async with aiohttp.ClientSession(url, headers=caller.headers) as client:
         for _ in range(n):
-            async with client.post("/api/chat", json=body) as reply:
+            async with client.post(caller.path, json=body) as reply:
                 await reply.read()
                 reply.raise_for_status()
 
@@ -85,6 +86,7 @@ def sequential_options(doc: str | None, calls: int, warm: int) -> argparse.Argum
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--body", choices=list(BODIES), default="short chat")
     parser.add_argument("--python", default=sys.executable, help="the install to measure")
+    caller_options(parser)
     return parser
 
 
@@ -94,19 +96,22 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
-    body = {**BODIES[args.body], "stream": args.stream}
     folder = args.keep or Path(tempfile.mkdtemp(prefix="ometer-callgrind-"))
     folder.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{folder / 'ledger.db'}"
+    caller = prepare(args, args.python, db_url)
+    body = caller.body(BODIES[args.body], args.stream)
     emu_port = unused_port()
     emulator = f"http://127.0.0.1:{emu_port}"
     emu = start(["ollama_meter.testing", "--port", str(emu_port)], f"{emulator}/api/version")
     port = unused_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{folder / 'ledger.db'}"}
+    env = {**os.environ, "OMETER_DB_URL": db_url}
     command = [
         "valgrind", "--tool=callgrind", "--separate-threads=yes",
         f"--callgrind-out-file={folder}/callgrind.out.%p",
         args.python, "-m", "ollama_meter", "serve", "--port", str(port), "--upstream", emulator,
+        *caller.serve,
     ]  # fmt: skip
     gateway = subprocess.Popen(
         command,
@@ -117,12 +122,12 @@ def main() -> None:
     )
     try:
         _wait(f"{url}/healthz", gateway)
-        asyncio.run(_calls(url, body, args.warm))
+        asyncio.run(_calls(url, body, args.warm, caller))
         time.sleep(1)  # the warm-up's spans committed
         subprocess.run(
             ["callgrind_control", "-z", str(gateway.pid)], check=True, capture_output=True
         )
-        asyncio.run(_calls(url, body, args.calls))
+        asyncio.run(_calls(url, body, args.calls, caller))
         subprocess.run(
             ["callgrind_control", "-d", str(gateway.pid)], check=True, capture_output=True
         )
@@ -137,7 +142,7 @@ def main() -> None:
     loop = totals.get(1, 0)
     others = sum(count for thread, count in totals.items() if thread != 1)
     kind = "streamed" if args.stream else "non-streamed"
-    print(f"{args.body}, {kind}, {args.calls} calls after {args.warm} ({args.python})")
+    print(f"{describe(args)}, {kind}, {args.calls} calls after {args.warm} ({args.python})")
     print(f"  event loop: {loop / args.calls / 1e6:.3f} million instructions a call")
     print(f"  other threads: {others / args.calls / 1e6:.3f} million a call")
     if args.keep is None:

@@ -31,6 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.callers import describe, prepare
 from bench.facts import BODIES
 from bench.gateway import start
 from bench.gateway_callgrind import _calls, sequential_options
@@ -81,9 +82,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=0, help="also list the N most called")
     parser.add_argument("--save", type=Path, help="copy the profile here, for pstats")
     args = parser.parse_args()
-    body = {**BODIES[args.body], "stream": args.stream}
     folder = Path(tempfile.mkdtemp(prefix="ometer-calls-"))
     stats_file = folder / "gateway.prof"
+    db_url = f"sqlite:///{folder / 'ledger.db'}"
+    caller = prepare(args, args.python, db_url)
+    body = caller.body(BODIES[args.body], args.stream)
     emu_port = unused_port()
     emulator = f"http://127.0.0.1:{emu_port}"
     emu = start(["ollama_meter.testing", "--port", str(emu_port)], f"{emulator}/api/version")
@@ -91,17 +94,21 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
-        "OMETER_DB_URL": f"sqlite:///{folder / 'ledger.db'}",
+        "OMETER_DB_URL": db_url,
         "OMETER_BENCH_PROFILE": str(stats_file),
     }
-    serve = ["serve", "--port", str(port), "--upstream", emulator]
-    gateway = start(["-c", PROFILED, *serve], f"{url}/healthz", env, args.python, module=False)
+    serve = ["serve", "--port", str(port), "--upstream", emulator, *caller.serve]
+    try:  # a gateway that does not start (a --python not found) leaves no emulator behind
+        gateway = start(["-c", PROFILED, *serve], f"{url}/healthz", env, args.python, module=False)
+    except BaseException:
+        emu.terminate()
+        raise
     try:
-        asyncio.run(_calls(url, body, args.warm))
+        asyncio.run(_calls(url, body, args.warm, caller))
         time.sleep(1)  # the warm-up's spans committed
         gateway.send_signal(signal.SIGUSR1)
         _wait_for(Path(f"{stats_file}.on"), f"{url}/healthz")
-        asyncio.run(_calls(url, body, args.calls))
+        asyncio.run(_calls(url, body, args.calls, caller))
         time.sleep(0.5)  # what the event loop does after the last answer
         gateway.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 60
@@ -125,7 +132,7 @@ def main() -> None:
         by_function[f"{name} ({Path(path).name}:{line})"] += calls
     total = sum(by_group.values())
     kind = "streamed" if args.stream else "non-streamed"
-    print(f"{args.body}, {kind}, {args.calls} calls after {args.warm} ({args.python})")
+    print(f"{describe(args)}, {kind}, {args.calls} calls after {args.warm} ({args.python})")
     print(f"  {total / args.calls:8.1f} function calls a call on the event loop")
     for name, calls in by_group.most_common():
         print(f"  {calls / args.calls:8.1f}  {name}")

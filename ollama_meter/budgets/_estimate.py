@@ -21,7 +21,7 @@ from datetime import datetime
 
 from ollama_meter._names import model_cache_key
 from ollama_meter.ledger import COLD_LOAD_NS
-from ollama_meter.pricing import PriceBook
+from ollama_meter.pricing import PriceBook, compute_cost
 from ollama_meter.records import (
     MAX_DURATION_NS,
     MAX_TOKENS,
@@ -168,28 +168,26 @@ def bound_cost(
     # A first pass nobody reports (thinking, then cancelled) runs before the one Ollama
     # reports: its thinking, up to the cap, is charged as the generation the meter saw
     # (``meter/_passes.py``), so the bound pays for it too.
-    charged = replace(usage, eval_ns=min(usage.eval_ns * bound.passes, MAX_DURATION_NS))
-    cost = book.cost(model, when, charged)
-    untimed = replace(usage, prompt_eval_ns=0, eval_ns=0, load_ns=0)
-    if book.cost(model, when, replace(untimed, eval_ns=_HOUR_NS)) == book.cost(
-        model, when, untimed
-    ):
-        # no time cap
+    charged = Usage(
+        inputs,
+        outputs,
+        usage.prompt_eval_ns,
+        min(usage.eval_ns * bound.passes, MAX_DURATION_NS),
+        usage.load_ns,
+    )
+    rule = book.rule_for(model, when)
+    cost = compute_cost(rule, charged, currency=book.currency)
+    priced_time, priced_load = book.timed(rule)
+    if not priced_time:  # no time cap
         return Estimate(cost.total, cost.currency, replies=outputs > 0, media=bound.media)
     # A call cut short is charged its wall time as busy time (no load apart), at most the
     # time the bound pays for (load included only if priced).
-    priced_load = book.cost(model, when, replace(untimed, load_ns=_HOUR_NS)) != book.cost(
-        model, when, untimed
-    )
     paid = charged.busy_ns(charge_load=priced_load)
     # The first pass may take as long as the second's work again (its prompt, its thinking):
     # the call's wall time holds that, its price only the thinking.
     unreported = (bound.passes - 1) * usage.busy_ns(charge_load=False)
     waits = usage.busy_ns(charge_load=True) + unreported
     return Estimate(cost.total, cost.currency, paid, waits, replies=outputs > 0, media=bound.media)
-
-
-_HOUR_NS = 3_600 * 10**9
 
 
 class HiddenPrompts:

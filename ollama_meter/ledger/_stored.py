@@ -30,13 +30,15 @@ def read_records(
     *,
     what: Callable[[Any], str],
     fix: Callable[[Any], str],
+    parameters: dict[str, Any] | None = None,
 ) -> list[R]:
     """``convert`` of each row ``query`` reads from ``table``; LedgerError for one it cannot
-    take, naming it (``what``, from its primary key columns) and what to do (``fix``)."""
+    take, naming it (``what``, from its primary key columns) and what to do (``fix``).
+    ``parameters``: the values of ``query``'s bound parameters (a statement made once)."""
     try:
-        rows = conn.execute(query).all()
+        rows = conn.execute(query, parameters).all()
     except UNREADABLE:  # a column's own type could not read a value: find which
-        _unreadable(conn, table, query, what, fix)
+        _unreadable(conn, table, query.params(parameters) if parameters else query, what, fix)
         raise
     records = []
     for row in rows:

@@ -75,7 +75,15 @@ def audio_tokens(value: object) -> int:
     total, pending = 0, [value]
     while pending:
         item = pending.pop()
-        if isinstance(item, str):
+        # What JSON makes, by its exact type first (each answers as below): a dict, a list and
+        # a number each went through two ABC checks (os.PathLike, Mapping) on every call.
+        if type(item) is dict:
+            pending.extend(item.values())
+        elif type(item) is list:
+            pending.extend(item)
+        elif type(item) in _NOTHING_HEARD:
+            continue
+        elif isinstance(item, str):
             total += _text_tokens(item)
         elif isinstance(item, bytes | bytearray | memoryview):
             head = bytes(item[:HEADER_BYTES])
@@ -92,6 +100,10 @@ def audio_tokens(value: object) -> int:
             if isinstance(fields, Mapping):
                 pending.extend(getattr(item, name, None) for name in fields)
     return total
+
+
+_NOTHING_HEARD = frozenset({bool, int, float, type(None)})
+"""Types with no sound in them, whose classes have no ``model_fields``."""
 
 
 def _text_tokens(text: str) -> int:
@@ -269,7 +281,7 @@ def _parts(parts: list[object], found: list[object]) -> None:
 
 def _mapping(value: object) -> Mapping[Any, Any] | None:
     """A mapping, or the fields of a model the ``ollama`` client takes (``ollama.Message``)."""
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):  # (a dict without the ABC's check)
         return value
     names = getattr(type(value), "model_fields", None)
     return (

@@ -35,6 +35,7 @@ class PriceBook:
         self.days = Days(tz)
         self.currency = currency
         self._choice: dict[tuple[str | bytes, object], PriceRule | None] = {}
+        self._timed: dict[int, tuple[bool, bool]] = {}  # by id(): the book holds its rules
 
     def check(self, model: str) -> None:
         """Raise LedgerError, with the row's own words, when a broken row may price ``model``."""
@@ -56,6 +57,21 @@ class PriceBook:
     def cost(self, model: str, when: datetime, usage: Usage) -> Cost:
         return compute_cost(self.rule_for(model, when), usage, currency=self.currency)
 
+    def timed(self, rule: PriceRule | None) -> tuple[bool, bool]:
+        """Whether an hour of Ollama's busy time changes what a call costs under ``rule`` (one of
+        this book's, or None): an hour of generation, an hour of loading. Rounded as every
+        cost is: a price too small for an hour to cost a micro-unit prices no time. Neither
+        depends on the call's tokens, so each rule is asked once (a budget's bound asked
+        four costs a call for them)."""
+        known = self._timed.get(id(rule))
+        if known is None:
+            untimed = compute_cost(rule, _UNTIMED, currency=self.currency)
+            known = self._timed[id(rule)] = (
+                compute_cost(rule, _AN_HOUR_EVAL, currency=self.currency) != untimed,
+                compute_cost(rule, _AN_HOUR_LOAD, currency=self.currency) != untimed,
+            )
+        return known
+
     def cost_of(self, span: SpanRecord) -> Cost:
         """What ``span`` costs: priced by the model Ollama answered with, or, when no rule
         prices that one, by the model the caller asked for, so a server that names a model
@@ -76,6 +92,12 @@ class PriceBook:
         """Raise LedgerError, with its words, when any rule row cannot be read (a reprice)."""
         if self.unreadable:
             raise UnreadableRow(self.unreadable[0].problem)
+
+
+_HOUR_NS = 3_600 * 10**9
+_UNTIMED = Usage()
+_AN_HOUR_EVAL = Usage(eval_ns=_HOUR_NS)
+_AN_HOUR_LOAD = Usage(load_ns=_HOUR_NS)
 
 
 def usage_of(span: SpanRecord) -> Usage:
