@@ -196,6 +196,8 @@ class Settings(QuickSettings):
         Seconds, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", ge=0.1, le=3600)
     ] = 10.0
     """Seconds between two reads of every server's models (with several upstreams)."""
+    drain_timeout: Annotated[Seconds, Field(validation_alias="OMETER_DRAIN_TIMEOUT", le=600)] = 10.0
+    """Seconds a stopping gateway (``serve``, ``run``) lets the calls in flight finish."""
 
     @field_validator("upstreams")
     @classmethod

@@ -230,6 +230,12 @@ def reprice_command(
     until: Annotated[
         str | None, typer.Option("--until", help="Through this date (inclusive).")
     ] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch", min=1, max=100_000, help="Spans re-priced per transaction (a page)."
+        ),
+    ] = 2000,
     db: DbOption = None,
 ) -> None:
     """Recompute recorded costs with today's price rules and say how much moved."""
@@ -260,6 +266,7 @@ def reprice_command(
             book,
             since=start,
             until=end,
+            batch=batch,
             progress=tally.add,
             reload=prices.load,
         )

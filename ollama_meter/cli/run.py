@@ -84,7 +84,9 @@ def run(
     sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
     port = int(sock.getsockname()[1])
     app = create_app(cfg, options, meter=meter)
-    server = GatewayServer(server_config(app, host="127.0.0.1", port=port))
+    server = GatewayServer(
+        server_config(app, host="127.0.0.1", port=port), drain_s=cfg.drain_timeout
+    )
     serving()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -227,7 +227,7 @@ def serve(
         app, host=host, port=port, max_header_bytes=max_header_bytes, trusted_proxies=proxies
     )
     serving()
-    GatewayServer(config).run(sockets=[sock])
+    GatewayServer(config, drain_s=cfg.drain_timeout).run(sockets=[sock])
 
 
 def serve_settings(

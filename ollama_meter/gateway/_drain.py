@@ -33,7 +33,7 @@ from ollama_meter.upstream import wire_of_path
 log = logging.getLogger("ollama_meter.gateway")
 
 DRAIN_S = 10.0
-"""Seconds the calls in flight at a SIGTERM have to finish."""
+"""Seconds the calls in flight at a SIGTERM have to finish (``OMETER_DRAIN_TIMEOUT``)."""
 FINISH_S = 5.0
 """Seconds more for the calls stopped when the drain ends to write their spans and answer."""
 STOPPED = "the gateway stopped before this call was answered; send it again"

@@ -21,6 +21,7 @@ FLOAT_SETTINGS = {
     "OMETER_LEDGER_WAIT": "ledger_wait",
     "OMETER_EXPORT_TIMEOUT": "export_timeout",
     "OMETER_DISCOVERY_INTERVAL": "discovery_interval",
+    "OMETER_DRAIN_TIMEOUT": "drain_timeout",
 }
 MILLISECOND_SETTINGS = {"otlp_timeout", "otlp_traces_timeout", "otlp_metrics_timeout"}
 """Seconds too, but written as whole milliseconds, the spec's unit for them: checked stricter

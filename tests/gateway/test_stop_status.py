@@ -16,6 +16,7 @@ import ollama
 import pytest
 
 from ollama_meter.gateway import GatewayServer, server_config
+from ollama_meter.gateway._drain import STOPPED
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.records import SpanRecord
 from ollama_meter.testing import OllamaEmulator, expected_counts
@@ -29,25 +30,33 @@ FILES = 200
 
 
 def _streams_through_a_stop(
-    emulator: OllamaEmulator, tmp_path: Path, signum: int
+    emulator: OllamaEmulator, tmp_path: Path, signum: int, drain: str | None = None
 ) -> tuple[int, dict[int, list[str]], str]:
-    """``CALLS`` streams through a gateway sent ``signum`` once each has had its first chunk;
-    returns its exit status, what each caller received, and the ledger's file."""
+    """``CALLS`` streams through a gateway sent ``signum`` once each has had its first chunk
+    (``drain``: its ``OMETER_DRAIN_TIMEOUT``); returns its exit status, what each caller
+    received (the error a stream ended with last), and the ledger's file."""
     db = tmp_path / "l.db"
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{db}"}
+    if drain is not None:
+        env["OMETER_DRAIN_TIMEOUT"] = drain
     proc, url = start_gateway(env, emulator.url)
     emulator.token_latency = 0.02  # the reply (29 chunks) takes a moment, well within the drain
+    if drain is not None:
+        emulator.token_latency = 0.2  # 6 s: within the default drain, far past a short one
     received: dict[int, list[str]] = {n: [] for n in range(CALLS)}
     flowing = threading.Barrier(CALLS + 1)
 
     def stream(n: int) -> None:
         client = ollama.Client(host=url)
-        for chunk in client.chat(model=MODEL, messages=HI, stream=True):
-            received[n].append(chunk.message.content or "")
-            if len(received[n]) == 1:
-                flowing.wait(60)
-            if chunk.done:
-                received[n].append("<done>")
+        try:
+            for chunk in client.chat(model=MODEL, messages=HI, stream=True):
+                received[n].append(chunk.message.content or "")
+                if len(received[n]) == 1:
+                    flowing.wait(60)
+                if chunk.done:
+                    received[n].append("<done>")
+        except ollama.ResponseError as exc:
+            received[n].append(exc.error)
 
     callers = [threading.Thread(target=stream, args=(n,)) for n in range(CALLS)]
     for caller in callers:
@@ -77,6 +86,20 @@ def test_a_stop_that_drained_every_call_exits_0(
         ).fetchall()
     assert rows == [("ok", *tokens)] * CALLS
     assert len(logged({**os.environ, "OMETER_DB_URL": f"sqlite:///{db}"})) == CALLS
+
+
+def test_a_drain_the_setting_shortened_stops_the_streams_still_running_with_a_clear_end(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """``OMETER_DRAIN_TIMEOUT`` is the drain's length: streams still running when it ends
+    get the gateway's last answer as their last item, each span is written as the caller's
+    stop, and the stop is still a clean one."""
+    status, received, db = _streams_through_a_stop(emulator, tmp_path, signal.SIGTERM, "0.001")
+    assert status == 0
+    assert all(chunks[-1] == STOPPED for chunks in received.values()), received
+    with sqlite3.connect(db) as ledger:
+        statuses = ledger.execute("SELECT status, count(*) FROM spans").fetchall()
+    assert statuses == [("client_abort", CALLS)]
 
 
 def test_ctrl_c_still_ends_as_interrupted(emulator: OllamaEmulator, tmp_path: Path) -> None:

@@ -10,23 +10,32 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from ollama_meter.ledger import Ledger, close_ledgers
+from ollama_meter.records import PriceRule
 from ollama_meter.testing import OllamaEmulator
-from tests.gateway.test_processes import OMETER, logged, start_gateway
+from tests.gateway.test_processes import logged, start_gateway
+
+
+def _priced(env: dict[str, str]) -> None:
+    """``ometer pricing set '*' --input-per-1m 1000``, written in this process: the processes
+    under test are the gateways (one more ``ometer`` process cost a second of CPU)."""
+    Ledger(env["OMETER_DB_URL"]).add_price_rules(
+        [PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(1000))]
+    )
+    close_ledgers()
 
 
 def test_kill_9_mid_stream_leaves_interrupted_spans(
     emulator: OllamaEmulator, tmp_path: Path
 ) -> None:
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
-    subprocess.run(
-        [*OMETER, "pricing", "set", "*", "--input-per-1m", "1000"], env=env, check=True,
-        capture_output=True,
-    )  # fmt: skip
+    _priced(env)
     proc, url = start_gateway(env, emulator.url)
     finished = [
         httpx.post(f"{url}/api/chat", json={"model": "llama3.1:8b", "stream": False,
@@ -114,10 +123,7 @@ def test_kill_9_charges_no_call_that_was_still_waiting_for_a_slot(
     gateway recorded all four as interrupted and charged their prompts, though Ollama had
     received one (the other three waited in the gateway's queue and never went out)."""
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
-    subprocess.run(
-        [*OMETER, "pricing", "set", "*", "--input-per-1m", "1000"], env=env, check=True,
-        capture_output=True,
-    )  # fmt: skip
+    _priced(env)
     proc, url = start_gateway(env, emulator.url, "--slots", "1")
     emulator.token_latency = 0.5  # the one call Ollama has is still running when the gateway dies
 

@@ -5,6 +5,7 @@ Real processes: what is at stake is the interpreter's own stdout and its last fl
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import stat
@@ -159,9 +160,7 @@ def test_out_to_its_own_stdout_in_a_pipe_is_written_into_it(
     (``pipe:[123]``, no file at all), which was taken for a file not there yet, so a temp
     file was made beside it in /proc/self/fd: 'cannot write /dev/stdout: No such file or
     directory', exit 1. What the link names (a pipe, a socket, a terminal) is written into."""
-    shown = subprocess.run(
-        [sys.executable, "-c", _MAIN, *args], env=env, capture_output=True, check=False
-    )
+    shown = _shown(tuple(args), tuple(sorted(env.items())), f"{datetime.now(UTC):%Y-%m}")
     done = subprocess.run(
         [sys.executable, "-c", _MAIN, *args, "--out", out], env=env, capture_output=True,
         check=False, timeout=60,
@@ -171,6 +170,17 @@ def test_out_to_its_own_stdout_in_a_pipe_is_written_into_it(
 
 
 _MAIN = "import sys; sys.argv[0] = 'ometer'; from ollama_meter.cli import main; main()"
+
+
+@functools.cache
+def _shown(
+    args: tuple[str, ...], env: tuple[tuple[str, str], ...], month: str
+) -> subprocess.CompletedProcess[bytes]:
+    """What ``args`` print without ``--out``, run once for the three ways of naming stdout:
+    the module's ledger does not change, and ``month`` (this one) is what ``report`` shows."""
+    return subprocess.run(
+        [sys.executable, "-c", _MAIN, *args], env=dict(env), capture_output=True, check=False
+    )
 
 
 def _closed(fd: int, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:

@@ -18,8 +18,11 @@ from ollama_meter.records import format_micros
 from tests.factories import token_prices
 from tests.ledger.test_transfer import _spans, _tables
 
-CALLS = 5000
-"""Three pages of the CLI's 2,000: a kill most likely lands between two of them."""
+BATCH = 100
+"""Spans a page (``--batch``; the CLI's own is 2,000): pages of the default size made the
+test record 5,000 spans and reprice them twice, 14 to 20 s of CPU for the same kill."""
+CALLS = 5 * BATCH
+"""Five pages: a kill most likely lands between two of them."""
 
 
 def _repriced(ledger: Ledger) -> int:
@@ -50,7 +53,16 @@ def test_a_reprice_killed_midway_leaves_a_consistent_ledger_and_runs_again_to_th
     ledger.add_price_rules([token_prices()])  # every span's cost moves
     close_ledgers()
     env = {**os.environ, "OMETER_DB_URL": url}
-    command = [sys.executable, "-m", "ollama_meter", "reprice", "--since", "2026-01-01"]
+    command = [
+        sys.executable,
+        "-m",
+        "ollama_meter",
+        "reprice",
+        "--since",
+        "2026-01-01",
+        "--batch",
+        str(BATCH),
+    ]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
         watcher = Ledger(url)
         deadline = time.monotonic() + 120
@@ -62,7 +74,7 @@ def test_a_reprice_killed_midway_leaves_a_consistent_ledger_and_runs_again_to_th
     close_ledgers()
     ledger = Ledger(url)
     done = _repriced(ledger)
-    assert done % 2000 == 0 or done == CALLS  # whole pages: none half written
+    assert done % BATCH == 0 or done == CALLS  # whole pages: none half written
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept  # the rollups are what the raw spans give

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers
+from ollama_meter.records import SpanRecord
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.testing import OllamaEmulator, expected_counts, unreachable_url
 from tests._otlp import (
@@ -22,6 +24,7 @@ from tests._otlp import (
     spans,
     wait_for,
 )
+from tests.factories import token_prices
 
 OMETER = [sys.executable, "-m", "ollama_meter"]
 HELLO = "hello there friend"
@@ -41,13 +44,18 @@ def env(emulator: OllamaEmulator, tmp_path: Path) -> dict[str, str]:
         "OLLAMA_HOST": emulator.url,
         "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
     }
-    assert (
-        ometer(
-            env, "pricing", "set", "llama3.1:*", "--input-per-1m", "1000", "--output-per-1m", "2000"
-        ).returncode
-        == 0
-    )
+    # The price rule the chats are charged by, written here: the exports are the `ometer chat`
+    # processes' (an `ometer pricing set` process for it was a second start a test, 1 s of CPU).
+    Ledger(env["OMETER_DB_URL"]).add_price_rules([token_prices("llama3.1:*")])
+    close_ledgers()
     return env
+
+
+def _logged(env: dict[str, str]) -> list[SpanRecord]:
+    """The ledger's spans, newest first (as ``ometer log`` lists them), read in this process."""
+    recorded = Ledger(env["OMETER_DB_URL"]).latest(SpanFilter(), 100)
+    close_ledgers()
+    return recorded
 
 
 def chat(env: dict[str, str], *extra: str) -> dict[str, Any]:
@@ -194,8 +202,7 @@ def test_content_only_when_asked_and_errors_marked(env: dict[str, str]) -> None:
     assert json.loads(ok.attributes[sc.GEN_AI_OUTPUT_MESSAGES])[0]["role"] == "assistant"
     assert error.status_code == 2 and error.attributes[sc.ERROR_TYPE] == "model_not_found"
     assert error.name == "chat nope:1b"
-    logged = json.loads(ometer(env, "log", "--json").stdout)
-    assert [s["status"] for s in logged] == ["error", "ok"]
+    assert [s.status for s in _logged(env)] == ["error", "ok"]
 
 
 def test_unreachable_collector_costs_one_warning_and_no_call(env: dict[str, str]) -> None:
@@ -213,7 +220,7 @@ def test_unreachable_collector_costs_one_warning_and_no_call(env: dict[str, str]
     ]
     assert len([line for line in lines if line.startswith("warning:")]) == 1
     assert "Traceback" not in done.stderr
-    assert len(json.loads(ometer(env, "log", "--json").stdout)) == 1
+    assert len(_logged(env)) == 1
 
 
 def test_nothing_configured_loads_no_telemetry(env: dict[str, str]) -> None:
