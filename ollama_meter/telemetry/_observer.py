@@ -341,6 +341,8 @@ class TelemetryObserver:
             attributes[sc.GEN_AI_RESPONSE_ID] = printable(
                 _bounded(span.response_id, sc.MAX_RESPONSE_ID)
             )
+        if type(span.dimensions) is int and span.dimensions > 0:  # a hook may set anything
+            attributes[sc.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = span.dimensions
         if span.user:
             attributes[sc.OMETER_USER] = span.user
             attributes[sc.USER_ID] = span.user
