@@ -19,26 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from ollama_meter import load_settings
-from ollama_meter.records import make_storable
-from ollama_meter.telemetry._setup import Telemetry
 from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver
 from tests._raw_http import RawServer
-from tests.factories import make_span
+from tests.telemetry.test_failure_said_why import _said_after_one_span
 
 
 def _said(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> str:
-    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "2")
-    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
-    telemetry = Telemetry(load_settings())
-    span = make_storable(make_span())
-    telemetry.observer.on_start(span)
-    telemetry.observer.on_end(span)
-    telemetry.flush()
-    telemetry.shutdown()
-    (said,) = [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()]
-    return said
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")  # the spans' line alone
+    return _said_after_one_span(monkeypatch, caplog, timeout="5")  # a handshake on a busy CI
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
