@@ -18,7 +18,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -85,6 +85,8 @@ class HttpRequest:
     status: int
     peer: tuple[str, int] = ("", 0)
     """The exporter's end of the connection it came on."""
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (``time.monotonic``)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class GrpcRequest:
     metadata: dict[str, str | bytes]
     message: ExportRequest
     code: grpc.StatusCode
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (``time.monotonic``)."""
 
 
 class _Receiver(Protocol):
@@ -173,10 +177,14 @@ class _HttpHandler(BaseHTTPRequestHandler):
         if 200 <= status < 300:
             self._answer(status, receiver.answer or empty_response, _PROTOBUF)
         else:
-            self._answer(status, b"", "text/plain")
+            self._answer(status, b"", "text/plain", receiver.retry_after)
 
-    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+    def _answer(
+        self, status: int, body: bytes, content_type: str, retry_after: str | None = None
+    ) -> None:
         self.send_response(status)
+        if retry_after is not None:  # a throttling collector says when to come back
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -201,11 +209,13 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
     play a slow one: each export is recorded when it arrives and answered once it is set.
     ``answer``: the body of a 2xx answer instead of an empty response (a ``partial_success``).
     ``max_body``: bytes of a request past which it answers 413, as a proxy in front would.
+    ``retry_after``: the ``Retry-After`` header of a failure's answer, if any.
     """
 
     def __init__(self, status: int = 200, max_body: int | None = None) -> None:
         super().__init__()
         self.status = status
+        self.retry_after: str | None = None
         self.max_body = max_body
         self.answering = threading.Event()
         self.answering.set()

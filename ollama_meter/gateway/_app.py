@@ -37,7 +37,7 @@ from ollama_meter.gateway._access import (
     unrouted,
 )
 from ollama_meter.gateway._answers import error_response, final_unless_told
-from ollama_meter.gateway._attribution import Forbidden, resolve, vouched
+from ollama_meter.gateway._attribution import Forbidden, in_trace, resolve, vouched
 from ollama_meter.gateway._dash import KEY_SCOPE, METRICS_NEED_TOKEN, NO_STORE, dashboard_routes
 from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
@@ -221,7 +221,7 @@ class Gateway:
                 self.meter.refuse,
                 operation=operation_of(path),
                 model=bad.model,
-                attribution=charged,
+                attribution=in_trace(charged, request.headers),
                 error_type=bad.error_type,
                 message=bad.message,
                 http_status=bad.status,
@@ -242,7 +242,7 @@ class Gateway:
             parsed,
             wire,
             request.headers,
-            charged,
+            in_trace(charged, request.headers),
             request.url.query if request.scope.get("query_string") else "",
             admission,
             bind=bind,

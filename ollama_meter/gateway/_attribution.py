@@ -12,6 +12,7 @@ without: they are labels, not who pays. They follow the rules of tags given any 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -27,6 +28,8 @@ from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import ApiKey
 from ollama_meter.meter import Attribution
 from ollama_meter.meter._attribution import shown_key, tags_problem
+from ollama_meter.records import trace_parent
+from ollama_meter.records._trace import TRACEPARENT, TRACESTATE
 from ollama_meter.upstream._recorded import CLIENT_SPAN_HEADER, TAGS_HEADER, TAGS_PARTS, tags_part
 
 HEADER_TENANT = "x-ometer-tenant"
@@ -113,6 +116,13 @@ def _client_span(headers: Headers) -> dict[str, str]:
     if len(given) == 1 and _SPAN_ID.fullmatch(given[0]):
         return {CLIENT_SPAN_TAG: given[0]}
     return {}
+
+
+def in_trace(charged: Attribution, headers: Headers) -> Attribution:
+    """``charged`` with the caller's span of the call, when its W3C ``traceparent`` names one
+    (``records.trace_parent``: anything else is no parent, never an error)."""
+    parent = trace_parent(headers.getlist(TRACEPARENT), headers.getlist(TRACESTATE))
+    return charged if parent is None else dataclasses.replace(charged, parent=parent)
 
 
 def vouched(key: ApiKey | None, settings: Settings, default_user: str | None = None) -> Attribution:

@@ -27,12 +27,17 @@ from ollama_meter.gateway._forwarded import forward_headers
 from ollama_meter.gateway._threads import close_call, in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._elsewhere import gateways_span
+from ollama_meter.records._trace import TRACEPARENT, TRACESTATE
 from ollama_meter.upstream._delivered import delivered
 from ollama_meter.upstream._pooled import header_of
 from ollama_meter.upstream._recorded import LEDGER_HEADER, Heard, who_headers
 
 if TYPE_CHECKING:
     from ollama_meter.gateway._fleet import Fleet
+
+TRACE = (TRACEPARENT, TRACESTATE)
+"""The caller's W3C trace context: not passed on as it came, but as the call's (:func:`onward`);
+one that is not W3C's (kilobytes of it, say, which Ollama would refuse) goes no further."""
 
 
 def onward(call: MeteredCall, charged: Attribution) -> Mapping[str, str]:
@@ -45,6 +50,8 @@ def onward(call: MeteredCall, charged: Attribution) -> Mapping[str, str]:
         charged.user,
         charged.tags,
         span_id=origin_of(span.id, span.tags),
+        # Its own exported span; exporting none, its caller's, as W3C's forwarding mode has it
+        trace=span.traced or span.parent,
     )
     call.heard = Heard(sends=sends)
     return sends
@@ -56,7 +63,8 @@ def upstream_headers(
     """The headers of ``call``'s request to Ollama: the ``caller``'s that travel
     (``_forwarded``), then whom it is charged to and its span (:func:`onward`), for a gateway
     behind this one."""
-    return {**forward_headers(caller), **onward(call, charged), "content-type": "application/json"}
+    forwarded = {k: v for k, v in forward_headers(caller).items() if k.lower() not in TRACE}
+    return {**forwarded, **onward(call, charged), "content-type": "application/json"}
 
 
 def heard(meter: Meter, call: MeteredCall, headers: Mapping[str, str] | None) -> str | None:

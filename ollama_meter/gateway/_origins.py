@@ -69,6 +69,8 @@ ALLOWED_HEADERS = ", ".join((
     # ometer client or gateway writing to a ledger has a span to name, and neither is a page
     "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User",
     *(tags_part(number) for number in range(1, TAGS_PARTS + 1)),
+    # a page instrumented with OpenTelemetry: its trace goes on through the gateway
+    "traceparent", "tracestate",
 )).encode()  # fmt: skip
 EXPOSED_HEADERS = (
     b"X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After, x-should-retry"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ollama_meter._names import GATEWAY_TAGS, HOLDS_KEY, MAX_USER, holds_key, name_problem
 from ollama_meter.errors import ValidationError
+from ollama_meter.records import TraceParent
 
 MAX_TAGS = 64
 """The most tags one call carries: OTel keeps 128 attributes a span, ometer's own take ~30."""
@@ -20,6 +21,9 @@ class Attribution:
     department: str
     user: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    parent: TraceParent | None = None
+    """The caller's span of the call (W3C ``traceparent``): not whom it is charged to, but
+    carried with it to every span of the call, a refusal's too."""
 
     def __post_init__(self) -> None:
         for what, value, limit in (

@@ -408,8 +408,8 @@ class MeteredCall:
         if final is not None:
             span.response_model = self._priced_as_admitted(final.model or None)
             span.done_reason, span.response_id = final.done_reason, final.response_id
-            span.total_duration_ns = final.total_ns
-            span.load_duration_ns = final.load_ns
+            span.dimensions = final.dimensions
+            span.total_duration_ns, span.load_duration_ns = final.total_ns, final.load_ns
             span.prompt_eval_duration_ns = final.prompt_eval_ns
             span.eval_duration_ns = final.eval_ns
             within_latency(self.span)

@@ -217,7 +217,7 @@ class Meter(Admitting):
         row_id, trace_id, span_id = new_span_ids()
         return SpanRecord(
             id=row_id,
-            trace_id=trace_id,
+            trace_id=trace_id if who.parent is None else who.parent.trace_id,  # its caller's
             span_id=span_id,
             started_at=self.clock(),
             tenant=who.tenant,
@@ -230,6 +230,7 @@ class Meter(Admitting):
             request_model=model,
             stream=stream,
             currency=currency,
+            parent=who.parent,
         )
 
     def refuse(

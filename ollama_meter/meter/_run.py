@@ -142,7 +142,9 @@ class Run:
         department = None if who.department == NO_DEPARTMENT else who.department
         # The span's tags: the call's, and what an on_start hook added (stored with the call).
         call.heard = Heard(
-            sends=who_headers(tenant, department, who.user, call.span.tags, call.span.id)
+            sends=who_headers(
+                tenant, department, who.user, call.span.tags, call.span.id, call.span.traced
+            )
         )
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)

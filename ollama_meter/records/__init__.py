@@ -87,6 +87,7 @@ from ollama_meter.records._span import (
     printable,
     storable_text,
 )
+from ollama_meter.records._trace import TraceParent, trace_parent
 
 __all__ = [
     "COUNT_FIELDS",
@@ -133,6 +134,7 @@ __all__ = [
     "Stored",
     "TokenSource",
     "Told",
+    "TraceParent",
     "UnreadableBudget",
     "UnreadableRule",
     "Usage",
@@ -163,6 +165,7 @@ __all__ = [
     "round_half_even",
     "storable_text",
     "to_micros",
+    "trace_parent",
     "unreached_notes",
     "values_of",
 ]

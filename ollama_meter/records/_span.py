@@ -17,6 +17,7 @@ from operator import attrgetter
 from typing import Any
 
 from ollama_meter.records._price import Cost
+from ollama_meter.records._trace import TraceParent
 
 Said = tuple[tuple[str | None, tuple[int, ...]], ...]
 """A prompt's messages: each one's role (None: instructions apart) and its texts' lengths."""
@@ -221,6 +222,12 @@ class SpanRecord:
     """The id the upstream gave its answer (``chatcmpl-…``, ``msg_…``, ``resp_…``; Ollama's
     native answers have none), as given: exported as ``gen_ai.response.id``, bounded; not
     stored in the ledger."""
+    dimensions: int | None = field(default=None, compare=False, repr=False)
+    """An embedding's: numbers in each vector of its answer, where it showed them (exported)."""
+    parent: TraceParent | None = field(default=None, compare=False, repr=False)
+    """The caller's span of the call (its W3C ``traceparent``), whose child this call's is."""
+    traced: TraceParent | None = field(default=None, compare=False, repr=False)
+    """The call's own exported span, named as parent to what it calls; None: none exported."""
 
     @property
     def model(self) -> str:
@@ -285,10 +292,11 @@ class SpanRecord:
         return dict(zip(ROW_FIELDS, _row_of(self), strict=True))
 
 
+_EXPORTED_ONLY = ("attributes", "said", "told", "called", "asked", "response_id", "dimensions")
 ROW_FIELDS: tuple[str, ...] = tuple(
     name
     for name in SpanRecord.__dataclass_fields__
-    if name not in ("attributes", "said", "told", "called", "asked", "response_id")
+    if name not in (*_EXPORTED_ONLY, "parent", "traced")
 )
 """The fields the ledger stores, a column each, in the order of the dataclass."""
 _row_of = attrgetter(*ROW_FIELDS)  # all at once: a span's row is made at every call

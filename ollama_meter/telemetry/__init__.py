@@ -58,22 +58,39 @@ def telemetry_for(settings: Settings) -> Telemetry | None:
     )
 
 
-_said: list[bool] = []
+_said: list[str] = []
+_HOW = {
+    "LANGFUSE_PUBLIC_KEY": "the project's public key, pk-lf-...",
+    "LANGFUSE_SECRET_KEY": "its secret key, sk-lf-..., of the same project",
+    "LANGFUSE_BASE_URL (or LANGFUSE_HOST)": "where Langfuse is, such as https://cloud.langfuse.com",
+}
+"""What Langfuse's settings are, as a line naming the missing ones says what to set."""
 
 
 def _say_no_langfuse(settings: Settings) -> None:
-    """Say, once a process, that Langfuse's keys are set with no URL: nothing goes to Langfuse
-    (its SDK would send to its cloud; an on-prem meter sends prompts nowhere it is not told),
-    and before, nothing said so."""
-    keys = settings.langfuse_public_key and settings.langfuse_secret_key
-    if not keys or settings.langfuse_host or _said:
+    """Say, once a process, that Langfuse is half configured: a key without the other, the
+    keys with no URL (its SDK would send to its cloud; an on-prem meter sends prompts nowhere
+    it is not told) or a URL with no key. Nothing then goes to Langfuse, and before, only the
+    keys with no URL said so."""
+    url = "LANGFUSE_BASE_URL" if settings.langfuse_base_url else "LANGFUSE_HOST"
+    given = {
+        "LANGFUSE_PUBLIC_KEY": bool(settings.langfuse_public_key),
+        "LANGFUSE_SECRET_KEY": bool(settings.langfuse_secret_key),
+        url: bool(settings.langfuse_host),
+    }
+    if all(given.values()) or not any(given.values()):
         return
-    _said.append(True)
-    logging.getLogger("ollama_meter.telemetry").warning(
-        "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY are set, but not LANGFUSE_BASE_URL (or "
-        "LANGFUSE_HOST): nothing is exported to Langfuse; set where it is, such as "
-        "https://cloud.langfuse.com"
+    named = [name for name, set_ in given.items() if set_]
+    missing = [name for name, set_ in zip(_HOW, given.values(), strict=True) if not set_]
+    line = (
+        f"{' and '.join(named)} {'is' if len(named) == 1 else 'are'} set, but not "
+        f"{' or '.join(missing)}: nothing is exported to Langfuse; set "
+        + " and ".join(f"{name} ({_HOW[name]})" for name in missing)
     )
+    if line in _said:
+        return
+    _said.append(line)
+    logging.getLogger("ollama_meter.telemetry").warning("%s", line)
 
 
 __all__ = ["telemetry_for"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from ollama_meter._jitter import jittered
 from ollama_meter.telemetry._size import MAX_ANSWER
+from ollama_meter.telemetry._tls import grpc_trouble
 
 _RETRY_INFO = "google.rpc.retryinfo-bin"
 
@@ -56,6 +57,9 @@ class GrpcAnswers:
     def __init__(self) -> None:
         self.last = b""
         self.status: int | str = 0
+        self.wait: float | None = None
+        """Seconds a throttling collector's RetryInfo asked to wait, when longer than the
+        export had left (it failed at once): the wait is ometer's to honour."""
 
     @property
     def too_large(self) -> bool:
@@ -95,6 +99,8 @@ class _Stub:
                 if anew and exporter._channel and not exporter._shutdown:
                     exporter._channel.close()
                     exporter._initialize_channel_and_stub()
+                if code in exporter._retryable_error_codes and _RETRY_INFO in _said(error):
+                    self.answers.wait = wait if wait > left else None
                 if code not in exporter._retryable_error_codes or attempt == TRIES or wait > left:
                     raise Failed(said) from None
                 if exporter._shutdown or exporter._shutdown_in_progress.wait(wait):
@@ -108,14 +114,15 @@ class _Stub:
             answer = self.stub.Export(request, **options)
         except grpc.RpcError as error:
             code = error.code()
-            throttled = _RETRY_INFO in dict(error.trailing_metadata() or ())
+            throttled = _RETRY_INFO in _said(error)
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "CLIENT" in (error.details() or ""):
                 self.answers.status = AnswerTooLarge.__name__  # gRPC's own words say whose
                 raise AnswerTooLarge(error.details()) from None
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not throttled:
                 self.answers.status = TooLarge.__name__
                 raise TooLarge(error.details()) from None
-            self.answers.status = getattr(code, "name", str(code))
+            trouble = grpc_trouble(error.details() or "")
+            self.answers.status = trouble or str(getattr(code, "name", code))
             raise
         self.answers.status = 0
         # Its partial_success, which the SDK never reads, read as over HTTP.
@@ -126,7 +133,7 @@ class _Stub:
 def _wait(error: Any, attempt: int) -> float:
     """Seconds to wait before the try after ``attempt``: what a throttling collector says in
     its RetryInfo, else a second doubled at each try, jittered."""
-    said = dict(error.trailing_metadata() or ()).get(_RETRY_INFO)
+    said = _said(error).get(_RETRY_INFO)
     if said is None:
         return jittered(2.0 ** (attempt - 1))
     from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
@@ -134,6 +141,11 @@ def _wait(error: Any, attempt: int) -> float:
     info = RetryInfo()
     info.ParseFromString(said)
     return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+
+
+def _said(error: Any) -> dict[str, Any]:
+    """A failed call's trailing metadata (a RetryInfo, say)."""
+    return dict(error.trailing_metadata() or ())
 
 
 def heard(exporter: Any, answers: GrpcAnswers, **options: Any) -> Any:

@@ -41,6 +41,7 @@ from ollama_meter.telemetry._content import (
 from ollama_meter.telemetry._hooked import HookedAttributes
 from ollama_meter.telemetry._served import Served
 from ollama_meter.telemetry._size import value_bytes
+from ollama_meter.telemetry._traced import parent_context, traced
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -245,6 +246,7 @@ class TelemetryObserver:
         }
         return self.tracer.start_span(
             storable_text(operation if model is None else f"{operation} {model}", _MAX_KEY),
+            context=parent_context(span.parent),
             kind=SpanKind.CLIENT,
             start_time=_ns(span, end=False),
             attributes=exportable(attributes),
@@ -252,10 +254,9 @@ class TelemetryObserver:
 
     def on_start(self, span: SpanRecord) -> None:
         otel = self._start(span)
-        context = otel.get_span_context()
-        # The ledger row and the exported span share their ids.
-        span.trace_id = f"{context.trace_id:032x}"
-        span.span_id = f"{context.span_id:016x}"
+        # The ledger row and the exported span share their ids; what the call calls is told it.
+        span.traced = traced(otel, span.parent)
+        span.trace_id, span.span_id = span.traced.trace_id, span.traced.span_id
         with self._lock:
             self._live[span.span_id] = otel  # its OTel id: a gateway's record may rename span.id
 
@@ -340,6 +341,8 @@ class TelemetryObserver:
             attributes[sc.GEN_AI_RESPONSE_ID] = printable(
                 _bounded(span.response_id, sc.MAX_RESPONSE_ID)
             )
+        if type(span.dimensions) is int and span.dimensions > 0:  # a hook may set anything
+            attributes[sc.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = span.dimensions
         if span.user:
             attributes[sc.OMETER_USER] = span.user
             attributes[sc.USER_ID] = span.user

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_EMBEDDINGS_DIMENSION_COUNT,
     GEN_AI_INPUT_MESSAGES,
     GEN_AI_OPERATION_NAME,
     GEN_AI_OUTPUT_MESSAGES,
@@ -147,6 +148,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "ERROR_TYPE",
     "FINISH_REASONS",
+    "GEN_AI_EMBEDDINGS_DIMENSION_COUNT",
     "GEN_AI_INPUT_MESSAGES",
     "GEN_AI_OPERATION_NAME",
     "GEN_AI_OUTPUT_MESSAGES",

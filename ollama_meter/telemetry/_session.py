@@ -18,11 +18,14 @@ minutes, before any body was read, and the spans behind it waited without a word
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -33,6 +36,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from ollama_meter._text import one_line
 from ollama_meter.records import storable_text
 from ollama_meter.telemetry._size import MAX_ANSWER
+from ollama_meter.telemetry._tls import tls_spoken, trouble_of
 
 _CHUNK = 8 * 1024
 MAX_REASON = 200
@@ -149,10 +153,14 @@ class BoundedSession(requests.Session):
         self.keep = None if keep is None else _PLAIN | {name.lower() for name in keep}
         self.last = b""
         """The body of the last answer (an exporter sends one request at a time)."""
-        self.status = 0
-        """The status of the last answer (0: none came)."""
+        self.status: int | str = 0
+        """The status of the last answer (0: none came), or the TLS mismatch that had none
+        (``_tls.Trouble``)."""
         self.refusal = "413"
         """How the place says an export is too large, for the log."""
+        self.wait: float | None = None
+        """Seconds the last answer asked to wait (``Retry-After``), when longer than the export
+        had left: the exporter gave up at once, and the wait is ometer's to honour."""
         self._pid = os.getpid()
 
     @property
@@ -197,6 +205,7 @@ class BoundedSession(requests.Session):
             if cut.done:  # the socket was shut under the last read: the answer may be short
                 raise AnswerOutOfBounds(f"no whole answer within {timeout} s")
         except Exception as exc:
+            self.status = trouble_of(exc) or self.status
             if cut.done and not isinstance(exc, AnswerOutOfBounds):
                 # Not a connection error: the exporter would send the batch again at once.
                 raise AnswerOutOfBounds(f"no whole answer within {timeout} s") from None
@@ -208,6 +217,13 @@ class BoundedSession(requests.Session):
         response._content = bytes(body)
         response._content_consumed = True  # read whole: urllib3 put the connection back
         self.last, self.status = response._content, response.status_code
+        if response.status_code == 400:  # to plain HTTP, from a place that speaks TLS?
+            self.status = tls_spoken(self.last) or self.status
+        self.wait = None
+        if response.status_code in THROTTLING and deadline is not None:
+            asked = retry_after(response.headers.get("retry-after"))
+            if asked is not None and asked > deadline - time.monotonic():
+                self.wait = asked
         if 300 <= response.status_code < 400:
             where = response.headers.get("location") or "nowhere said"
             raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
@@ -272,3 +288,30 @@ def refused(answer: bytes, what: str) -> tuple[int, str]:
     why = storable_text(one_line(storable_text(partial.error_message, MAX_REASON)), MAX_REASON)
     count = partial.rejected_spans if what == "spans" else partial.rejected_data_points
     return max(0, count), why
+
+
+MAX_WAIT = 3600.0
+"""Seconds a collector's ``Retry-After`` holds exports at most: one that says a day is waited
+an hour (the spans meanwhile bounded by the queue), not taken as a wish to stop for good."""
+THROTTLING = frozenset({429, 502, 503, 504})
+"""The answers OTLP/HTTP (and the SDK) try again after, a ``Retry-After`` saying when."""
+
+
+def retry_after(header: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (RFC 9110: seconds, or an HTTP date), at
+    most :data:`MAX_WAIT`; None for none, or one that is neither."""
+    said = (header or "").strip()
+    if said.isascii() and said.isdigit():
+        return min(float(said), MAX_WAIT)
+    with contextlib.suppress(ValueError):  # the SDK reads "2.5" too: so does ometer
+        seconds = float(said)
+        if math.isfinite(seconds) and seconds >= 0 and said[:1].isdigit():
+            return min(seconds, MAX_WAIT)
+        return None
+    try:
+        when = parsedate_to_datetime(said)
+    except (TypeError, ValueError, IndexError):
+        return None
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    left = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(left, 0.0), MAX_WAIT)

@@ -37,7 +37,7 @@ from ollama_meter.telemetry._timeouts import (
     export_timeout,
     warn_if_meant_as_seconds,
 )
-from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
+from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics, flushing
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -350,9 +350,10 @@ class Telemetry:
 
     def flush(self) -> bool:
         millis = int(self.timeout * 1000)
-        done = self.tracer_provider.force_flush(millis)
-        if self.meter_provider is not None:
-            done = self.meter_provider.force_flush(millis) and done
+        with flushing():  # bounded: a collector's wait is its export thread's to wait out
+            done = self.tracer_provider.force_flush(millis)
+            if self.meter_provider is not None:
+                done = self.meter_provider.force_flush(millis) and done
         return done
 
     def failures(self) -> list[str]:

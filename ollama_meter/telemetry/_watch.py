@@ -8,11 +8,13 @@ when failing starts and ends and at most every :data:`SAY_DROPS_EVERY` seconds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry.context import Context
@@ -32,6 +34,7 @@ from ollama_meter.telemetry._size import (
     points_of,
     span_bytes,
 )
+from ollama_meter.telemetry._tls import Trouble
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -44,6 +47,21 @@ SAY_DROPS_EVERY = 10.0
 _SMALLEST_LIMIT = 64 * 1024
 """Bytes an export is cut to at the least, whatever a place refused as too large."""
 """Seconds between two log lines counting the spans a place did not get."""
+
+
+_flushing = threading.local()
+"""``on`` on a thread that flushes: the caller's bound holds, not a wait the place asked for."""
+
+
+@contextlib.contextmanager
+def flushing() -> Iterator[None]:
+    """A flush on this thread (it exports on it): no wait a throttling place asked for is
+    waited out here; spans that wait for it stay queued for the exporter's own thread."""
+    _flushing.on = True
+    try:
+        yield
+    finally:
+        _flushing.on = False
 
 
 def _queue_size() -> int:
@@ -89,6 +107,7 @@ class Reporting:
         if last is None or now - last >= SAY_DROPS_EVERY:  # else said at its next export
             self._said_failing_at, self._said_failing = now, True
             said = f" (it answered {_status(answered)})" if _status(answered) else ""
+            said = f" ({answered})" if isinstance(answered, Trouble) else said
             log.warning(
                 "could not export %s to %s%s; they are dropped until it answers "
                 "(the ledger keeps every call)",
@@ -103,7 +122,7 @@ def _status(answered: object) -> str:
     ometer named itself (``_grpc.TooLarge``, said in a line of its own)."""
     if isinstance(answered, int):  # a success said otherwise (a web page) is no status to say
         return f"HTTP {answered}" if answered and not 200 <= answered < 300 else ""
-    return str(answered) if str(answered).isupper() else ""
+    return str(answered) if str(answered).isupper() and not isinstance(answered, Trouble) else ""
 
 
 class CutToFit(Reporting):
@@ -119,7 +138,10 @@ class CutToFit(Reporting):
     most: int | None = None
     """Items an export holds at most: what the exporter sends in one request. It sends a
     larger one in several, and one refused after another got there had the whole sent again."""
-    _said_too_large = _said_refused = False
+    _said_too_large = _said_refused = _said_throttled = False
+    not_before = 0.0
+    """``time.monotonic()`` before which the place asked for no export (it throttles)."""
+    stopping: threading.Event  # set as the exporter shuts down: a wait for the place ends
 
     def _sent(
         self, items: list[Any], sizes: list[int], send: Callable[[list[Any], bool], bool | None]
@@ -159,12 +181,21 @@ class CutToFit(Reporting):
         """Send ``part`` by ``send()``, which answers ``success`` when it got there, as
         :meth:`_sent` sends a part; what the place took but refused (its OTLP
         ``partial_success``, which the SDK's exporters never read) is said once."""
-        if self.answers is not None:
-            self.answers.last, self.answers.status = b"", 0
-        try:
-            ok = send() is success
-        except Exception:
-            ok = False
+        while True:
+            if not self._held():  # stopping while the place asked to wait: not sent
+                self._saw(False, self.what, self.answers.status)
+                return False
+            if self.answers is not None:
+                self.answers.last, self.answers.status, self.answers.wait = b"", 0, None
+            try:
+                ok = send() is success
+            except Exception:
+                ok = False
+            wait = None if ok or self.answers is None else self.answers.wait
+            if wait is None:
+                break
+            self._throttled(wait)  # then the same part again
+        self._said_throttled = self._said_throttled and not ok
         if not ok and splittable and self.answers is not None and self.answers.too_large:
             return True
         self._saw(ok, self.what, 0 if ok or self.answers is None else self.answers.status)
@@ -173,6 +204,34 @@ class CutToFit(Reporting):
         if self.answers is not None and self.answers.last:
             self._refused(self.answers.last, len(part))
         return None
+
+    def _throttled(self, wait: float) -> None:
+        """The place asked to wait ``wait`` s, longer than an export may take (OTLP: HTTP 429
+        or 503 with ``Retry-After``, gRPC's RetryInfo): nothing goes to it until then."""
+        self.not_before = time.monotonic() + max(wait, 1.0)  # not a loop: a second at least
+        if not self._said_throttled and self._waits():
+            self._said_throttled = True
+            log.warning(
+                "%s asked exports to wait %.0f s (it answered %s): they wait, and the %s "
+                "meanwhile wait in the queue (the ledger keeps every call); said until it "
+                "takes them",
+                self.name,
+                wait,
+                _status(self.answers.status) or "throttling",
+                self.what,
+            )
+
+    def _held(self) -> bool:
+        """Whether the wait a place asked for is over, waited for here; False when the process
+        stops meanwhile (or is exiting: its flush is bounded, the place's wait is not)."""
+        left = self.not_before - time.monotonic()
+        if left <= 0:
+            return True
+        return self._waits() and not self.stopping.wait(left)
+
+    def _waits(self) -> bool:
+        """Whether this thread waits out a place's throttle: the exporter's own, running."""
+        return not self.quiet and not getattr(_flushing, "on", False)
 
     def _refused(self, answer: bytes, sent: int) -> None:
         from ollama_meter.telemetry._session import refused
@@ -216,6 +275,7 @@ class Watched(CutToFit, SpanExporter):
         own_waits(inner)
         self.answers = answers
         self.what = "spans"
+        self.stopping = threading.Event()
         self.clock: Callable[[], float] = time.monotonic
         self.queue_size = _queue_size()
         self.dropped = 0  # in all, since the process started
@@ -287,6 +347,7 @@ class Watched(CutToFit, SpanExporter):
         self._drop(count)  # the count goes on in the drop lines
 
     def shutdown(self) -> None:
+        self.stopping.set()
         self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -310,9 +371,12 @@ class Bounded(SpanProcessor):
             self.batch.on_end(span)
 
     def shutdown(self) -> None:
+        self.exporter.stopping.set()  # a wait the place asked for ends: the SDK joins its thread
         self.batch.shutdown()  # type: ignore[no-untyped-call]
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        if self.exporter.not_before > time.monotonic():  # its place asked to wait: they wait
+            return False
         return self.batch.force_flush(timeout_millis)
 
 
@@ -329,6 +393,7 @@ class WatchedMetrics(CutToFit, MetricExporter):
         own_waits(inner)
         self.answers = answers
         self.what = "metrics"
+        self.stopping = threading.Event()
         self.most = getattr(inner, "_max_export_batch_size", None)
 
     def export(
@@ -346,6 +411,7 @@ class WatchedMetrics(CutToFit, MetricExporter):
         return MetricExportResult.SUCCESS if done == len(points) else MetricExportResult.FAILURE
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.stopping.set()
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

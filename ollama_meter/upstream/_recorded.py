@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ollama_meter._names import GATEWAY_TAGS
+from ollama_meter.records import TraceParent
 
 SPAN_HEADER = "X-Ometer-Span-Id"
 """The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
@@ -63,15 +64,19 @@ def who_headers(
     user: str | None,
     tags: Mapping[str, str] | None = None,
     span_id: str | None = None,
+    trace: TraceParent | None = None,
 ) -> dict[str, str]:
     """The headers a gateway (keys not required) charges a call by: the names the client's
     meter charges it to, and its tags, so the gateway's span, the call's record, is charged
     and labelled the same. None: the client names none, and the gateway charges its own
-    default; no tags, no tags header. ``span_id``: the client's own span of the call."""
+    default; no tags, no tags header. ``span_id``: the client's own span of the call;
+    ``trace``: its exported span, the parent of the gateway's (W3C ``traceparent``)."""
     named = ((TENANT_HEADER, tenant), (DEPARTMENT_HEADER, department), (USER_HEADER, user))
     sends = {header: name for header, name in named if name is not None}
     if span_id is not None:
         sends[CLIENT_SPAN_HEADER] = span_id
+    if trace is not None:
+        sends.update(trace.headers())
     labels = {key: value for key, value in (tags or {}).items() if key not in GATEWAY_TAGS}
     if labels:
         sends.update(_tags_headers(labels))

@@ -18,6 +18,7 @@ error tree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ollama_meter.errors import UpstreamError
 
@@ -62,10 +63,27 @@ class Final:
     response_id: str | None = None
     """The id the answer gave itself (OpenAI's ``chatcmpl-…``, Anthropic's ``msg_…``, a
     Responses ``resp_…``): as given, a text or None; Ollama's native answers have none."""
+    dimensions: int | None = None
+    """An embedding's: how many numbers each vector of the answer holds (None: none seen)."""
     only: str | None = None
     """``"load"`` or ``"unload"``: the call only loaded the model into memory, or unloaded it.
     Nothing was evaluated or generated, so the counts and busy time are the zeros Ollama
     omitted; a load's time is the load's."""
+
+
+def dimensions_of(answer: Any, vectors: str) -> int | None:
+    """How many numbers the first vector of an embedding ``answer`` holds, its vectors in
+    member ``vectors``: ``embeddings`` (``/api/embed``: a list of them), ``embedding`` (the
+    old route's one), ``data`` (OpenAI's, each in an object); None where there is none to
+    count (an answer too large to hold, its vectors not kept: ``_answer.NOT_KEPT``)."""
+    found = answer.get(vectors)
+    if vectors != "embedding":
+        found = found[0] if isinstance(found, list) and found else None
+    if vectors == "data":
+        found = found.get("embedding") if isinstance(found, dict) else None
+    if isinstance(found, list) and found and isinstance(found[0], int | float):
+        return len(found)
+    return None
 
 
 Event = Delta | Final | UpstreamError

@@ -17,12 +17,13 @@ upstream sends is untrusted, and a field of the wrong type counts as absent.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Final as Constant, Protocol
 
 from ollama_meter.upstream._classify import reported_error
 from ollama_meter.upstream._strict import json_object
 from ollama_meter.upstream._unasked import without_usage
-from ollama_meter.upstream._vocabulary import Delta, Event, Final
+from ollama_meter.upstream._vocabulary import Delta, Event, Final, dimensions_of
 
 OPENAI_PREFIX = "openai."
 
@@ -135,7 +136,8 @@ class OllamaReader:
             vectors = obj.get(self.vectors)
             if isinstance(vectors, list) and not vectors:  # no input: the model is only loaded
                 return [self._loaded(obj, None, only="load")]
-            return [self._final(obj, output_tokens=0)]
+            final = self._final(obj, output_tokens=0)
+            return [replace(final, dimensions=dimensions_of(obj, self.vectors))]
         other = self._other_chars(obj)
         thought, calls, called = other or (0, 0, None)
         events: list[Event] = [
@@ -222,6 +224,7 @@ class OpenAIReader:
         self.model: str | None = None
         self.finish_reason: str | None = None
         self.response_id: str | None = None  # on every chunk of a stream: the first one's
+        self.dimensions: int | None = None
         self.usage_seen = self.complete = False
 
     def read(self, obj: Any) -> list[Event]:
@@ -231,6 +234,7 @@ class OpenAIReader:
         events: list[Event] = []
         self.model = _text(obj.get("model")) or self.model
         self.response_id = self.response_id or _text(obj.get("id"))
+        self.dimensions = dimensions_of(obj, "data") if self.embedding else None
         choices = obj.get("choices")
         for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, dict):
@@ -268,13 +272,8 @@ class OpenAIReader:
         return [] if self.usage_seen else [self._final(None, None)]
 
     def _final(self, input_tokens: int | None, output_tokens: int | None) -> Final:
-        return Final(
-            model=self.model,
-            done_reason=self.finish_reason,
-            response_id=self.response_id,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-        )
+        final = Final(self.model, self.finish_reason, input_tokens, output_tokens)
+        return replace(final, response_id=self.response_id, dimensions=self.dimensions)
 
     @staticmethod
     def usage_only(obj: dict[str, Any]) -> bool:

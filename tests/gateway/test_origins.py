@@ -115,9 +115,11 @@ def test_a_page_may_send_every_header_the_gateway_reads_a_call_by(
 ) -> None:
     """Long tags go in parts (``X-Ometer-Tags-2`` up to ``-16``), which the gateway reads,
     but its preflight allowed ``X-Ometer-Tags`` alone: a browser refused to send a page's
-    call with long tags (the parts not allowed), and the gateway never saw it."""
+    call with long tags (the parts not allowed), and the gateway never saw it. So with the
+    W3C trace context a page instrumented with OpenTelemetry sends: its call was refused."""
     gw = gateway_with()
     read = [HEADER_KEY, HEADER_TENANT, HEADER_DEPARTMENT, HEADER_USER, *TAGS_PARTS_HEADERS]
+    read += ["traceparent", "tracestate"]
     asked = {**PREFLIGHT, "Access-Control-Request-Headers": ",".join(["content-type", *read])}
     pre = gw.client.options("/api/chat", headers={"Origin": LOCAL_PAGE, **asked})
     assert pre.status_code == 204

@@ -19,8 +19,10 @@ from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver
 from tests.factories import make_span
 
 
-def _said_after_one_span(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> str:
-    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+def _said_after_one_span(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, timeout: str = "0.5"
+) -> str:
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", timeout)
     caplog.set_level("WARNING", logger="ollama_meter.telemetry")
     telemetry = Telemetry(load_settings())
     span = make_storable(make_span())

@@ -80,3 +80,48 @@ def test_keys_with_no_url_say_nothing_goes_to_langfuse(
             assert names == ["http://127.0.0.1:9/v1/traces", "http://127.0.0.1:9/v1/metrics"]
     (said,) = [r.getMessage() for r in caplog.records if "LANGFUSE" in r.getMessage()]
     assert "LANGFUSE_BASE_URL" in said and "nothing is exported to Langfuse" in said
+
+
+URL = "LANGFUSE_BASE_URL (or LANGFUSE_HOST)"
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({"LANGFUSE_PUBLIC_KEY": "pk-lf-1"}, ["LANGFUSE_SECRET_KEY", URL]),
+        ({"LANGFUSE_SECRET_KEY": "sk-lf-2"}, ["LANGFUSE_PUBLIC_KEY", URL]),
+        ({"LANGFUSE_PUBLIC_KEY": "pk-lf-1", "LANGFUSE_HOST": "http://lf:3000"}, ["LANGFUSE_SECRET_KEY"]),
+        ({"LANGFUSE_SECRET_KEY": "sk-lf-2", "LANGFUSE_BASE_URL": "http://lf:3000"}, ["LANGFUSE_PUBLIC_KEY"]),
+        ({"LANGFUSE_BASE_URL": "http://lf:3000"}, ["LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"]),
+    ],
+)  # fmt: skip
+def test_half_a_langfuse_configuration_says_what_is_missing_once(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    given: dict[str, str],
+    missing: list[str],
+) -> None:
+    """One key without the other (or a URL with neither) sent nothing to Langfuse, and said
+    nothing: one WARNING line names what is set, what is missing and what to set."""
+    for name in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "TRACELOOP_API_KEY", "LANGFUSE_HOST", "LANGFUSE_BASE_URL",
+        "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY",
+    ):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.WARNING, logger="ollama_meter.telemetry")
+    monkeypatch.setattr("ollama_meter.telemetry._said", [])  # said once a process
+    for _ in range(2):
+        assert telemetry_for(load_settings()) is None
+    said = [r for r in caplog.records if "LANGFUSE" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"]
+    line = said[0].getMessage()
+    named = " and ".join(given)
+    verb = "is" if len(given) == 1 else "are"
+    assert line.startswith(
+        f"{named} {verb} set, but not {' or '.join(missing)}: nothing is exported to Langfuse; "
+        f"set {missing[0]} ("
+    )
+    assert all(f" and {name} (" in line for name in missing[1:])
+    assert "pk-lf-1" not in line and "sk-lf-2" not in line

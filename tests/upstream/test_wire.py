@@ -126,7 +126,7 @@ def test_the_clients_objects_read_like_their_json() -> None:
 
 def test_embeddings_count_no_output_and_errors_end_the_answer() -> None:
     (final,) = OLLAMA.reader("embeddings").read({"embedding": [0.5]})
-    assert final == Final(output_tokens=0)
+    assert final == Final(output_tokens=0, dimensions=1)  # its vector's numbers
     for obj in ({"error": "boom"}, {"done": True, "done_reason": "error"}):
         (failure,) = OLLAMA.reader("chat").read(obj)
         assert isinstance(failure, StreamError)

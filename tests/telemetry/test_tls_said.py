@@ -1,0 +1,126 @@
+"""A TLS mismatch with the place exports go is said as one, with what to check.
+
+An ``https://`` endpoint of a collector that speaks plain HTTP, an ``http://`` one of a
+collector that speaks TLS, a certificate the exporter does not trust: each was said as "could
+not export spans to ...; they are dropped until it answers", the words of a collector that is
+away (or "it answered HTTP 400"), and the reader looked for a network fault. The line now
+names the TLS failure and the setting to check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver
+from tests._raw_http import RawServer
+from tests.telemetry.test_failure_said_why import _said_after_one_span
+
+
+def _said(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> str:
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")  # the spans' line alone
+    return _said_after_one_span(monkeypatch, caplog, timeout="5")  # a handshake on a busy CI
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_https_to_a_plain_collector_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    rx = OtlpHttpReceiver() if protocol == "http/protobuf" else OtlpGrpcReceiver()
+    with rx:
+        plain = rx.url if isinstance(rx, OtlpHttpReceiver) else rx.endpoint
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", plain.replace("http://", "https://"))
+        said = _said(monkeypatch, caplog)
+    assert "(TLS failed: the endpoint is https:// and the place answered plain HTTP; " in said
+    assert "use http://" in said
+
+
+_GO_TLS_SERVER = (
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
+"""What a Go server (the OpenTelemetry Collector with TLS on) answers plain HTTP."""
+_NGINX = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 58\r\n\r\n"
+    b"<center>The plain HTTP request was sent to HTTPS port</center>"
+)
+
+
+@pytest.mark.parametrize("answer", [_GO_TLS_SERVER, _NGINX])
+def test_http_to_a_tls_collector_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, answer: bytes
+) -> None:
+    server = RawServer(lambda: answer, threaded=True)
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", server.url)
+        said = _said(monkeypatch, caplog)
+    finally:
+        server.close()
+    assert "(TLS failed: the endpoint is http:// and the place speaks TLS; use https://" in said
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return cert, key
+
+
+@contextlib.contextmanager
+def _tls_listener(cert: Path, key: Path) -> Iterator[int]:
+    """A port whose connections do a TLS handshake with ``cert`` and are closed."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError), conn:
+                context.wrap_socket(conn, server_side=True).close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_certificate_not_trusted_is_said_with_the_setting_to_check(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    self_signed: tuple[Path, Path],
+    protocol: str,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    with _tls_listener(*self_signed) as port:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"https://127.0.0.1:{port}")
+        said = _said(monkeypatch, caplog)
+    assert "(TLS failed: its certificate is not trusted" in said
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in said
+
+
+def test_a_refusal_that_is_no_tls_mismatch_is_said_as_before(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with OtlpHttpReceiver(status=400) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        said = _said(monkeypatch, caplog)
+    assert "(it answered HTTP 400)" in said and "TLS" not in said
