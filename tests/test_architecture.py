@@ -34,6 +34,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_forks",
             "_runtime",
             "_stops",
+            "_causes",
             "_said",
             "_sources",
             "_urls",
@@ -80,6 +81,7 @@ OUTPUTS = {
         "_forks",
         "_text",  # the one list of what a log reader acts on, for a collector's words
         "_jitter",  # ometer's own random numbers (span ids, an export's waits): a leaf
+        "_causes",  # an exception's chain, walked as upstream walks it: a leaf
     }
 }
 """Outputs the meter writes to: what each may import. Nothing they do reads back."""

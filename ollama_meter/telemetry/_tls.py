@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Iterator
+
+from ollama_meter._causes import chain
 
 _PLAIN = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG")
 """How OpenSSL fails a handshake answered in plain HTTP (``HTTP/1.1 400`` read as a record)."""
@@ -56,7 +57,7 @@ def untrusted(reason: str) -> Trouble:
 
 def trouble_of(exc: BaseException) -> Trouble | None:
     """The TLS mismatch ``exc`` (what the HTTP client raised) says, or None."""
-    for cause in _causes(exc):
+    for cause in chain(exc, _held):
         if isinstance(cause, ssl.SSLCertVerificationError):
             return untrusted(cause.verify_message or _UNTRUSTED)
         if isinstance(cause, ssl.SSLError):
@@ -78,14 +79,7 @@ def grpc_trouble(details: str) -> Trouble | None:
     return None
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it was raised from or during, down the chain (each once)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        yield cause
-        # requests wraps urllib3's error in its args, urllib3 the SSL error in ``reason``
-        held = [*cause.args[:1], getattr(cause, "reason", None)]
-        inner = next((one for one in held if isinstance(one, BaseException)), None)
-        cause = inner or cause.__cause__ or cause.__context__
+def _held(cause: BaseException) -> BaseException | None:
+    # requests wraps urllib3's error in its args, urllib3 the SSL error in ``reason``
+    held = [*cause.args[:1], getattr(cause, "reason", None)]
+    return next((one for one in held if isinstance(one, BaseException)), None)

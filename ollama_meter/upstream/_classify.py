@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from ollama_meter._causes import chain
 from ollama_meter._text import one_line
 from ollama_meter.errors import (
     GatewayBudgetExceeded,
@@ -113,7 +114,7 @@ def out_of_resources(exc: BaseException, *, host: str) -> ServerBusy | None:
     It is no "cannot reach Ollama" (retried, then counted against the server's breaker, so a
     healthy Ollama was refused to everyone); nothing was sent. None for any other failure.
     """
-    for cause in _causes(exc):
+    for cause in chain(exc, _held):
         code = getattr(cause, "errno", None)
         if isinstance(cause, OSError) and code in _OUT_OF:
             busy = ServerBusy(
@@ -145,7 +146,7 @@ def no_connection(
     a TLS handshake in plain HTTP, else Ollama not reachable."""
     if busy := out_of_resources(exc, host=host):
         return busy
-    if host.startswith("https://") and any(map(_plain_http, _causes(exc))):
+    if host.startswith("https://") and any(map(_plain_http, chain(exc, _held))):
         # It said "cannot reach Ollama: is it running?": it is running, and it answered.
         address = host.removeprefix("https://")
         return UpstreamConnectionError(
@@ -175,7 +176,7 @@ def unreached(exc: BaseException, host: str) -> str | None:
     http too, and asyncio's words), the ollama SDK's httpx as ``All connection attempts
     failed``. Spans, callers' answers and the gateway's log all say this instead.
     """
-    causes = list(_causes(exc))
+    causes = list(chain(exc, _held))
     # The innermost TLS error (aiohttp's own wrapper is one too) in OpenSSL's words: its
     # errno is OpenSSL's (1), not the system's EPERM.
     said = next((one_line(str(c)) for c in causes[::-1] if isinstance(c, ssl.SSLError)), None)
@@ -226,15 +227,9 @@ def _plain_http(cause: BaseException) -> bool:
     )
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it was raised from or during, down the chain (each once)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        yield cause
-        inner = getattr(cause, "os_error", None)  # aiohttp's connector error keeps it here
-        cause = inner if isinstance(inner, BaseException) else cause.__cause__ or cause.__context__
+def _held(cause: BaseException) -> BaseException | None:
+    inner = getattr(cause, "os_error", None)  # aiohttp's connector error keeps it here
+    return inner if isinstance(inner, BaseException) else None
 
 
 def unreadable(host: str, reason: str) -> StreamError:
