@@ -164,33 +164,39 @@ def take_over(conn: Connection, source: str, formerly: str) -> bool:
 
 
 def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], digest: str) -> None:
-    """Make the rules that came from ``source`` exactly ``rules``, their ids in file order.
+    """Make the rules that came from ``source`` exactly ``rules``, their ids in file order
+    within each tier (:meth:`PriceRule.tier`), the only order that decides a price.
 
     A rule the file still has keeps its row, so its id: equally specific rules from one date
     are told apart by which came last, and adding every rule again on any edit (a comment)
     made the file's rules beat those set since with ``ometer pricing set``. But within the
-    file the later rule wins, so ids follow the file: from the first rule the file adds, or
-    moves above one it kept, the rest are added again in order. Kept as they were, a rule
-    written above an old one for the months after it ('2' above '1 until December') got the
-    newer id, won every day, and billed November at 2, where the same file read fresh said 1.
+    file the later rule wins, so ids follow the file: in a tier, from the first rule the file
+    adds, or moves above one it kept, the rest of that tier are added again in order. Kept as
+    they were, a rule written above an old one for the months after it ('2' above '1 until
+    December') got the newer id, won every day, and billed November at 2, where the same file
+    read fresh said 1. Rules of other tiers stay: a qwen2.5 rule written above llama3.1's
+    added llama3.1's again, which then beat the llama3.1 price set since with ``pricing set``.
     """
     source = source_key(source)
     old = _read(
         conn, select(PRICE_RULES).where(PRICE_RULES.c.source == source).order_by(PRICE_RULES.c.id)
     )
     new: list[PriceRule] = []
-    last_kept = 0
+    last_kept: dict[tuple[object, ...], int | None] = {}  # None: the tier adds from here on
     for rule in rules:
+        tier = rule.tier()
+        after = last_kept.get(tier, 0)
         same = (
             None
-            if new
-            else next((r for r in old if (r.id or 0) > last_kept and r.same_as(rule)), None)
+            if after is None
+            else next((r for r in old if (r.id or 0) > after and r.same_as(rule)), None)
         )
         if same is not None:
             old.remove(same)
-            last_kept = same.id or 0
+            last_kept[tier] = same.id or 0
         else:
             new.append(replace(rule, source=source))
+            last_kept[tier] = None
     if old:
         conn.execute(delete(_TABLE).where(_TABLE.c.id.in_([r.id for r in old])))
     conn.execute(update(_TABLE).where(_TABLE.c.source == source).values(source_digest=digest))

@@ -7,7 +7,7 @@ Must not import the ledger, the meter or any entry point.
 
 from ollama_meter.pricing._book import PriceBook, usage_of
 from ollama_meter.pricing._calc import compute_cost
-from ollama_meter.pricing._rules import select_rule, sort_rules, specificity
+from ollama_meter.pricing._rules import select_rule, sort_rules
 from ollama_meter.pricing._toml import MAX_PRICING_BYTES, parse_pricing_toml, pricing_text
 from ollama_meter.records import (
     MAX_AMOUNT,
@@ -24,6 +24,7 @@ from ollama_meter.records import (
     model_names,
     parse_amount,
     parse_currency,
+    specificity,
     to_micros,
 )
 

@@ -7,27 +7,10 @@ decides which one applies to a model on a given local date.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from datetime import date
 
-from ollama_meter.records import PriceRule, pattern_key
-
-_WILDCARDS = re.compile(r"[*?]")
-_CLASS = re.compile(r"\[!?\]?[^\]]*\]")
-"""A character class as fnmatch reads it ('[0-9]', '[!a]', '[]x]'): one character, however
-many it lists; a '[' that no ']' closes is a literal."""
-
-
-def specificity(pattern: str) -> tuple[int, int, int]:
-    """Order patterns from general to specific: exact names beat globs, longer beats shorter.
-
-    Read as Ollama reads the names (:func:`pattern_key`): 'library/llama3.1:8b' is no more
-    specific than 'llama3.1:8b', so between the two the later ``--from`` wins."""
-    pattern = _CLASS.sub("?", pattern_key(pattern))
-    wildcards = len(_WILDCARDS.findall(pattern))
-    literal = len(_WILDCARDS.sub("", pattern))
-    return (0 if wildcards else 1, literal, -wildcards)
+from ollama_meter.records import PriceRule
 
 
 def select_rule(rules: Iterable[PriceRule], model: str, day: date) -> PriceRule | None:
@@ -49,7 +32,8 @@ def select_rule(rules: Iterable[PriceRule], model: str, day: date) -> PriceRule 
 
 def precedence(rule: PriceRule) -> tuple[tuple[int, int, int], date, int]:
     """Which of two rules that both price a call on a day wins: the greater."""
-    return (specificity(rule.pattern), rule.effective_from or date.min, rule.id or 0)
+    pattern, start = rule.tier()
+    return (pattern, start, rule.id or 0)
 
 
 def sort_rules(rules: Sequence[PriceRule]) -> list[PriceRule]:

@@ -55,6 +55,7 @@ from ollama_meter.records._price import (
     model_key,
     model_names,
     pattern_key,
+    specificity,
 )
 from ollama_meter.records._span import (
     COUNT_FIELDS,
@@ -163,6 +164,7 @@ __all__ = [
     "readied",
     "record_from",
     "round_half_even",
+    "specificity",
     "storable_text",
     "to_micros",
     "trace_parent",

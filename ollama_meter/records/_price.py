@@ -18,6 +18,10 @@ from ollama_meter.records._money import MAX_PRICE, PRICE_LIMITS, check_amount, p
 
 _PATTERN_OK = re.compile(r"[A-Za-z0-9._:/@*?\[\]!-]{1,255}")
 _WILDCARDS = re.compile(r"[*?\[]")
+_ANY = re.compile(r"[*?]")
+_CLASS = re.compile(r"\[!?\]?[^\]]*\]")
+"""A character class as fnmatch reads it ('[0-9]', '[!a]', '[]x]'): one character, however
+many it lists; a '[' that no ']' closes is a literal."""
 
 PRICE_FIELDS = (
     "input_per_1m",
@@ -87,6 +91,12 @@ class PriceRule:
             and self.effective_until <= self.effective_from
         ):
             raise ValueError("the rule's end date must be after its start date")
+
+    def tier(self) -> tuple[tuple[int, int, int], date]:
+        """What decides between this rule and another that both price a call, before which
+        came last (the greater wins): how specific its pattern is, then its first day. Only
+        the order of rules of one tier ever decides a price."""
+        return specificity(self.pattern), self.effective_from or date.min
 
     def same_as(self, other: PriceRule) -> bool:
         """Whether ``other`` prices exactly like this rule (ids and where it came from aside)."""
@@ -191,6 +201,17 @@ def pattern_key(pattern: str) -> str:
     pattern ('llama3.1', 'library/llama3.1:latest') are one key, so equally specific."""
     name = _unqualified(pattern.strip().lower())
     return name if _WILDCARDS.search(name) else model_key(name)
+
+
+def specificity(pattern: str) -> tuple[int, int, int]:
+    """Order patterns from general to specific: exact names beat globs, longer beats shorter.
+
+    Read as Ollama reads the names (:func:`pattern_key`): 'library/llama3.1:8b' is no more
+    specific than 'llama3.1:8b', so between the two the later ``--from`` wins."""
+    pattern = _CLASS.sub("?", pattern_key(pattern))
+    wildcards = len(_ANY.findall(pattern))
+    literal = len(_ANY.sub("", pattern))
+    return (0 if wildcards else 1, literal, -wildcards)
 
 
 def model_names(model: str) -> tuple[str, ...]:
