@@ -46,5 +46,24 @@ REFUSALS = (
     .order_by(BUDGET_ALERTS.c.id)  # the latest wins
 )
 """The refusals of the periods that begin at ``starts``, oldest first."""
+_A = BUDGET_ALERTS.c
+SAID = (
+    select(_A.id)
+    .where(
+        _A.budget_id == bindparam("budget_id"),
+        _A.tenant == bindparam("tenant"),
+        _A.kind == bindparam("kind"),
+        _A.threshold == bindparam("threshold"),
+        _A.period == bindparam("period"),
+        _A.period_label == bindparam("period_label"),
+        _A.period_start != bindparam("period_start"),
+        (_A.kind != "refused") | (_A.limit_micros == bindparam("limit_micros")),
+    )
+    .limit(1)
+)
+"""An alert of one budget, tenant, kind and threshold said in the same period (2026-11) cut
+in another zone, before ``ometer db rollup --zone`` moved the ledger's midnights (a refusal:
+under the same limit). The row's unique key holds its period's first instant, which the move
+changed: the period's every threshold was claimed, and said, again."""
 RECORDED = select(SPANS.c.id).where(SPANS.c.id.in_(bindparam("ids", expanding=True)))
 """Which of the span ids ``ids`` the ledger holds."""

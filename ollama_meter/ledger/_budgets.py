@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from ollama_meter.ledger._budget_reads import HELD, HELD_ALL, HELD_BUT, RECORDED, REFUSALS
+from ollama_meter.ledger._budget_reads import HELD, HELD_ALL, HELD_BUT, RECORDED, REFUSALS, SAID
 from ollama_meter.ledger._meta import get_meta, set_meta
 from ollama_meter.ledger._stored import read_records, readable_records
 from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS, BUDGETS
@@ -399,9 +399,12 @@ class BudgetTables:
         """
         from ollama_meter.ledger._alert_rows import alert_values
 
+        values = alert_values(alert, fired_at)
+        if self._conn.execute(SAID, values).first() is not None:  # said before a zone moved
+            return None
         try:
             with self._conn.begin_nested():
-                insert_alert = insert(_ALERTS).values(**alert_values(alert, fired_at))
+                insert_alert = insert(_ALERTS).values(**values)
                 new = self._conn.execute(insert_alert).inserted_primary_key
         except IntegrityError:
             return self._rearm(alert, fired_at) if alert.kind == "refused" else None
