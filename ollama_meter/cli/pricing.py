@@ -108,7 +108,9 @@ def set_rule(
     parts = ", ".join(f"{name} {value:f}" for name, value in saved.prices().items())
     out.print(
         f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}"
+        + (", load time charged" if saved.charge_load else "")
         + (f" from {saved.effective_from}" if saved.effective_from else "")
+        + (f" until {saved.effective_until}" if saved.effective_until else "")
         + ("" if new else " (already there)")
     )
     from ollama_meter.cli import _hints
