@@ -400,12 +400,12 @@ class BudgetTables:
         from ollama_meter.ledger._alert_rows import alert_values
 
         values = alert_values(alert, fired_at)
-        if self._conn.execute(SAID, values).first() is not None:  # said before a zone moved
-            return None
         try:
-            with self._conn.begin_nested():
-                insert_alert = insert(_ALERTS).values(**values)
-                new = self._conn.execute(insert_alert).inserted_primary_key
+            with self._conn.begin_nested() as claim:
+                new = self._conn.execute(insert(_ALERTS).values(**values)).inserted_primary_key
+                if self._conn.execute(SAID, values).first() is not None:  # before a zone moved
+                    claim.rollback()  # asked only of a new claim: a start's sweep, once each
+                    return None
         except IntegrityError:
             return self._rearm(alert, fired_at) if alert.kind == "refused" else None
         assert new is not None
