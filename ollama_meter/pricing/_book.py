@@ -108,5 +108,19 @@ def usage_of(span: SpanRecord) -> Usage:
         prompt_eval_ns=span.prompt_eval_duration_ns or 0,
         eval_ns=span.eval_duration_ns or 0,
         load_ns=span.load_duration_ns or 0,
-        answered=span.status in (Status.OK, Status.CLIENT_ABORT),
+        answered=served(span),
     )
+
+
+def served(span: SpanRecord) -> bool:
+    """Whether Ollama served the call, so that its request fees apply: it answered, or its
+    caller stopped it once Ollama worked on it (then its time is on the span, timed by Ollama
+    or the meter, or counts of it). A caller gone while its call waited for a gateway's slot,
+    or before Ollama had the request, was served by no one: by its status (``client_abort``)
+    alone it was charged the per-request fee of a call no server saw."""
+    if span.status == Status.OK:
+        return True
+    return span.status == Status.CLIENT_ABORT and bool(
+        span.duration_source or span.prompt_eval_duration_ns or span.eval_duration_ns
+        or span.input_tokens or span.output_tokens
+    )  # fmt: skip

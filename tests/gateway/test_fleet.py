@@ -22,7 +22,7 @@ import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.periods import parse_period
-from ollama_meter.records import Limit
+from ollama_meter.records import Limit, PriceRule
 from ollama_meter.reports import chargeback
 from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator
 from tests.gateway.conftest import Gateway
@@ -354,8 +354,11 @@ def test_a_full_queue_answers_busy_in_ollamas_words(
 
 
 def test_a_caller_who_hangs_up_while_queued_leaves_the_queue_and_keeps_no_slot(
-    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway], sqlite_url: str
 ) -> None:
+    """...and pays no request fee: no server saw its call (it paid the fee of one served)."""
+    fee = PriceRule(pattern="*", currency="USD", per_request=Decimal("0.002"))
+    Ledger(sqlite_url).add_price_rules([fee])
     emu = emulators(LLAMA, token_latency=1.0)  # the first call holds the slot until hurried
     gw = fleet(emu.url, slots=1)
     running = threading.Thread(target=chat, args=(gw.url, LLAMA, "first"))
@@ -374,6 +377,8 @@ def test_a_caller_who_hangs_up_while_queued_leaves_the_queue_and_keeps_no_slot(
     gone = next(s for s in spans(gw.ledger) if s.status != "ok")
     assert gone.status == "client_abort" and gone.queue_ns >= 100_000_000
     assert gone.upstream_host == ""  # it went to no server
+    assert (gone.cost_fee, gone.cost_total) == (0, 0)
+    assert [s.cost_fee for s in spans(gw.ledger) if s.status == "ok"] == [2000]
     assert "gone" not in prompts(emu)  # it never reached the server
     assert dash(gw)["queue"]["waiting"] == 0
     assert dash(gw)["servers"][0]["in_flight"] == 0

@@ -82,6 +82,35 @@ def test_fees_apply_only_when_ollama_answered() -> None:
     assert refused.fee == 0
 
 
+@pytest.mark.parametrize(
+    ("fields", "served"),
+    [
+        ({"status": "ok"}, True),
+        # stopped while Ollama worked on it: its prompt and time charged, so its fees
+        ({"status": "client_abort", "input_tokens": 7, "duration_source": "measured"}, True),
+        ({"status": "client_abort", "output_tokens": 3, "eval_duration_ns": 10**6}, True),
+        # gone while it waited for a gateway's slot: sent to no server
+        ({"status": "client_abort", "upstream_host": ""}, False),
+        # stopped before Ollama had the request (connecting, sending): nothing consumed
+        ({"status": "client_abort"}, False),
+        ({"status": "error"}, False),
+        ({"status": "rejected", "upstream_host": ""}, False),
+    ],
+)
+def test_request_fees_apply_to_calls_ollama_served(fields: dict[str, Any], served: bool) -> None:
+    """A caller gone while its call waited for a gateway's slot (or before Ollama had it) was
+    charged the per-request fee of a call no server saw: fees went by the span's status
+    (``client_abort``), not by whether anything was served."""
+    from tests.factories import make_span
+
+    fees = PriceRule(pattern="*", currency="USD", per_request=D("0.002"), id=1)
+    book = PriceBook([fees], tz=ZoneInfo("UTC"), currency="USD")
+    nothing = {"input_tokens": 0, "output_tokens": 0, "duration_source": None}
+    nothing |= {"prompt_eval_duration_ns": None, "eval_duration_ns": None}
+    span = make_span(**(nothing | fields))
+    assert book.cost_of(span).fee == (2000 if served else 0)
+
+
 def test_no_rule_is_zero_and_unpriced() -> None:
     cost = compute_cost(None, Usage(input_tokens=10), currency="EUR")
     assert cost == Cost(currency="EUR")

@@ -96,7 +96,13 @@ def price(span: SpanRecord, rules: Sequence[PriceRule], zone: ZoneInfo, currency
         if rule.watts is not None and rule.kwh_price is not None:
             energy = busy * rule.watts * rule.kwh_price * 1_000_000 / (1000 * ns_per_hour)
         fee = zero
-        if span.status in ("ok", "client_abort"):
+        # fees for a call Ollama served: answered, or stopped with something of it recorded
+        # (a caller gone while its call was queued, or before Ollama had it, left nothing)
+        worked = (span.prompt_eval_duration_ns, span.eval_duration_ns, span.duration_source)
+        if span.status == "ok" or (
+            span.status == "client_abort"
+            and (any(worked) or span.input_tokens + span.output_tokens > 0)
+        ):
             counted = span.input_tokens + span.output_tokens
             fee = (rule.per_request or zero) * 1_000_000 + counted * (rule.fee_per_1m or zero)
         parts = tuple(int(_exact(v)) for v in (tokens, compute, energy, fee))

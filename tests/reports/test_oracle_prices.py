@@ -315,7 +315,12 @@ def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
         ),
         ({"load_duration_ns": 1_800_000}, {"gpu_hour": Decimal(3), "charge_load": True}, 2),
         ({"status": "client_abort", "input_tokens": 1}, {"per_request": Decimal("0.0000005")}, 0),
-        ({"status": "client_abort"}, {"per_request": Decimal("0.0000015")}, 2),
+        (
+            {"status": "client_abort", "eval_duration_ns": 1},
+            {"per_request": Decimal("0.0000015")},
+            2,
+        ),
+        ({"status": "client_abort"}, {"per_request": Decimal(1)}, 0),  # Ollama served nothing
         ({"status": "error"}, {"per_request": Decimal(1)}, 0),  # a fee only for calls answered
     ],
 )
