@@ -88,10 +88,15 @@ def rollup_command(
 
     Days before the prune horizon keep their rollups: their raw spans are gone.
     """
-    from ollama_meter.ledger import rebuild
+    from ollama_meter.ledger import check_pages, rebuild
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)  # a typo must not make an empty ledger
+    check_pages(
+        ledger,
+        "nothing was rebuilt: a rebuild that met the damaged page would stop half way, and "
+        "every ometer command would then stop at it, finishing that rebuild",
+    )
     began = time.monotonic()
     with tallied(
         "rolling up days",

@@ -1,8 +1,9 @@
-"""A prune of a SQLite ledger with a damaged page: refused before it removes a span.
+"""Upkeep of a SQLite ledger with a damaged page: refused before it changes anything.
 
-Its raw spans are what ``sqlite3 ledger.db .recover`` and ``ometer db rollup`` give the
-reports back from: a page of rollups a failing disk damaged is rebuilt from them, and a prune
-that removed them left those days' damaged rollups as their only record.
+Such a ledger answers every command that misses the page. Its raw spans are what ``sqlite3
+ledger.db .recover`` and ``ometer db rollup`` give the reports back from: a prune that removed
+them left those days' damaged rollups as their only record, and a rebuild that met the page
+stopped half way, which every command then tried to finish first, and failed.
 """
 
 from __future__ import annotations
@@ -112,3 +113,33 @@ def test_a_prune_stopped_by_ctrl_c_while_it_reads_the_pages_raises_it(
     with pytest.raises(KeyboardInterrupt):
         prune(ledger, 30, stop=ctrl_c)
     assert ledger.count() == 600 and ledger.pruned_before() is None
+
+
+@pytest.mark.parametrize("zone", [None, "Europe/Berlin"])
+@pytest.mark.parametrize("table", ["spans", "rollups"])
+def test_a_rollup_of_a_ledger_with_a_damaged_page_changes_nothing_and_says_what_to_do(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, zone: str | None
+) -> None:
+    monkeypatch.setenv("OMETER_TIMEZONE", "UTC")
+    path, _ = _damaged(tmp_path, table)
+    url = f"sqlite:///{path}"
+    report = ("report", "--period", "2026-11", "--by", "department", "-f", "csv", "--db", url)
+    answered = cli(*report)
+    asked = ("db", "rollup", *(() if zone is None else ("--zone", zone)), "--db", url)
+    done = cli(*asked)
+    assert (done.code, done.stdout) == (1, ""), done.stderr
+    assert done.stderr.startswith(
+        f"error: the ledger at {path} is damaged (SQLite's quick_check: "
+    ), done.stderr
+    assert "): nothing was rebuilt: a rebuild that met the damaged page would stop half" in (
+        done.stderr
+    ), done.stderr
+    assert done.stderr.count("\n") == 1
+    assert cli(*report) == answered  # as it answered before: no rebuild left to finish
+    with sqlite3.connect(path) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM ledger_meta").fetchall())
+    assert (
+        meta.get("zone") in (None, "UTC")
+        and "rebuilding" not in meta
+        and (meta.get("rollups") in (None, "current"))
+    ), meta
