@@ -25,7 +25,7 @@ from ollama_meter.cli._console import err, named, out, write_all
 from ollama_meter.cli._files import stdin_bytes
 from ollama_meter.cli._stopped import said_if_stopped, tallied
 from ollama_meter.errors import LedgerError, OmeterError, ValidationError
-from ollama_meter.periods import LAST_DAY, window_between
+from ollama_meter.periods import window_between
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
@@ -88,10 +88,15 @@ def rollup_command(
 
     Days before the prune horizon keep their rollups: their raw spans are gone.
     """
-    from ollama_meter.ledger import rebuild
+    from ollama_meter.ledger import check_pages, rebuild
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)  # a typo must not make an empty ledger
+    check_pages(
+        ledger,
+        "nothing was rebuilt: a rebuild that met the damaged page would stop half way, and "
+        "every ometer command would then stop at it, finishing that rebuild",
+    )
     began = time.monotonic()
     with tallied(
         "rolling up days",
@@ -123,8 +128,10 @@ def export_command(
     start = end = None
     if since is not None or until is not None:  # given empty: refused, not "everything"
         # No --until is no end, not today's: a span the clock put later (a gateway whose
-        # clock runs ahead) moves with the rest, as it does with neither option.
-        last = LAST_DAY.isoformat() if until is None else until
+        # clock runs ahead) moves with the rest, as it does with neither option. Its window
+        # is --since's day, whose end is not used: an --until of its own (the last UTC day)
+        # was refused as before a later local --since, naming an option no one gave.
+        last = since if until is None else until
         window = window_between(since, last, tz=cfg.tz, now=datetime.now(UTC))
         start, end = window.start, None if until is None else window.end
     sink = sys.stdout.buffer

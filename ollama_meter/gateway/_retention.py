@@ -93,6 +93,14 @@ def _prune_once(
             keep_days, exc, _after(retry),
         )  # fmt: skip
         return False
+    if result.cutoff is None:  # stopped while it read the ledger's pages, before a horizon
+        log.warning(
+            "the gateway is stopping: pruning stopped before it removed a span; it is left "
+            "for the next prune (the next start with OMETER_KEEP_DAYS=%d, or ometer db prune "
+            "--keep-days %d)",
+            keep_days, keep_days,
+        )  # fmt: skip
+        return True
     before = f"{result.cutoff:%Y-%m-%d %H:%M} UTC"
     if clock.ahead and ledger.path is not None:  # (PostgreSQL: the server's clock counts)
         log.warning(

@@ -64,7 +64,11 @@ if TYPE_CHECKING:
     from ollama_meter.ledger._sqlstates import once_more_if_ended as once_more_if_ended
     from ollama_meter.ledger._timings import HistogramResult as HistogramResult
     from ollama_meter.ledger._types import from_us as from_us, to_us as to_us
-    from ollama_meter.ledger._upkeep import PruneResult as PruneResult, prune as prune
+    from ollama_meter.ledger._upkeep import (
+        PruneResult as PruneResult,
+        check_pages as check_pages,
+        prune as prune,
+    )
     from ollama_meter.records import GROUPS as GROUPS
 
 _NAMES = {
@@ -84,7 +88,7 @@ _NAMES = {
     "._timings": "HistogramResult",
     "._types": "from_us to_us",
     "._backup": "backup ledger_file ledger_place pg_dump_command",
-    "._upkeep": "PruneResult prune",
+    "._upkeep": "PruneResult check_pages prune",
     "ollama_meter.records": "GROUPS",
     "ollama_meter._names": "KEY_PREFIX",
 }

@@ -111,18 +111,15 @@ def backup(
             _rollback_mode(partial)
             dst = sqlite3.connect(partial)
             try:
-                damage = _damage(dst)
+                damage = damage_found(dst)
                 if damage is None:
                     _unnamed(dst)
             finally:
                 dst.close()
             if damage is not None:
                 _discard_copy(partial)
-                raise LedgerError(
-                    f"the ledger at {source} is damaged (SQLite's quick_check: {damage}): the "
-                    f"copy is not kept, and {target} is left as it was. Keep the ledger as it is "
-                    f"(stop the gateways), and recover what it holds: sqlite3 "
-                    f"{shlex.quote(str(source))} .recover | sqlite3 recovered.db"
+                raise damaged(
+                    source, damage, f"the copy is not kept, and {target} is left as it was"
                 )
             partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
             partial.replace(target)
@@ -177,24 +174,36 @@ def _unnamed(copy: sqlite3.Connection) -> None:
         copy.commit()
 
 
-def _damage(copy: sqlite3.Connection) -> str | None:
-    """What SQLite finds wrong with the copy, on one line; None when nothing.
+def damage_found(copy: sqlite3.Connection) -> str | None:
+    """What SQLite finds wrong with the database, on one line; None when nothing.
 
-    The backup API copies pages as they are, so a page a failing disk or a torn write
-    damaged is copied too, and every command that never reads that page works: the
-    damaged copy replaced last night's good one, said "backed up", and a job rotating
-    its copies soon kept none worth restoring. ``quick_check`` reads every page (not
-    the indexes against their tables, which ``integrity_check`` adds at many times the
-    cost).
+    A page a failing disk or a torn write damaged is read by no statement that misses it, so
+    the ledger works on. The backup API copies pages as they are: the damaged copy replaced
+    last night's good one, said "backed up", and a job rotating its copies soon kept none
+    worth restoring. A prune removed the raw spans that ``.recover`` and a rebuild give the
+    damaged rollups back from. ``quick_check`` reads every page (not the indexes against
+    their tables, which ``integrity_check`` adds at many times the cost).
     """
     try:
         found = [row[0] for row in copy.execute("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as exc:  # a page too damaged to walk: said as an error
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
+            raise  # its progress handler said to stop: no damage found
         return str(exc)
     if found == ["ok"]:
         return None
     lines = [line for row in found for line in str(row).splitlines() if not line.startswith("***")]
     return "; ".join(lines)
+
+
+def damaged(source: Path, damage: str, done: str) -> LedgerError:
+    """The ledger at ``source`` is damaged (:func:`damage_found`): ``done`` says what was not
+    done, and the error what to do."""
+    return LedgerError(
+        f"the ledger at {source} is damaged (SQLite's quick_check: {damage}): {done}. Keep the "
+        "ledger as it is (stop the gateways), and recover what it holds: sqlite3 "
+        f"{shlex.quote(str(source))} .recover | sqlite3 recovered.db"
+    )
 
 
 def _refuse_in_use(target: Path) -> None:

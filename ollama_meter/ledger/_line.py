@@ -17,7 +17,7 @@ from datetime import UTC, datetime, time, timedelta
 import msgspec
 
 from ollama_meter._names import name_problem
-from ollama_meter.ledger._members import each_key_once, whole_json
+from ollama_meter.ledger._members import each_key_once, lone_surrogate, no_json_number
 from ollama_meter.periods import EARLIEST, FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -282,8 +282,10 @@ def span_from_line(line: bytes) -> SpanRecord:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
-        if "surrogate" in str(exc) or whole_json(line):  # "truncated", for one ending the line
+        if "surrogate" in str(exc) or lone_surrogate(line):  # "truncated", ending the line
             raise ValueError(_LONE_SURROGATE) from None
+        if said := no_json_number(line, str(exc)):
+            raise ValueError(said) from None
         if str(exc).startswith("Input data was truncated"):
             raise CutShort(f"not JSON: {exc}") from None
         raise ValueError(f"not JSON: {exc}") from None

@@ -1,7 +1,8 @@
 """A line's objects give each key once: the check behind :func:`~ollama_meter.ledger._line.span_from_line`.
 
 JSON readers differ on which value of a key given twice counts (msgspec keeps the last, many
-keep the first), so the span such a line means cannot be told; no export writes one.
+keep the first), so the span such a line means cannot be told; no export writes one. Also
+what a line msgspec refuses holds that Python's reader takes: a lone surrogate escape, NaN.
 """
 
 from __future__ import annotations
@@ -93,11 +94,42 @@ def _quoted(key: str) -> str:
     return repr(key) if len(key) <= 60 else f"{key[:60]!r}... ({len(key):,} characters)"
 
 
-def whole_json(line: bytes) -> bool:
-    """Whether ``line`` is whole JSON to Python's reader, which takes lone surrogate escapes:
-    msgspec said a line whose last string ended in one was cut short."""
+def lone_surrogate(line: bytes) -> bool:
+    """Whether ``line`` is whole JSON to Python's reader and a string of it holds a lone
+    surrogate escape, which msgspec refuses (a line whose last string ends in one, it said, was
+    cut short). Told by finding one, not by msgspec failing where Python's reader did not: that
+    reader takes NaN and the infinities too, and such a line was said to hold a surrogate."""
     try:
-        json.loads(line)
+        held = json.loads(line, parse_constant=_no_constant)
+        json.dumps(held, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a key or a value cannot be UTF-8: it holds one
+        return True
     except (ValueError, RecursionError):
         return False
-    return True
+    return False
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is no JSON")
+
+
+_BYTE = re.compile(r"\(byte (\d+)\)$")
+_CONSTANTS = ((-1, b"-Infinity"), (0, b"NaN"), (0, b"Infinity"))
+"""Each with where it begins from the byte msgspec names (the I of -Infinity)."""
+
+
+def no_json_number(line: bytes, said: str) -> str | None:
+    """What is wrong with ``line`` when the invalid character msgspec ``said`` it met begins NaN,
+    Infinity or -Infinity (Python's ``json.dumps`` writes them for a float that is no number),
+    else None."""
+    if (found := _BYTE.search(said)) is None:
+        return None
+    at = int(found.group(1))
+    for back, constant in _CONSTANTS:
+        if (start := at + back) >= 0 and line.startswith(constant, start):
+            return (
+                f"not JSON: {constant.decode()} at byte {start + 1} is no number JSON has "
+                "(Python's json.dumps writes it for a float that is none): counts and "
+                'durations are whole numbers, amounts texts such as "0.031000"'
+            )
+    return None

@@ -64,6 +64,22 @@ def test_an_export_from_a_date_takes_the_spans_the_clock_put_after_today(
     assert json.loads(later.stdout)["id"] == far.id
 
 
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "Pacific/Kiritimati", "Australia/Eucla"])
+def test_an_export_from_the_local_day_after_the_last_utc_one_takes_its_spans(
+    cli: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    """East of UTC, the local 9999-01-01 begins on 9998-12-31 UTC, a day the ledger holds (as
+    report and reprice take it). ``export --since 9999-01-01`` ended its window at an
+    ``--until 9998-12-31`` of its own making, and refused: 'error: --until 9998-12-31 is before
+    --since 9999-01-01', naming an option no one gave."""
+    monkeypatch.setenv("OMETER_TIMEZONE", zone)
+    last = make_span(started_at=datetime(9998, 12, 31, 23, 59, tzinfo=UTC))
+    Ledger(sqlite_url).record([*_spans(3), last])
+    done = cli("db", "export", "--since", "9999-01-01", "--db", sqlite_url)
+    assert (done.code, done.stderr) == (0, "exported 1 span(s)\n")
+    assert json.loads(done.stdout)["id"] == last.id
+
+
 def test_an_export_of_a_window_is_the_same_bytes_from_every_ledger_that_holds_its_spans(
     db_url: str, tmp_path: Path
 ) -> None:
