@@ -13,7 +13,7 @@ import os
 import shlex
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,8 +174,9 @@ def _unnamed(copy: sqlite3.Connection) -> None:
         copy.commit()
 
 
-def damage_found(copy: sqlite3.Connection) -> str | None:
-    """What SQLite finds wrong with the database, on one line; None when nothing.
+def damage_found(copy: sqlite3.Connection, tables: Sequence[str] = ()) -> str | None:
+    """What SQLite finds wrong with the database (or with ``tables`` alone and their
+    indexes), on one line; None when nothing.
 
     A page a failing disk or a torn write damaged is read by no statement that misses it, so
     the ledger works on. The backup API copies pages as they are: the damaged copy replaced
@@ -184,16 +185,18 @@ def damage_found(copy: sqlite3.Connection) -> str | None:
     damaged rollups back from. ``quick_check`` reads every page (not the indexes against
     their tables, which ``integrity_check`` adds at many times the cost).
     """
+    checks = [f'PRAGMA quick_check("{table}")' for table in tables] or ["PRAGMA quick_check(3)"]
     try:
-        found = [row[0] for row in copy.execute("PRAGMA quick_check(3)")]
+        found = [row[0] for check in checks for row in copy.execute(check)]
     except sqlite3.DatabaseError as exc:  # a page too damaged to walk: said as an error
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
             raise  # its progress handler said to stop: no damage found
         return str(exc)
-    if found == ["ok"]:
+    found = [row for row in found if row != "ok"]
+    if not found:
         return None
     lines = [line for row in found for line in str(row).splitlines() if not line.startswith("***")]
-    return "; ".join(lines)
+    return "; ".join(lines[:3])
 
 
 def damaged(source: Path, damage: str, done: str) -> LedgerError:

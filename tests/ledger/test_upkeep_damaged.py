@@ -50,7 +50,7 @@ def _spans_in(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM spans").fetchone()[0])
 
 
-@pytest.mark.parametrize("table", ["rollups", "rollup_histograms"])
+@pytest.mark.parametrize("table", ["rollups", "rollup_histograms", "rollup_busy"])
 def test_a_prune_of_a_ledger_with_a_damaged_page_removes_no_span_and_says_what_to_do(
     cli: Any, tmp_path: Path, table: str
 ) -> None:
@@ -69,6 +69,20 @@ def test_a_prune_of_a_ledger_with_a_damaged_page_removes_no_span_and_says_what_t
     assert _spans_in(path) == count
     with sqlite3.connect(path) as conn:  # no horizon: no day was said to be pruned
         assert not conn.execute("SELECT 1 FROM ledger_meta WHERE key = 'pruned_before'").fetchall()
+
+
+def test_a_prune_reads_the_rollups_pages_not_those_of_the_spans_it_keeps(
+    cli: Any, tmp_path: Path
+) -> None:
+    """The rollups are what a prune must find whole (its removed spans are their source), a
+    sixth of a big ledger: a damaged page of the newest spans, which it keeps, is left to
+    db backup's check of every page, and the prune's daily read stays small."""
+    path, _ = _damaged(tmp_path, "spans")  # the middle page: November's spans, kept
+    done = cli("db", "prune", "--keep-days", "30", "--db", f"sqlite:///{path}")
+    assert done.code == 0, done.stderr
+    assert done.stdout.startswith("removed 285 span(s) started before 2026-11-07 00:00 UTC;")
+    backup = cli("db", "backup", str(tmp_path / "copy.db"), "--db", f"sqlite:///{path}")
+    assert backup.code == 1 and "is damaged" in backup.stderr, backup.stderr
 
 
 def test_a_gateways_daily_prune_of_a_damaged_ledger_removes_no_span(tmp_path: Path) -> None:
