@@ -34,7 +34,7 @@ from ollama_meter._urls import UpstreamSpec
 from ollama_meter.config import Settings
 from ollama_meter.errors import UpstreamError, UpstreamTimeout
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
-from ollama_meter.gateway._model_names import list_answer, name_of, names
+from ollama_meter.gateway._model_names import list_answer, name_of, names, read_as_key
 from ollama_meter.gateway._queue import Capacity, FairQueue, Grant, Place, Where
 from ollama_meter.meter import Source
 from ollama_meter.meter._wiring import transport_for
@@ -261,11 +261,14 @@ class Fleet:
             server.up, server.problem = False, problem
 
     def lacks(self, server: Server, model: str) -> None:
-        """``server`` said it has no ``model``: not routed there until discovery lists it again."""
-        key = model_key(model)
+        """``server`` said it has no ``model``: not routed there until discovery lists it again;
+        not for a name Ollama reads as no model (:func:`read_as_key`): one caller's typo took
+        the model it looks like off every server it tried, and others' calls went elsewhere."""
+        if not read_as_key(model):
+            return
         if server.models is not None:
-            server.models = server.models - {key}
-        server.loaded.discard(key)
+            server.models = server.models - {model_key(model)}
+        server.loaded.discard(model_key(model))
 
     def answering(self, server: Server, model: str) -> Callable[[BaseException | None], None]:
         """``model`` answered on ``server`` (its 200): it is loaded there now, if the server

@@ -38,6 +38,14 @@ def names(answer: Any, field: str, name: str) -> list[str]:
     return [model_key(n) for n in named if n is not None]
 
 
+def read_as_key(model: str) -> bool:
+    """Whether Ollama reads ``model`` as the model :func:`model_key` names: ASCII, nothing
+    around it. Ollama's ``model.ParseName`` neither trims a name nor folds it past ASCII, so
+    ``'llama3.1:8b '`` or a tab before it is no name there (a 404, ``model '...' not
+    found``), though ``model_key`` makes it llama3.1:8b's, as reports count it."""
+    return model.isascii() and model == model.strip()
+
+
 def model_named(body: bytes | None) -> str | None:
     """The model a passed-through body names (``/api/show``, ``/api/pull``...), if any.
 

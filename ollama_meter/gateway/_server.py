@@ -1,12 +1,11 @@
 """The gateway's HTTP server: uvicorn on httptools, with limits the app alone cannot set.
 
-Two things have to happen where the bytes are parsed, before the app sees a request:
+What has to happen where the bytes are parsed, before the app sees a request:
 
-- **Header size.** A request whose request line and headers pass ``max_header_bytes``
-  is answered 431 and the connection closed, counted as the bytes arrive, so a
-  50 MB header is never held in memory.
-- **A log no caller can flood.** uvicorn's warnings about requests it cannot parse are
-  a line per message every 10 s at most.
+- **Header size.** A request whose request line and headers pass ``max_header_bytes`` is
+  answered 431 and the connection closed, counted as the bytes arrive (50 MB never held).
+- **A log no caller can flood.** uvicorn's warnings about requests it cannot parse are a line
+  per message every 10 s at most; an upgrade offered (h2c) is read on as HTTP/1.1 (_upgrade).
 - **Room for the calls it takes.** Each connection holds a file descriptor, and so does
   each call it sends on to Ollama, each ledger and spool file. Past ``max_connections``
   (half of what the open-file limit leaves after a reserve), the connection that has waited
@@ -40,9 +39,8 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   body that cannot be parsed (a bad chunk size) is the app's to answer: 400, with a span.
 - **No connection held by a body nobody reads.** An answer that starts before its request's
   body has ended (a refusal, a 404, a GET's body) closes the connection after it.
-- **Attribution from headers only.** uvicorn appends chunked-body trailers to the
-  headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
-  would move a call to another budget. Trailers are dropped here.
+- **Attribution from headers only.** uvicorn appends chunked-body trailers to the headers
+  the app reads, so an ``X-Ometer-Department`` trailer would move a call: dropped here.
 """
 
 from __future__ import annotations
@@ -68,6 +66,7 @@ from ollama_meter.gateway._connections import (
 )
 from ollama_meter.gateway._cycle import BodyNews, hear_lost, watch
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
+from ollama_meter.gateway._upgrade import feed, offered
 from ollama_meter.gateway._warnings import _ThrottledWarnings
 
 
@@ -338,8 +337,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
             self._body = watch(self.cycle, self._gone)
 
     def on_message_complete(self) -> None:
-        self._ended_now = True
-        super().on_message_complete()
+        if not offered(self):  # else the parser stopped at an upgrade's head: its body comes next
+            self._ended_now = True
+            super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._too_many_ahead:
@@ -348,7 +348,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
             return  # read (to hear a hang-up) and dropped: it closes after its answers
         self._heard = self._heard or bool(data)
         self._began_now = self._ended_now = False
-        super().data_received(data)
+        feed(self, data)  # uvicorn's, an upgrade offered read on as HTTP/1.1 (_upgrade.py)
         if not self._in_head or self._too_large or (self._began_now and self._ended_now):
             return  # (a read that ended one request and began the next: its share is unknown)
         # A header still arriving: httptools holds it until it ends, so count the reads.

@@ -18,8 +18,8 @@ from ollama_meter.testing._models import (
     REAL_TIME,
     REAL_TIME_MODELS,
     EmulatedModel,
-    find_model,
 )
+from ollama_meter.testing._names import find_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

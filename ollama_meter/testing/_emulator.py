@@ -20,7 +20,8 @@ from typing import Any
 
 from ollama_meter.testing._faults import Armed, Fault, Faults
 from ollama_meter.testing._http import Server
-from ollama_meter.testing._models import DEFAULT_MODELS, EmulatedModel, normalize_name
+from ollama_meter.testing._models import DEFAULT_MODELS, EmulatedModel
+from ollama_meter.testing._names import normalize_name
 from ollama_meter.testing._routes import RecordedRequest, RoutingHandler
 from ollama_meter.testing._wire import details, modified_at, stamp
 

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
-from ollama_meter.testing._models import normalize_name
+from ollama_meter.testing._names import normalize_name
 from ollama_meter.testing._wire import ERROR_500, ERROR_503, ERROR_MIDSTREAM
 
 

@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ollama_meter.testing._faults import Fault, Instead
-from ollama_meter.testing._models import EmulatedModel, find_model
+from ollama_meter.testing._models import EmulatedModel
+from ollama_meter.testing._names import find_model
 from ollama_meter.testing._wire import go_json, not_found
 
 if TYPE_CHECKING:

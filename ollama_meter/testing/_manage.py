@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ollama_meter.testing._http import Handler
-from ollama_meter.testing._models import DEFAULT_MODELS, THINKING_MODEL, find_model
+from ollama_meter.testing._models import DEFAULT_MODELS, THINKING_MODEL
+from ollama_meter.testing._names import find_model
 from ollama_meter.testing._wire import Refusal, decode_body, go_json, model_field
 
 _Progress = list[dict[str, Any]]

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ollama_meter.testing._names import find_model
+
 WARM_LOAD_NS = 5_000
 """``load_duration`` reported when one of :data:`DEFAULT_MODELS` is already loaded (warm)."""
 
@@ -125,28 +127,6 @@ def at_real_time(model: EmulatedModel, slower: int = REAL_TIME) -> EmulatedModel
 REAL_TIME_MODELS: tuple[EmulatedModel, ...] = tuple(map(at_real_time, DEFAULT_MODELS))
 """:data:`DEFAULT_MODELS` at a GPU's pace (llama3.1:8b: a 1.2 s load, 20 ms a token), as
 ``python -m ollama_meter.testing --real-time`` serves them (the README's walkthrough)."""
-
-
-def normalize_name(name: str) -> str:
-    """The canonical form Ollama resolves a name to: lower case, ``:latest`` if untagged,
-    without a scheme and the default registry and namespace (``registry.ollama.ai/library/``)."""
-    scheme, cut, rest = name.strip().casefold().partition("://")  # read past a host's scheme
-    name = rest if cut and "/" not in scheme else scheme + cut + rest
-    parts = name.split("/")
-    if len(parts) == 3 and parts[0] == "registry.ollama.ai":
-        parts = parts[1:]
-    if len(parts) == 2 and parts[0] == "library":
-        parts = parts[1:]
-    return "/".join(parts) + ("" if ":" in parts[-1] else ":latest")
-
-
-def find_model(models: Iterable[EmulatedModel], name: str) -> EmulatedModel | None:
-    """The model ``name`` resolves to, or None when it is not "pulled"."""
-    wanted = normalize_name(name)
-    for model in models:
-        if normalize_name(model.name) == wanted:
-            return model
-    return None
 
 
 def _resolve(model: EmulatedModel | str, models: Iterable[EmulatedModel]) -> EmulatedModel:

@@ -26,11 +26,11 @@ from ollama_meter.testing._models import (
     EmulatedModel,
     count_tokens,
     expected_embedding,
-    find_model,
     reply_for_texts,
     thinks,
     wants_tool,
 )
+from ollama_meter.testing._names import find_model
 from ollama_meter.testing._passes import in_two_passes
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
