@@ -5,6 +5,7 @@ by default; these options send the same through the other per-call paths, so eac
 measured and profiled as the default is:
 
 - ``--route generate``: ``/api/generate`` with a one-line prompt instead of ``/api/chat``;
+- ``--route openai``: the same chat to ``/v1/chat/completions`` (OpenAI's wire format);
 - ``--key``: ``ometer serve --require-key``, each call with a live key (``X-Api-Key``), which
   the gateway reads from the ledger every call (revocation counts at once);
 - ``--budget``: a hard monthly budget covering the caller (tenant ``acme``, department
@@ -39,12 +40,15 @@ class Caller:
         return {**chat, "stream": stream}
 
 
+ROUTES = {"chat": "/api/chat", "generate": "/api/generate", "openai": "/v1/chat/completions"}
+"""The routes a bench calls, by ``--route``."""
+
 CHAT = Caller()
 """The default: the one-message chat, no key, no budget."""
 
 
 def caller_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--route", choices=("chat", "generate"), default="chat")
+    parser.add_argument("--route", choices=tuple(ROUTES), default="chat")
     parser.add_argument("--key", action="store_true", help="--require-key, a live key a call")
     parser.add_argument(
         "--budget", action="store_true", help="a hard budget covering the caller, prices set"
@@ -75,10 +79,12 @@ def prepare(args: argparse.Namespace, python: str, db_url: str) -> Caller:
         secret = ometer("keys", "create", "--name", "bench", "-t", TENANT, "-d", DEPARTMENT)
         headers = {"X-Api-Key": secret}
         serve = ("--require-key",)
-    return Caller(f"/api/{args.route}", headers, serve)
+    return Caller(ROUTES[args.route], headers, serve)
 
 
 def describe(args: argparse.Namespace) -> str:
     """What ``args`` send, for a bench's heading: ``short chat`` or ``generate, key, budget``."""
-    what = args.body if args.route == "chat" else "generate"
+    what = {"chat": args.body, "openai": f"{args.body}, /v1/chat/completions"}.get(
+        args.route, args.route
+    )
     return ", ".join([what, *(["key"] if args.key else []), *(["budget"] if args.budget else [])])

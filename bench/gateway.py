@@ -37,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.callers import CHAT, Caller, caller_options, describe, prepare
+from bench.callers import CHAT, ROUTES, Caller, caller_options, describe, prepare
 from bench.facts import BODIES
 from ollama_meter.testing import unused_port
 
@@ -173,7 +173,7 @@ def main() -> None:
         f"{emulator}/api/version",
     )
     gateways: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
-    callers: dict[str, Caller] = {"direct": Caller(path=f"/api/{args.route}")}
+    callers: dict[str, Caller] = {"direct": Caller(path=ROUTES[args.route])}
     for name, python in (("gateway", sys.executable), ("against", args.against)):
         if python is None:
             continue

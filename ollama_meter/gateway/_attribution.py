@@ -64,10 +64,10 @@ def resolve(
     default_user: str | None = None,
 ) -> Attribution:
     """Attribution for a call; raises :class:`Forbidden` or ``ValidationError`` (names)."""
-    ours = {name for name, _ in given.raw if name.startswith(b"x-ometer-")}  # one pass, not 19
+    ours = [(name, value) for name, value in given.raw if name.startswith(b"x-ometer-")]
     if not ours and key is None:  # nothing names anyone: the defaults (made once, checked once)
         return _unkeyed(settings.tenant, settings.department, default_user)
-    headers = _once(given, ours)
+    headers = _once(ours)
     keyed = require_key and key is not None
     for name in (HEADER_USER,) if keyed else (HEADER_TENANT, HEADER_DEPARTMENT, HEADER_USER):
         if name in headers and not headers[name].strip():  # `X-Ometer-Department: $DEPT`, unset
@@ -143,22 +143,28 @@ def _unkeyed(tenant: str, department: str, user: str | None) -> Attribution:
 _NO_TAGS: Mapping[str, str] = types.MappingProxyType({})
 
 
-def _once(headers: Headers, given: set[bytes]) -> dict[str, str]:
+def _once(ours: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """The attribution headers, each given at most once: two would charge the call to whichever
-    one a proxy on the way reads, so ``ValidationError``. ``given``: the names of ``headers``
-    that are ometer's."""
+    one a proxy on the way reads, so ``ValidationError``. ``ours``: the request's headers that
+    are ometer's, as they came (names in lower case), read in one pass: not a look through all
+    of them for each of the nineteen names (each name encoded again at every call)."""
+    given: dict[str, list[bytes]] = {}
+    for raw_name, value in ours:
+        if (name := _ATTRIBUTION_NAMES.get(raw_name)) is not None:
+            given.setdefault(name, []).append(value)
     found: dict[str, str] = {}
-    for name in _ATTRIBUTION:
-        if name.encode() not in given:
-            continue
-        values = headers.getlist(name)
+    for name in sorted(given, key=_ATTRIBUTION_ORDER.__getitem__):  # the first twice is named
+        values = given[name]
         if len(values) > 1:
             raise ValidationError(
                 f"{name.title()} is given {len(values)} times; give it once, for one caller"
             )
-        if values:
-            found[name] = _as_sent(values[0])
+        found[name] = _as_sent(values[0].decode("latin-1"))  # as Starlette reads a value
     return found
+
+
+_ATTRIBUTION_NAMES = {name.encode(): name for name in _ATTRIBUTION}
+_ATTRIBUTION_ORDER = {name: at for at, name in enumerate(_ATTRIBUTION)}
 
 
 def _as_sent(value: str) -> str:

@@ -32,6 +32,7 @@ from prometheus_client import (
     values as prometheus_values,
 )
 
+from ollama_meter.gateway._series import Observed, Unlocked, add, made, value_class
 from ollama_meter.meter import Meter, SpanRecord, Status
 from ollama_meter.records import counted_model
 from ollama_meter.telemetry._semconv import (
@@ -57,7 +58,20 @@ log = logging.getLogger("ollama_meter.gateway")
 # it pointing nowhere failed with a traceback, and with a folder a second gateway in a process
 # started from the first one's counts, a restart with the same process id (a container's
 # pid 1) from the last run's. These counts are this process's own, kept in its memory.
-prometheus_values.ValueClass = prometheus_values.MutexValue
+# The gateway's own series take no lock of their own, and a call is counted by adding to
+# their values (``_series``): a call's counting changed fourteen values, each under its own
+# lock, each through four calls of prometheus_client's.
+_OWN = frozenset({
+    "ometer_requests", "ometer_errors", "ometer_tokens", "ometer_cost_micros",
+    "ometer_unpriced_requests", "ometer_requests_in_flight",
+    "gen_ai_client_operation_duration_seconds",
+    "gen_ai_client_operation_time_to_first_chunk_seconds", "ometer_queue_duration_seconds",
+    "gen_ai_client_token_usage",
+})  # fmt: skip
+"""The names of :class:`GatewayMetrics`' instruments."""
+
+
+prometheus_values.ValueClass = value_class(_OWN)
 
 
 class _Bounded:
@@ -157,24 +171,28 @@ class GatewayMetrics:
 
         self._open: set[str] = set()
         self._children: dict[tuple[object, tuple[object, ...]], Any] = {}
-        self._counted: dict[tuple[tuple[str, ...], str, str], tuple[Any, ...]] = {}
+        self._counted: dict[tuple[tuple[str, ...], str, str], tuple[Unlocked, ...]] = {}
         self._pending: list[SpanRecord] = []
         self._counting: asyncio.AbstractEventLoop | None = None  # the loop told to count them
         self._pending_lock = threading.Lock()
+        self._lock = threading.Lock()
+        """Held while the series change or are read (their values take no lock of their own)."""
 
     def _of(self, family: Any, *labels: object) -> Any:
-        """``family.labels(*labels)``, looked up once per label set (as bounded as the series):
-        prometheus_client's lookup (each value made a string, under a lock), nine times a
-        call, was most of this observer's time."""
+        """The values of ``family.labels(*labels)``, found once per label set (as bounded as
+        the series): a counter's one value, a histogram's :class:`~._series.Observed`."""
         key = (family, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(*labels)
-        return child
+        values = self._children.get(key)
+        if values is None:
+            _, made_with = made(lambda: family.labels(*labels))
+            values = Observed(made_with) if isinstance(family, Histogram) else made_with[0]
+            self._children[key] = values
+        return values
 
     def on_start(self, span: SpanRecord) -> None:
-        self._open.add(span.id)
-        self.in_flight.inc()
+        with self._lock:
+            self._open.add(span.id)
+            self.in_flight.inc()
 
     def on_end(self, span: SpanRecord) -> None:
         """Count ``span``: on an event loop just after the task that ended the call lets go
@@ -199,6 +217,10 @@ class GatewayMetrics:
             self._count(span)
 
     def _count(self, span: SpanRecord) -> None:
+        with self._lock:
+            self._count_held(span)
+
+    def _count_held(self, span: SpanRecord) -> None:
         # A refusal ends without having started: the gauge follows only calls that did.
         if span.id in self._open:
             self._open.discard(span.id)
@@ -209,20 +231,20 @@ class GatewayMetrics:
         counted = self._counted.get(key := (who, span.status, span.currency))
         if counted is None:  # a call's four counters, found once per label set (as bounded)
             counted = self._counted[key] = (
-                self._of(self.requests, *who, span.status).inc,
-                self._of(self.tokens, *who, "input").inc,
-                self._of(self.tokens, *who, "output").inc,
-                self._of(self.cost, *who, span.currency).inc,
+                self._of(self.requests, *who, span.status),
+                self._of(self.tokens, *who, "input"),
+                self._of(self.tokens, *who, "output"),
+                self._of(self.cost, *who, span.currency),
             )
         requests, tokens_in, tokens_out, cost = counted
-        requests()
+        requests.amount += 1
         if span.status == Status.ERROR:
-            self._of(self.errors, *who, span.error_type or "unknown").inc()
-        tokens_in(span.input_tokens)
-        tokens_out(span.output_tokens)
-        cost(span.cost_total)
+            self._of(self.errors, *who, span.error_type or "unknown").amount += 1
+        add(tokens_in, span.input_tokens)
+        add(tokens_out, span.output_tokens)
+        add(cost, span.cost_total)
         if span.unpriced_usage:
-            self._of(self.unpriced, *who).inc()
+            self._of(self.unpriced, *who).amount += 1
         named = (
             OPERATION_NAMES.get(span.operation, span.operation),
             served(span, span.request_model),
@@ -242,7 +264,8 @@ class GatewayMetrics:
 
     def text(self) -> str:
         self._count_pending()
-        return generate_latest(self.registry).decode()
+        with self._lock:
+            return generate_latest(self.registry).decode()
 
 
 def install(meter: Meter) -> GatewayMetrics:
