@@ -44,6 +44,7 @@ from ollama_meter.reports._charts import (
 from ollama_meter.reports._dashboard import (
     share,
 )
+from ollama_meter.reports._dashboard_budgets import shown_scope
 from ollama_meter.reports._render import cell_text
 from ollama_meter.reports._rows import SpendRow
 from ollama_meter.reports._shown import minor_unit, money, shown_top
@@ -189,6 +190,7 @@ def _environment() -> jinja2.Environment:
         rate=rate,
         ms=ms,
         isolate=isolate,
+        scope=shown_scope,
     )
     env.globals.update(css=asset("style.css"), file_policy=file_security_policy())
     return env

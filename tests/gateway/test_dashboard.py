@@ -626,3 +626,18 @@ def test_each_currency_shows_its_own_minor_unit(dash: Gateway) -> None:
     assert "1,234.57" not in page and "1.23 " not in page.replace("1.23 KWD", "").replace(
         "and 1.23 USD", ""
     )
+
+
+def test_a_gauges_scope_shows_its_tenant_before_its_department(dash: Gateway) -> None:
+    """A ``*`` budget's gauge for tenant א and department 2024 read "2024/א" in Chromium: the
+    department's digits took the tenant's direction and were drawn before it. Each part of
+    a gauge's scope is set apart, as every other name on the page is."""
+    dash.ledger.save_budget(Budget("*", None, "month", 10_000_000, "USD"))
+    dash.ledger.save_budget(Budget("*", "2024", "month", 10_000_000, "USD"))
+    dash.ledger.record(
+        [make_span(started_at=TODAY, tenant="\u05d0", department="2024", cost_total=1_000_000)]
+    )
+    page = dash.client.get("/dashboard").text
+    scopes = re.findall(r'<span class="scope">([^<]*)</span>', page)
+    assert sorted(scopes) == ["\u2068\u05d0\u2069", "\u2068\u05d0\u2069/2024"]
+    assert sorted(re.findall(r'data-scope="([^"]*)"', page)) == ["\u05d0", "\u05d0/2024"]
