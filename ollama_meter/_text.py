@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 ACTED_ON = "\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
@@ -56,4 +57,37 @@ def _json_escaped(text: str) -> str:
     return _IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-__all__ = ["ACTED_ON", "json_bytes", "json_text", "one_line"]
+_DIRECTIONAL = frozenset({"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})
+_OPENS = frozenset({"RLI", "LRI", "FSI"})
+_PARAGRAPH = re.compile("[\n\r\x1c-\x1e\x85\u2029]")
+"""What ends a paragraph to the bidirectional algorithm (class B), and so every isolate open."""
+
+
+def isolate(name: str) -> str:
+    """``name`` as text to show beside other text: between U+2068 and U+2069 (a first-strong
+    isolate) when it holds right-to-left letters or direction controls.
+
+    A name from the ledger is anyone's; an unclosed right-to-left override (U+202E) in one would
+    reverse what follows it on the line, drawing its amount on the wrong side (``1.23 (live)
+    live`` for ``evil (evil) 1.23``). Isolated, it is reordered inside itself only: a closing
+    U+2069 of its own that would end the isolate early is met by an opening one put first, an
+    isolate it leaves open is closed. What ends a paragraph (U+2029, a line break) is written as
+    its escape (``\\u2029``, as a log line shows it) in any name: nothing is isolated across
+    one, and the text after it would start a paragraph of its own."""
+    name = _PARAGRAPH.sub(lambda m: one_line(m.group()), name)
+    if not any(unicodedata.bidirectional(ch) in _DIRECTIONAL for ch in name):
+        return name
+    open_, unmatched = 0, 0
+    for ch in name:
+        kind = unicodedata.bidirectional(ch)
+        if kind in _OPENS:
+            open_ += 1
+        elif kind == "PDI":
+            if open_:
+                open_ -= 1
+            else:
+                unmatched += 1  # would close the isolate around it: close one put before it
+    return "\u2068" * (1 + unmatched) + name + "\u2069" * (1 + open_)
+
+
+__all__ = ["ACTED_ON", "isolate", "json_bytes", "json_text", "one_line"]

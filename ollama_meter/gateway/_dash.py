@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ollama_meter._text import json_text
 from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, OmeterError, ValidationError
 from ollama_meter.gateway._threads import in_thread
@@ -230,9 +230,10 @@ def dashboard_routes(
 
 def _json_body(result: Dashboard, live: dict[str, Any]) -> bytes:
     """``/api/dash``'s body: the report's JSON (built once per report, however many polls the
-    cache answers with it) with the servers and queue of this moment."""
+    cache answers with it) with the servers and queue of this moment; what a terminal acts on
+    in a name (U+009B, U+202E: ``curl`` prints the body) written as its ``\\u`` escape."""
     answer = {**result.to_json(), **live}
-    return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return json_text(answer, allow_nan=False, separators=(",", ":")).encode()
 
 
 def for_scope(servers: dict[str, Any], scope: tuple[str, str] | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
+    from ollama_meter._text import isolate as isolate
     from ollama_meter.ledger import COLD_LOAD_NS as COLD_LOAD_NS
     from ollama_meter.periods import (
         PERIOD_HELP as PERIOD_HELP,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     )
     from ollama_meter.reports._html import (
         content_security_policy as content_security_policy,
-        isolate as isolate,
         render_chargeback_html as render_chargeback_html,
         render_error_page as render_error_page,
         render_spend_html as render_spend_html,
@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     )
 
 _NAMES = {
+    "ollama_meter._text": "isolate",
     "ollama_meter.ledger": "COLD_LOAD_NS",
     "ollama_meter.periods": "PERIOD_HELP TIME_UNITS Window bucket_bounds local_midnight "
     "parse_day parse_period window_between",
@@ -88,8 +89,7 @@ _NAMES = {
     "._choices": "BY_CHOICES IDLE IDLE_MODES PERF_BY_CHOICES PERF_DEFAULT_BY IdleMode",
     "._dashboard": "PERIOD_CHOICES Dashboard DashQuery dashboard_report failures_report",
     "._dashboard_page": "Links render_dashboard",
-    "._html": "content_security_policy isolate render_chargeback_html render_error_page "
-    "render_spend_html",
+    "._html": "content_security_policy render_chargeback_html render_error_page render_spend_html",
     "._perf": "PERF_METRICS PerfReport histogram_percentile parse_perf_by percentile perf_report",
     "._render": "iso_utc safe_cell span_to_dict to_csv to_json",
     "._rows": "CHARGEBACK_COLUMNS ChargebackRow PerfRow Row SpendRow",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+from ollama_meter._text import isolate
 from ollama_meter.budgets import BudgetStatus
 from ollama_meter.reports._charts import Gauge, gauge
 from ollama_meter.reports._dashboard import budget_share, share
@@ -36,6 +37,13 @@ class BudgetPanel:
         kept within its bounds, so a budget at 150 % under a maximum of 100 was read out as
         100, as one just at its limit."""
         return max(Decimal(100), self.used)
+
+
+def shown_scope(scope: str) -> str:
+    """A budget's scope (``acme/sales``) as its gauge shows it: tenant and department each set
+    apart, so a right-to-left tenant keeps its place before its department (``א/2024`` was
+    drawn "2024/א", the department's digits taking the tenant's direction)."""
+    return "/".join(isolate(part) for part in scope.split("/", 1))
 
 
 _SEVERITY = {"exhausted": 3, "over": 3, "refusing": 2, "warning": 1}

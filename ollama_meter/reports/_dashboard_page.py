@@ -16,6 +16,7 @@ from typing import TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from ollama_meter._text import isolate
 from ollama_meter._urls import quoted
 from ollama_meter.records import format_micros
 from ollama_meter.reports._charts import (
@@ -42,7 +43,6 @@ from ollama_meter.reports._html import (
     SHOWN_SERIES,
     asset,
     cost_bar,
-    isolate,
     num,
     percent,
     render_template,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from ollama_meter._text import isolate
 from ollama_meter.reports._charts import (
     Bar,
     Chart,
@@ -19,7 +20,7 @@ from ollama_meter.reports._charts import (
     lines,
 )
 from ollama_meter.reports._dashboard import TOP, Dashboard
-from ollama_meter.reports._html import isolate, ms, num, short_label
+from ollama_meter.reports._html import ms, num, short_label
 
 
 def timing_charts(d: Dashboard) -> dict[str, Chart]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -26,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
+from ollama_meter._text import isolate
 from ollama_meter.periods import TIME_UNITS
 from ollama_meter.records import Micros, format_micros, minor_places
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
@@ -44,24 +44,11 @@ from ollama_meter.reports._charts import (
 from ollama_meter.reports._dashboard import (
     share,
 )
+from ollama_meter.reports._dashboard_budgets import shown_scope
 from ollama_meter.reports._render import cell_text
 from ollama_meter.reports._rows import SpendRow
 from ollama_meter.reports._shown import minor_unit, money, shown_top
 from ollama_meter.reports._spend import SpendReport, spend_axis
-
-_DIRECTIONAL = frozenset({"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})
-
-
-def isolate(name: str) -> str:
-    """``name`` as text to show beside other text: between U+2068 and U+2069 (a first-strong
-    isolate) when it holds right-to-left letters or direction controls, else unchanged.
-
-    A name from the ledger is anyone's; an unclosed right-to-left override (U+202E) in one would
-    reverse what follows it on the line, drawing its amount on the wrong side (``1.23 (live)
-    live`` for ``evil (evil) 1.23``). Isolated, it is reordered inside itself only."""
-    if any(unicodedata.bidirectional(ch) in _DIRECTIONAL for ch in name):
-        return f"\u2068{name}\u2069"
-    return name
 
 
 def num(value: int) -> str:
@@ -203,6 +190,7 @@ def _environment() -> jinja2.Environment:
         rate=rate,
         ms=ms,
         isolate=isolate,
+        scope=shown_scope,
     )
     env.globals.update(css=asset("style.css"), file_policy=file_security_policy())
     return env

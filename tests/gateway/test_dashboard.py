@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -626,3 +627,33 @@ def test_each_currency_shows_its_own_minor_unit(dash: Gateway) -> None:
     assert "1,234.57" not in page and "1.23 " not in page.replace("1.23 KWD", "").replace(
         "and 1.23 USD", ""
     )
+
+
+def test_a_gauges_scope_shows_its_tenant_before_its_department(dash: Gateway) -> None:
+    """A ``*`` budget's gauge for tenant א and department 2024 read "2024/א" in Chromium: the
+    department's digits took the tenant's direction and were drawn before it. Each part of
+    a gauge's scope is set apart, as every other name on the page is."""
+    dash.ledger.save_budget(Budget("*", None, "month", 10_000_000, "USD"))
+    dash.ledger.save_budget(Budget("*", "2024", "month", 10_000_000, "USD"))
+    dash.ledger.record(
+        [make_span(started_at=TODAY, tenant="\u05d0", department="2024", cost_total=1_000_000)]
+    )
+    page = dash.client.get("/dashboard").text
+    scopes = re.findall(r'<span class="scope">([^<]*)</span>', page)
+    assert sorted(scopes) == ["\u2068\u05d0\u2069", "\u2068\u05d0\u2069/2024"]
+    assert sorted(re.findall(r'data-scope="([^"]*)"', page)) == ["\u05d0", "\u05d0/2024"]
+
+
+def test_api_dash_writes_what_a_terminal_acts_on_as_escapes(office_gateway: Gateway) -> None:
+    """``curl /api/dash`` printed a model or user name's U+009B (CSI to a terminal), DEL,
+    U+202E or line separator as they were, as ``ometer report --format json`` no longer does:
+    the same document to any JSON reader, nothing in its bytes a terminal acts on."""
+    name = "a\x9b2J\x7f\x85\u202e\u2066\u2028\u2029\u05d0"
+    office_gateway.ledger.record(
+        [make_span(started_at=TODAY, user=name, request_model=name, cost_total=10**9)]
+    )
+    body = office_gateway.client.get("/api/dash").content.decode()
+    assert not re.search(
+        "[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]", body
+    )
+    assert json.loads(body)["top_users"][0]["user"] == name  # the same name, escaped

@@ -532,6 +532,10 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
             # no rule priced them: the banner names their models, 300 characters and all
             make_span(started_at=at, tenant="acme", department="sales", request_model=hebrew),
             make_span(started_at=at, tenant="acme", department="sales", request_model="u" * 300),
+            # a closing isolate of its own (U+2069) ended the one around it, and a paragraph
+            # separator (U+2029) every one: the override after them reversed the legend's amount
+            make_span(started_at=at, tenant="acme", department="\u2069\u202ebad",
+                      user="x\u2029\u202ebad", cost_total=2_000_000, unpriced=False),
         ]
     )  # fmt: skip
     watched = open_page(
