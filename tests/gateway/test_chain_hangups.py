@@ -162,8 +162,14 @@ def test_a_fresh_outer_gateway_killed_mid_call_leaves_one_span(
         if behind_a_client:
             caller.start()
         else:
-            threading.Thread(target=_hang_up_once_sent, args=(url, {}), daemon=True).start()
-        deadline = time.monotonic() + 10
+            # It hangs up a second after Ollama has the call (the gateway killed by then),
+            # not 0.3 s after sending: a fresh process on a busy machine (load 10) took
+            # longer than that to pass it on, so the call never reached Ollama.
+            hang_up = threading.Thread(
+                target=_hang_up_once_sent, args=(url, {}, 1.0, emulator), daemon=True
+            )
+            hang_up.start()
+        deadline = time.monotonic() + 30
         while emulator.in_flight < 1:
             assert time.monotonic() < deadline, "the call never reached Ollama"
             time.sleep(0.01)
@@ -175,6 +181,8 @@ def test_a_fresh_outer_gateway_killed_mid_call_leaves_one_span(
         recorded(inner)
     finally:
         emulator.latency = 0.0
+        proc.kill()  # killed already, unless the test failed before: no gateway left behind
+        proc.wait(timeout=10)
     inner.settle()
     recover_interrupted(Ledger(db_url), _no_prices)
     spans = inner.ledger.latest(SpanFilter(), 10)
