@@ -236,6 +236,7 @@ def test_spans_queued_behind_a_commit_the_lock_held_up_past_the_wait_do_not_wait
     from tests.factories import make_span
 
     ledger = Ledger(os.environ["OMETER_DB_URL"], wait=0.5)
+    ledger.drain_slice = 60.0  # both spooled files in the next write, however busy the machine
     writer = GroupCommitWriter(ledger)
     asked = threading.Event()
     first, second = make_span(department="sales"), make_span(department="ops")

@@ -136,6 +136,7 @@ def test_spans_queued_behind_a_commit_the_lock_held_up_past_the_wait_do_not_wait
     out the lock, then waited out the lock once more for its own: 9 s where the README says 5.
     The ledger found locked past the wait just now, the next write asks without waiting."""
     ledger = Ledger(pg_url, wait=1.0)
+    ledger.drain_slice = 60.0  # both spooled files in the next write, however busy the machine
     writer = GroupCommitWriter(ledger)
     asked = threading.Event()
     holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
