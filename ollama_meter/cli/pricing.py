@@ -25,7 +25,7 @@ from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._files import STDIN, file_to_read, stdin_bytes
 from ollama_meter.cli._stopped import tallied
 from ollama_meter.errors import PricingError, ValidationError
-from ollama_meter.periods import local_midnight, parse_day, window_between
+from ollama_meter.periods import FIRST_DAY, local_midnight, parse_day, window_between
 from ollama_meter.records import PRICE_FIELDS, PriceRule, parse_amount
 
 app = typer.Typer(help="Price rules: what calls to each model cost.", no_args_is_help=True)
@@ -103,6 +103,11 @@ def set_rule(
         )
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
+    if rule.effective_until is not None and rule.effective_until <= FIRST_DAY:
+        raise ValidationError(
+            f"--until {rule.effective_until} ends the rule before the first day ometer works "
+            f"with ({FIRST_DAY}), so it would price no call; give a later date"
+        )
     ledger = ledger_for(cfg)
     ((saved, new),) = ledger.add_price_rules([rule])
     parts = ", ".join(f"{name} {value:f}" for name, value in saved.prices().items())

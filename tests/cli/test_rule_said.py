@@ -5,6 +5,8 @@ llama3.1:* → input_per_1m 1 USD"), so a typo in the end date was seen only by 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -31,3 +33,26 @@ def test_a_rule_set_is_said_with_its_terms(  # type: ignore[no-untyped-def]
     done = cli("pricing", "set", "llama3.1:*", "--input-per-1m", "1", *options)
     assert done.code == 0, done.stderr
     assert done.stdout == said
+
+
+def test_a_rule_that_ends_before_the_first_day_is_refused_as_the_pricing_file_refuses_it(  # type: ignore[no-untyped-def]
+    cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--until 1970-01-01`` (exclusive) leaves a rule no day to price: the pricing file
+    refuses such a rule; the command saved it and said it like any other."""
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    done = cli("pricing", "set", "llama3.1:*", "--input-per-1m", "1", "--until", "1970-01-01")
+    assert done.code == 2 and done.stdout == ""
+    assert done.stderr == (
+        "error: --until 1970-01-01 ends the rule before the first day ometer works with "
+        "(1970-01-01), so it would price no call; give a later date\n"
+    )
+    kept = cli("pricing", "set", "llama3.1:*", "--input-per-1m", "1", "--until", "1970-01-02")
+    assert (
+        kept.code == 0
+        and kept.stdout == "rule 1: llama3.1:* → input_per_1m 1 USD until 1970-01-02\n"
+    )
+    listed = cli("pricing", "list", "--json")
+    assert listed.code == 0 and [r["effective_until"] for r in json.loads(listed.stdout)] == [
+        "1970-01-02"
+    ]
