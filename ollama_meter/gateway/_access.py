@@ -54,6 +54,7 @@ log = logging.getLogger("ollama_meter.gateway")
 TOKEN_IN_QUERY = frozenset({"/dashboard", "/api/dash"})
 """The pages a browser opens, which take the admin token as ``?token=`` too; not ``/metrics``:
 in a scrape URL it would show in Prometheus' list of targets."""
+TOKEN_TWICE = " (?token= is given twice, so no token is read from it: give it once)"
 
 
 NOT_LIVE = (
@@ -64,8 +65,6 @@ _NO_KEY = (
     "a valid API key is required: send `Authorization: Bearer <key>` or `X-Api-Key: <key>` "
     "(see `ometer keys create`)"
 )
-
-
 NO_PAGES = (
     "this gateway only meters the program `ometer run` started, and serves none of the "
     "gateway's own pages; see the figures with `ometer report`, or `ometer serve` for a dashboard"
@@ -366,9 +365,11 @@ class Access:
             raise Refused(error_response(wire_of(request.url.path), 403, NO_PAGES))
         token = self.options.admin_token
         if token:
-            given = bearer(request) or (request.query_params.get("token") if in_query else None)
+            in_url = request.query_params.getlist("token") if in_query else []
+            given = bearer(request) or (in_url[0] if len(in_url) == 1 else None)
             if not token_matches(given, token):
                 how = "Authorization: Bearer <token>" + (" or ?token=" if in_query else "")
+                how += TOKEN_TWICE if len(in_url) > 1 else ""
                 raise self._refused(request, f"this needs the admin token: {how}")
         elif self.options.require_key:
             return await self.required_key(request)

@@ -234,6 +234,23 @@ def test_the_dashboard_still_takes_its_token_in_the_url(
     assert gw.client.get("/api/tags?name=om").status_code == 200  # no credential: as before
 
 
+@pytest.mark.parametrize("path", ["/dashboard", "/api/dash"])
+@pytest.mark.parametrize("order", ["wrong first", "right first"])
+def test_a_token_given_twice_in_the_url_is_no_token_in_either_order(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, path: str, order: str
+) -> None:
+    """``?token=wrong&token=right`` passed the token check (the last one was read) and then met
+    the repeated-parameter 400; the other order was a 401. As a key header given twice, a
+    token given twice is none: the same 401 either way, saying so."""
+    gw = app_on(emulator.url, sqlite_url, admin_token=TOKEN)
+    tokens = ["wrong", TOKEN] if order == "wrong first" else [TOKEN, "wrong"]
+    reply = gw.client.get(path, params=[("token", t) for t in tokens])
+    assert reply.status_code == 401, reply.text
+    assert "?token= is given twice, so no token is read from it: give it once" in reply.text
+    assert TOKEN not in reply.text
+    assert gw.client.get(path, params=[("token", TOKEN)] * 2).status_code == 401
+
+
 _KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
