@@ -15,7 +15,8 @@ The same trace tells when a request's body was sent whole: Ollama has the call
 Closing the client (another thread's ``close()``) shuts its connections down before httpx
 closes them: a socket's close does not wake a thread blocked reading it, which slept on until
 Ollama's next bytes (minutes, for a long prompt), or, once the closed socket's number was
-given to another file or connection, until the call's timeout. Shut down, its read ends now.
+given to another file or connection, until the call's timeout. Shut down, its read ends now;
+and a connection is closed by no thread while another reads or writes it (``_Stream``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _Connections:
         return True
 
 
-class _Stream:
+class _Noted:
     """A connection's stream (httpcore's), which notes each byte of an answer it reads."""
 
     def __init__(self, stream: Any, made_by: _Backend | None = None) -> None:
@@ -84,20 +85,7 @@ class _Stream:
         if made_by is not None:
             made_by.keep(self)
 
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = self._stream.read(max_bytes, timeout)
-        _ANSWERED.set(_ANSWERED.get() or bool(data))
-        return data
-
-    async def aread(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = await self._stream.read(max_bytes, timeout)
-        _ANSWERED.set(_ANSWERED.get() or bool(data))
-        return data
-
-    def start_tls(self, *args: Any, **kwargs: Any) -> Any:
-        return _Stream(self._stream.start_tls(*args, **kwargs), self._made_by)
-
-    def cut(self) -> None:
+    def _shut(self) -> None:
         """Shut the connection down, waking a thread blocked reading it (the socket's, not
         TLS's own shutdown, which would pull its state from under that thread)."""
         sock = self._stream.get_extra_info("socket")
@@ -107,30 +95,94 @@ class _Stream:
             elif isinstance(sock, asyncio.trsock.TransportSocket):  # on an event loop
                 sock.shutdown(socket.SHUT_RDWR)
 
-    async def astart_tls(self, *args: Any, **kwargs: Any) -> Any:
-        return _AsyncStream(await self._stream.start_tls(*args, **kwargs), self._made_by)
+    def cut(self) -> None:
+        self._shut()
 
-    def __getattr__(self, name: str) -> Any:  # write, close, get_extra_info
+    def __getattr__(self, name: str) -> Any:  # get_extra_info; aclose, write on an event loop
         return getattr(self._stream, name)
 
 
-class _AsyncStream(_Stream):
-    """:class:`_Stream` on the event loop."""
+class _Stream(_Noted):
+    """:class:`_Noted` in threads, closed under no thread reading or writing it.
 
-    read = _Stream.aread  # type: ignore[assignment]
-    start_tls = _Stream.astart_tls
+    A socket closed by one thread (the client's ``close()``) as another is about to wait on
+    it gives its number back at once: a connection or file opened meanwhile takes it, and the
+    waiting thread waits on that one (a pipe, a socket nobody writes to) until its timeout,
+    five minutes. So a close while another thread is in a read or a write only shuts the
+    connection down (that thread's wait ends at once); the last thread out closes it."""
+
+    def __init__(self, stream: Any, made_by: _Backend | None = None) -> None:
+        self._guard = threading.Lock()
+        self._users = 0
+        self._closing = False
+        super().__init__(stream, made_by)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._enter()
+        try:
+            data: bytes = self._stream.read(max_bytes, timeout)
+        finally:
+            self._leave()
+        _ANSWERED.set(_ANSWERED.get() or bool(data))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._enter()
+        try:
+            self._stream.write(buffer, timeout)
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        with self._guard:
+            if self._users:
+                self._closing = True
+                self._shut()
+            else:
+                self._stream.close()
+
+    def cut(self) -> None:
+        """Shut the connection down (never another's that took its number)."""
+        with self._guard:
+            self._shut()
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stream(self._stream.start_tls(*args, **kwargs), self._made_by)
+
+    def _enter(self) -> None:
+        with self._guard:
+            self._users += 1
+
+    def _leave(self) -> None:
+        with self._guard:
+            self._users -= 1
+            if self._closing and not self._users:
+                self._closing = False
+                self._stream.close()
+
+
+class _AsyncStream(_Noted):
+    """:class:`_Noted` on the event loop, which alone closes it."""
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = await self._stream.read(max_bytes, timeout)
+        _ANSWERED.set(_ANSWERED.get() or bool(data))
+        return data
+
+    async def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return _AsyncStream(await self._stream.start_tls(*args, **kwargs), self._made_by)
 
 
 class _Backend:
     """httpcore's network backend, its streams wrapped in :class:`_Stream`."""
 
-    def __init__(self, backend: Any, stream: type[_Stream]) -> None:
+    def __init__(self, backend: Any, stream: type[_Noted]) -> None:
         self._backend, self._wrap = backend, stream
-        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[_Noted] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._cut = False
 
-    def keep(self, stream: _Stream) -> None:
+    def keep(self, stream: _Noted) -> None:
         """Keep ``stream`` to :meth:`cut` (weakly: a closed connection's goes with it); one
         made as the client closed (its call began before) is cut at once."""
         with self._lock:
