@@ -10,6 +10,7 @@ waiting in the bounded queue, as for a slow collector) and sends the same spans 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -119,3 +120,47 @@ def test_retry_after_as_a_date_is_the_time_until_it() -> None:
     later = format_datetime(now + timedelta(seconds=90), usegmt=True)
     assert retry_after(later, now=now) == 90.0
     assert retry_after(format_datetime(now - timedelta(seconds=5), usegmt=True), now=now) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "asked"),
+    [("http/protobuf", 86400.0), ("http/protobuf", 1e11), ("grpc", 86400.0), ("grpc", 1e11)],
+)
+def test_a_wait_asked_past_an_hour_is_an_hour_over_either_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+    asked: float,
+) -> None:
+    """A collector that asks for a day (or, over gRPC, a RetryInfo of 3,000 years: its Duration
+    is int64 seconds) holds exports an hour at most, as a ``Retry-After`` does. Over gRPC the
+    wait was taken as said: a day held every span for a day, and a wait past what a thread can
+    wait (``threading.TIMEOUT_MAX``) raised in the exporter's thread at every export after it,
+    each batch lost with no drop counted and no line, not even at exit."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    caplog.set_level(logging.WARNING, logger="ollama_meter.telemetry")
+    rx: OtlpHttpReceiver | OtlpGrpcReceiver
+    if protocol == "grpc":
+        rx = OtlpGrpcReceiver(code=grpc.StatusCode.UNAVAILABLE)
+        rx.retry_after = asked
+    else:
+        rx = OtlpHttpReceiver(status=429)
+        rx.retry_after = f"{asked:.0f}"
+    with rx:
+        endpoint = rx.url if isinstance(rx, OtlpHttpReceiver) else rx.endpoint
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        _end_spans(telemetry, 2)
+        wait_for(lambda: exporter.not_before, what="the collector's wait taken")
+        held = exporter.not_before - time.monotonic()
+        _end_spans(telemetry, 1)  # waits behind it, and is counted when the process stops
+        telemetry.shutdown()
+    assert 3590 < held <= 3600
+    said = [r.getMessage() for r in caplog.records if "asked" in r.getMessage()]
+    assert len(said) == 1 and "wait 3600 s" in said[0]
+    assert len(rx.requests) == 1 and exporter.dropped == 3
+    assert telemetry.failures() == [exporter.name]
