@@ -19,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver
+from ollama_meter import load_settings
+from ollama_meter.records import make_storable
+from ollama_meter.telemetry._setup import Telemetry
+from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, spans
 from tests._raw_http import RawServer
+from tests.factories import make_span
 from tests.telemetry.test_failure_said_why import _said_after_one_span
 
 
@@ -124,3 +128,26 @@ def test_a_refusal_that_is_no_tls_mismatch_is_said_as_before(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
         said = _said(monkeypatch, caplog)
     assert "(it answered HTTP 400)" in said and "TLS" not in said
+
+
+@pytest.mark.parametrize("scheme", ["HTTP", "Http"])
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_an_endpoint_whose_scheme_is_in_capitals_is_the_same_endpoint(
+    monkeypatch: pytest.MonkeyPatch, protocol: str, scheme: str
+) -> None:
+    """A URL's scheme is the same in any case (RFC 3986), and ``HTTP://collector:4317`` was
+    taken as such, but over gRPC only ``http://`` was plain: every export went in TLS to a
+    plain collector, and failed, said as a TLS mismatch of an ``https://`` endpoint."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    rx = OtlpHttpReceiver() if protocol == "http/protobuf" else OtlpGrpcReceiver()
+    with rx:
+        plain = rx.url if isinstance(rx, OtlpHttpReceiver) else rx.endpoint
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", plain.replace("http", scheme, 1))
+        telemetry = Telemetry(load_settings())
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+        telemetry.shutdown()
+    assert [s.span_id for s in spans(rx)] == [span.span_id]
+    assert telemetry.failures() == []
