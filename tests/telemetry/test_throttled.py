@@ -55,6 +55,29 @@ def _ok(request: HttpRequest | GrpcRequest) -> bool:
     return request.code is grpc.StatusCode.OK
 
 
+def _throttling(
+    monkeypatch: pytest.MonkeyPatch, refusal: int | grpc.StatusCode, wait: float
+) -> OtlpHttpReceiver | OtlpGrpcReceiver:
+    """A collector that refuses each export with ``refusal`` (an HTTP status, a gRPC code),
+    asking to wait ``wait`` s; exports of spans alone go to it, each taking a second at most."""
+    protocol = "http/protobuf" if isinstance(refusal, int) else "grpc"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")  # an export may take a second
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    if isinstance(refusal, int):
+        rx: OtlpHttpReceiver | OtlpGrpcReceiver = OtlpHttpReceiver(status=refusal)
+        rx.retry_after = f"{wait:.0f}"
+    else:
+        rx = OtlpGrpcReceiver(code=refusal)
+        rx.retry_after = wait
+    return rx
+
+
+def _endpoint(rx: OtlpHttpReceiver | OtlpGrpcReceiver) -> str:
+    return rx.url if isinstance(rx, OtlpHttpReceiver) else rx.endpoint
+
+
 @pytest.mark.parametrize(
     ("protocol", "refusal"),
     [("http/protobuf", 429), ("http/protobuf", 503), ("grpc", grpc.StatusCode.UNAVAILABLE),
@@ -66,21 +89,9 @@ def test_a_wait_longer_than_an_export_is_waited_and_its_spans_sent_then(
     protocol: str,
     refusal: int | grpc.StatusCode,
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")  # an export may take a second
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
-    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     caplog.set_level(logging.INFO, logger="ollama_meter.telemetry")
-    rx: OtlpHttpReceiver | OtlpGrpcReceiver
-    if isinstance(refusal, int):
-        rx = OtlpHttpReceiver(status=refusal)
-        rx.retry_after = f"{WAIT:.0f}"
-    else:
-        rx = OtlpGrpcReceiver(code=refusal)
-        rx.retry_after = WAIT
-    with rx:
-        endpoint = rx.url if isinstance(rx, OtlpHttpReceiver) else rx.endpoint
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    with _throttling(monkeypatch, refusal, WAIT) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", _endpoint(rx))
         telemetry = Telemetry(load_settings())
         (exporter,) = telemetry.span_exporters
         _end_spans(telemetry, 2)
@@ -137,21 +148,10 @@ def test_a_wait_asked_past_an_hour_is_an_hour_over_either_protocol(
     wait was taken as said: a day held every span for a day, and a wait past what a thread can
     wait (``threading.TIMEOUT_MAX``) raised in the exporter's thread at every export after it,
     each batch lost with no drop counted and no line, not even at exit."""
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
-    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     caplog.set_level(logging.WARNING, logger="ollama_meter.telemetry")
-    rx: OtlpHttpReceiver | OtlpGrpcReceiver
-    if protocol == "grpc":
-        rx = OtlpGrpcReceiver(code=grpc.StatusCode.UNAVAILABLE)
-        rx.retry_after = asked
-    else:
-        rx = OtlpHttpReceiver(status=429)
-        rx.retry_after = f"{asked:.0f}"
-    with rx:
-        endpoint = rx.url if isinstance(rx, OtlpHttpReceiver) else rx.endpoint
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    refusal = grpc.StatusCode.UNAVAILABLE if protocol == "grpc" else 429
+    with _throttling(monkeypatch, refusal, asked) as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", _endpoint(rx))
         telemetry = Telemetry(load_settings())
         (exporter,) = telemetry.span_exporters
         _end_spans(telemetry, 2)
