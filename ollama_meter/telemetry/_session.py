@@ -218,7 +218,8 @@ class BoundedSession(requests.Session):
         response._content = bytes(body)
         response._content_consumed = True  # read whole: urllib3 put the connection back
         self.last, self.status = response._content, response.status_code
-        if response.status_code == 400:  # to plain HTTP, from a place that speaks TLS?
+        if response.status_code == 400 and url.lower().startswith("http:"):
+            # Sent in plain HTTP: from a place that speaks TLS? (Over https:// it is not.)
             self.status = tls_spoken(self.last) or self.status
         self.wait = None
         if response.status_code in THROTTLING and deadline is not None:
