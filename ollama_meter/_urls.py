@@ -102,6 +102,21 @@ def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
     return parts.scheme + raw[len(parts.scheme) :]
 
 
+LANGFUSE_OTLP = "/api/public/otel"
+"""Langfuse's OTLP endpoint, under where Langfuse is."""
+
+
+def langfuse_traces(base: str) -> str:
+    """Where Langfuse at ``base`` takes spans. Its pages give its OTLP endpoint (``.../api/
+    public/otel``) to set an exporter up with: pasted as its URL, every export went to that
+    path twice and was refused (404). So it is taken as Langfuse's, with or without
+    ``/v1/traces``; any other path is where Langfuse is served (a path of its own)."""
+    base = base.rstrip("/")
+    if base.endswith(f"{LANGFUSE_OTLP}/v1/traces"):
+        base = base.removesuffix("/v1/traces")
+    return f"{base.removesuffix(LANGFUSE_OTLP)}{LANGFUSE_OTLP}/v1/traces"
+
+
 def _said(url: str, *, path: bool) -> str:
     """``url`` for an error message: as :func:`shown`, even when it does not parse."""
     try:
