@@ -77,8 +77,8 @@ def host_problem(host: str) -> str | None:
 
 
 def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
-    """``value`` stripped if it is an http(s) URL with a host; ValueError saying why not
-    (the URL as :func:`shown` says it: an error reaches logs too)."""
+    """``value`` stripped, its scheme in lower case, if it is an http(s) URL with a host;
+    ValueError saying why not (the URL as :func:`shown` says it: an error reaches logs too)."""
     raw = value.strip()
     said = _said(raw, path=not secret_path)
     if _unprintable(raw):
@@ -97,7 +97,24 @@ def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
         raise ValueError(f"{said} {NO_PORT_0}, such as {example}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{said} is not an http(s) URL such as {example}")
-    return raw
+    # The scheme in lower case, as urlsplit reads it (the same in any case, RFC 3986): what
+    # reads the URL by its text, a gRPC exporter plain for "http://" only, took "HTTP://" for TLS.
+    return parts.scheme + raw[len(parts.scheme) :]
+
+
+LANGFUSE_OTLP = "/api/public/otel"
+"""Langfuse's OTLP endpoint, under where Langfuse is."""
+
+
+def langfuse_traces(base: str) -> str:
+    """Where Langfuse at ``base`` takes spans. Its pages give its OTLP endpoint (``.../api/
+    public/otel``) to set an exporter up with: pasted as its URL, every export went to that
+    path twice and was refused (404). So it is taken as Langfuse's, with or without
+    ``/v1/traces``; any other path is where Langfuse is served (a path of its own)."""
+    base = base.rstrip("/")
+    if base.endswith(f"{LANGFUSE_OTLP}/v1/traces"):
+        base = base.removesuffix("/v1/traces")
+    return f"{base.removesuffix(LANGFUSE_OTLP)}{LANGFUSE_OTLP}/v1/traces"
 
 
 def _said(url: str, *, path: bool) -> str:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, example, given, settings, strategies
 
 from ollama_meter import _environment
 from ollama_meter._names import system_timezone
-from ollama_meter._urls import normalize_host, parse_upstreams
+from ollama_meter._urls import http_url, normalize_host, parse_upstreams
 from ollama_meter.config import Settings, known_env_names, load_settings
 from ollama_meter.errors import ConfigError
 
@@ -1059,3 +1059,16 @@ def test_a_variable_named_as_a_settings_field_is_not_that_setting(field: str, sp
 def _environment_name(field: str) -> str:
     alias = Settings.model_fields[field].validation_alias
     return alias if isinstance(alias, str) else field
+
+
+@given(
+    scheme=st.sampled_from(["http", "https"]).flatmap(
+        lambda s: st.tuples(*[st.sampled_from([c, c.upper()]) for c in s]).map("".join)
+    ),
+    rest=st.sampled_from(["collector:4317", "127.0.0.1:4318/otlp", "[::1]:4318/", "Host.Example"]),
+)
+def test_an_http_url_setting_has_its_scheme_in_lower_case(scheme: str, rest: str) -> None:
+    """A scheme is the same in any case (RFC 3986): ``HTTP://`` passed as an http URL, and
+    what read it by its text (a gRPC exporter is plain for ``http://`` only) took it for TLS."""
+    url = f"{scheme}://{rest}"
+    assert http_url(url, "http://collector:4318") == f"{scheme.lower()}://{rest}"

@@ -36,6 +36,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from ollama_meter._text import one_line
 from ollama_meter.records import storable_text
 from ollama_meter.telemetry._size import MAX_ANSWER
+from ollama_meter.telemetry._timeouts import MAX_WAIT
 from ollama_meter.telemetry._tls import tls_spoken, trouble_of
 
 _CHUNK = 8 * 1024
@@ -217,7 +218,8 @@ class BoundedSession(requests.Session):
         response._content = bytes(body)
         response._content_consumed = True  # read whole: urllib3 put the connection back
         self.last, self.status = response._content, response.status_code
-        if response.status_code == 400:  # to plain HTTP, from a place that speaks TLS?
+        if response.status_code == 400 and url.lower().startswith("http:"):
+            # Sent in plain HTTP: from a place that speaks TLS? (Over https:// it is not.)
             self.status = tls_spoken(self.last) or self.status
         self.wait = None
         if response.status_code in THROTTLING and deadline is not None:
@@ -290,9 +292,6 @@ def refused(answer: bytes, what: str) -> tuple[int, str]:
     return max(0, count), why
 
 
-MAX_WAIT = 3600.0
-"""Seconds a collector's ``Retry-After`` holds exports at most: one that says a day is waited
-an hour (the spans meanwhile bounded by the queue), not taken as a wish to stop for good."""
 THROTTLING = frozenset({429, 502, 503, 504})
 """The answers OTLP/HTTP (and the SDK) try again after, a ``Retry-After`` saying when."""
 

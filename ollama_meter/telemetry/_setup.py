@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util.re import parse_env_headers
 
 from ollama_meter._forks import ChildLock
+from ollama_meter._urls import langfuse_traces
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._ids import OwnIds
@@ -130,7 +131,7 @@ def _span_exporters(settings: Settings) -> list[Watched]:
 
         secret = settings.langfuse_secret_key.get_secret_value()
         token = base64.b64encode(f"{settings.langfuse_public_key}:{secret}".encode()).decode()
-        url = f"{settings.langfuse_host.rstrip('/')}/api/public/otel/v1/traces"
+        url = langfuse_traces(settings.langfuse_host)
         langfuse = {"authorization": f"Basic {token}", "x-langfuse-ingestion-version": "4"}
         session = _session(only=langfuse)
         exporters.append(

@@ -17,6 +17,10 @@ log = logging.getLogger("ollama_meter.telemetry")
 MEANT_AS_SECONDS = 0.1
 """An OTLP timeout under this (100 ms) was almost surely written in seconds, as the Python SDK
 reads it: ``OTEL_EXPORTER_OTLP_TIMEOUT=10`` is 10 ms here, and every export fails."""
+MAX_WAIT = 3600.0
+"""Seconds a collector's ``Retry-After`` (over gRPC, its RetryInfo) holds exports at most: one
+that says a day is waited an hour (the spans meanwhile bounded by the queue), not taken as a
+wish to stop for good."""
 _said: set[tuple[str, float]] = set()
 
 

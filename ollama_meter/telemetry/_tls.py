@@ -17,10 +17,14 @@ from ollama_meter._causes import chain
 _PLAIN = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG")
 """How OpenSSL fails a handshake answered in plain HTTP (``HTTP/1.1 400`` read as a record)."""
 _UNTRUSTED = "CERTIFICATE_VERIFY_FAILED"
-_TLS_SPOKEN = re.compile(rb"https|\x15\x03[\x00-\x04]", re.IGNORECASE)
+_TLS_SPOKEN = re.compile(
+    rb"https (?:server|port|scheme)|ssl-enabled server|\x15\x03[\x00-\x04]", re.IGNORECASE
+)
 """An answer to plain HTTP from a place that speaks TLS: a Go server's "Client sent an HTTP
-request to an HTTPS server", nginx's "The plain HTTP request was sent to HTTPS port", or a TLS
-alert record."""
+request to an HTTPS server", nginx's "The plain HTTP request was sent to HTTPS port", Apache's
+"speaking plain HTTP to an SSL-enabled server port ... use the HTTPS scheme", or a TLS alert
+record. Its words, not any "https": a place's own 400 that links its documentation
+(``https://...``, as Langfuse's answers do) was said as TLS, and "use https://" failed for good."""
 
 
 class Trouble(str):

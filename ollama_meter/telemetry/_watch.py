@@ -34,6 +34,7 @@ from ollama_meter.telemetry._size import (
     points_of,
     span_bytes,
 )
+from ollama_meter.telemetry._timeouts import MAX_WAIT
 from ollama_meter.telemetry._tls import Trouble
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -207,8 +208,12 @@ class CutToFit(Reporting):
 
     def _throttled(self, wait: float) -> None:
         """The place asked to wait ``wait`` s, longer than an export may take (OTLP: HTTP 429
-        or 503 with ``Retry-After``, gRPC's RetryInfo): nothing goes to it until then."""
-        self.not_before = time.monotonic() + max(wait, 1.0)  # not a loop: a second at least
+        or 503 with ``Retry-After``, gRPC's RetryInfo): nothing goes to it until then, an hour
+        at most (:data:`MAX_WAIT`), whatever it said. A RetryInfo is int64 seconds: a day was
+        waited a day, and 3,000 years raised in the exporter's thread (past what a thread can
+        wait) at every export after it, each batch lost with no count and no line."""
+        wait = min(max(wait, 1.0), MAX_WAIT)  # not a loop: a second at least
+        self.not_before = time.monotonic() + wait
         if not self._said_throttled and self._waits():
             self._said_throttled = True
             log.warning(

@@ -15,9 +15,11 @@ import pytest
 
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter.errors import ConfigError
+from ollama_meter.records import make_storable
 from ollama_meter.telemetry import telemetry_for
 from ollama_meter.testing import OllamaEmulator
 from tests._otlp import OtlpHttpReceiver, spans, wait_for
+from tests.factories import make_span
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -125,3 +127,27 @@ def test_half_a_langfuse_configuration_says_what_is_missing_once(
     )
     assert all(f" and {name} (" in line for name in missing[1:])
     assert "pk-lf-1" not in line and "sk-lf-2" not in line
+
+
+@pytest.mark.parametrize(
+    "given", ["/api/public/otel", "/api/public/otel/", "/api/public/otel/v1/traces", "/lf"]
+)
+def test_langfuses_otlp_endpoint_given_as_its_url_is_where_spans_go(
+    monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """Langfuse's pages give its OTLP endpoint, ``https://cloud.langfuse.com/api/public/otel``,
+    to set up an exporter with: pasted as ``LANGFUSE_BASE_URL``, every export went to
+    ``.../api/public/otel/api/public/otel/v1/traces`` and was refused (404). A Langfuse served
+    under a path of its own (``/lf``) keeps it."""
+    _keys(monkeypatch)
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("LANGFUSE_BASE_URL", rx.url + given)
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+        telemetry.shutdown()
+    base = "/lf" if given == "/lf" else ""
+    assert [r.path for r in rx.requests] == [f"{base}/api/public/otel/v1/traces"]
+    assert telemetry.failures() == []

@@ -19,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver
+from ollama_meter import load_settings
+from ollama_meter.records import make_storable
+from ollama_meter.telemetry._setup import Telemetry
+from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, spans
 from tests._raw_http import RawServer
+from tests.factories import make_span
 from tests.telemetry.test_failure_said_why import _said_after_one_span
 
 
@@ -53,7 +57,15 @@ _NGINX = (
 )
 
 
-@pytest.mark.parametrize("answer", [_GO_TLS_SERVER, _NGINX])
+_APACHE = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 215\r\n\r\n"
+    b"<p>Your browser sent a request that this server could not understand.<br />\n"
+    b"Reason: You're speaking plain HTTP to an SSL-enabled server port.<br />\n"
+    b"Instead use the HTTPS scheme to access this URL, please.<br />\n</p>"
+)
+
+
+@pytest.mark.parametrize("answer", [_GO_TLS_SERVER, _NGINX, _APACHE])
 def test_http_to_a_tls_collector_is_said(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, answer: bytes
 ) -> None:
@@ -123,4 +135,55 @@ def test_a_refusal_that_is_no_tls_mismatch_is_said_as_before(
     with OtlpHttpReceiver(status=400) as rx:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
         said = _said(monkeypatch, caplog)
+    assert "(it answered HTTP 400)" in said and "TLS" not in said
+
+
+@pytest.mark.parametrize("scheme", ["HTTP", "Http"])
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_an_endpoint_whose_scheme_is_in_capitals_is_the_same_endpoint(
+    monkeypatch: pytest.MonkeyPatch, protocol: str, scheme: str
+) -> None:
+    """A URL's scheme is the same in any case (RFC 3986), and ``HTTP://collector:4317`` was
+    taken as such, but over gRPC only ``http://`` was plain: every export went in TLS to a
+    plain collector, and failed, said as a TLS mismatch of an ``https://`` endpoint."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    rx = OtlpHttpReceiver() if protocol == "http/protobuf" else OtlpGrpcReceiver()
+    with rx:
+        plain = rx.url if isinstance(rx, OtlpHttpReceiver) else rx.endpoint
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", plain.replace("http", scheme, 1))
+        telemetry = Telemetry(load_settings())
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+        telemetry.shutdown()
+    assert [s.span_id for s in spans(rx)] == [span.span_id]
+    assert telemetry.failures() == []
+
+
+def _answered_400(body: bytes) -> bytes:
+    head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+    return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message":"Invalid OTLP request; see https://langfuse.com/docs/opentelemetry"}',
+        b'{"code":3,"message":"bad span: the https: scheme in url.full is not allowed"}',
+    ],
+)
+def test_a_refusal_whose_words_name_https_is_no_tls_mismatch(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    """A place's 400 that mentions ``https`` (a link to its documentation, as Langfuse's
+    answers give) was said as a TLS mismatch: "the place speaks TLS; use https://", and a
+    reader who did so had exports fail for good. Only the words a TLS server answers plain
+    HTTP with say that."""
+    server = RawServer(lambda: _answered_400(body), threaded=True)
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", server.url)
+        said = _said(monkeypatch, caplog)
+    finally:
+        server.close()
     assert "(it answered HTTP 400)" in said and "TLS" not in said
