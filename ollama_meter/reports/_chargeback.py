@@ -220,7 +220,12 @@ def _fixed_shares(
     if idle == "share":
         return allocate(units, used)
     # Busy capacity goes to departments by their busy seconds; idle capacity to its own row.
-    # Integer weights keep the split exact: idle * sum(w) against busy * w_i.
+    # Integer weights keep the split exact: idle * sum(w) against busy * w_i. The month's
+    # busy time holds calls of the month before still busy after its first midnight, whose
+    # seconds (weights) are that month's: past the month's own seconds, it is billed as idle,
+    # so no department pays for more capacity than its calls used (one call of a second paid
+    # 80.00 of 7,200.00 for a batch's 8 hours after midnight).
+    busy = min(busy, total_weight)
     scaled = {key: busy * w for key, w in used.items()}
     scaled[(IDLE, IDLE)] = (capacity - busy) * total_weight
     order = [*sorted(used), (IDLE, IDLE)]
