@@ -235,10 +235,11 @@ def fixed_shares(
     if not used:
         return {IDLE: units}
     if idle == "share":
-        return largest_remainder(units, used, sorted(used))
+        shares = largest_remainder(units, used, sorted(used))
+        return {k: v for k, v in shares.items() if v}  # a share of 0 is no row of zeros
     total = sum(used.values())
     busy = min(busy, total)
     scaled = {k: w * busy for k, w in used.items()}
     scaled[IDLE] = (capacity - busy) * total
     shares = largest_remainder(units, scaled, [*sorted(used), IDLE])
-    return {k: v for k, v in shares.items() if k != IDLE or v}
+    return {k: v for k, v in shares.items() if v}

@@ -182,3 +182,43 @@ def test_a_month_with_spaces_around_it_is_that_month_as_every_date_option_takes_
         assert [row.month for row in bill.rows] == ["2026-11"]
     with pytest.raises(ValidationError, match="is not a month"):
         chargeback(ledger, "2026 -11", **options)  # type: ignore[arg-type]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    calls=_CALLS,
+    cents=st.integers(1, 400),
+    idle=st.sampled_from(["share", "separate"]),
+)
+def test_a_fixed_cost_adds_a_row_only_to_bill_a_share_on_it(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[tuple[str, str], bool, int, int, str, str]],
+    cents: int,
+    idle: str,
+) -> None:
+    """A department whose calls all cost EUR got a USD row for its fixed share, and one of
+    zeros (no calls, no money) when the share came to less than a cent: an invoice line of
+    0.00 for each such department in the import."""
+    tz = ZoneInfo("Europe/Berlin")
+    window = parse_period("2026-11", tz=tz, now=NOW)
+    with opened(f"sqlite:///{tmp_path_factory.mktemp('rows') / 'ledger.db'}") as ledger:
+        ledger.record(
+            [
+                make_span(
+                    tenant=tenant, department=department,
+                    started_at=(window.end if at_end else window.start) + offset * US,
+                    ended_at=(window.end if at_end else window.start) + (offset + busy) * US,
+                    prompt_eval_duration_ns=0, eval_duration_ns=busy * 1000,
+                    cost_total=busy + 1, cost_tokens=busy + 1, currency=currency,
+                    upstream_host=host, unpriced=False,
+                )
+                for (tenant, department), at_end, offset, busy, currency, host in calls
+            ]
+        )  # fmt: skip
+        options = {"tz": tz, "now": NOW, "currency": "USD", "idle": idle}
+        plain = chargeback(ledger, "2026-11", **options)  # type: ignore[arg-type]
+        fixed = chargeback(ledger, "2026-11", fixed_cost=Decimal(cents).scaleb(-2), **options)  # type: ignore[arg-type]
+    before = {(r.tenant, r.department, r.currency) for r in plain.rows}
+    for row in fixed.rows:
+        assert (row.tenant, row.department, row.currency) in before or row.fixed_cost_share
+    assert sum(r.fixed_cost_share for r in fixed.rows) == Decimal(cents).scaleb(-2)
