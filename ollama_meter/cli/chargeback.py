@@ -80,7 +80,9 @@ def chargeback_command(
         idle=idle,
         gpus=gpus,
     )
-    for warning in (*result.warnings, *_other_zone(ledger, cfg, result.month)):
+    # the HTML file's notes too: finance reads the mail, not the job's stderr
+    result.warnings.extend(_other_zone(ledger, cfg, result.month))
+    for warning in result.warnings:
         err.print(shown("warning:", "yellow"), warning)
     if fmt is Format.HTML:
         from ollama_meter.reports import render_chargeback_html

@@ -210,22 +210,26 @@ def _unpriced_warning(rows: list[ChargebackRow]) -> str | None:
 def _fixed_shares(
     units: int, weights: dict[tuple[str, str], int], *, idle: str, busy: int, capacity: int
 ) -> dict[tuple[str, str], int]:
-    """Smallest units of the currency per (tenant, department), plus ``(IDLE, IDLE)`` when idle is separate or nobody was busy."""
-    if units == 0:  # nothing to share: no row of zeros (idle, or a currency not used)
+    """Smallest units of the currency per (tenant, department), plus ``(IDLE, IDLE)`` when idle
+    is separate or nobody was busy; none of 0. A share is a row of the fixed cost's currency:
+    a department whose calls cost another had one of zeros, an invoice line of nothing, when
+    its share came to less than a cent (as idle had, and all of them with a fixed cost of 0)."""
+    if units == 0:
         return {}
     used = {key: w for key, w in weights.items() if w > 0}
     total_weight = sum(used.values())
     if total_weight == 0:
         return {(IDLE, IDLE): units}
     if idle == "share":
-        return allocate(units, used)
+        return {key: share for key, share in allocate(units, used).items() if share}
     # Busy capacity goes to departments by their busy seconds; idle capacity to its own row.
-    # Integer weights keep the split exact: idle * sum(w) against busy * w_i.
+    # Integer weights keep the split exact: idle * sum(w) against busy * w_i. The month's
+    # busy time holds calls of the month before still busy after its first midnight, whose
+    # seconds (weights) are that month's: past the month's own seconds, it is billed as idle,
+    # so no department pays for more capacity than its calls used (one call of a second paid
+    # 80.00 of 7,200.00 for a batch's 8 hours after midnight).
+    busy = min(busy, total_weight)
     scaled = {key: busy * w for key, w in used.items()}
     scaled[(IDLE, IDLE)] = (capacity - busy) * total_weight
     order = [*sorted(used), (IDLE, IDLE)]
-    return {
-        key: share
-        for key, share in allocate(units, scaled, order=order).items()
-        if key in used or share
-    }
+    return {key: share for key, share in allocate(units, scaled, order=order).items() if share}

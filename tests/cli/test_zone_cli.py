@@ -155,3 +155,27 @@ def test_a_pruned_ledger_takes_another_name_of_its_zone_and_no_other(
         assert ledger.zone() == kept
     monkeypatch.setenv("OMETER_TIMEZONE", ledger.zone())
     assert {month: cli("chargeback", "--month", month).stdout for month in months} == bills
+
+
+def test_a_bill_file_cut_at_another_zone_than_the_ledgers_says_so_to_whoever_reads_it(
+    cli,  # type: ignore[no-untyped-def]
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The HTML bill is mailed to finance, who never see the job's stderr: its notes said the
+    month was not over and which calls were unpriced, but not that it was cut at other
+    midnights than the ledger's months, the budgets' and the price rules'."""
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    monkeypatch.setenv("OMETER_TIMEZONE", "UTC")
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record([make_span(started_at=datetime(2026, 11, 10, 12, tzinfo=UTC), cost_total=5)])
+    result = cli("chargeback", "--month", "2026-11", "--format", "html")
+    assert result.code == 0, result.stderr
+    said = "this bill cuts 2026-11 at midnight in UTC (OMETER_TIMEZONE)"
+    assert said in result.stderr
+    assert said in result.stdout
+    assert "set OMETER_TIMEZONE=Europe/Berlin to bill those" in result.stdout
+    monkeypatch.setenv("OMETER_TIMEZONE", "Europe/Berlin")  # the ledger's: nothing to say
+    result = cli("chargeback", "--month", "2026-11", "--format", "html")
+    assert (result.code, result.stderr) == (0, "")
+    assert "this bill cuts" not in result.stdout

@@ -225,7 +225,9 @@ def fixed_shares(
     """Each department's share of a fixed cost (smallest units), by its GPU seconds: idle
     capacity shared in proportion, or billed on the ``__idle__`` row (all of it when no one
     was busy). With idle separate, department i's quota is units * busy/capacity * w_i/W and
-    idle's units * (capacity - busy)/capacity: over the common denominator capacity * W.
+    idle's units * (capacity - busy)/capacity: over the common denominator capacity * W. Busy
+    time past W (calls of the month before, busy after its last midnight) is idle: no one
+    pays for more capacity than their own GPU seconds.
     A fixed cost of nothing is no share at all (the bill without one)."""
     if units == 0:
         return {}
@@ -233,9 +235,11 @@ def fixed_shares(
     if not used:
         return {IDLE: units}
     if idle == "share":
-        return largest_remainder(units, used, sorted(used))
+        shares = largest_remainder(units, used, sorted(used))
+        return {k: v for k, v in shares.items() if v}  # a share of 0 is no row of zeros
     total = sum(used.values())
+    busy = min(busy, total)
     scaled = {k: w * busy for k, w in used.items()}
     scaled[IDLE] = (capacity - busy) * total
     shares = largest_remainder(units, scaled, [*sorted(used), IDLE])
-    return {k: v for k, v in shares.items() if k != IDLE or v}
+    return {k: v for k, v in shares.items() if v}

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger
-from ollama_meter.periods import parse_period
-from ollama_meter.records import NO_HOST
+from ollama_meter.periods import Window, parse_period
+from ollama_meter.records import NO_HOST, SpanRecord
 from ollama_meter.reports import allocate, chargeback
 from tests.factories import make_span, opened
 
@@ -35,6 +35,24 @@ _CALLS = st.lists(
     min_size=1,
     max_size=14,
 )
+
+
+def _edge_spans(
+    calls: list[tuple[tuple[str, str], bool, int, int, str, str]], window: Window
+) -> list[SpanRecord]:
+    """The drawn calls, each at the window's start or end and busy as long as it ran."""
+    spans = []
+    for (tenant, department), at_end, offset, busy, currency, host in calls:
+        start = (window.end if at_end else window.start) + offset * US
+        spans.append(
+            make_span(
+                tenant=tenant, department=department, started_at=start,
+                ended_at=start + busy * US, prompt_eval_duration_ns=0,
+                eval_duration_ns=busy * 1000, cost_total=busy + 1, cost_tokens=busy + 1,
+                currency=currency, upstream_host=host, unpriced=False,
+            )
+        )  # fmt: skip
+    return spans
 
 
 def _union(intervals: list[tuple[datetime, datetime]]) -> timedelta:
@@ -67,17 +85,7 @@ def test_a_months_edges_bill_each_call_once_and_the_fixed_cost_to_the_cent(
 ) -> None:
     tz = ZoneInfo(zone)
     window = parse_period(month, tz=tz, now=NOW)
-    spans = []
-    for (tenant, department), at_end, offset, busy, currency, host in calls:
-        start = (window.end if at_end else window.start) + offset * US
-        spans.append(
-            make_span(
-                tenant=tenant, department=department, started_at=start,
-                ended_at=start + busy * US, prompt_eval_duration_ns=0,
-                eval_duration_ns=busy * 1000, cost_total=busy + 1, cost_tokens=busy + 1,
-                currency=currency, upstream_host=host, unpriced=False,
-            )
-        )  # fmt: skip
+    spans = _edge_spans(calls, window)
     path: Path = tmp_path_factory.mktemp("edges") / "ledger.db"
     ledger = Ledger(f"sqlite:///{path}", zone=ledger_zone)
     ledger.record(spans)
@@ -182,3 +190,31 @@ def test_a_month_with_spaces_around_it_is_that_month_as_every_date_option_takes_
         assert [row.month for row in bill.rows] == ["2026-11"]
     with pytest.raises(ValidationError, match="is not a month"):
         chargeback(ledger, "2026 -11", **options)  # type: ignore[arg-type]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    calls=_CALLS,
+    cents=st.integers(1, 400),
+    idle=st.sampled_from(["share", "separate"]),
+)
+def test_a_fixed_cost_adds_a_row_only_to_bill_a_share_on_it(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[tuple[str, str], bool, int, int, str, str]],
+    cents: int,
+    idle: str,
+) -> None:
+    """A department whose calls all cost EUR got a USD row for its fixed share, and one of
+    zeros (no calls, no money) when the share came to less than a cent: an invoice line of
+    0.00 for each such department in the import."""
+    tz = ZoneInfo("Europe/Berlin")
+    window = parse_period("2026-11", tz=tz, now=NOW)
+    with opened(f"sqlite:///{tmp_path_factory.mktemp('rows') / 'ledger.db'}") as ledger:
+        ledger.record(_edge_spans(calls, window))
+        options = {"tz": tz, "now": NOW, "currency": "USD", "idle": idle}
+        plain = chargeback(ledger, "2026-11", **options)  # type: ignore[arg-type]
+        fixed = chargeback(ledger, "2026-11", fixed_cost=Decimal(cents).scaleb(-2), **options)  # type: ignore[arg-type]
+    before = {(r.tenant, r.department, r.currency) for r in plain.rows}
+    for row in fixed.rows:
+        assert (row.tenant, row.department, row.currency) in before or row.fixed_cost_share
+    assert sum(r.fixed_cost_share for r in fixed.rows) == Decimal(cents).scaleb(-2)
