@@ -301,8 +301,12 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
             value = environ[name].strip()
             if value and _integer(value, low=0) is None:  # empty: no limit
                 raise bad(name, "a whole number 0 or more (or empty, for no limit)")
-    for name, low in (("OTEL_BSP_SCHEDULE_DELAY", 1), ("OTEL_BSP_MAX_QUEUE_SIZE", 1)):
-        if name in environ and _integer(environ[name], low=low) is None:
+    for name in (
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    ):
+        if name in environ and _integer(environ[name], low=1) is None:
             unit = " of milliseconds" if name.endswith("DELAY") else ""
             raise bad(name, f"a whole number{unit} above 0")
     traces_sampler(environ)

@@ -32,12 +32,9 @@ from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._ids import OwnIds
 from ollama_meter.telemetry._observer import TelemetryObserver
+from ollama_meter.telemetry._size import batch_size
 from ollama_meter.telemetry._terminated import stop_on_sigterm, unless_ending
-from ollama_meter.telemetry._timeouts import (
-    export_bound,
-    export_timeout,
-    warn_if_meant_as_seconds,
-)
+from ollama_meter.telemetry._timeouts import export_bound, export_timeout, warn_if_meant_as_seconds
 from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics, flushing
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -312,8 +309,7 @@ class Telemetry:
                 BatchSpanProcessor(
                     exporter,
                     export_timeout_millis=int(self.timeout * 1000),
-                    # The SDK refuses a batch larger than its queue: the command failed.
-                    max_export_batch_size=min(batch, exporter.queue_size),
+                    max_export_batch_size=batch_size(batch, exporter.queue_size),
                     max_queue_size=exporter.queue_size,
                 ),
             )

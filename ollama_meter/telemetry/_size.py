@@ -7,12 +7,19 @@ ASCII and not for Chinese or emoji, whose exports were refused whole, every span
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+log = logging.getLogger("ollama_meter.telemetry")
+
+BATCH_SIZE = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+"""Spans an export carries at most, if set (checked with the settings); else ometer's own."""
+_said: set[str] = set()
 MAX_REQUEST_BYTES = 3 * 2**20
 """Spans' bytes in one export at most: under the 4 MiB a gRPC collector takes by default,
 with room for the resource, the scope and the framing."""
@@ -148,3 +155,19 @@ def metrics_data(points: Sequence[Placed]) -> Any:
             for resource, scopes in tree.values()
         ]
     )
+
+
+def batch_size(default: int, queue: int) -> int:
+    """Spans an export carries at most: ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (checked with the
+    settings) or ometer's ``default``, and never more than the ``queue`` holds (the SDK
+    refuses that), which is said once."""
+    given = os.environ.get(BATCH_SIZE, "").strip()
+    size = int(given) if given else default
+    if size > queue and given and BATCH_SIZE not in _said:
+        _said.add(BATCH_SIZE)
+        log.warning(
+            "%s=%d is above the queue's %d spans (OTEL_BSP_MAX_QUEUE_SIZE): "
+            "exports carry %d spans at most",
+            BATCH_SIZE, size, queue, queue,
+        )  # fmt: skip
+    return min(size, queue)

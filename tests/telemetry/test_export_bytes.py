@@ -366,3 +366,52 @@ def test_exports_carry_each_item_once_in_order_within_their_bytes_and_count(
         assert its == [sizes[item] for item in part]
         assert sum(its) <= limit or len(part) == 1
         assert most is None or len(part) <= most
+
+
+@pytest.mark.parametrize("content", [False, True], ids=["plain", "content"])
+def test_the_batch_size_the_sdk_variable_gives_is_the_one_exported_by(
+    monkeypatch: pytest.MonkeyPatch, content: bool
+) -> None:
+    """``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` was read by no one: ometer gave the SDK its own
+    512 (64 with content), so a collector that takes small requests got them all the same."""
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "3")
+    monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true" if content else "false")
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        _end(telemetry, 7, "a")
+        assert telemetry.flush()
+        telemetry.shutdown()
+    sizes = [
+        sum(len(s.spans) for r in request.message.resource_spans for s in r.scope_spans)
+        for request in rx.requests
+    ]
+    assert sum(sizes) == 7
+    assert max(sizes) <= 3, sizes
+
+
+def test_a_batch_size_above_the_queue_is_the_queue(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK refuses a batch larger than its queue (the command failed); it is cut to the
+    queue, and said once."""
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "9")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    with OtlpHttpReceiver() as rx, caplog.at_level(logging.WARNING, "ollama_meter.telemetry"):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        _end(telemetry, 4, "a")
+        assert telemetry.flush()
+        telemetry.shutdown()
+    sizes = [
+        sum(len(s.spans) for r in request.message.resource_spans for s in r.scope_spans)
+        for request in rx.requests
+    ]
+    assert sum(sizes) == 4 and max(sizes) <= 4
+    said = [
+        r.getMessage() for r in caplog.records if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in r.getMessage()
+    ]
+    assert said == [
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=9 is above the queue's 4 spans "
+        "(OTEL_BSP_MAX_QUEUE_SIZE): exports carry 4 spans at most"
+    ]
