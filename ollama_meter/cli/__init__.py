@@ -33,6 +33,7 @@ from ollama_meter.cli import (
     chat,
     db,
     demo,
+    keys,
     limit,
     log,
     perf,
@@ -66,7 +67,7 @@ app.command("chargeback")(chargeback.chargeback_command)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
-app.add_typer(serve.keys_app, name="keys")
+app.add_typer(keys.app, name="keys")
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(budget.app, name="budget")
 app.add_typer(limit.app, name="limit")

@@ -1,7 +1,6 @@
-"""``ometer serve`` and ``ometer keys``: the metering gateway from the terminal."""
+"""``ometer serve``: the metering gateway from the terminal."""
 
 import dataclasses
-import json
 import os
 from typing import TYPE_CHECKING, Annotated
 
@@ -9,19 +8,12 @@ import typer
 
 from ollama_meter._runtime import serving
 from ollama_meter.cli._common import (
-    Column,
     DbOption,
-    DeptOption,
-    JsonFlag,
     OriginsOption,
-    RowId,
-    TenantOption,
-    ledger_at,
     ledger_for,
     settings,
-    table,
 )
-from ollama_meter.cli._console import err, named, out, write_data
+from ollama_meter.cli._console import err, named
 from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import (
@@ -35,11 +27,6 @@ from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
-    from ollama_meter.ledger import ApiKey
-
-keys_app = typer.Typer(
-    help="Gateway API keys: each maps to a tenant and department.", no_args_is_help=True
-)
 
 
 def _listen_address(value: str) -> str:
@@ -244,115 +231,3 @@ def serve_settings(
         slots=slots,
         max_queue=max_queue,
     )
-
-
-@keys_app.command("create")
-def create_key(
-    tenant: TenantOption = None,
-    dept: DeptOption = None,
-    name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. crm-bot.")] = "key",
-    user: Annotated[
-        str | None,
-        typer.Option("--user", "-u", help="Charge every call with this key to this user."),
-    ] = None,
-    allow_users: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-user",
-            help="A user callers with this key may name in X-Ometer-User (repeat for more).",
-        ),
-    ] = None,
-    db: DbOption = None,
-) -> None:
-    """Create a key for a tenant and department; the key is printed once and stored hashed."""
-    from ollama_meter.meter import Attribution
-
-    cfg = settings(db_url=db, tenant=tenant, department=dept)
-    who = Attribution(tenant=cfg.tenant, department=cfg.department)
-    ledger = ledger_for(cfg)
-    key, secret = ledger.create_key(
-        name=name,
-        tenant=who.tenant,
-        department=who.department,
-        user=user,
-        users=tuple(allow_users or ()),
-    )
-    err.print(
-        f"key {key.id} ({key.name}) for {key.tenant}/{key.department}{_users(key)}; "
-        "it is shown only this once:"
-    )
-    try:
-        out.file.write(secret + "\n")
-        out.file.flush()  # a full disk refuses it here, not at exit, once the key is live
-    except BaseException:  # the stdout refused it, or Ctrl-C: a key no one saw is no key
-        ledger.revoke_key(key.id)
-        err.print(
-            f"note: key {key.id} ({key.name}) is revoked: it could not be shown; run the command again"
-        )
-        raise
-    from ollama_meter.cli import _hints  # a typo'd name charges every call to it
-
-    _hints.note_unused_scope(ledger, "key", key.tenant, key.department)
-
-
-def _users(key: "ApiKey") -> str:
-    if key.user:
-        return f", user {key.user}"
-    if key.users:
-        return f", users {', '.join(key.users)}"
-    return ""
-
-
-@keys_app.command("list")
-def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
-    """Every key (never the secret), live or revoked."""
-    keys, unreadable = ledger_at(db, existing=True).readable_keys()
-    for problem in unreadable:  # edited by hand in SQL: named, and no other key hidden
-        err.print(f"note: {problem}")
-    if as_json:
-        rows = [
-            {
-                "id": k.id,
-                "name": k.name,
-                "tenant": k.tenant,
-                "department": k.department,
-                "user": k.user,
-                "allowed_users": list(k.users),
-                "prefix": k.prefix,
-                "created_at": k.created_at.isoformat(),
-                "revoked": k.revoked_at is not None,
-            }
-            for k in keys
-        ]
-        write_data(json.dumps(rows, indent=2) + "\n")
-        return
-    columns = [
-        Column("id", numeric=True),
-        Column("name"),
-        Column("tenant/dept"),
-        Column("users"),
-        Column("prefix"),
-        Column("created"),
-        Column("state"),
-    ]
-    cells = [
-        [
-            str(k.id),
-            k.name,
-            f"{k.tenant}/{k.department}",
-            k.user or ", ".join(k.users) or "any (unverified)",
-            f"om_{k.prefix}…",
-            f"{k.created_at:%Y-%m-%d}",
-            "revoked" if k.revoked_at else "live",
-        ]
-        for k in keys
-    ]
-    none = "no keys; create one with `ometer keys create --name NAME --dept D`"
-    out.print(table("gateway keys", columns, cells, caption=None if cells else none))
-
-
-@keys_app.command("revoke")
-def revoke_key(key_id: RowId, db: DbOption = None) -> None:
-    """Revoke a key (its id from `ometer keys list`): the gateway refuses it from the next request on."""
-    ledger_at(db, existing=True).revoke_key(key_id)
-    out.print(f"revoked key {key_id}")

@@ -58,7 +58,8 @@ TOKEN_TWICE = " (?token= is given twice, so no token is read from it: give it on
 
 
 NOT_LIVE = (
-    "this API key is not a live key (revoked, or mistyped): send a live one (`ometer keys list`)"
+    "this API key is not a live key (revoked, expired, or mistyped): send a live one "
+    "(`ometer keys list`)"
 )
 """A key of ours that is not live; without ``--require-key`` a call may send none instead."""
 _NO_KEY = (

@@ -39,6 +39,7 @@ from ollama_meter.ledger import (
 from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
+from ollama_meter.ledger._keyring import KeyRing, no_live_key, row_id
 from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
 from ollama_meter.ledger._named import Named
 from ollama_meter.ledger._readable import Readable
@@ -50,22 +51,13 @@ from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, Span
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import _currencies, _keys, _limits
-    from ollama_meter.ledger._keys import ApiKey
 else:  # loaded when first used: a command that reads spans needs none of them
     lazy_modules(globals(), "ollama_meter.ledger", "_currencies _keys _limits")
 
 log = logging.getLogger("ollama_meter.ledger")
 
-MAX_ROW_ID = 2**31 - 1
-"""Rules, budgets and keys have 32-bit ids (PostgreSQL's INTEGER): a larger number names none."""
 
-
-def _row_id(value: int) -> bool:
-    """Whether ``value`` can be an id at all; asking the database for another is an error there."""
-    return 1 <= value <= MAX_ROW_ID
-
-
-class Ledger(DurableLedger, Named, Readable, Aggregates):
+class Ledger(DurableLedger, Named, Readable, Aggregates, KeyRing):
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
 
     def __init__(
@@ -231,7 +223,7 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
 
     def remove_price_rule(self, rule_id: int) -> None:
         with self.write() as conn:
-            if not (_row_id(rule_id) and _prices.remove_rule(conn, rule_id)):
+            if not (row_id(rule_id) and _prices.remove_rule(conn, rule_id)):
                 raise PricingError(f"no price rule with id {rule_id}; see `ometer pricing list`")
 
     def sync_price_rules(
@@ -279,7 +271,7 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
 
     def remove_budget(self, budget_id: int) -> None:
         with self.write() as conn:
-            if not (_row_id(budget_id) and _budgets.remove_budget(conn, budget_id)):
+            if not (row_id(budget_id) and _budgets.remove_budget(conn, budget_id)):
                 raise BudgetError(f"no budget with id {budget_id}; see `ometer budget list`")
 
     def sync_budgets(self, source: str, budgets: Sequence[Budget]) -> bool:
@@ -339,32 +331,6 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         with self.write() as conn:
             _alert_rows.record_delivery(conn, alert_id, deliveries, delivered, final=final)
 
-    # -- gateway keys ---------------------------------------------------------------------
-
-    def create_key(
-        self,
-        *,
-        name: str,
-        tenant: str,
-        department: str,
-        user: str | None = None,
-        users: tuple[str, ...] = (),
-    ) -> tuple[ApiKey, str]:
-        with self.write() as conn:
-            return _keys.create_key(conn, name, tenant, department, user, users)
-
-    def find_key(self, secret: str) -> ApiKey | None:
-        """The live key ``secret`` belongs to, or None; revocation counts at once."""
-        return self.reading(lambda conn: _keys.find_key(conn, secret))
-
-    def keys(self) -> list[ApiKey]:
-        return self.reading(_keys.list_keys)
-
-    def revoke_key(self, key_id: int) -> None:
-        with self.write() as conn:
-            if not (_row_id(key_id) and _keys.revoke_key(conn, key_id)):
-                raise LedgerError(f"no live key with id {key_id}; see `ometer keys list`")
-
     # -- limits ---------------------------------------------------------------------------
 
     def limits(self) -> list[Limit]:
@@ -378,9 +344,9 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         """Store a scope's limits (values left None keep what was stored); a key's take its names."""
         with self.write() as conn:
             if limit.key_id is not None:
-                key = _keys.key_with_id(conn, limit.key_id) if _row_id(limit.key_id) else None
-                if key is None or key.revoked_at is not None:
-                    raise LedgerError(f"no live key with id {limit.key_id}; see `ometer keys list`")
+                key = _keys.live_key(conn, limit.key_id) if row_id(limit.key_id) else None
+                if key is None:
+                    raise no_live_key(limit.key_id)
                 limit = replace(limit, tenant=key.tenant, department=key.department)
             return _limits.set_limit(conn, limit)
 
@@ -390,7 +356,7 @@ class Ledger(DurableLedger, Named, Readable, Aggregates):
         if key_id is None and (problem := Limit(tenant, department).problem()):
             raise ValidationError(problem)
         with self.write() as conn:
-            known = key_id is None or _row_id(key_id)
+            known = key_id is None or row_id(key_id)
             if not (known and _limits.remove_limit(conn, tenant, department, key_id)):
                 # A key's tenant and department are its own, not the ones given with it.
                 scope = f"key {key_id}" if key_id is not None else Limit(tenant, department).scope()

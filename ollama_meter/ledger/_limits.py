@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.errors import ValidationError
@@ -67,6 +67,17 @@ def set_limit(conn: Connection, limit: Limit) -> Limit:
             found = conn.execute(select(_LIMITS).where(*where)).one()
     conn.execute(update(_LIMITS).where(*where).values(updated_at=now, **given))
     return replace(_to_limit(found), updated_at=now, **given)
+
+
+def copy_limits(conn: Connection, from_key: int, to_key: int) -> None:
+    """Give key ``to_key`` the limits key ``from_key`` has (a key rotated keeps its limits)."""
+    columns = [c for c in _LIMITS.c if c.name != "key_id"]
+    rows = select(*columns, bindparam("to_key", to_key).label("key_id"))
+    conn.execute(
+        insert(_LIMITS).from_select(
+            [*(c.name for c in columns), "key_id"], rows.where(_LIMITS.c.key_id == from_key)
+        )
+    )
 
 
 def remove_limit(conn: Connection, tenant: str, department: str | None, key_id: int | None) -> bool:

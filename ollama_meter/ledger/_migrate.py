@@ -24,7 +24,7 @@ from ollama_meter.ledger._usage import shadowed, usage_problem
 
 log = logging.getLogger("ollama_meter.ledger")
 
-HEAD_REVISION = "0019"
+HEAD_REVISION = "0020"
 """The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
 
 

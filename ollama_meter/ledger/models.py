@@ -323,6 +323,8 @@ API_KEYS = Table(
     _Nullable("user", String(128)),
     # Comma-separated users this key may name in ``X-Ometer-User`` (names have no commas).
     _Nullable("allowed_users", Text()),
+    # From this instant the key is no live key, as if revoked then (none: until revoked).
+    _Nullable("expires_at", UTCDateTime()),
     Index("ix_api_keys_prefix", "prefix"),
 )
 """Gateway keys: only each key's SHA-256 is kept; the prefix finds it without a scan."""

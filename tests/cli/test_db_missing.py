@@ -40,6 +40,7 @@ READING: dict[str, tuple[str, ...]] = {
     "chargeback": ("--month", "2026-11"),
     "keys list": (),
     "keys revoke": ("1",),
+    "keys rotate": ("1",),
     "pricing list": (),
     "pricing rm": ("1",),
     "budget list": (),

@@ -456,7 +456,7 @@ def test_a_key_that_is_not_live_is_refused_even_when_keys_are_not_required(
         refused = gateway.client.post("/v1/chat/completions", json=body, headers=headers)
         assert refused.status_code == 401, headers
         assert refused.json()["error"]["message"] == (
-            "this API key is not a live key (revoked, or mistyped): send a live one "
+            "this API key is not a live key (revoked, expired, or mistyped): send a live one "
             "(`ometer keys list`), or none to be charged to the defaults"
         )
     assert gateway.client.get("/api/tags", headers={"X-Ometer-Key": secret}).status_code == 200

@@ -88,7 +88,7 @@ def test_a_call_whose_key_is_revoked_while_it_waits_is_refused_when_its_turn_com
     assert refused.headers["www-authenticate"] == "Bearer"
     tail = "" if require_key else ", or none to be charged to the defaults"
     assert refused.json()["error"]["message"] == (
-        "this API key is not a live key (revoked, or mistyped): send a live one "
+        "this API key is not a live key (revoked, expired, or mistyped): send a live one "
         f"(`ometer keys list`){tail}"
     )
     assert prompts(emulator) == ["first"]  # the refused call never reached Ollama
@@ -213,7 +213,7 @@ def test_a_call_whose_key_is_revoked_while_it_waits_again_after_a_move_is_refuse
     assert (answered.status_code, refused.status_code) == (200, 401)
     assert refused.headers["www-authenticate"] == "Bearer"
     assert refused.json()["error"] == (
-        "this API key is not a live key (revoked, or mistyped): send a live one "
+        "this API key is not a live key (revoked, expired, or mistyped): send a live one "
         "(`ometer keys list`)"
     )
     assert prompts(busy) == ["first"]  # the refused call never reached it
