@@ -288,13 +288,23 @@ def _descriptors() -> list[int]:
 _BESIDE = ("-wal", "-shm", "-journal")
 
 
+def beside_database(path: Path) -> str | None:
+    """What file of a database ``path`` is when it is one SQLite keeps beside it ("a SQLite
+    database's wal file"), or None: named so and with that database there. Empty (a WAL a
+    checkpoint cut to nothing) it is still that database's, which a file renamed over it
+    takes from every process using the database."""
+    for end in _BESIDE:
+        if path.name.endswith(end) and os.path.lexists(path.with_name(path.name[: -len(end)])):
+            return f"a SQLite database's {end[1:]} file"
+    return None
+
+
 def database_file(path: Path) -> str | None:
     """What SQLite file ``path`` is ("a SQLite database", "a SQLite database's write-ahead
     log"), or None for any other file, or none there: a report written over one loses what
     no report is worth (a ledger's every span, or the transactions its WAL holds)."""
-    for end in _BESIDE:
-        if path.name.endswith(end) and os.path.lexists(path.with_name(path.name[: -len(end)])):
-            return f"a SQLite database's {end[1:]} file"
+    if what := beside_database(path):
+        return what
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
             return None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 
 from ollama_meter._paths import (
+    beside_database,
     cannot_write,
     discard,
     resolved,
@@ -75,6 +76,11 @@ def backup(
             "file's path"
         )
     target = through or target
+    if what := beside_database(target):  # another database's, emptied by a checkpoint
+        raise ValidationError(
+            f"{target} is {what}, not a backup: a backup written over it would take from that "
+            "database what it holds there. Give another file"
+        )
     _refuse_in_use(target)
     _refuse_no_backup(source, target)
     sweep_killed(target, ".partial", _BESIDE)

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ollama_meter._kinds import SQLITE, WAL_MAGIC, packed
 from ollama_meter._text import json_bytes
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import CutShort, span_from_line
+from ollama_meter.ledger._no_export import not_a_span, not_utf8, spread, without_bom
 from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, select_spans
 from ollama_meter.ledger.models import SPANS
@@ -178,8 +178,8 @@ class ImportSummary:
     read: int = 0
     added: int = 0
     pruned: int = 0
-    """Spans skipped because they started before the prune horizon and the ledger does not
-    hold them (see :func:`import_lines`)."""
+    """Lines skipped because their spans started before the prune horizon and the ledger
+    does not hold them (see :func:`import_lines`): a span given twice, twice."""
     horizon: datetime | None = None
 
     @property
@@ -297,7 +297,9 @@ def _import(
                     # as every write leaves them (insert_spans): counted, not kept.
                     done = insert_spans(conn, pending, pruned_too=pruned_too)
                 summary.added += len(done.added)
-                summary.pruned += len(done.early)
+                if done.early:  # by lines, as across batches: its line twice is skipped twice
+                    early = {span.id for span in done.early}
+                    summary.pruned += sum(span.id in early for span in pending)
                 summary.horizon = done.horizon or summary.horizon
             except LedgerError as exc:  # the batch is rolled back whole: running again is safe
                 raise LedgerError(
@@ -309,7 +311,7 @@ def _import(
                 progress(len(pending))
             pending.clear()
 
-    for number, raw in enumerate(_without_bom(lines, name), start=1):
+    for number, raw in enumerate(without_bom(lines, name), start=1):
         # exports saved with a BOM and concatenated (cat a.jsonl b.jsonl): one mid-file
         line = raw.removeprefix(b"\xef\xbb\xbf")
         if not line.strip():
@@ -318,6 +320,11 @@ def _import(
             span = span_from_line(line)
         except ValueError as exc:
             flush()
+            if said := not_a_span(line, name):  # a pricing file, a CSV, a program
+                raise ValidationError(
+                    f"line {number}: {said}; the {summary.read} span(s) before it are recorded "
+                    "(spans already there are skipped)"
+                ) from None
             if isinstance(exc, CutShort) and not raw.endswith(b"\n"):  # the file's last line
                 raise ValidationError(
                     f"line {number}: the file ends part way through this span (an export cut "
@@ -325,14 +332,14 @@ def _import(
                     f"{summary.read} span(s) before it are recorded: import a whole export "
                     "(spans already there are skipped)"
                 ) from None
-            if encoded := _not_utf8(line, name):
+            if encoded := not_utf8(line, name):
                 raise ValidationError(
                     f"line {number}: {encoded}; the {summary.read} span(s) before it are "
                     "recorded (spans already there are skipped)"
                 ) from None
-            if spread := _spread(line, exc, name):
+            if spread_over := spread(line, exc, name):
                 raise ValidationError(
-                    f"line {number}: {spread}; the {summary.read} span(s) before it are "
+                    f"line {number}: {spread_over}; the {summary.read} span(s) before it are "
                     "recorded: import the spans one a line (spans already there are skipped)"
                 ) from None
             raise ValidationError(
@@ -355,79 +362,3 @@ def _import(
             flush()
     flush()
     return summary
-
-
-def _not_utf8(line: bytes, name: str) -> str | None:
-    """What to do with a line that is not UTF-8 (an export edited and saved as Windows-1252
-    or Latin-1: `é` as the one byte E9), which JSON's "Invalid UTF-8 encoded string" did not
-    say; None for one that is."""
-    try:
-        line.rstrip(b"\r\n").decode()
-    except UnicodeDecodeError as exc:
-        if exc.reason == "unexpected end of data":  # a character cut in two: a line cut short
-            return None
-        return (
-            f"byte {exc.start + 1} (0x{line[exc.start]:02X}) is not UTF-8: export lines are "
-            "UTF-8 text, and this file was saved in another encoding. Convert it, naming the one "
-            f"it was saved in (iconv -f WINDOWS-1252 -t UTF-8 {shlex.quote(name)} | ometer db "
-            "import -), and import again"
-        )
-    return None
-
-
-def _spread(line: bytes, exc: ValueError, name: str) -> str | None:
-    """What is wrong with ``line`` when it is JSON that spreads spans over lines (``ometer log
-    --json``'s array, ``jq .``'s objects): that, and how to make it lines, not a line to fix."""
-
-    def made_lines(jq: str) -> str:
-        return f"(jq -c {shlex.quote(jq)} {shlex.quote(name)} | ometer db import -)"
-
-    if line.lstrip().startswith(b"["):
-        return (
-            "a JSON array, not a span: an export gives each span on a line of its own, as an "
-            f"object; `ometer log --json` prints them as an array {made_lines('.[]')}"
-        )
-    if isinstance(exc, CutShort):
-        return (
-            "the span goes on past the end of the line: an export gives each span whole on "
-            f"one line, not spread over several as jq . prints it {made_lines('.')}, and one "
-            "cut short ends so too (import a whole export)"
-        )
-    return None
-
-
-def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
-    """``lines`` without the UTF-8 byte order mark editors put first; a ValidationError
-    naming what the file is when it is no export's text, which no line of it would say: a
-    UTF-16 file (PowerShell's ``>``), a packed export, a ledger's SQLite file, lines ended
-    with CR alone."""
-    rest = iter(lines)
-    first = next(rest, b"")
-    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ValidationError(
-            "line 1: the file is UTF-16 (its byte order mark says so); export lines are UTF-8: "
-            "convert it (iconv -f UTF-16 -t UTF-8) and import again"
-        )
-    if found := packed(first):
-        what, unpack = found
-        raise ValidationError(
-            f"line 1: the file is {what}: {unpack} {shlex.quote(name)} | ometer db import -"
-        )
-    if first.startswith(SQLITE):
-        raise ValidationError(
-            "line 1: the file is a SQLite database (a ledger or its backup), not an export: "
-            f"export it (ometer db export --db {shlex.quote(f'sqlite:///{name}')}) and import that"
-        )
-    if first[:4] in WAL_MAGIC:
-        raise ValidationError(
-            "line 1: the file is a SQLite write-ahead log (a ledger's -wal file), not an export: "
-            "export the ledger it belongs to (ometer db export --db sqlite:///LEDGER) and "
-            "import that"
-        )
-    if b"}\r{" in first:  # JSON strings hold no raw CR: it ends one span's line
-        raise ValidationError(
-            "line 1: the file ends its lines with CR alone (classic Mac OS), not LF: convert it "
-            f"(tr '\\r' '\\n' < {shlex.quote(name)} | ometer db import -) and import again"
-        )
-    yield first.removeprefix(b"\xef\xbb\xbf")
-    yield from rest

@@ -212,3 +212,41 @@ def test_a_backup_taken_while_the_rollups_are_cut_again_is_finished_by_its_first
         "rollups": "current"
     }
     assert copy.execute("SELECT count(*) FROM rollups").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("end", ["-wal", "-journal"])
+def test_a_backup_onto_another_databases_empty_wal_or_journal_is_refused(
+    cli: Any, tmp_path: Path, end: str
+) -> None:
+    """A WAL a checkpoint cut to nothing (`wal_checkpoint(TRUNCATE)`, as a prune ends) is an
+    empty file, which a backup took for `mktemp`'s and renamed its copy over: the process
+    using that database wrote on to the WAL no name led to any more, and every other reader
+    of it met "database disk image is malformed". A database's file beside it is no backup."""
+    other = tmp_path / "other.db"
+    user = sqlite3.connect(other, isolation_level=None)  # a process that has it open
+    try:
+        user.execute(f"PRAGMA journal_mode = {'WAL' if end == '-wal' else 'TRUNCATE'}")
+        user.execute("CREATE TABLE t (x)")
+        user.execute("INSERT INTO t VALUES (1)")
+        if end == "-wal":
+            user.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:  # TRUNCATE mode leaves its journal, emptied, after each transaction
+            assert Path(f"{other}{end}").exists()
+        beside = Path(f"{other}{end}")
+        assert beside.stat().st_size == 0
+        db = f"sqlite:///{tmp_path / 'ledger.db'}"
+        Ledger(db).record(_spans(3))
+        done = cli("db", "backup", str(beside), "--db", db)
+        assert (done.code, done.stdout) == (2, ""), done.stdout
+        assert done.stderr == (
+            f"error: {beside} is a SQLite database's {end[1:]} file, not a backup: a backup "
+            "written over it would take from that database what it holds there. Give another "
+            "file\n"
+        )
+        assert beside.stat().st_size == 0 and not list(tmp_path.glob(".*partial*"))
+        user.execute("INSERT INTO t VALUES (2)")
+        with sqlite3.connect(other) as reader:
+            assert reader.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    finally:
+        user.close()
+        close_ledgers()

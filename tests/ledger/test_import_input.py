@@ -266,6 +266,67 @@ def test_spans_spread_over_lines_are_named_for_what_they_are(
     assert done.code == 0 and Ledger(sqlite_url).count() == 3
 
 
+_NO_SPANS = {
+    # `ometer pricing import prices.toml` and `ometer db import prices.toml` are one word apart
+    "prices.toml": (
+        b'currency = "USD"\n\n[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = 0.15\n',
+        "text that begins 'currency = \"USD\"': a pricing file (TOML) goes in with ometer "
+        "pricing import prices.toml",
+    ),
+    "rules.toml": (  # said to be a JSON array, with the jq command that makes spans of one
+        b'[[rule]]\nmodel = "qwen2.5:*"\ngpu_hour = 2.40\n',
+        "text that begins '[[rule]]': a pricing file (TOML) goes in with ometer pricing import "
+        "rules.toml",
+    ),
+    "commented.toml": (
+        b"# what our calls cost\n[[rule]]\n",
+        "text that begins '# what our calls cost': a pricing file (TOML) goes in with ometer "
+        "pricing import commented.toml",
+    ),
+    "job.sh": (b"#!/bin/sh\n", "text that begins '#!/bin/sh'"),
+    "october.csv": (  # `ometer report --format csv > october.csv`: "invalid character (byte 0)"
+        b"day,requests,errors,input_tokens,output_tokens,gpu_seconds,cost,currency\n",
+        "text that begins 'day,requests,errors,input_tokens,output_tokens,gpu_seconds,c'...",
+    ),
+    "ometer": (  # a program: told it was text saved as Windows-1252, to convert with iconv
+        b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x03\x00>\x00\xf0\n",
+        "binary, not text (byte 5 is 0x02, which no text holds)",
+    ),
+    "ledger.db-shm": (  # a ledger's shared memory: told to convert it with iconv too
+        b"\x18\xe2-\x00\x00\x00\x00\x00" + b"\x00" * 56,
+        "binary, not text (byte 1 is 0x18, which no text holds)",
+    ),
+    "photo.jpg": (
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01",
+        "binary, not text (byte 5 is 0x00, which no text holds)",
+    ),
+    "null.json": (b"null\n", "text that begins 'null'"),
+}
+
+
+@pytest.mark.parametrize("name", _NO_SPANS)
+def test_a_file_that_holds_no_spans_is_named_for_what_it_is(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A pricing file, a CSV report, a program or a ledger's -shm given to `db import` was said
+    to be malformed JSON at "byte 0" (read as a NUL), a JSON array to run jq on, or text
+    saved as Windows-1252 to convert with iconv: no fix of the line or its encoding makes it
+    an export. It says what the line is, and where a pricing file goes; no ledger is made."""
+    data, what = _NO_SPANS[name]
+    (tmp_path / name).write_bytes(data)
+    monkeypatch.chdir(tmp_path)  # the file as a user names it, in the hint too
+    target = tmp_path / "new" / "ledger.db"
+    done = cli("db", "import", name, "--db", f"sqlite:///{target}")
+    assert (done.code, done.stdout, done.stderr) == (
+        2,
+        "",
+        "error: line 1: not a span: each line of an export is one span as a JSON object "
+        '({"id": ...}, as ometer db export writes it), and this line is '
+        f"{what}; the 0 span(s) before it are recorded (spans already there are skipped)\n",
+    )
+    assert not target.parent.exists()
+
+
 def test_a_key_a_newer_export_may_add_is_not_read_to_check_the_keys() -> None:
     """Checking each key is given once read the whole line into Python objects: 16 MiB of
     ``[],`` under a key no span has (which the span's decoder skips unread) were 400 MB of
