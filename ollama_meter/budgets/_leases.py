@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ollama_meter._forks import ChildLock
 from ollama_meter.periods import Window
-from ollama_meter.records import Budget, LeaseKey
+from ollama_meter.records import Budget, LeaseKey, Usage
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetReads
@@ -70,6 +70,9 @@ class Reservation:
     process killed, whoever records the call frees them (else they held it for the TTL)."""
     holder: str = ""
     """The call its leases hold for alone (a per-call reservation), or "" (shared leases)."""
+    usage: Usage | None = None
+    """What its bound prices (:attr:`Estimate.usage`): the call's charge if its process dies
+    before it ends (its journal line notes it)."""
 
     @property
     def slots(self) -> list[Slot]:
