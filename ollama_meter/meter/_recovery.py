@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 from ollama_meter.meter._elsewhere import behind_locked
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import SpanRecord, Status, Stored, TokenSource, Usage, make_storable
+from ollama_meter.records import (
+    DurationSource,
+    SpanRecord,
+    Status,
+    Stored,
+    TokenSource,
+    Usage,
+    make_storable,
+)
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger
@@ -86,6 +94,7 @@ def _charge_bound(span: SpanRecord, bound: Usage) -> None:
     if bound.busy_ns(charge_load=True):  # time is priced: the time the bound paid for
         span.prompt_eval_duration_ns, span.eval_duration_ns = bound.prompt_eval_ns, bound.eval_ns
         span.load_duration_ns = bound.load_ns
+        span.duration_source = DurationSource.MEASURED  # an upper bound: no speed of Ollama's
     span.error_message = INTERRUPTED_BOUND_MESSAGE
 
 
