@@ -163,6 +163,20 @@ class Lease:
             return False
         return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
 
+    def lapsed(self, now: datetime, clock: float, ttl: timedelta) -> bool:
+        """Its row may have expired in the ledger (by :data:`LAPSED_SHARE` of its life, on
+        either clock: the ledger's may run ahead of this host's): others may have taken the
+        room it held, so what it had free is no longer this process's to admit against."""
+        gone = ttl * (1 - LAPSED_SHARE)
+        return clock - self.renewed > ttl.total_seconds() * LAPSED_SHARE or (
+            now >= self.expires_at - gone
+        )
+
+
+LAPSED_SHARE = 0.75
+"""Of its rows' life, how long a lease may go unwritten before its row may have expired: it is
+written at half (:meth:`Lease.due`), so past this its process stood still (stopped, paused)."""
+
 
 def stale_unless_hard(leases: Iterable[Lease], budgets: Iterable[Budget]) -> None:
     """Mark ``leases`` whose budget is not among the hard ``budgets`` now (made soft, or
