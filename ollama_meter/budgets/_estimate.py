@@ -101,6 +101,9 @@ class Estimate:
     embedding, or a call capped at 0, can only send less)."""
     media: bool = False
     """Whether the bound holds pictures or sounds (:attr:`CallBound.media`)."""
+    usage: Usage | None = None
+    """What ``amount`` prices (durations only where time is priced): a call whose process
+    died before it ended is charged this, since what Ollama did with it is unknown."""
 
     @property
     def hint(self) -> str:
@@ -179,7 +182,10 @@ def bound_cost(
     cost = compute_cost(rule, charged, currency=book.currency)
     priced_time, priced_load = book.timed(rule)
     if not priced_time:  # no time cap
-        return Estimate(cost.total, cost.currency, replies=outputs > 0, media=bound.media)
+        tokens = Usage(inputs, outputs)
+        return Estimate(
+            cost.total, cost.currency, replies=outputs > 0, media=bound.media, usage=tokens
+        )
     # A call cut short is charged its wall time as busy time (no load apart), at most the
     # time the bound pays for (load included only if priced).
     paid = charged.busy_ns(charge_load=priced_load)
@@ -187,7 +193,15 @@ def bound_cost(
     # the call's wall time holds that, its price only the thinking.
     unreported = (bound.passes - 1) * usage.busy_ns(charge_load=False)
     waits = usage.busy_ns(charge_load=True) + unreported
-    return Estimate(cost.total, cost.currency, paid, waits, replies=outputs > 0, media=bound.media)
+    return Estimate(
+        cost.total,
+        cost.currency,
+        paid,
+        waits,
+        replies=outputs > 0,
+        media=bound.media,
+        usage=charged,
+    )
 
 
 class HiddenPrompts:

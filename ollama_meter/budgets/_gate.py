@@ -259,7 +259,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         keys = tuple(le.key for le in leases)
         rows = tuple(le.row_id for le in leases)
         ids = tuple(k.budget_id for k in keys)
-        return Reservation(call_id, ids, keys, estimate.amount, rows, holder)
+        return Reservation(call_id, ids, keys, estimate.amount, rows, holder, estimate.usage)
 
     def _renewal_failed(self, leases: list[Lease], now: datetime, exc: BaseException) -> None:
         """Drop the leases that hold nothing (new ones; lock held): kept, they would look idle,

@@ -128,6 +128,8 @@ class LeaseKeeper:
                 gone = sum(cost for i, cost in lease.kept.items() if i in found)
                 if found.intersection(lease.kept) or lease.due(now, clock, ttl):
                     amount = max(0, lease.amount - gone)
+                    if lease.lapsed(now, clock, ttl):  # its free room may be another's now
+                        amount, lease.stale = lease.holds(found), True
                     self._write_lease(store, lease, amount, now)
                     written.append((lease, amount))
         renewed = self._clock()

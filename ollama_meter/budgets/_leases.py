@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ollama_meter._forks import ChildLock
 from ollama_meter.periods import Window
-from ollama_meter.records import Budget, LeaseKey
+from ollama_meter.records import Budget, LeaseKey, Usage
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetReads
@@ -70,6 +70,9 @@ class Reservation:
     process killed, whoever records the call frees them (else they held it for the TTL)."""
     holder: str = ""
     """The call its leases hold for alone (a per-call reservation), or "" (shared leases)."""
+    usage: Usage | None = None
+    """What its bound prices (:attr:`Estimate.usage`): the call's charge if its process dies
+    before it ends (its journal line notes it)."""
 
     @property
     def slots(self) -> list[Slot]:
@@ -159,6 +162,20 @@ class Lease:
         if self.taken:
             return False
         return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
+
+    def lapsed(self, now: datetime, clock: float, ttl: timedelta) -> bool:
+        """Its row may have expired in the ledger (by :data:`LAPSED_SHARE` of its life, on
+        either clock: the ledger's may run ahead of this host's): others may have taken the
+        room it held, so what it had free is no longer this process's to admit against."""
+        gone = ttl * (1 - LAPSED_SHARE)
+        return clock - self.renewed > ttl.total_seconds() * LAPSED_SHARE or (
+            now >= self.expires_at - gone
+        )
+
+
+LAPSED_SHARE = 0.75
+"""Of its rows' life, how long a lease may go unwritten before its row may have expired: it is
+written at half (:meth:`Lease.due`), so past this its process stood still (stopped, paused)."""
 
 
 def stale_unless_hard(leases: Iterable[Lease], budgets: Iterable[Budget]) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 from ollama_meter._forks import renew_after_fork
 from ollama_meter.ledger._beside import give_to_folder, make_folder
 from ollama_meter.ledger._spool import span_json, write_atomically
-from ollama_meter.records import SpanRecord
+from ollama_meter.records import SpanRecord, Usage
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -87,6 +87,8 @@ class Orphan:
     final: bool = False
     leases: tuple[str, ...] = ()
     """The budget lease rows the call was admitted against (its dead process's)."""
+    bound: Usage | None = None
+    """What the call's hard budgets held for it, as usage: its charge, Ollama's work unknown."""
 
 
 class Journal:
@@ -122,12 +124,20 @@ class Journal:
         self._size = 0
         self._torn = False
 
-    def opened(self, span: SpanRecord, input_estimate: int, leases: tuple[str, ...] = ()) -> None:
-        """Note a call about to go upstream, with the budget lease rows that hold its bound.
-        Best effort: a failure is logged, never raised."""
+    def opened(
+        self,
+        span: SpanRecord,
+        input_estimate: int,
+        leases: tuple[str, ...] = (),
+        bound: Usage | None = None,
+    ) -> None:
+        """Note a call about to go upstream, with the budget lease rows that hold its bound
+        and the usage that bound prices. Best effort: a failure is logged, never raised."""
         entry: dict[str, Any] = {"o": span_json(span, _OPEN_FIELDS), "in": input_estimate}
         if leases:
             entry["l"] = list(leases)
+        if bound is not None:
+            entry["b"] = [getattr(bound, name) for name in _BOUND]
         with self._lock:
             self._note(span.id, _line(entry), moved=self._removed)
 
@@ -381,7 +391,7 @@ def _open_calls(fd: int) -> tuple[dict[str, Orphan], list[bytes]]:
             if not isinstance(leases, list) or not all(isinstance(i, str) for i in leases):
                 raise ValueError(f"the leases {leases!r} are not row ids")
             span = _opened_span(entry["o"])
-            opened[span.id] = Orphan(span, estimate, leases=tuple(leases))
+            opened[span.id] = Orphan(span, estimate, leases=tuple(leases), bound=_bound(entry))
         except (ValueError, TypeError, KeyError, RecursionError):
             unreadable.append(line)
     return opened, unreadable
@@ -398,3 +408,22 @@ def _opened_span(noted: object) -> SpanRecord:
     from ollama_meter.ledger._line import span_from_row
 
     return span_from_row({**_UNKNOWN_YET, **known})
+
+
+_BOUND = ("input_tokens", "output_tokens", "prompt_eval_ns", "eval_ns", "load_ns")
+"""The usage a call's bound prices, as an opened call's line notes it (``b``)."""
+
+
+def _bound(entry: dict[str, Any]) -> Usage | None:
+    """The usage an opened call's line notes its hard budgets held for it; ValueError when
+    it says something else (a line from before, with none: None)."""
+    noted = entry.get("b")
+    if noted is None:
+        return None
+    if not (
+        isinstance(noted, list)
+        and len(noted) == len(_BOUND)
+        and all(type(n) is int and n >= 0 for n in noted)
+    ):
+        raise ValueError(f"the bound {noted!r} is not {len(_BOUND)} counts")
+    return Usage(**dict(zip(_BOUND, noted, strict=True)))

@@ -50,6 +50,7 @@ from ollama_meter.records import (
     SpanRecord,
     Status,
     Stored,
+    Usage,
     make_storable,
     new_span_ids,
 )
@@ -69,6 +70,12 @@ DEFAULT_REPLY_CAP = 4096  # reply tokens under a hard budget, for a call that se
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _held(call: MeteredCall) -> Usage | None:
+    """What the call's hard budgets hold for it, as usage (for its journal line): were its
+    process killed, it is charged that, not its prompt alone (test_killed_mid_reply.py)."""
+    return None if call.reservation is None else call.reservation.usage
 
 
 class Transport(Protocol):
@@ -203,13 +210,13 @@ class Meter(Admitting):
         # hook (a wait of the caller's, as for a gateway's slot), it is charged nothing, not
         # its prompt as interrupted; its budget hold lapses (RESERVATION_TTL), as a queued one's.
         if self.journal and not opening.queued:
-            self.ledger.journal.opened(span, call.input_estimate, call.leases)
+            self.ledger.journal.opened(span, call.input_estimate, call.leases, _held(call))
         return call
 
     def sending(self, call: MeteredCall) -> None:
         """Journal a ``queued`` call as it leaves for Ollama: killed from here on, it is interrupted."""
         if self.journal:
-            self.ledger.journal.opened(call.span, call.input_estimate, call.leases)
+            self.ledger.journal.opened(call.span, call.input_estimate, call.leases, _held(call))
 
     def _new_span(
         self, operation: str, model: str, stream: bool, who: Attribution, currency: str

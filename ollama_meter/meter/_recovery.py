@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 from ollama_meter.meter._elsewhere import behind_locked
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import SpanRecord, Status, Stored, TokenSource, make_storable
+from ollama_meter.records import (
+    DurationSource,
+    SpanRecord,
+    Status,
+    Stored,
+    TokenSource,
+    Usage,
+    make_storable,
+)
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger
@@ -23,6 +31,12 @@ dead client's call to be committed (the writer it waited behind gone, it is with
 INTERRUPTED_MESSAGE = (
     "the process that made this call ended before the call did (killed or crashed); "
     "what Ollama did with it is unknown, so only its prompt (estimated) is charged"
+)
+
+INTERRUPTED_BOUND_MESSAGE = (
+    "the process that made this call ended before the call did (killed or crashed); "
+    "what Ollama did with it is unknown, so it is charged the most it could cost, which its "
+    "hard budget held for it"
 )
 
 
@@ -53,6 +67,8 @@ def recover_interrupted(
                 span.fail("interrupted", INTERRUPTED_MESSAGE, status=Status.INTERRUPTED)
                 span.input_tokens = orphan.input_estimate
                 span.token_source = TokenSource.ESTIMATED
+                if orphan.bound is not None:
+                    _charge_bound(span, orphan.bound)
                 make_storable(span)
                 span.apply_cost(prices().cost_of(span))
                 notify(exporters, "on_end", span)  # its ids as exported go in the row
@@ -66,6 +82,20 @@ def recover_interrupted(
             "recorded %d call(s) a dead process left unfinished as interrupted", interrupted
         )
     return interrupted
+
+
+def _charge_bound(span: SpanRecord, bound: Usage) -> None:
+    """``span``'s call as its hard budgets bounded it: the most it could have cost, which they
+    held for it. Charged its prompt alone, a call whose process was killed once the caller
+    had the reply cost nothing where replies or time are priced, and a caller that killed its
+    own process mid-stream called again and again under a spent hard limit
+    (test_killed_mid_reply.py)."""
+    span.input_tokens, span.output_tokens = bound.input_tokens, bound.output_tokens
+    if bound.busy_ns(charge_load=True):  # time is priced: the time the bound paid for
+        span.prompt_eval_duration_ns, span.eval_duration_ns = bound.prompt_eval_ns, bound.eval_ns
+        span.load_duration_ns = bound.load_ns
+        span.duration_source = DurationSource.MEASURED  # an upper bound: no speed of Ollama's
+    span.error_message = INTERRUPTED_BOUND_MESSAGE
 
 
 def _recorded_by_gateway(ledger: Ledger, opened: list[SpanRecord]) -> set[str]:

@@ -117,9 +117,15 @@ def served(span: SpanRecord) -> bool:
     caller stopped it once Ollama worked on it (then its time is on the span, timed by Ollama
     or the meter, or counts of it). A caller gone while its call waited for a gateway's slot,
     or before Ollama had the request, was served by no one: by its status (``client_abort``)
-    alone it was charged the per-request fee of a call no server saw."""
+    alone it was charged the per-request fee of a call no server saw. A call whose process
+    died once Ollama had it (``interrupted``) is charged its prompt, estimated, and no fee;
+    but one a hard budget bounded is charged the bound, reply and time (``_recovery.py``),
+    fee too: with none, a caller who killed its own process once it had a stream's reply
+    spent nothing of the fee the budget held for it (test_killed_mid_reply.py)."""
     if span.status == Status.OK:
         return True
+    if span.status == Status.INTERRUPTED:
+        return bool(span.output_tokens or span.prompt_eval_duration_ns or span.eval_duration_ns)
     return span.status == Status.CLIENT_ABORT and bool(
         span.duration_source or span.prompt_eval_duration_ns or span.eval_duration_ns
         or span.input_tokens or span.output_tokens

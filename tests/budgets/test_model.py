@@ -98,7 +98,8 @@ def test_bound_uses_the_calls_own_size_not_history() -> None:
     small_history = [PastCall(5, 20, 0, 0, 0)]
     # 1000 per 1M in, 2000 per 1M out: micro-units are tokens x 1000 and x 2000.
     bound = bound_cost(book, "m", now, CallBound(1_000_000, 64), small_history)
-    assert bound == Estimate(1_000_000 * 1000 + 64 * 2000, "USD")
+    expected = Estimate(1_000_000 * 1000 + 64 * 2000, "USD", usage=Usage(1_000_000, 64))
+    assert bound == expected  # what it prices: a killed call's charge (test_killed_mid_reply)
     assert bound_cost(book, "m", now, CallBound(10, 0), []).amount == 10_000
 
 

@@ -440,10 +440,15 @@ def test_a_currency_no_one_uses_is_refused_where_it_is_typed(
 
 
 def test_usage_of_an_interrupted_span_has_no_fee() -> None:
+    """Unless a hard budget bounded it: then it is charged the bound, reply and fee with it
+    (``tests/budgets/test_killed_mid_reply.py``)."""
     from tests.factories import make_span
 
-    span = make_span(status="interrupted", input_tokens=10, output_tokens=0)
+    unknown = {"prompt_eval_duration_ns": None, "eval_duration_ns": None}
+    span = make_span(status="interrupted", input_tokens=10, output_tokens=0, **unknown)
     assert usage_of(span).answered is False
+    bounded = make_span(status="interrupted", input_tokens=10, output_tokens=64, **unknown)
+    assert usage_of(bounded).answered is True
 
 
 @given(
