@@ -13,6 +13,7 @@ what Ollama itself says wrong reads as ``ollama.Client`` has it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -183,17 +184,22 @@ def lying(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _outcome(pulled: Callable[[], Any]) -> tuple[Any, ...]:
     try:
-        return ("answered", [line.status for line in pulled()])
+        answer = pulled()
+        return (
+            "answered",
+            [line.status for line in answer] if inspect.isgenerator(answer) else answer,
+        )
     except Exception as exc:  # what the caller sees: its type and words
         return (type(exc), str(exc))
 
 
+@pytest.mark.parametrize("stream", [True, False])
 def test_a_pull_from_an_ollama_gone_or_lying_fails_as_the_ollama_clients_does(
-    sqlite_url: str, lying: str
+    sqlite_url: str, lying: str, stream: bool
 ) -> None:
-    expected = _outcome(lambda: ollama.Client(lying).pull("qwen3:8b", stream=True))
+    expected = _outcome(lambda: ollama.Client(lying).pull("qwen3:8b", stream=stream))
     with MeteredClient(lying, db_url=sqlite_url) as client:
-        assert _outcome(lambda: client.pull("qwen3:8b", stream=True)) == expected
+        assert _outcome(lambda: client.pull("qwen3:8b", stream=stream)) == expected
     assert expected[0] is not ClientClosed and expected[0] != "answered"
 
 
