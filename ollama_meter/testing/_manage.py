@@ -53,9 +53,8 @@ class ManageRoutes(Handler):
                 self._manage_error(exc.status, exc.message)
                 return
             progress, failure = [], exc.message
-        pause = self.emulator.progress_latency
         if not streamed:
-            self._pause(pause * max(len(progress) - 1, 0))
+            self._pause(self.emulator.progress_latency * max(len(progress) - 1, 0))
             if failure is not None:
                 self._manage_error(500, failure)
             else:
@@ -64,8 +63,8 @@ class ManageRoutes(Handler):
         self._start_chunked("application/x-ndjson")
         lines = [*progress, *([{"error": failure}] if failure is not None else [])]
         for at, line in enumerate(lines):
-            if at:
-                self._pause(pause, streaming=True)
+            if at:  # read each time: a hurry() sets it to 0 for the lines left
+                self._pause(self.emulator.progress_latency, streaming=True)
             self._write_chunk(go_json(line) + b"\n")
         self._end_chunked()
 
