@@ -222,3 +222,45 @@ def test_an_async_pull_from_an_ollama_gone_or_lying_fails_as_the_ollama_clients_
     expected, got = asyncio.run(main())
     assert got == expected
     assert expected[0] is not ClientClosed and expected[0] != "answered"
+
+
+def test_eight_threads_managing_models_as_another_closes_the_client_all_end_leaving_nothing_open(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """The race a close meets: threads opening connections, sending, reading progress."""
+    emulator.progress_latency = 0.002
+    for _ in range(4):
+        _closed_under_eight_threads(sqlite_url, emulator)
+
+
+def _closed_under_eight_threads(sqlite_url: str, emulator: OllamaEmulator) -> None:
+    before = _established(emulator.port)  # other tests' (the emulator is the session's)
+    client = MeteredClient(emulator.url, db_url=sqlite_url)
+    answered: list[object] = []
+    raised: list[BaseException] = []
+    calls: list[Callable[[], object]] = [
+        lambda: list(client.pull("qwen3:8b", stream=True))[-1],
+        client.list,
+        lambda: client.show("llama3.1:8b"),
+        lambda: client.create("mine:1", from_="llama3.1:8b"),
+    ]
+
+    def work(kind: int) -> None:
+        while True:
+            try:
+                answered.append(calls[kind % len(calls)]())
+            except BaseException as exc:
+                raised.append(exc)
+                return
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    _until(lambda: len(answered) >= 16, "the threads call")
+    client.close()
+    for thread in threads:
+        thread.join(GENEROUS)
+    assert not any(thread.is_alive() for thread in threads)
+    assert [repr(e) for e in raised if not isinstance(e, ClientClosed)] == []
+    assert len(raised) == 8
+    _until(lambda: _established(emulator.port) <= before, "every connection closed")
