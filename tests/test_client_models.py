@@ -73,7 +73,7 @@ def outcome(step: Step, client: Any) -> tuple[Any, ...]:
 async def aoutcome(step: Step, client: Any) -> tuple[Any, ...]:
     try:
         answer = await step(client)
-        if inspect.isasyncgen(answer):
+        if hasattr(answer, "__anext__"):  # a stream: Ollama's async generator, or ours
             return ("streamed", [(type(a).__name__, _said(a)) async for a in answer])
         return (type(answer).__name__, _said(answer))
     except Exception as exc:

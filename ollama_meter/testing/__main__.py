@@ -38,6 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--token-latency", type=float, default=0.0, help="seconds between streamed chunks"
     )
     parser.add_argument(
+        "--progress-latency",
+        type=float,
+        default=0.0,
+        help="seconds between the progress lines of a pull, a push or a create",
+    )
+    parser.add_argument(
         "--models",
         help="comma-separated models it has pulled, a subset of: "
         + ", ".join(m.name for m in DEFAULT_MODELS)
@@ -66,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         latency=args.latency,
         token_latency=args.token_latency,
+        progress_latency=args.progress_latency,
     )
     with emulator:
         print(f"Ollama emulator listening on {emulator.url}", flush=True)

@@ -59,8 +59,9 @@ class OllamaEmulator:
     the first call to a model after start or :meth:`reset` is cold (reports the
     model's ``load_ns``), later ones are warm. ``latency`` is real wall time slept
     before the first byte of an inference reply and ``token_latency`` between
-    streamed chunks (a non-streamed reply waits the same total); both may be
-    changed at any time. Every request is recorded in :attr:`requests`.
+    streamed chunks (a non-streamed reply waits the same total), ``progress_latency``
+    between the progress lines of a pull, a push or a create (streamed or not, the same);
+    each may be changed at any time. Every request is recorded in :attr:`requests`.
 
     Faults armed with :meth:`inject` are consumed by inference requests (chat,
     generate, embed and their OpenAI twins) that pass validation: malformed JSON,
@@ -76,12 +77,14 @@ class OllamaEmulator:
         port: int = 0,
         latency: float = 0.0,
         token_latency: float = 0.0,
+        progress_latency: float = 0.0,
     ) -> None:
         self.models: tuple[EmulatedModel, ...] = tuple(models)
         self._pulled = self.models  # what reset() gives back after pulls, copies and deletes
         self.host = host
         self.latency = latency
         self.token_latency = token_latency
+        self.progress_latency = progress_latency
         self.hurries = 0
         """How often :meth:`hurry` was called: a pause under way when it changes ends."""
         self._port = port
@@ -113,7 +116,7 @@ class OllamaEmulator:
     def hurry(self) -> None:
         """Let the replies under way finish at once: their pauses end, and latencies are 0
         from now on (a test that needed calls to run a while no longer waits them out)."""
-        self.latency = self.token_latency = 0.0
+        self.latency = self.token_latency = self.progress_latency = 0.0
         self.hurries += 1
 
     def stop(self) -> None:

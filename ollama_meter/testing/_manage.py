@@ -3,7 +3,8 @@
 
 As Ollama answers them: pull, push and create stream their progress (NDJSON, a failure as an
 ``{"error": ...}`` line) unless ``"stream": false``, when the last progress comes whole (a
-failure as a 500); copy and delete answer an empty 200, or 404 for a model not there. What
+failure as a 500), paced by the emulator's ``progress_latency`` (a pull of a big model sends a
+line as each part of a layer arrives); copy and delete answer an empty 200, or 404 for a model not there. What
 they do changes the models the emulator has (``/api/tags``): a pull adds one of
 :data:`REGISTRY`, a create or a copy adds a copy under its new name,
 a delete removes it.
@@ -53,6 +54,7 @@ class ManageRoutes(Handler):
                 return
             progress, failure = [], exc.message
         if not streamed:
+            self._pause(self.emulator.progress_latency * max(len(progress) - 1, 0))
             if failure is not None:
                 self._manage_error(500, failure)
             else:
@@ -60,7 +62,9 @@ class ManageRoutes(Handler):
             return
         self._start_chunked("application/x-ndjson")
         lines = [*progress, *([{"error": failure}] if failure is not None else [])]
-        for line in lines:
+        for at, line in enumerate(lines):
+            if at:  # read each time: a hurry() sets it to 0 for the lines left
+                self._pause(self.emulator.progress_latency, streaming=True)
             self._write_chunk(go_json(line) + b"\n")
         self._end_chunked()
 

@@ -301,7 +301,7 @@ class Upstream(Resilient):
         if isinstance(exc, UpstreamError | ClientClosed):
             return exc
         if self.closed and not isinstance(exc, ollama.ResponseError):
-            return _closed_under()
+            return closed_under()
         if isinstance(exc, ollama.ResponseError):
             detail = error_text(exc.error)
             if exc.status_code == -1:  # an {"error": ...} line inside a 200 stream
@@ -408,7 +408,9 @@ def _not_an_object(exc: BaseException) -> bool:
     )
 
 
-def _closed_under() -> ClientClosed:
+def closed_under() -> ClientClosed:
+    """What a call raises that failed because its client was closed under it (another
+    thread's ``close()``): a model call's, or one that runs none (``_managing.py``)."""
     return ClientClosed(
         "the client was closed while this call to Ollama ran (close(), or the end of its "
         "with block): the call was cut there; make a new client to call Ollama again"

@@ -10,9 +10,8 @@ loop, closed by the main thread's shutdown). Its own loop's client is closed the
 other loop's has its connections shut down at once (a socket's shutdown is safe from any
 thread, and wakes the loop reading it: Ollama sees its caller leave), and is closed on its own
 loop while that runs. Before, only the closing loop's client was closed: a worker loop's
-connections stayed open at Ollama until the process ended. (The clients of the calls that run
-no model, ``_managing.py``, are made on the caller's httpx arguments alone: no transport of
-ometer's to shut down from here, so they are only closed on their loop, while it runs.)
+connections stayed open at Ollama until the process ended. The clients of the calls that run
+no model (``_managing.py``) are on the same transport, and closed the same way.
 """
 
 from __future__ import annotations

@@ -36,17 +36,28 @@ TRANSPORT = frozenset({"verify", "cert", "trust_env", "http1", "http2", "limits"
 def client_arguments(timeout: float, http: Mapping[str, Any], *, aio: bool) -> dict[str, Any]:
     """The arguments of an ``ollama`` client (but its host) for ``http`` (the caller's httpx
     arguments), ``timeout`` the configured one when ``http`` has none."""
-    connection = {"verify": client_tls(), **{k: v for k, v in http.items() if k in TRANSPORT}}
     made: dict[str, Any] = {
         "timeout": httpx.Timeout(timeout, connect=10.0),
         "follow_redirects": False,
-        **{k: v for k, v in http.items() if k not in TRANSPORT or k == "trust_env"},
-        "verify": connection["verify"],
+        **connected(http, aio=aio),
     }
     if aio:
         made["event_hooks"] = {"request": [aon_request], "response": [aon_response]}
     else:
         made["event_hooks"] = {"request": [on_request], "response": [on_response]}
+    return made
+
+
+def connected(http: Mapping[str, Any], *, aio: bool) -> dict[str, Any]:
+    """``http`` (the caller's httpx arguments) with the connection's settings on our transport
+    (and those of the environment's proxies): the arguments of the ``ollama`` clients of the
+    calls that run no model (``_managing.py``; the client's own defaults, no time limit and
+    redirects followed, unless ``http`` says otherwise), and of the metered calls' above."""
+    connection = {"verify": client_tls(), **{k: v for k, v in http.items() if k in TRANSPORT}}
+    made: dict[str, Any] = {
+        **{k: v for k, v in http.items() if k not in TRANSPORT or k == "trust_env"},
+        "verify": connection["verify"],
+    }
     kept = AsyncKeptTransport if aio else KeptTransport
     made["transport"] = kept(**connection)
     if http.get("proxy") is None and http.get("trust_env", True):  # as httpx: a proxy given wins

@@ -52,7 +52,7 @@ def shared() -> Iterator[OllamaEmulator]:
 @pytest.fixture
 def emu(shared: OllamaEmulator) -> OllamaEmulator:
     shared.reset()
-    shared.latency = shared.token_latency = 0.0
+    shared.latency = shared.token_latency = shared.progress_latency = 0.0
     return shared
 
 
@@ -590,6 +590,45 @@ def test_module_runs_from_the_command_line() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_paced_pull_says_what_an_unpaced_one_says_once_hurried(
+    emu: OllamaEmulator, http: httpx.Client, stream: bool
+) -> None:
+    """``progress_latency`` holds a pull between its progress lines (its first line out at
+    once), changing none of them; ``hurry()`` lets it finish."""
+    body = {"model": "qwen3:8b", "stream": stream}
+    unpaced = http.post("/api/pull", json=body).content
+    emu.reset()
+    emu.progress_latency = 600.0
+    lines: list[bytes] = []
+    first = threading.Event()
+
+    def pull() -> None:
+        with (
+            httpx.Client(base_url=emu.url, timeout=60) as own,
+            own.stream("POST", "/api/pull", json=body) as answer,
+        ):
+            for line in answer.iter_lines():
+                lines.append(line.encode() + b"\n")
+                first.set()
+
+    puller = threading.Thread(target=pull, daemon=True)
+    puller.start()
+    if stream:
+        assert first.wait(30), "the first line waited"
+        assert lines == unpaced.splitlines(keepends=True)[:1]
+    else:
+        deadline = time.monotonic() + 30
+        while not emu.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lines == []
+    emu.hurry()
+    puller.join(30)
+    assert not puller.is_alive()
+    assert b"".join(lines) == unpaced + (b"" if stream else b"\n")
+    assert emu.progress_latency == 0.0
 
 
 def test_the_command_line_serves_a_subset_of_the_models() -> None:
