@@ -541,6 +541,7 @@ VALID: dict[tuple[str, ...], list[str]] = {
     ("keys", "create"): ["--tenant", "default", "--dept", "legal", "--name", "k2"],
     ("keys", "list"): [],
     ("keys", "revoke"): ["1"],
+    ("keys", "rotate"): ["1", "--grace", "1h", "--expires", "30d"],
     ("limit", "list"): [],
     ("limit", "rm"): ["sales", "--tenant", "default"],
     ("limit", "set"): ["legal", "--tenant", "default", "--concurrency", "2"],

@@ -368,6 +368,13 @@ def test_exports_carry_each_item_once_in_order_within_their_bytes_and_count(
         assert most is None or len(part) <= most
 
 
+def _spans_per_request(rx: OtlpHttpReceiver) -> list[int]:
+    return [
+        sum(len(s.spans) for r in request.message.resource_spans for s in r.scope_spans)
+        for request in rx.requests
+    ]
+
+
 @pytest.mark.parametrize("content", [False, True], ids=["plain", "content"])
 def test_the_batch_size_the_sdk_variable_gives_is_the_one_exported_by(
     monkeypatch: pytest.MonkeyPatch, content: bool
@@ -382,10 +389,7 @@ def test_the_batch_size_the_sdk_variable_gives_is_the_one_exported_by(
         _end(telemetry, 7, "a")
         assert telemetry.flush()
         telemetry.shutdown()
-    sizes = [
-        sum(len(s.spans) for r in request.message.resource_spans for s in r.scope_spans)
-        for request in rx.requests
-    ]
+    sizes = _spans_per_request(rx)
     assert sum(sizes) == 7
     assert max(sizes) <= 3, sizes
 
@@ -403,10 +407,7 @@ def test_a_batch_size_above_the_queue_is_the_queue(
         _end(telemetry, 4, "a")
         assert telemetry.flush()
         telemetry.shutdown()
-    sizes = [
-        sum(len(s.spans) for r in request.message.resource_spans for s in r.scope_spans)
-        for request in rx.requests
-    ]
+    sizes = _spans_per_request(rx)
     assert sum(sizes) == 4 and max(sizes) <= 4
     said = [
         r.getMessage() for r in caplog.records if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in r.getMessage()
